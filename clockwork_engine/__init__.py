@@ -1,0 +1,8 @@
+"""clockwork-engine: faster Stable-Diffusion-style text-to-image generation."""
+
+from .config import PRESETS, EngineConfig
+from .engine import Engine, NonFiniteError
+from .loading import ModelLoadError
+
+__all__ = ["PRESETS", "Engine", "EngineConfig", "ModelLoadError", "NonFiniteError"]
+__version__ = "0.1.0"

@@ -1,0 +1,60 @@
+"""The `clockwork` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _generate(args) -> int:
+    from tqdm import tqdm
+
+    from . import Engine, EngineConfig
+
+    engine = Engine.from_pretrained(args.model, config=EngineConfig(mode=args.mode))
+    bar = tqdm(total=args.steps, desc="sampling", unit="step", disable=args.quiet)
+    image = engine.generate(args.prompt, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+                            height=args.height, width=args.width,
+                            callback=lambda i, n, latents: bar.update(1))
+    bar.close()
+    image.save(args.output)
+    if not args.quiet:
+        print(f"wrote {args.output} ({image.width}x{image.height}, seed {args.seed})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import MODES
+
+    parser = argparse.ArgumentParser(prog="clockwork", description="clockwork-engine: fast text-to-image on "
+                                     "Stable-Diffusion-style models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate one image from a prompt",
+                         description="Generate one image from a text prompt and save it as PNG.")
+    gen.add_argument("prompt", help='the text prompt, e.g. "a red circle above a blue square"')
+    gen.add_argument("-o", "--output", default="out.png", help="output image path (default: out.png)")
+    gen.add_argument("--model", default="demo",
+                     help="'demo' (the embedded demo model) or a local diffusers Stable Diffusion directory")
+    gen.add_argument("--steps", type=int, default=8, help="number of sampler steps (default: 8)")
+    gen.add_argument("--guidance", type=float, default=5.0,
+                     help="classifier-free guidance scale; <= 1 turns guidance off (default: 5.0)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same image (default: 0)")
+    gen.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's size)")
+    gen.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's size)")
+    gen.add_argument("--mode", default="full", choices=MODES, help="acceleration mode (default: full)")
+    gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary line")
+    gen.set_defaults(run=_generate)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"clockwork {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

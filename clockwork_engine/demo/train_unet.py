@@ -1,0 +1,115 @@
+"""Train the demo UNet (text-to-image, epsilon prediction) on the shapes world.
+
+    python -m clockwork_engine.demo.train_unet --vae runs/vae/final --out runs/unet --steps 8000
+
+Captions are encoded once (the grammar has ~1.7K training captions) exactly as diffusers'
+StableDiffusionPipeline encodes them, 10% are dropped to "" for classifier-free guidance,
+losses are weighted by min-SNR-5, and an EMA of the weights is what gets exported.
+Resumable (re-run the same command); writes <out>/final/ as a full demo pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+
+import torch
+from tqdm import tqdm
+
+from . import models, pipeline, shapes
+from .training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
+
+
+@torch.no_grad()
+def encode_captions(tokenizer, text_encoder, captions: list[str], batch: int = 256) -> torch.Tensor:
+    """[N, max_length, 384], the same computation as StableDiffusionPipeline.encode_prompt."""
+    out = []
+    for i in range(0, len(captions), batch):
+        ids = tokenizer(
+            captions[i : i + batch], padding="max_length", max_length=tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        ).input_ids
+        out.append(text_encoder(ids)[0])
+    return torch.cat(out)
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vae", default="runs/vae/final", help="trained VAE folder (diffusers layout)")
+    ap.add_argument("--out", default="runs/unet")
+    ap.add_argument("--steps", type=int, default=8000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--uncond-prob", type=float, default=0.1, help="caption dropout for CFG")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-every", type=int, default=500)
+    args = ap.parse_args(argv)
+
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    torch.manual_seed(args.seed)
+    vae = AutoencoderKL.from_pretrained(args.vae).requires_grad_(False).eval()
+    tokenizer, text_encoder = models.load_text_encoder()
+    scenes = shapes.split_scenes("train")
+    caption_index = {s.caption: i for i, s in enumerate(scenes)}
+    embeds = encode_captions(tokenizer, text_encoder, [s.caption for s in scenes] + [""])
+    uncond = len(scenes)
+
+    unet = models.build_unet()
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=1e-2)
+    step, losses = load_checkpoint(args.out, unet, opt)
+    if step:
+        load_checkpoint(os.path.join(args.out, "ema"), ema, torch.optim.SGD(ema.parameters(), lr=0))
+    noise_sched = DDPMScheduler(**{k: v for k, v in models.SCHEDULER_CONFIG.items() if k in (
+        "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")})
+    alphas_cumprod = noise_sched.alphas_cumprod
+
+    data = shapes.stream(args.seed * 1_000_003 + step, args.batch)
+    gen = torch.Generator().manual_seed(args.seed * 7919 + step)
+    unet.train()
+    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="unet")
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.steps, args.lr, warmup=200)
+        images, picked, _ = next(data)
+        with torch.no_grad():
+            latents = vae.encode(shapes.to_tensor(images)).latent_dist.sample(gen) * vae.config.scaling_factor
+        idx = torch.tensor([caption_index[s.caption] for s in picked])
+        drop = torch.rand(len(idx), generator=gen) < args.uncond_prob
+        cond = embeds[torch.where(drop, uncond, idx)]
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen)
+        noisy = noise_sched.add_noise(latents, noise, t)
+        pred = unet(noisy, t, cond).sample
+        per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (per_sample * min_snr_weights(alphas_cumprod, t)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - decay)
+        losses.append(per_sample.mean().item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            save_checkpoint(args.out, unet, opt, step + 1, losses)
+            save_checkpoint(os.path.join(args.out, "ema"), ema, torch.optim.SGD(ema.parameters(), lr=0), step + 1, [])
+    plot_losses(losses, os.path.join(args.out, "loss.png"), "UNet epsilon MSE (unweighted)")
+    ema.eval()
+    pipe = pipeline.assemble(ema, vae, tokenizer=tokenizer, text_encoder=text_encoder)
+    pipeline.save(pipe, os.path.join(args.out, "final"))
+    print(f"saved {os.path.join(args.out, 'final')}")
+
+
+if __name__ == "__main__":
+    main()

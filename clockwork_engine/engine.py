@@ -1,0 +1,157 @@
+"""Engine: from_pretrained / from_pipeline / generate.
+
+Data flow: prompt -> PromptEncoder (LRU) -> sampler loop (the engine's own, step index
+passed down) -> step function -> VAE decode -> image. With every acceleration off the
+result equals diffusers' StableDiffusionPipeline for the same seed, steps, scheduler and
+guidance (tests/test_engine_parity.py).
+
+Concurrency: one generate() runs at a time per Engine (a lock); the model compute already
+uses every core, so queuing costs little latency and keeps per-request state private.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+import threading
+from functools import partial
+
+import torch
+
+from . import loading, sampler, validate
+from .config import EngineConfig, preset
+from .text import PromptEncoder
+
+OUTPUT_TYPES = ("pil", "pt", "latent")
+MAX_STEPS = 1000
+
+
+class NonFiniteError(FloatingPointError):
+    """The sampler produced NaN or Inf (bad weights or an unstable setting)."""
+
+
+class Engine:
+    def __init__(self, unet, vae, tokenizer, text_encoder, scheduler, config: EngineConfig | None = None):
+        self.config = config or EngineConfig()
+        self.unet = unet.eval().requires_grad_(False)
+        self.vae = vae.eval().requires_grad_(False)
+        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.scheduler = scheduler
+        self.prompts = PromptEncoder(tokenizer, self.text_encoder, self.config.prompt_cache_size)
+        self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        # Image sides must survive the VAE and every UNet downsampler without rounding.
+        self.size_multiple = self.vae_factor * 2 ** (len(unet.config.block_out_channels) - 1)
+        sample_size = unet.config.sample_size
+        self.default_size = (sample_size if isinstance(sample_size, int) else sample_size[0]) * self.vae_factor
+        self._tables: dict[int, sampler.SolverTable] = {}
+        self._lock = threading.RLock()
+        sampler.build_table(copy.deepcopy(scheduler), 1)  # fail now on an unsupported scheduler
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_pretrained(cls, model: str = "demo", *, config: EngineConfig | str | None = None,
+                        tokenizer=None, text_encoder=None, torch_dtype=None) -> "Engine":
+        """'demo' (the embedded default) or a local diffusers Stable-Diffusion directory."""
+        config = _config(config)  # before the (slow) load: a bad preset fails fast
+        components = loading.load_components(loading.resolve(model), tokenizer, text_encoder, torch_dtype)
+        return cls(**components, config=config)
+
+    @classmethod
+    def from_pipeline(cls, pipe, *, config: EngineConfig | str | None = None) -> "Engine":
+        """Wrap an already loaded diffusers StableDiffusionPipeline (its scheduler is copied)."""
+        for name in ("unet", "vae", "tokenizer", "text_encoder", "scheduler"):
+            if getattr(pipe, name, None) is None:
+                raise ValueError(f"pipeline has no {name}; Engine.from_pipeline needs a Stable Diffusion pipeline")
+        loading.check_compatible(pipe.unet, pipe.vae, pipe.text_encoder, type(pipe).__name__)
+        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        return cls(pipe.unet, pipe.vae, pipe.tokenizer, pipe.text_encoder, scheduler, config=_config(config))
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    # ----------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(self, prompt, *, steps=None, guidance_scale=None, seed=None, height=None, width=None,
+                 negative_prompt=None, output: str = "pil", callback=None):
+        """Images for a prompt (str -> one image) or a list of prompts (list -> list).
+
+        steps / guidance_scale / height / width default to the engine's config; seed=None
+        draws a random seed; output: "pil" (PIL images), "pt" (float [B,3,H,W] in [0,1])
+        or "latent" (the final latents); callback(step, num_steps, latents) runs after
+        every step, and an exception raised in it cancels the request.
+        """
+        cfg = self.config
+        prompts = validate.prompts(prompt, cfg.max_batch_size)
+        negatives = validate.prompts(negative_prompt, cfg.max_batch_size, "negative_prompt") \
+            if negative_prompt is not None else [""]
+        if len(negatives) == 1:
+            negatives = negatives * len(prompts)
+        elif len(negatives) != len(prompts):
+            raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts")
+        steps = validate.positive_int(cfg.steps if steps is None else steps, "steps", MAX_STEPS)
+        guidance = validate.finite_float(cfg.guidance_scale if guidance_scale is None else guidance_scale,
+                                         "guidance_scale")
+        max_side = cfg.max_size_factor * self.default_size
+        height = validate.image_side(height or cfg.height or self.default_size, "height", self.size_multiple, max_side)
+        width = validate.image_side(width or cfg.width or self.default_size, "width", self.size_multiple, max_side)
+        seed = validate.seed(seed)
+        if seed is None:
+            seed = secrets.randbits(63)
+        if output not in OUTPUT_TYPES:
+            raise ValueError(f"output must be one of {OUTPUT_TYPES}, got {output!r}")
+        if callback is not None and not callable(callback):
+            raise TypeError("callback must be callable")
+
+        with self._lock:
+            latents = self._sample(prompts, negatives, steps, guidance, seed, height, width, callback)
+            result = latents if output == "latent" else self._decode(latents, output)
+        return result[0] if isinstance(prompt, str) else result
+
+    def _table(self, steps: int) -> sampler.SolverTable:
+        if steps not in self._tables:
+            if len(self._tables) >= 32:  # a bounded cache: drop the oldest step count
+                self._tables.pop(next(iter(self._tables)))
+            self._tables[steps] = sampler.build_table(self.scheduler, steps).to(self.device)
+        return self._tables[steps]
+
+    def _sample(self, prompts, negatives, steps, guidance, seed, height, width, callback):
+        cfg_on = guidance > 1.0
+        text = self.prompts.encode(negatives + prompts if cfg_on else prompts).to(self.device, self.unet.dtype)
+        shape = (len(prompts), self.unet.config.in_channels, height // self.vae_factor, width // self.vae_factor)
+        # CPU generator whatever the device: the same seed gives the same image everywhere.
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        table = self._table(steps)
+        step = partial(sampler.full_step, self._denoise, table, text=text,
+                       guidance=torch.tensor(guidance, device=self.device), cfg=cfg_on)
+        latents = sampler.run(step, table, noise, callback)
+        if not torch.isfinite(latents).all():
+            raise NonFiniteError("the sampler produced NaN/Inf latents (check the model weights and guidance_scale)")
+        return latents
+
+    def _denoise(self, x, t, text):
+        return self.unet(x, t, encoder_hidden_states=text, return_dict=False)[0]
+
+    def _decode(self, latents, output: str):
+        vae_cfg = self.vae.config
+        z = latents / vae_cfg.scaling_factor
+        if getattr(vae_cfg, "shift_factor", None):
+            z = z + vae_cfg.shift_factor
+        images = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
+        images = (images.float() / 2 + 0.5).clamp(0, 1)
+        if output == "pt":
+            return images
+        from PIL import Image
+
+        arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
+        return [Image.fromarray(a) for a in arrays]
+
+
+def _config(config) -> EngineConfig:
+    if config is None:
+        return EngineConfig()
+    if isinstance(config, str):
+        return preset(config)
+    if not isinstance(config, EngineConfig):
+        raise TypeError(f"config must be an EngineConfig or a preset name, got {type(config).__name__}")
+    return config

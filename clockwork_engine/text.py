@@ -1,0 +1,75 @@
+"""Prompt encoding with a bounded, thread-safe LRU cache of embeddings.
+
+Encoding is the same computation as diffusers' StableDiffusionPipeline.encode_prompt
+(pad to the tokenizer's max length, no attention mask unless the encoder's config asks
+for one, last hidden state), so cached embeddings equal what diffusers would compute.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections import OrderedDict
+
+import torch
+
+
+class PromptEncoder:
+    def __init__(self, tokenizer, text_encoder, capacity: int = 256):
+        if capacity < 0:
+            raise ValueError(f"prompt cache capacity must be >= 0, got {capacity}")
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.capacity = capacity
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # prompt -> [L, D]
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def max_length(self) -> int:
+        return self.tokenizer.model_max_length
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def clear(self):
+        with self._lock:
+            self._cache.clear()
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """[len(prompts), L, D] embeddings; cached per prompt string."""
+        with self._lock:
+            found = {p: self._cache[p] for p in prompts if p in self._cache}
+            for p in found:
+                self._cache.move_to_end(p)
+        missing = list(dict.fromkeys(p for p in prompts if p not in found))
+        self.hits += len(prompts) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            fresh = dict(zip(missing, self._encode_uncached(missing)))
+            found.update(fresh)
+            with self._lock:
+                for p, e in fresh.items():
+                    self._cache[p] = e
+                    self._cache.move_to_end(p)
+                while len(self._cache) > self.capacity:
+                    self._cache.popitem(last=False)
+        return torch.stack([found[p] for p in prompts])
+
+    @torch.no_grad()
+    def _encode_uncached(self, prompts: list[str]) -> torch.Tensor:
+        tok = self.tokenizer
+        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt")
+        full_lengths = [len(x) for x in tok(prompts, truncation=False)["input_ids"]]
+        for prompt, n in zip(prompts, full_lengths):
+            if n > tok.model_max_length:
+                warnings.warn(
+                    f"prompt is {n} tokens, longer than the text encoder's {tok.model_max_length}; "
+                    f"it was truncated: {prompt[:80]!r}", stacklevel=4,
+                )
+        device = self.text_encoder.device
+        use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
+        mask = ids.attention_mask.to(device) if use_mask else None
+        return self.text_encoder(ids.input_ids.to(device), attention_mask=mask)[0]

@@ -1,0 +1,1 @@
+"""Triton kernels (installed as clockwork_engine.kernels). Nothing here touches a device at import."""

@@ -1,0 +1,34 @@
+"""The clockwork command line."""
+
+import pytest
+from PIL import Image
+
+from clockwork_engine import cli
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--output", "--steps", "--seed", "--guidance", "--mode", "--height", "--width", "--model"):
+        assert option in text
+    assert "classifier-free guidance" in text
+
+
+def test_generate_writes_a_png(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "img.png"
+    code = cli.main(["generate", "a red circle", "-o", str(out), "--model", str(tiny_dir), "--steps", "3",
+                     "--height", "16", "--width", "16", "--seed", "1"])
+    assert code == 0
+    assert Image.open(out).size == (16, 16)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_bad_input_is_a_clean_error(tiny_dir, tmp_path, capsys):
+    code = cli.main(["generate", "a red circle", "-o", str(tmp_path / "x.png"), "--model", str(tiny_dir),
+                     "--steps", "0"])
+    assert code == 2
+    assert "steps must be in [1, 1000]" in capsys.readouterr().err
+    assert cli.main(["generate", "x", "--model", "/missing/dir"]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,59 @@
+"""With every acceleration off, the engine equals diffusers' StableDiffusionPipeline."""
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+from clockwork_engine import Engine
+from clockwork_engine.demo import models
+
+from conftest import make_tiny_pipeline
+
+
+def diffusers_latents(pipe, prompts, steps, guidance, seed, **kw):
+    out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, height=16, width=16,
+               generator=torch.Generator().manual_seed(seed), output_type="latent", **kw)
+    return out.images
+
+
+@pytest.mark.parametrize("steps", [1, 2, 8, 20])
+@pytest.mark.parametrize("guidance", [1.0, 5.0])
+def test_latents_match_diffusers_dpmsolver(tiny_pipe, steps, guidance):
+    prompts = ["a red circle", "a blue square left of a yellow triangle"]
+    ref = diffusers_latents(tiny_pipe, prompts, steps, guidance, seed=3)
+    engine = Engine.from_pipeline(tiny_pipe)
+    got = engine.generate(prompts, steps=steps, guidance_scale=guidance, seed=3, height=16, width=16,
+                          output="latent")
+    assert got.shape == ref.shape == (2, 4, 8, 8)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("scheduler", [
+    DDIMScheduler(clip_sample=False, **{k: v for k, v in models.SCHEDULER_CONFIG.items()
+                                        if k not in ("algorithm_type", "solver_order")}),
+    DPMSolverMultistepScheduler(**{**models.SCHEDULER_CONFIG, "solver_order": 1}),
+    DPMSolverMultistepScheduler(**{**models.SCHEDULER_CONFIG, "prediction_type": "v_prediction",
+                                   "timestep_spacing": "trailing", "use_karras_sigmas": True}),
+], ids=["ddim", "dpm-order1", "dpm-vpred-karras-trailing"])
+def test_latents_match_other_schedulers(scheduler):
+    pipe = make_tiny_pipeline(seed=1, scheduler=scheduler)
+    ref = diffusers_latents(pipe, "a green triangle", 6, 4.0, seed=5)
+    got = Engine.from_pipeline(pipe).generate("a green triangle", steps=6, guidance_scale=4.0, seed=5,
+                                               height=16, width=16, output="latent")
+    torch.testing.assert_close(got[None], ref, atol=1e-4, rtol=0)
+
+
+def test_images_match_diffusers(tiny_pipe):
+    ref = tiny_pipe("a purple circle", num_inference_steps=4, guidance_scale=3.0, height=16, width=16,
+                    generator=torch.Generator().manual_seed(0), output_type="pt").images
+    got = Engine.from_pipeline(tiny_pipe).generate("a purple circle", steps=4, guidance_scale=3.0, seed=0,
+                                                   height=16, width=16, output="pt")
+    torch.testing.assert_close(got[None], ref, atol=1e-4, rtol=0)
+
+
+def test_negative_prompt_matches_diffusers(tiny_pipe):
+    ref = diffusers_latents(tiny_pipe, "a red square", 4, 5.0, seed=2, negative_prompt="a blue circle")
+    got = Engine.from_pipeline(tiny_pipe).generate("a red square", steps=4, guidance_scale=5.0, seed=2,
+                                                   height=16, width=16, negative_prompt="a blue circle",
+                                                   output="latent")
+    torch.testing.assert_close(got[None], ref, atol=1e-4, rtol=0)
