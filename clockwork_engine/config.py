@@ -4,16 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-MODES = ("full",)  # acceleration modes the engine implements (clockwork etc. join here)
+# "full": the unmodified model (equal to diffusers' pipeline).
+# "clockwork": the low-res middle L is replaced by the adaptor on the clock's steps.
+MODES = ("full", "clockwork")
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    mode: str = "full"  # "full": the unmodified model, equal to diffusers' pipeline
+    mode: str = "full"
     steps: int = 8
     guidance_scale: float = 5.0  # <= 1 disables classifier-free guidance (one model call)
     height: int | None = None  # None: the UNet's sample size times the VAE factor
     width: int | None = None
+    # Clockwork: adaptor on steps i % clock_every == clock_every - 1 (0-based), or on an
+    # explicit set of steps; "identity" or a folder for the adaptor (None: the model
+    # directory's clockwork_adaptor/); cut level for the identity adaptor.
+    clock_every: int = 2
+    adaptor_steps: tuple[int, ...] | None = None
+    adaptor: str | None = None
+    cut: int = 1
     max_batch_size: int = 16  # prompts per generate() call
     prompt_cache_size: int = 256  # prompt embeddings kept (LRU)
     max_size_factor: int = 4  # largest height/width = this x the default size
@@ -21,11 +30,19 @@ class EngineConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; modes: {', '.join(MODES)}")
-        for name in ("steps", "max_batch_size", "max_size_factor"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        for name in ("steps", "max_batch_size", "max_size_factor", "cut"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not isinstance(self.prompt_cache_size, int) or self.prompt_cache_size < 0:
             raise ValueError(f"prompt_cache_size must be an int >= 0, got {self.prompt_cache_size!r}")
+        self.clock()  # validates clock_every / adaptor_steps
+
+    def clock(self):
+        from .clock import Clock
+
+        steps = frozenset(self.adaptor_steps) if self.adaptor_steps is not None else None
+        return Clock(every=self.clock_every, adaptor_steps=steps)
 
     def with_(self, **changes) -> "EngineConfig":
         return replace(self, **changes)
@@ -33,6 +50,8 @@ class EngineConfig:
 
 PRESETS: dict[str, EngineConfig] = {
     "full": EngineConfig(mode="full"),
+    "clockwork": EngineConfig(mode="clockwork"),
+    "clockwork-identity": EngineConfig(mode="clockwork", adaptor="identity"),
 }
 
 

@@ -12,15 +12,22 @@ uses every core, so queuing costs little latency and keeps per-request state pri
 from __future__ import annotations
 
 import copy
+import os
 import secrets
 import threading
+import warnings
 from functools import partial
 
 import torch
 
+from . import adaptor as adaptor_io
 from . import loading, sampler, validate
-from .config import EngineConfig, preset
+from .cache import CacheState
+from .config import MODES, EngineConfig, preset
 from .text import PromptEncoder
+from .unet_split import UNetSplit
+
+ADAPTOR_FOLDER = "clockwork_adaptor"  # inside a model directory: its default adaptor
 
 OUTPUT_TYPES = ("pil", "pt", "latent")
 MAX_STEPS = 1000
@@ -31,7 +38,8 @@ class NonFiniteError(FloatingPointError):
 
 
 class Engine:
-    def __init__(self, unet, vae, tokenizer, text_encoder, scheduler, config: EngineConfig | None = None):
+    def __init__(self, unet, vae, tokenizer, text_encoder, scheduler, config: EngineConfig | None = None,
+                 adaptor_dir: str | None = None):
         self.config = config or EngineConfig()
         self.unet = unet.eval().requires_grad_(False)
         self.vae = vae.eval().requires_grad_(False)
@@ -46,15 +54,41 @@ class Engine:
         self._tables: dict[int, sampler.SolverTable] = {}
         self._lock = threading.RLock()
         sampler.build_table(copy.deepcopy(scheduler), 1)  # fail now on an unsupported scheduler
+        self.denoisers = {"full": sampler.unet_denoiser(self.unet)}
+        self.adaptor, self.adaptor_meta, self.split = None, {}, None
+        if self.config.mode == "clockwork":
+            self._load_adaptor(self.config.adaptor or adaptor_dir)
+
+    def _load_adaptor(self, source: str | None):
+        if source is None:
+            raise ValueError("mode 'clockwork' needs an adaptor: config.adaptor='identity', an adaptor folder, "
+                             f"or a model directory with {ADAPTOR_FOLDER}/")
+        if source == "identity":
+            self.split = UNetSplit(self.unet, self.config.cut)
+            self.adaptor = adaptor_io.IdentityAdaptor()
+        else:
+            self.adaptor, self.adaptor_meta = adaptor_io.load(source)
+            self.split = UNetSplit(self.unet, self.adaptor_meta["cut"])
+            adaptor_io.check_compatible(self.adaptor_meta, source, self.split, adaptor_io.model_fingerprint(self.unet))
+            self.adaptor.to(self.device, self.unet.dtype)
+        self.denoisers["clockwork.full"] = sampler.split_denoiser(self.split)
+        self.denoisers["clockwork.adaptor"] = sampler.adaptor_denoiser(self.split, self.adaptor)
 
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_pretrained(cls, model: str = "demo", *, config: EngineConfig | str | None = None,
                         tokenizer=None, text_encoder=None, torch_dtype=None) -> "Engine":
-        """'demo' (the embedded default) or a local diffusers Stable-Diffusion directory."""
-        config = _config(config)  # before the (slow) load: a bad preset fails fast
-        components = loading.load_components(loading.resolve(model), tokenizer, text_encoder, torch_dtype)
-        return cls(**components, config=config)
+        """'demo' (the embedded default) or a local diffusers Stable-Diffusion directory.
+
+        config=None picks "clockwork" when the directory has a clockwork_adaptor/ folder
+        (the demo model does), else "full"; pass config="full" to turn clockwork off.
+        """
+        path = loading.resolve(model)
+        adaptor_dir = os.path.join(path, ADAPTOR_FOLDER)
+        has_adaptor = os.path.isdir(adaptor_dir)
+        config = _config(config if config is not None else ("clockwork" if has_adaptor else "full"))
+        components = loading.load_components(path, tokenizer, text_encoder, torch_dtype)
+        return cls(**components, config=config, adaptor_dir=adaptor_dir if has_adaptor else None)
 
     @classmethod
     def from_pipeline(cls, pipe, *, config: EngineConfig | str | None = None) -> "Engine":
@@ -73,15 +107,21 @@ class Engine:
     # ----------------------------------------------------------------- generation
     @torch.no_grad()
     def generate(self, prompt, *, steps=None, guidance_scale=None, seed=None, height=None, width=None,
-                 negative_prompt=None, output: str = "pil", callback=None):
+                 negative_prompt=None, mode=None, output: str = "pil", callback=None):
         """Images for a prompt (str -> one image) or a list of prompts (list -> list).
 
         steps / guidance_scale / height / width default to the engine's config; seed=None
         draws a random seed; output: "pil" (PIL images), "pt" (float [B,3,H,W] in [0,1])
         or "latent" (the final latents); callback(step, num_steps, latents) runs after
-        every step, and an exception raised in it cancels the request.
+        every step, and an exception raised in it cancels the request. mode: "full" or
+        "clockwork" (default: the config's; clockwork needs the engine's adaptor).
         """
         cfg = self.config
+        mode = cfg.mode if mode is None else mode
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
+        if mode == "clockwork" and self.adaptor is None:
+            raise ValueError("mode 'clockwork' needs an adaptor; build the engine with a clockwork config")
         prompts = validate.prompts(prompt, cfg.max_batch_size)
         negatives = validate.prompts(negative_prompt, cfg.max_batch_size, "negative_prompt") \
             if negative_prompt is not None else [""]
@@ -104,7 +144,7 @@ class Engine:
             raise TypeError("callback must be callable")
 
         with self._lock:
-            latents = self._sample(prompts, negatives, steps, guidance, seed, height, width, callback)
+            latents = self._sample(prompts, negatives, steps, guidance, seed, height, width, mode, callback)
             result = latents if output == "latent" else self._decode(latents, output)
         return result[0] if isinstance(prompt, str) else result
 
@@ -115,22 +155,30 @@ class Engine:
             self._tables[steps] = sampler.build_table(self.scheduler, steps).to(self.device)
         return self._tables[steps]
 
-    def _sample(self, prompts, negatives, steps, guidance, seed, height, width, callback):
+    def schedule(self, steps: int, mode: str) -> list[str]:
+        """The step kinds the loop runs, e.g. full, adaptor, full, adaptor, ..."""
+        if mode == "full":
+            return ["full"] * steps
+        return ["clockwork.adaptor" if a else "clockwork.full" for a in self.config.clock().schedule(steps)]
+
+    def _sample(self, prompts, negatives, steps, guidance, seed, height, width, mode, callback):
         cfg_on = guidance > 1.0
         text = self.prompts.encode(negatives + prompts if cfg_on else prompts).to(self.device, self.unet.dtype)
         shape = (len(prompts), self.unet.config.in_channels, height // self.vae_factor, width // self.vae_factor)
         # CPU generator whatever the device: the same seed gives the same image everywhere.
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
         table = self._table(steps)
-        step = partial(sampler.full_step, self._denoise, table, text=text,
-                       guidance=torch.tensor(guidance, device=self.device), cfg=cfg_on)
-        latents = sampler.run(step, table, noise, callback)
+        kinds = self.schedule(steps, mode)
+        trained_steps = self.adaptor_meta.get("steps")
+        if mode == "clockwork" and trained_steps not in (None, steps):
+            warnings.warn(f"the adaptor was trained for {trained_steps} steps, running {steps}", stacklevel=3)
+        g = torch.tensor(guidance, device=self.device)
+        step_fns = {kind: partial(sampler.step, self.denoisers[kind], table, text=text, guidance=g, cfg=cfg_on)
+                    for kind in set(kinds)}
+        latents = sampler.run(step_fns, kinds, table, noise, CacheState(), callback)
         if not torch.isfinite(latents).all():
             raise NonFiniteError("the sampler produced NaN/Inf latents (check the model weights and guidance_scale)")
         return latents
-
-    def _denoise(self, x, t, text):
-        return self.unet(x, t, encoder_hidden_states=text, return_dict=False)[0]
 
     def _decode(self, latents, output: str):
         vae_cfg = self.vae.config

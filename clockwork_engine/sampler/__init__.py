@@ -1,5 +1,6 @@
 from .loop import run
 from .solver import SolverTable, build_table
-from .steps import full_step, guided_output, solver_update
+from .steps import adaptor_denoiser, solver_update, split_denoiser, step, unet_denoiser
 
-__all__ = ["SolverTable", "build_table", "full_step", "guided_output", "run", "solver_update"]
+__all__ = ["SolverTable", "adaptor_denoiser", "build_table", "run", "solver_update", "split_denoiser", "step",
+           "unet_denoiser"]

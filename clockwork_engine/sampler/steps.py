@@ -1,35 +1,56 @@
 """The per-step functions: small, pure and free of host syncs (what a CUDA graph captures).
 
-A step takes the latents x_i [B, C, h, w], the previous step's x0 prediction [B, C, h, w]
-(the solver's history), the text embeddings ([2B, L, D] with CFG, uncond first, as
-diffusers orders them; else [B, L, D]), the guidance scale as a 0-d tensor and the step
-index as a 0-d int64 tensor, and returns (x_{i+1}, x0_i). Whether CFG runs is a Python
-bool fixed per call site (one captured graph per value), never a branch on tensor data.
+A step takes the step index (0-d int64 tensor), the latents x_i [B, C, h, w], the previous
+step's x0 prediction [B, C, h, w] (the solver's history), the cached features of the
+previous step (r_out [B', C_r, h_r, w_r] or None), the text embeddings ([2B, L, D] with
+CFG, uncond first as diffusers orders them; else [B, L, D]) and the guidance scale (0-d
+tensor), and returns (x_{i+1}, x0_i, features_i). Whether CFG runs is a Python bool fixed
+per call site (one captured graph per value), never a branch on tensor data.
+
+A denoiser maps (latents, timestep, text, cached features) -> (model output, features):
+  unet_denoiser      the unmodified UNet (no features)
+  split_denoiser     H_in -> L -> H_out, returns r_out for the cache
+  adaptor_denoiser   H_in -> adaptor(r_in, cached r_out, t_emb) -> H_out
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
 from .solver import SolverTable
 
-# denoise(latents [B', C, h, w], timestep 0-d tensor, text [B', L, D]) -> model output [B', C, h, w]
-Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Features = Optional[torch.Tensor]
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Features], tuple[torch.Tensor, Features]]
+
+
+def unet_denoiser(unet) -> Denoiser:
+    def denoise(x, t, text, features):
+        return unet(x, t, encoder_hidden_states=text, return_dict=False)[0], None
+
+    return denoise
+
+
+def split_denoiser(split) -> Denoiser:
+    def denoise(x, t, text, features):
+        return split(x, t, text)
+
+    return denoise
+
+
+def adaptor_denoiser(split, adaptor) -> Denoiser:
+    def denoise(x, t, text, r_out_prev):
+        hin = split.h_in(x, t, text)
+        r_out = adaptor(hin.r_in, r_out_prev, hin.emb)
+        return split.h_out(r_out, hin.skips, hin.emb, text), r_out
+
+    return denoise
 
 
 def _at(table_column: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     # index_select keeps the step index on the device (no .item()); shape [1] broadcasts.
     return table_column.index_select(0, i.view(1))
-
-
-def guided_output(denoise: Denoiser, x, t, text, guidance, cfg: bool) -> torch.Tensor:
-    """Model output with classifier-free guidance folded in (one batched call)."""
-    if not cfg:
-        return denoise(x, t, text)
-    uncond, cond = denoise(torch.cat([x, x]), t, text).chunk(2)
-    return uncond + guidance * (cond - uncond)
 
 
 def solver_update(table: SolverTable, i, x, model_out, x0_prev) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,8 +61,15 @@ def solver_update(table: SolverTable, i, x, model_out, x0_prev) -> tuple[torch.T
     return x_next, x0
 
 
-def full_step(denoise: Denoiser, table: SolverTable, i, x, x0_prev, text, guidance, cfg: bool):
-    """One step of the unmodified model."""
+def step(denoise: Denoiser, table: SolverTable, i, x, x0_prev, features, text, guidance, cfg: bool):
+    """One sampler step with classifier-free guidance folded into one batched model call."""
     t = table.timesteps.index_select(0, i.view(1))[0]
-    out = guided_output(denoise, x.to(text.dtype), t, text, guidance, cfg)
-    return solver_update(table, i, x, out, x0_prev)
+    model_in = x.to(text.dtype)
+    if cfg:
+        model_in = torch.cat([model_in, model_in])
+    out, features = denoise(model_in, t, text, features)
+    if cfg:
+        uncond, cond = out.chunk(2)
+        out = uncond + guidance * (cond - uncond)
+    x_next, x0 = solver_update(table, i, x, out, x0_prev)
+    return x_next, x0, features

@@ -1,0 +1,178 @@
+"""The attention-free adaptor phi that stands in for the UNet's low-resolution middle L.
+
+    r_out(t) ~= phi(r_in(t), r_out(t+1), t_emb) = r_out(t+1) + Up(Blocks(Down([r_in, r_out(t+1)]) + P(t_emb)))
+
+Down is a stride-2 3x3 conv, P a linear projection of the time embedding, Blocks are
+ResNet blocks (GroupNorm -> SiLU -> conv, the time embedding added as a per-channel shift
+inside the fused group_norm_act op), Up a stride-2 transposed conv whose weights start at
+zero, so an untrained adaptor is the identity adaptor (reuse r_out(t+1) as it is).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .ops import group_norm_act
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AdaptorConfig:
+    r_in_channels: int
+    r_out_channels: int
+    time_embed_dim: int
+    hidden_channels: int
+    groups: int = 32
+    num_blocks: int = 2
+    use_r_in: bool = True
+    use_r_out: bool = True  # False: the "no previous features" ablation (the paper's failure case)
+
+    def __post_init__(self):
+        if not (self.use_r_in or self.use_r_out):
+            raise ValueError("the adaptor needs r_in, r_out(t+1) or both")
+        if self.hidden_channels % self.groups:
+            raise ValueError(f"hidden_channels {self.hidden_channels} must be divisible by groups {self.groups}")
+
+    @classmethod
+    def for_split(cls, split, hidden_channels: int | None = None, **kw) -> "AdaptorConfig":
+        hidden = hidden_channels or split.r_out_channels
+        return cls(split.r_in_channels, split.r_out_channels, split.time_embed_dim, hidden,
+                   groups=kw.pop("groups", min(32, hidden)), **kw)
+
+
+class _GroupNormParams(nn.Module):
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.groups = groups
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x, shift=None, residual=None):
+        return group_norm_act(x, self.weight, self.bias, self.groups, shift=shift, act="silu", residual=residual)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int, time_embed_dim: int, groups: int):
+        super().__init__()
+        self.norm1 = _GroupNormParams(channels, groups)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.time_proj = nn.Linear(time_embed_dim, channels)
+        self.norm2 = _GroupNormParams(channels, groups)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, h, emb_act):
+        a = self.conv1(self.norm1(h))
+        a = self.conv2(self.norm2(a, shift=self.time_proj(emb_act)))
+        return h + a
+
+
+class Adaptor(nn.Module):
+    def __init__(self, config: AdaptorConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        c_in = c.r_in_channels * c.use_r_in + c.r_out_channels * c.use_r_out
+        self.down = nn.Conv2d(c_in, c.hidden_channels, 3, stride=2, padding=1)
+        self.cond_proj = nn.Linear(c.time_embed_dim, c.hidden_channels)
+        self.blocks = nn.ModuleList(ResBlock(c.hidden_channels, c.time_embed_dim, c.groups) for _ in range(c.num_blocks))
+        self.norm_out = _GroupNormParams(c.hidden_channels, c.groups)
+        self.up = nn.ConvTranspose2d(c.hidden_channels, c.r_out_channels, 3, stride=2, padding=1)  # odd sizes too
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, r_in, r_out_prev, emb):
+        """r_in [B, C_in, h, w], r_out_prev [B, C_out, h, w], emb [B, E] -> r_out [B, C_out, h, w]."""
+        c = self.config
+        parts = ([r_in] if c.use_r_in else []) + ([r_out_prev] if c.use_r_out else [])
+        emb_act = nn.functional.silu(emb)
+        h = self.down(torch.cat(parts, 1)) + self.cond_proj(emb_act)[:, :, None, None]
+        for block in self.blocks:
+            h = block(h, emb_act)
+        delta = self.up(self.norm_out(h), output_size=r_in.shape[-2:])
+        return r_out_prev + delta if c.use_r_out else delta
+
+
+class IdentityAdaptor(nn.Module):
+    """The training-free variant: reuse r_out(t+1) as it is."""
+
+    def forward(self, r_in, r_out_prev, emb):
+        return r_out_prev
+
+
+def num_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ----------------------------------------------------------------------- saving / loading
+def model_fingerprint(unet) -> str:
+    """A cheap, stable identity of a UNet's weights: config, every tensor's name, shape and
+    dtype, and a strided sample of its values."""
+    h = hashlib.sha256(json.dumps(dict(unet.config), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(unet.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 257)].float().cpu().numpy().tobytes()
+        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        h.update(sample)
+    return h.hexdigest()[:16]
+
+
+class AdaptorLoadError(ValueError):
+    """An adaptor checkpoint is missing, corrupt or made for another model/operating point."""
+
+
+def save(folder: str, adaptor: Adaptor, *, cut: int, base_fingerprint: str, scheduler: str, steps: int,
+         clock: dict, training: dict | None = None):
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    meta = {"format_version": FORMAT_VERSION, "adaptor": asdict(adaptor.config), "cut": cut,
+            "base_fingerprint": base_fingerprint, "scheduler": scheduler, "steps": steps, "clock": clock,
+            "parameters": num_parameters(adaptor), "training": training or {}}
+    save_file({k: v.contiguous() for k, v in adaptor.state_dict().items()}, os.path.join(folder, "adaptor.safetensors"))
+    with open(os.path.join(folder, "adaptor_config.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+
+
+def load(folder: str) -> tuple[Adaptor, dict]:
+    """(adaptor, metadata) from an adaptor folder; AdaptorLoadError names what is wrong."""
+    from safetensors.torch import load_file
+
+    cfg_path = os.path.join(folder, "adaptor_config.json")
+    weights = os.path.join(folder, "adaptor.safetensors")
+    if not os.path.isfile(cfg_path) or not os.path.isfile(weights):
+        raise AdaptorLoadError(f"{folder!r} is not an adaptor folder (needs adaptor_config.json and adaptor.safetensors)")
+    try:
+        with open(cfg_path) as f:
+            meta = json.load(f)
+        config = AdaptorConfig(**meta["adaptor"])
+        if not isinstance(meta["cut"], int):
+            raise TypeError("cut must be an int")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise AdaptorLoadError(f"{cfg_path} is corrupt: {type(e).__name__}: {e}") from e
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise AdaptorLoadError(f"{cfg_path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
+    adaptor = Adaptor(config)
+    try:
+        adaptor.load_state_dict(load_file(weights))
+    except Exception as e:  # safetensors header errors, missing/unexpected keys, shape mismatches
+        raise AdaptorLoadError(f"could not load {weights}: {type(e).__name__}: {e}") from e
+    return adaptor.eval().requires_grad_(False), meta
+
+
+def check_compatible(meta: dict, folder: str, split, base_fingerprint: str):
+    """An adaptor runs only on the UNet it was trained for."""
+    if meta.get("base_fingerprint") != base_fingerprint:
+        raise AdaptorLoadError(f"adaptor {folder!r} was trained for model {meta.get('base_fingerprint')}, "
+                               f"this UNet is {base_fingerprint}")
+    c = meta["adaptor"]
+    want = (split.r_in_channels, split.r_out_channels, split.time_embed_dim)
+    got = (c["r_in_channels"], c["r_out_channels"], c["time_embed_dim"])
+    if want != got:
+        raise AdaptorLoadError(f"adaptor {folder!r} expects (r_in, r_out, t_emb) channels {got}; this UNet has {want}")

@@ -1,0 +1,115 @@
+"""H_in / L / H_out over a diffusers UNet2DConditionModel (Clockwork Diffusion's split).
+
+    eps = H_out(L(r_in), skips)      with   r_in, skips = H_in(x)
+
+At cut level k (default 1, the paper's choice for SD v1.5):
+  H_in  = time embedding, conv_in, down_blocks[:k]; r_in is the output of down_blocks[k-1]
+          (after its downsampler), e.g. 320 x 32 x 32 for SD v1.5 at 512 x 512.
+  L     = down_blocks[k:], mid_block, up_blocks[:n-k], the last of these without its
+          upsampler; r_out is its output (640 x 32 x 32 for SD v1.5).
+  H_out = that upsampler, up_blocks[n-k:] (which consume H_in's skip connections),
+          conv_norm_out, conv_act, conv_out.
+Taking r_out before the upsampler reproduces the paper's 228.4 GFLOPs of always-run work.
+The three parts call the UNet's own modules, so split(x) equals unet(x) (tests/test_unet_split.py).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class HInOutput:
+    r_in: torch.Tensor  # [B, C_in, h / 2^k, w / 2^k]
+    skips: tuple  # skip tensors consumed by H_out's up blocks
+    emb: torch.Tensor  # [B, E] time embedding (after the time MLP)
+
+
+def _call_block(block, hidden, emb, text, **kw):
+    if getattr(block, "has_cross_attention", False):
+        return block(hidden_states=hidden, temb=emb, encoder_hidden_states=text, **kw)
+    return block(hidden_states=hidden, temb=emb, **kw)
+
+
+class UNetSplit(torch.nn.Module):
+    def __init__(self, unet, cut: int = 1):
+        super().__init__()
+        cfg = unet.config
+        n = len(unet.down_blocks)
+        if not 1 <= cut < n:
+            raise ValueError(f"cut must be in [1, {n - 1}] for a UNet with {n} levels, got {cut}")
+        for field in ("class_embed_type", "addition_embed_type", "encoder_hid_dim_type"):
+            if getattr(cfg, field, None) is not None:
+                raise ValueError(f"UNets with {field}={getattr(cfg, field)!r} are not supported by the split")
+        if any(b.downsamplers is None for b in unet.down_blocks[:cut]):
+            raise ValueError("every down block before the cut needs a downsampler")
+        self.unet = unet
+        self.cut = cut
+        last_low = unet.up_blocks[n - cut - 1]
+        # A view of the last low-resolution up block without its upsampler; it shares all
+        # modules (and parameters) with the UNet.
+        self._last_low_no_up = copy.copy(last_low)
+        self._last_low_no_up._modules = dict(last_low._modules)
+        self._last_low_no_up.upsamplers = None
+        self._upsampler = last_low.upsamplers
+        self.r_in_channels = cfg.block_out_channels[cut - 1]
+        self.r_out_channels = last_low.resnets[-1].out_channels
+        self.time_embed_dim = unet.time_embedding.linear_2.out_features
+        self.scale = 2**cut  # r_in / r_out are 2^cut times smaller than the latents
+
+    def h_in(self, x, t, text, timestep_cond=None) -> HInOutput:
+        u = self.unet
+        if u.config.center_input_sample:
+            x = 2 * x - 1.0
+        emb = u.time_embedding(u.get_time_embed(sample=x, timestep=t), timestep_cond)
+        if u.time_embed_act is not None:
+            emb = u.time_embed_act(emb)
+        h = u.conv_in(x)
+        skips = (h,)
+        for block in u.down_blocks[: self.cut]:
+            h, res = _call_block(block, h, emb, text)
+            skips += res
+        # The last skip is r_in itself: L's first up block consumes it, not H_out.
+        return HInOutput(r_in=h, skips=skips[:-1], emb=emb)
+
+    def low(self, r_in, emb, text) -> torch.Tensor:
+        u = self.unet
+        h, skips = r_in, (r_in,)
+        for block in u.down_blocks[self.cut :]:
+            h, res = _call_block(block, h, emb, text)
+            skips += res
+        if u.mid_block is not None:
+            if getattr(u.mid_block, "has_cross_attention", False):
+                h = u.mid_block(h, emb, encoder_hidden_states=text)
+            else:
+                h = u.mid_block(h, emb)
+        n = len(u.up_blocks)
+        for j in range(n - self.cut):
+            block = u.up_blocks[j] if j < n - self.cut - 1 else self._last_low_no_up
+            k = len(block.resnets)
+            h = _call_block(block, h, emb, text, res_hidden_states_tuple=skips[-k:])
+            skips = skips[:-k]
+        return h
+
+    def h_out(self, r_out, skips, emb, text) -> torch.Tensor:
+        u = self.unet
+        h = r_out
+        if self._upsampler is not None:
+            for up in self._upsampler:
+                h = up(h)
+        for block in u.up_blocks[len(u.up_blocks) - self.cut :]:
+            k = len(block.resnets)
+            h = _call_block(block, h, emb, text, res_hidden_states_tuple=skips[-k:])
+            skips = skips[:-k]
+        if u.conv_norm_out is not None:
+            h = u.conv_act(u.conv_norm_out(h))
+        return u.conv_out(h)
+
+    def forward(self, x, t, text, timestep_cond=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The full model: (eps, r_out)."""
+        hin = self.h_in(x, t, text, timestep_cond)
+        r_out = self.low(hin.r_in, hin.emb, text)
+        return self.h_out(r_out, hin.skips, hin.emb, text), r_out
