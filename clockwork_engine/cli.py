@@ -44,6 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--mode", default="full", choices=MODES, help="acceleration mode (default: full)")
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary line")
     gen.set_defaults(run=_generate)
+
+    from .distill import adaptor as distill_adaptor
+
+    distill = sub.add_parser("distill", help="train a clockwork adaptor on the teacher's trajectories",
+                             description=distill_adaptor.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    distill_adaptor.build_parser(distill)
+    distill.set_defaults(run=lambda args: distill_adaptor.run(args) and 0)
+
+    from . import flops
+
+    count = sub.add_parser("flops", help="count FLOPs per step type (full vs clockwork)", description=flops.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    flops.build_parser(count)
+    count.set_defaults(run=lambda args: flops.run(args) and 0)
     return parser
 
 

@@ -1,0 +1,167 @@
+"""clockwork distill: train the adaptor phi on the teacher's features (model-step distillation).
+
+    clockwork distill --model demo --out runs/adaptor --steps 8 --clock 2 --epochs 40
+
+Every epoch draws fresh captions (the demo caption generator's training split, or the lines
+of --prompts), samples the teacher's trajectories from fresh noise ("unrolled", the paper's
+method; "noised" forward-noises data latents instead, for the ablation) and fits phi with
+L2 on r_out at the clock's adaptor steps (Adam). Resumable per epoch; writes the adaptor
+(safetensors + adaptor_config.json with the base model's fingerprint, the scheduler, the
+step count and the clock). Reports, on held-out captions, the relative error of phi and of
+the identity adaptor: ||phi - r_out||^2 / ||r_out(t+1) - r_out||^2 is what matters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import adaptor as A
+from ..clock import Clock
+from ..demo import shapes
+from ..demo.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
+from . import trajectories as T
+
+
+def build_parser(parser=None):
+    ap = parser or argparse.ArgumentParser(prog="clockwork distill", description=__doc__,
+                                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="demo", help="teacher: 'demo' or a local diffusers SD directory")
+    ap.add_argument("--out", required=True, help="output adaptor folder (also the checkpoint folder)")
+    ap.add_argument("--steps", type=int, default=8, help="sampler steps of the operating point")
+    ap.add_argument("--clock", type=int, default=2, help="adaptor on every N-th step (0-based i %% N == N-1)")
+    ap.add_argument("--adaptor-steps", default=None, help="explicit 0-based adaptor steps, e.g. 4,5,6,7")
+    ap.add_argument("--guidance", type=float, default=5.0, help="teacher CFG scale of the operating point")
+    ap.add_argument("--mode", choices=("unrolled", "noised"), default="unrolled")
+    ap.add_argument("--prompts", default=None, help="a text file of captions (default: the demo captions)")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--captions-per-epoch", type=int, default=512)
+    ap.add_argument("--traj-batch", type=int, default=128, help="captions per teacher batch")
+    ap.add_argument("--batch", type=int, default=64, help="adaptor training batch")
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--hidden", type=int, default=None, help="adaptor width (default: r_out's channels)")
+    ap.add_argument("--cut", type=int, default=1, help="UNet split level")
+    ap.add_argument("--no-r-out", action="store_true", help="ablation: adaptor without r_out(t+1)")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def _captions(args, rng, n):
+    if args.prompts:
+        with open(args.prompts) as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+        if not lines:
+            raise ValueError(f"{args.prompts} has no captions")
+        return [lines[i] for i in rng.integers(0, len(lines), n)], None
+    images, scenes, _ = shapes.sample_batch(rng, shapes.split_scenes("train"), n)
+    return [s.caption for s in scenes], images
+
+
+@torch.no_grad()
+def _features(engine, split, args, captions, images, gen):
+    records = []
+    for k in range(0, len(captions), args.traj_batch):
+        chunk = captions[k : k + args.traj_batch]
+        if args.mode == "unrolled":
+            records.append(T.unrolled(engine, split, chunk, args.steps, args.guidance, gen))
+        else:
+            if images is None:
+                raise ValueError("--mode noised needs images: use the demo captions (no --prompts)")
+            x = shapes.to_tensor(images[k : k + args.traj_batch])
+            latents = engine.vae.encode(x).latent_dist.sample(gen) * engine.vae.config.scaling_factor
+            records.append(T.noised(engine, split, chunk, latents, args.steps, args.guidance, gen))
+    # Merge the chunks step by step.
+    return [T.Record(*(torch.cat([getattr(r[i], f) for r in records]) for f in ("r_in", "emb", "r_out")))
+            for i in range(args.steps)]
+
+
+@torch.no_grad()
+def relative_errors(adaptor, data) -> dict[str, float]:
+    r_in, r_prev, emb, target = data
+    pred = torch.cat([adaptor(r_in[k : k + 256], r_prev[k : k + 256], emb[k : k + 256])
+                      for k in range(0, len(r_in), 256)])
+    denom = target.pow(2).sum()
+    return {"adaptor": float((pred - target).pow(2).sum() / denom),
+            "identity": float((r_prev - target).pow(2).sum() / denom)}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return run(args)
+
+
+def run(args):
+    from .. import Engine
+    from ..unet_split import UNetSplit
+
+    torch.manual_seed(args.seed)
+    engine = Engine.from_pretrained(args.model, config="full")
+    split = UNetSplit(engine.unet, args.cut)
+    clock = Clock(every=args.clock, adaptor_steps=frozenset(int(s) for s in args.adaptor_steps.split(","))
+                  if args.adaptor_steps else None)
+    adaptor_steps = [i for i, a in enumerate(clock.schedule(args.steps)) if a]
+    if not adaptor_steps:
+        raise ValueError(f"the clock has no adaptor step in {args.steps} steps")
+    adaptor = A.Adaptor(A.AdaptorConfig.for_split(split, args.hidden, use_r_out=not args.no_r_out))
+    opt = torch.optim.Adam(adaptor.parameters(), lr=args.lr)
+    ckpt = os.path.join(args.out, "checkpoint")
+    epoch, losses = load_checkpoint(ckpt, adaptor, opt)
+    print(f"adaptor: {A.num_parameters(adaptor) / 1e6:.3f}M parameters; adaptor steps {adaptor_steps}; "
+          f"mode {args.mode}; resuming at epoch {epoch}")
+
+    val_rng = np.random.default_rng(10_000 + args.seed)  # held-out captions for the report
+    val_caps = [s.caption for s in shapes.split_scenes("eval")]
+    val_caps = [val_caps[i] for i in val_rng.integers(0, len(val_caps), 128)] if not args.prompts else None
+    val_args = argparse.Namespace(**{**vars(args), "mode": "unrolled"})
+    val = T.pairs(_features(engine, split, val_args, val_caps, None, torch.Generator().manual_seed(999)),
+                  adaptor_steps) if val_caps else None
+
+    total_iters = args.epochs * ((args.captions_per_epoch * 2 * len(adaptor_steps)) // args.batch)
+    it = epoch * ((args.captions_per_epoch * 2 * len(adaptor_steps)) // args.batch)
+    history = []
+    for epoch in range(epoch, args.epochs):
+        rng = np.random.default_rng(args.seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
+        captions, images = _captions(args, rng, args.captions_per_epoch)
+        data = T.pairs(_features(engine, split, args, captions, images, gen), adaptor_steps)
+        order = torch.randperm(len(data[0]), generator=gen)
+        bar = tqdm(range(0, len(order) - args.batch + 1, args.batch), desc=f"epoch {epoch + 1}/{args.epochs}")
+        adaptor.train()
+        for k in bar:
+            idx = order[k : k + args.batch]
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(it, total_iters, args.lr, warmup=50)
+            r_in, r_prev, emb, target = (d[idx] for d in data)
+            loss = (adaptor(r_in, r_prev, emb) - target).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            it += 1
+            bar.set_postfix(loss=f"{loss.item():.5f}")
+        adaptor.eval()
+        if val is not None:
+            errors = relative_errors(adaptor, val)
+            history.append({"epoch": epoch + 1, **errors})
+            print(f"epoch {epoch + 1}: held-out relative error adaptor {errors['adaptor']:.4f} "
+                  f"identity {errors['identity']:.4f}")
+        save_checkpoint(ckpt, adaptor, opt, epoch + 1, losses)
+
+    plot_losses(losses, os.path.join(args.out, "loss.png"), f"adaptor L2 ({args.mode})")
+    training = {"mode": args.mode, "epochs": args.epochs, "captions_per_epoch": args.captions_per_epoch,
+                "lr": args.lr, "guidance": args.guidance, "seed": args.seed, "held_out": history[-1:] or None}
+    A.save(args.out, adaptor, cut=args.cut, base_fingerprint=A.model_fingerprint(engine.unet),
+           scheduler=type(engine.scheduler).__name__, steps=args.steps, clock=clock.to_dict(), training=training)
+    with open(os.path.join(args.out, "history.json"), "w") as f:
+        json.dump(history, f, indent=1)
+    print(f"saved {args.out}")
+    return history
+
+
+if __name__ == "__main__":
+    main()

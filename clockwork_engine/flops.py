@@ -1,0 +1,148 @@
+"""FLOPs per step type with torch.utils.flop_counter, on meta tensors (no weights needed).
+
+Two counting conventions, both reported:
+  paper: what Clockwork's 677.8 GFLOPs per SD v1.5 forward counts: convolutions and linear
+         layers, not the attention-score matmuls (QK^T and P.V);
+  full:  everything the flop counter sees with diffusers' plain AttnProcessor (those
+         matmuls are baddbmm + bmm there): the honest cost.
+A flop here is the counter's: 2 per multiply-add.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+SD15_UNET = dict(  # runwayml/stable-diffusion-v1-5 unet/config.json (the fields that shape compute)
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+)
+SD15_TEXT_TOKENS = 77
+SD15_ADAPTOR_HIDDEN = 416  # 13.8M parameters: the paper's "about 14M" ResNet adaptor
+ATTENTION_SCORE_OPS = ("aten.baddbmm", "aten.bmm")
+
+
+def _count(fn) -> dict[str, int]:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return {str(op): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
+
+
+def _conventions(ops: dict[str, int]) -> dict[str, float]:
+    full = sum(ops.values())
+    scores = sum(n for op, n in ops.items() if any(op.startswith(s) for s in ATTENTION_SCORE_OPS))
+    return {"full": full, "paper": full - scores}
+
+
+def per_level(unet, x, t, text) -> dict[str, dict[str, float]]:
+    """GFLOPs of each top-level UNet module (both conventions), for one forward."""
+    by_module: dict[str, dict[str, int]] = defaultdict(dict)
+    with FlopCounterMode(display=False) as counter:
+        unet(x, t, text)
+    for name, ops in counter.get_flop_counts().items():
+        parts = name.split(".")
+        # "UNet2DConditionModel.down_blocks.0" is a top-level block; conv_in etc. have 2 parts
+        if (len(parts) == 3 and parts[1] in ("down_blocks", "up_blocks")) or (
+                len(parts) == 2 and parts[1] not in ("down_blocks", "up_blocks")):
+            by_module[".".join(parts[1:])] = {str(k): int(v) for k, v in ops.items()}
+    return {m: {c: v / 1e9 for c, v in _conventions(ops).items()} for m, ops in by_module.items()}
+
+
+def count_arch(unet_config: dict, text_tokens: int, text_dim: int, adaptor_hidden: int | None, steps: int,
+               clock_every: int, cfg_batch: int = 2, cut: int = 1, latent: int | None = None) -> dict:
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from .adaptor import Adaptor, AdaptorConfig, num_parameters
+    from .clock import Clock
+    from .unet_split import UNetSplit
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**unet_config).eval()
+        unet.set_attn_processor(AttnProcessor())  # plain bmm attention: every matmul is counted
+        split = UNetSplit(unet, cut)
+        adaptor = Adaptor(AdaptorConfig.for_split(split, adaptor_hidden)).eval()
+        size = latent or unet_config["sample_size"]
+        x = torch.randn(cfg_batch, unet_config["in_channels"], size, size)
+        text = torch.randn(cfg_batch, text_tokens, text_dim)
+        t = torch.tensor(500)
+        with torch.no_grad():
+            full_ops = _count(lambda: split(x, t, text))
+            unet_ops = _count(lambda: unet(x, t, text))
+
+            def adaptor_step():
+                hin = split.h_in(x, t, text)
+                r_prev = torch.empty(cfg_batch, split.r_out_channels, *hin.r_in.shape[-2:])
+                split.h_out(adaptor(hin.r_in, r_prev, hin.emb), hin.skips, hin.emb, text)
+
+            def always_run():
+                hin = split.h_in(x, t, text)
+                r_out = torch.empty(cfg_batch, split.r_out_channels, *hin.r_in.shape[-2:])
+                split.h_out(r_out, hin.skips, hin.emb, text)
+
+            adaptor_ops = _count(adaptor_step)
+            always_ops = _count(always_run)
+            adaptor_only = _count(lambda: adaptor(torch.empty(cfg_batch, split.r_in_channels, size // 2, size // 2),
+                                                  torch.empty(cfg_batch, split.r_out_channels, size // 2, size // 2),
+                                                  torch.empty(cfg_batch, split.time_embed_dim)))
+            levels = per_level(unet, x[:1], t, text[:1])
+    assert sum(full_ops.values()) == sum(unet_ops.values()), "the split must cost what the UNet costs"
+    schedule = Clock(every=clock_every).schedule(steps)
+    n_adaptor = sum(schedule)
+    result = {"steps": steps, "clock_every": clock_every, "cfg_batch": cfg_batch, "cut": cut,
+              "adaptor_steps_0based": [i for i, a in enumerate(schedule) if a],
+              "adaptor_parameters": num_parameters(adaptor), "unet_forward_batch1_gflops_by_module": levels}
+    for conv in ("paper", "full"):
+        full_step = _conventions(full_ops)[conv] / 1e12
+        adapt_step = _conventions(adaptor_ops)[conv] / 1e12
+        baseline = steps * full_step
+        clockwork = (steps - n_adaptor) * full_step + n_adaptor * adapt_step
+        result[conv] = {
+            "unet_forward_batch1_gflops": _conventions(full_ops)[conv] / cfg_batch / 1e9,
+            "always_run_batch1_gflops": _conventions(always_ops)[conv] / cfg_batch / 1e9,
+            "adaptor_batch1_gflops": _conventions(adaptor_only)[conv] / cfg_batch / 1e9,
+            "full_step_tflops": full_step, "adaptor_step_tflops": adapt_step,
+            "baseline_tflops_per_image": baseline, "clockwork_tflops_per_image": clockwork,
+            "saving": 1 - clockwork / baseline,
+        }
+    result["ops_full_step"] = {k: v / 1e9 for k, v in sorted(full_ops.items())}
+    return result
+
+
+def main(argv=None, parser=None):
+    ap = parser or argparse.ArgumentParser(prog="clockwork flops", description=__doc__,
+                                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    build_parser(ap)
+    return run(ap.parse_args(argv))
+
+
+def build_parser(ap):
+    ap.add_argument("--arch", choices=("sd15", "demo"), default="sd15",
+                    help="sd15: the SD v1.5 UNet config at 512x512 with a 14M adaptor; demo: the demo UNet")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--clock", type=int, default=2, help="adaptor on every N-th step")
+    ap.add_argument("--json", default=None, help="also write the JSON here")
+    return ap
+
+
+def run(args) -> dict:
+    if args.arch == "sd15":
+        result = count_arch(SD15_UNET, SD15_TEXT_TOKENS, 768, SD15_ADAPTOR_HIDDEN, args.steps, args.clock)
+    else:
+        from .demo import models
+
+        result = count_arch(dict(models.UNET_CONFIG), models.TEXT_MAX_LENGTH, 384, None, args.steps, args.clock)
+    result = {"arch": args.arch, "command": f"clockwork flops --arch {args.arch} --steps {args.steps} "
+              f"--clock {args.clock}", **result}
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text)
+    return result

@@ -1,0 +1,42 @@
+"""FLOP counts per step type (meta tensors: nothing is computed)."""
+
+import argparse
+
+import pytest
+
+from clockwork_engine import flops
+
+
+@pytest.fixture(scope="module")
+def sd15():
+    return flops.run(argparse.Namespace(arch="sd15", steps=8, clock=2, json=None))
+
+
+def test_sd15_matches_the_paper(sd15):
+    paper = sd15["paper"]
+    assert paper["unet_forward_batch1_gflops"] == pytest.approx(677.8, rel=0.01)  # Clockwork: 677.8
+    assert paper["always_run_batch1_gflops"] == pytest.approx(228.4, rel=0.01)  # Clockwork: 228.4
+    assert paper["baseline_tflops_per_image"] == pytest.approx(10.8, rel=0.01)
+    assert paper["clockwork_tflops_per_image"] == pytest.approx(7.3, rel=0.02)
+    assert 13e6 < sd15["adaptor_parameters"] < 15e6  # "about 14M"
+    # The honest count includes the attention-score matmuls and saves less.
+    assert sd15["full"]["unet_forward_batch1_gflops"] == pytest.approx(803.3, rel=0.01)
+    assert sd15["full"]["saving"] < paper["saving"]
+
+
+def test_schedule_arithmetic(sd15):
+    for conv in ("paper", "full"):
+        c = sd15[conv]
+        assert c["clockwork_tflops_per_image"] == pytest.approx(4 * c["full_step_tflops"] + 4 * c["adaptor_step_tflops"])
+        # an adaptor step = always-run part + adaptor, at CFG batch 2
+        assert c["adaptor_step_tflops"] * 1e3 == pytest.approx(
+            2 * (c["always_run_batch1_gflops"] + c["adaptor_batch1_gflops"]), rel=1e-6)
+    assert sd15["adaptor_steps_0based"] == [1, 3, 5, 7]
+
+
+def test_demo_arch_counts():
+    demo = flops.run(argparse.Namespace(arch="demo", steps=8, clock=2, json=None))
+    assert 0 < demo["paper"]["saving"] < 1
+    levels = demo["unet_forward_batch1_gflops_by_module"]
+    assert sum(v["full"] for v in levels.values()) == pytest.approx(demo["full"]["unet_forward_batch1_gflops"],
+                                                                   rel=1e-6)
