@@ -23,6 +23,8 @@ class EngineConfig:
     adaptor_steps: tuple[int, ...] | None = None
     adaptor: str | None = None
     cut: int = 1
+    backend: str = "auto"  # step programs: "cuda" graphs when a GPU is there, else "cpu" (eager)
+    max_graphs: int = 8  # (batch, size, dtype, mode, cfg, steps) program sets kept (LRU)
     max_batch_size: int = 16  # prompts per generate() call
     prompt_cache_size: int = 256  # prompt embeddings kept (LRU)
     max_size_factor: int = 4  # largest height/width = this x the default size
@@ -30,7 +32,9 @@ class EngineConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; modes: {', '.join(MODES)}")
-        for name in ("steps", "max_batch_size", "max_size_factor", "cut"):
+        if self.backend not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"backend must be 'auto', 'cpu' or 'cuda', got {self.backend!r}")
+        for name in ("steps", "max_batch_size", "max_size_factor", "cut", "max_graphs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -54,6 +54,7 @@ class Engine:
         self._tables: dict[int, sampler.SolverTable] = {}
         self._lock = threading.RLock()
         sampler.build_table(copy.deepcopy(scheduler), 1)  # fail now on an unsupported scheduler
+        self.graphs = sampler.GraphSampler(self.config.backend, self.config.max_graphs)
         self.denoisers = {"full": sampler.unet_denoiser(self.unet)}
         self.adaptor, self.adaptor_meta, self.split = None, {}, None
         if self.config.mode == "clockwork":
@@ -172,10 +173,18 @@ class Engine:
         trained_steps = self.adaptor_meta.get("steps")
         if mode == "clockwork" and trained_steps not in (None, steps):
             warnings.warn(f"the adaptor was trained for {trained_steps} steps, running {steps}", stacklevel=3)
-        g = torch.tensor(guidance, device=self.device)
-        step_fns = {kind: partial(sampler.step, self.denoisers[kind], table, text=text, guidance=g, cfg=cfg_on)
-                    for kind in set(kinds)}
-        latents = sampler.run(step_fns, kinds, table, noise, CacheState(), callback)
+
+        def make_steps(text_buffer, guidance_buffer):
+            return {kind: partial(sampler.step, self.denoisers[kind], table, text=text_buffer,
+                                  guidance=guidance_buffer, cfg=cfg_on) for kind in set(kinds)}
+
+        feature_shape = None
+        if mode == "clockwork":
+            s = self.split.scale
+            feature_shape = (text.shape[0], self.split.r_out_channels, shape[2] // s, shape[3] // s)
+        key = (len(prompts), height, width, str(self.unet.dtype), mode, cfg_on, steps)
+        latents = self.graphs.run(key, make_steps, kinds, table, noise, text, guidance, feature_shape,
+                                  CacheState(), callback)
         if not torch.isfinite(latents).all():
             raise NonFiniteError("the sampler produced NaN/Inf latents (check the model weights and guidance_scale)")
         return latents

@@ -5,7 +5,7 @@
 Every epoch draws fresh captions (the demo caption generator's training split, or the lines
 of --prompts), samples the teacher's trajectories from fresh noise ("unrolled", the paper's
 method; "noised" forward-noises data latents instead, for the ablation) and fits phi with
-L2 on r_out at the clock's adaptor steps (Adam). Resumable per epoch; writes the adaptor
+L2 on r_out at every step > 0 (or only the clock's adaptor steps), with Adam. Resumable per epoch; writes the adaptor
 (safetensors + adaptor_config.json with the base model's fingerprint, the scheduler, the
 step count and the clock). Reports, on held-out captions, the relative error of phi and of
 the identity adaptor: ||phi - r_out||^2 / ||r_out(t+1) - r_out||^2 is what matters.
@@ -37,6 +37,8 @@ def build_parser(parser=None):
     ap.add_argument("--clock", type=int, default=2, help="adaptor on every N-th step (0-based i %% N == N-1)")
     ap.add_argument("--adaptor-steps", default=None, help="explicit 0-based adaptor steps, e.g. 4,5,6,7")
     ap.add_argument("--guidance", type=float, default=5.0, help="teacher CFG scale of the operating point")
+    ap.add_argument("--train-on", choices=("all", "clock"), default="all",
+                    help="fit phi on every step > 0 (so other clocks can use it) or only on the clock's steps")
     ap.add_argument("--mode", choices=("unrolled", "noised"), default="unrolled")
     ap.add_argument("--prompts", default=None, help="a text file of captions (default: the demo captions)")
     ap.add_argument("--epochs", type=int, default=40)
@@ -107,6 +109,8 @@ def run(args):
     adaptor_steps = [i for i, a in enumerate(clock.schedule(args.steps)) if a]
     if not adaptor_steps:
         raise ValueError(f"the clock has no adaptor step in {args.steps} steps")
+    if args.train_on == "all":
+        adaptor_steps = list(range(1, args.steps))
     adaptor = A.Adaptor(A.AdaptorConfig.for_split(split, args.hidden, use_r_out=not args.no_r_out))
     opt = torch.optim.Adam(adaptor.parameters(), lr=args.lr)
     ckpt = os.path.join(args.out, "checkpoint")
@@ -153,7 +157,7 @@ def run(args):
         save_checkpoint(ckpt, adaptor, opt, epoch + 1, losses)
 
     plot_losses(losses, os.path.join(args.out, "loss.png"), f"adaptor L2 ({args.mode})")
-    training = {"mode": args.mode, "epochs": args.epochs, "captions_per_epoch": args.captions_per_epoch,
+    training = {"mode": args.mode, "train_on": args.train_on, "epochs": args.epochs, "captions_per_epoch": args.captions_per_epoch,
                 "lr": args.lr, "guidance": args.guidance, "seed": args.seed, "held_out": history[-1:] or None}
     A.save(args.out, adaptor, cut=args.cut, base_fingerprint=A.model_fingerprint(engine.unet),
            scheduler=type(engine.scheduler).__name__, steps=args.steps, clock=clock.to_dict(), training=training)

@@ -1,0 +1,177 @@
+"""The graph sampler: each step kind runs as a program over static buffers.
+
+All state of a request lives in static buffers (latents, x0 history, cached r_out, text,
+guidance, step index). A step program reads them and writes the new state back in place,
+so a CUDA graph captured from it can be replayed step after step; the full program writes
+r_out into the buffer the adaptor program reads. The host only picks, from the step index,
+which program to replay and copies the index in.
+
+Backends:
+  cpu   the programs run eagerly (same functions, same buffers); their first run per key
+        is checked by the NoHostSync guard. Executed and tested here.
+  cuda  warm-up on a side stream, capture with torch.cuda.CUDAGraph into one memory pool
+        shared by all graphs, replay. Not executed here (no GPU).
+One (full, adaptor) program set per key (batch, height, width, dtype, mode, cfg, steps),
+kept in an LRU of `max_entries`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from ..cache import CacheState
+from .guard import NoHostSync
+from .solver import SolverTable
+
+# step_fn(i, x, x0_prev, features) -> (x_next, x0, features), text/guidance bound as the buffers
+StepFactory = Callable[[torch.Tensor, torch.Tensor], dict]
+
+
+@dataclass
+class StaticBuffers:
+    step: torch.Tensor  # [] int64, the step index
+    x: torch.Tensor  # [B, C, h, w] float32
+    x0_prev: torch.Tensor  # [B, C, h, w] float32
+    features: Optional[torch.Tensor]  # [B', C_r, h_r, w_r] cached r_out, or None without clockwork
+    text: torch.Tensor  # [B', L, D]
+    guidance: torch.Tensor  # [] float32
+
+
+def _range(name: str):
+    """A torch.profiler range, and an NVTX range when CUDA is there (the same name)."""
+    if torch.cuda.is_available():
+        class _Both:
+            def __enter__(self):
+                torch.cuda.nvtx.range_push(name)
+                self.rf = torch.profiler.record_function(name)
+                self.rf.__enter__()
+
+            def __exit__(self, *exc):
+                self.rf.__exit__(*exc)
+                torch.cuda.nvtx.range_pop()
+
+        return _Both()
+    return torch.profiler.record_function(name)
+
+
+class _Program:
+    """One step kind bound to the static buffers: run() updates them in place."""
+
+    def __init__(self, step_fn, bufs: StaticBuffers):
+        self.step_fn, self.bufs = step_fn, bufs
+
+    def run(self):
+        b = self.bufs
+        x, x0, features = self.step_fn(b.step, b.x, b.x0_prev, b.features)
+        b.x.copy_(x)
+        b.x0_prev.copy_(x0)
+        if b.features is not None and features is not None:
+            b.features.copy_(features)
+
+
+class _CudaGraphProgram(_Program):
+    def __init__(self, step_fn, bufs, pool, stream):
+        super().__init__(step_fn, bufs)
+        with torch.cuda.stream(stream):  # warm-up off the default stream, as capture requires
+            for _ in range(2):
+                super().run()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            super().run()
+
+    def run(self):
+        self.graph.replay()
+
+
+class _Entry:
+    def __init__(self, bufs: StaticBuffers, programs: dict):
+        self.bufs, self.programs = bufs, programs
+
+
+class GraphSampler:
+    def __init__(self, backend: str = "auto", max_entries: int = 8):
+        if backend == "auto":
+            backend = "cuda" if torch.cuda.is_available() else "cpu"
+        if backend not in ("cpu", "cuda"):
+            raise ValueError(f"backend must be 'auto', 'cpu' or 'cuda', got {backend!r}")
+        if backend == "cuda" and not torch.cuda.is_available():
+            raise ValueError("backend 'cuda' needs a CUDA device")
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        self.backend = backend
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
+        self._pool = torch.cuda.graph_pool_handle() if backend == "cuda" else None
+        self.hits = self.misses = self.evictions = 0
+
+    def keys(self) -> list[tuple]:
+        return list(self._entries)
+
+    def clear(self):
+        self._entries.clear()
+
+    def _build(self, make_steps: StepFactory, kinds: set[str], noise, text, feature_shape) -> _Entry:
+        device = noise.device
+        bufs = StaticBuffers(
+            step=torch.zeros((), dtype=torch.long, device=device),
+            x=torch.zeros(noise.shape, dtype=torch.float32, device=device),
+            x0_prev=torch.zeros(noise.shape, dtype=torch.float32, device=device),
+            features=torch.zeros(feature_shape, dtype=text.dtype, device=device) if feature_shape else None,
+            text=torch.zeros_like(text),
+            guidance=torch.zeros((), dtype=torch.float32, device=device),
+        )
+        step_fns = make_steps(bufs.text, bufs.guidance)
+        programs = {}
+        if self.backend == "cuda":
+            stream = torch.cuda.Stream()
+            bufs.text.copy_(text)
+            for kind in sorted(kinds):
+                programs[kind] = _CudaGraphProgram(step_fns[kind], bufs, self._pool, stream)
+        else:
+            for kind in sorted(kinds):
+                programs[kind] = _Program(step_fns[kind], bufs)
+                bufs.text.copy_(text)
+                bufs.step.fill_(0)  # a dry run: its results are reset before every request
+                with NoHostSync():  # fail now, not on a GPU, if a step syncs with the host
+                    programs[kind].run()
+        return _Entry(bufs, programs)
+
+    def run(self, key: tuple, make_steps: StepFactory, kinds: list[str], table: SolverTable, noise: torch.Tensor,
+            text: torch.Tensor, guidance: float, feature_shape: tuple | None, cache: CacheState,
+            callback=None) -> torch.Tensor:
+        """Sample x_N for one request; returns a fresh tensor (the buffers stay the sampler's)."""
+        if len(kinds) != table.num_steps:
+            raise ValueError(f"schedule has {len(kinds)} entries for {table.num_steps} steps")
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            entry = self._build(make_steps, set(kinds), noise, text, feature_shape)
+            self._entries[key] = entry
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+                self.evictions += 1
+        else:
+            self.hits += 1
+            self._entries.move_to_end(key)
+        b = entry.bufs
+        # Reset every buffer: nothing of an earlier request (or of the guard run) survives.
+        b.x.copy_(noise.float() * table.init_noise_sigma)
+        b.x0_prev.zero_()
+        if b.features is not None:
+            b.features.zero_()
+        b.text.copy_(text)
+        b.guidance.fill_(guidance)
+        indices = torch.arange(table.num_steps, device=noise.device)
+        for i, kind in enumerate(kinds):
+            with _range(f"clockwork.step.{i}.{kind}"):
+                b.step.copy_(indices[i])
+                entry.programs[kind].run()
+            if callback is not None:
+                callback(i, table.num_steps, b.x)
+        cache.r_out = None if b.features is None else b.features.clone()
+        return b.x.clone()

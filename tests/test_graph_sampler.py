@@ -1,0 +1,85 @@
+"""The graph sampler (CPU backend): same results as the plain loop, key cache, guard."""
+
+from functools import partial
+
+import pytest
+import torch
+
+from clockwork_engine import Engine, EngineConfig, sampler
+from clockwork_engine.cache import CacheState
+from clockwork_engine.sampler import GraphSampler, HostSyncError, NoHostSync
+
+GOOD = dict(steps=5, seed=0, height=16, width=16, output="latent", guidance_scale=4.0)
+
+
+@pytest.mark.parametrize("mode", ["full", "clockwork"])
+def test_graph_sampler_equals_the_plain_loop(tiny_pipe, mode):
+    engine = Engine.from_pipeline(tiny_pipe, config="clockwork-identity")
+    got = engine.generate(["a red circle", "a blue square"], mode=mode, **GOOD)
+    # The same request through sampler.run (no static buffers, no programs).
+    text = engine.prompts.encode(["", "", "a red circle", "a blue square"])
+    table = engine._table(5)
+    kinds = engine.schedule(5, mode)
+    fns = {k: partial(sampler.step, engine.denoisers[k], table, text=text, guidance=torch.tensor(4.0), cfg=True)
+           for k in set(kinds)}
+    noise = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    ref = sampler.run(fns, kinds, table, noise, CacheState())
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+def test_program_cache_hits_misses_and_evictions(tiny_pipe):
+    engine = Engine.from_pipeline(tiny_pipe, config=EngineConfig(mode="clockwork", adaptor="identity", max_graphs=2))
+    g = engine.graphs
+    engine.generate("a red circle", **GOOD)
+    engine.generate("a red circle", **GOOD)
+    assert (g.misses, g.hits, g.evictions) == (1, 1, 0)
+    engine.generate("a red circle", **{**GOOD, "height": 24})  # a new key
+    engine.generate(["a", "b"], **GOOD)  # a new key (batch 2): evicts the oldest
+    assert (g.misses, g.evictions) == (3, 1)
+    assert len(g.keys()) == 2 and all(k[1] != 16 or k[0] == 2 for k in g.keys())
+    engine.generate("a red circle", mode="full", **GOOD)  # modes are keys too
+    assert g.misses == 4
+
+
+def test_requests_never_see_each_others_state(tiny_pipe):
+    engine = Engine.from_pipeline(tiny_pipe, config="clockwork-identity")
+    a = engine.generate("a red circle", **GOOD)
+    engine.generate("a green triangle", **{**GOOD, "seed": 3, "guidance_scale": 9.0})
+    with pytest.raises(RuntimeError, match="stop"):
+        engine.generate("a yellow square", **GOOD, callback=lambda i, n, x: (_ for _ in ()).throw(RuntimeError("stop")))
+    torch.testing.assert_close(engine.generate("a red circle", **GOOD), a, rtol=0, atol=0)
+
+
+def test_guard_fails_a_step_that_syncs_with_the_host():
+    x = torch.randn(4)
+    with pytest.raises(HostSyncError, match="synchronises with the host"):
+        with NoHostSync():
+            _ = x.sum().item()
+    with pytest.raises(HostSyncError):
+        with NoHostSync():
+            if x.sum() > 0:  # Python branching on a tensor value
+                pass
+    with NoHostSync():  # pure tensor math passes
+        torch.where(x > 0, x, -x).mul(2)
+
+
+def test_graph_sampler_refuses_a_syncing_step_function():
+    def syncing_step(i, x, x0_prev, features):
+        scale = float(i) + 1.0  # .item() in disguise
+        return x * scale, x0_prev, features
+
+    g = GraphSampler("cpu")
+    table = sampler.build_table(__import__("clockwork_engine").demo.models.build_scheduler(), 2)
+    with pytest.raises(HostSyncError):
+        g.run(("k",), lambda text, guidance: {"full": syncing_step}, ["full", "full"], table, torch.zeros(1, 4, 2, 2),
+              torch.zeros(1, 3, 8), 1.0, None, CacheState())
+    assert g.keys() == []  # nothing half-built is kept
+
+
+def test_backend_choice():
+    assert GraphSampler("auto").backend == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="backend"):
+        GraphSampler("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            GraphSampler("cuda")
