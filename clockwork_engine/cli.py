@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     flops.build_parser(count)
     count.set_defaults(run=lambda args: flops.run(args) and 0)
+
+    from . import profile
+
+    prof = sub.add_parser("profile", help="write a torch.profiler trace and a per-step table",
+                          description=profile.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    profile.build_parser(prof)
+    prof.set_defaults(run=lambda args: profile.run(args) and 0)
     return parser
 
 

@@ -23,6 +23,11 @@ class EngineConfig:
     adaptor_steps: tuple[int, ...] | None = None
     adaptor: str | None = None
     cut: int = 1
+    # Attention-map reuse: 0-based steps that reuse the maps of the step before them
+    # (None: off); which layers ("all", "self", "cross" or module names); byte cap.
+    attention_reuse: tuple[int, ...] | None = None
+    reuse_layers: str = "all"
+    max_attention_bytes: int = 512 * 2**20
     backend: str = "auto"  # step programs: "cuda" graphs when a GPU is there, else "cpu" (eager)
     max_graphs: int = 8  # (batch, size, dtype, mode, cfg, steps) program sets kept (LRU)
     max_batch_size: int = 16  # prompts per generate() call
@@ -41,6 +46,9 @@ class EngineConfig:
         if not isinstance(self.prompt_cache_size, int) or self.prompt_cache_size < 0:
             raise ValueError(f"prompt_cache_size must be an int >= 0, got {self.prompt_cache_size!r}")
         self.clock()  # validates clock_every / adaptor_steps
+        if self.attention_reuse is not None:
+            if any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in self.attention_reuse):
+                raise ValueError(f"attention_reuse must be 0-based step indices >= 1, got {self.attention_reuse!r}")
 
     def clock(self):
         from .clock import Clock

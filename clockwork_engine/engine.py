@@ -16,18 +16,27 @@ import os
 import secrets
 import threading
 import warnings
+import weakref
 from functools import partial
 
 import torch
 
 from . import adaptor as adaptor_io
-from . import loading, sampler, validate
+from . import attention, loading, sampler, validate
 from .cache import CacheState
 from .config import MODES, EngineConfig, preset
 from .text import PromptEncoder
 from .unet_split import UNetSplit
 
 ADAPTOR_FOLDER = "clockwork_adaptor"  # inside a model directory: its default adaptor
+# One lock per UNet: engines sharing a model (and its attention processors) take turns.
+_MODEL_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(unet) -> threading.RLock:
+    with _MODEL_LOCKS_GUARD:
+        return _MODEL_LOCKS.setdefault(unet, threading.RLock())
 
 OUTPUT_TYPES = ("pil", "pt", "latent")
 MAX_STEPS = 1000
@@ -52,13 +61,17 @@ class Engine:
         sample_size = unet.config.sample_size
         self.default_size = (sample_size if isinstance(sample_size, int) else sample_size[0]) * self.vae_factor
         self._tables: dict[int, sampler.SolverTable] = {}
-        self._lock = threading.RLock()
+        self._lock = _model_lock(self.unet)
         sampler.build_table(copy.deepcopy(scheduler), 1)  # fail now on an unsupported scheduler
         self.graphs = sampler.GraphSampler(self.config.backend, self.config.max_graphs)
         self.denoisers = {"full": sampler.unet_denoiser(self.unet)}
         self.adaptor, self.adaptor_meta, self.split = None, {}, None
         if self.config.mode == "clockwork":
             self._load_adaptor(self.config.adaptor or adaptor_dir)
+        self.reuse = None
+        if self.config.attention_reuse is not None:
+            self.reuse = attention.apply_reuse(self.unet, attention.ReuseConfig(
+                self.config.reuse_layers, self.config.max_attention_bytes))
 
     def _load_adaptor(self, source: str | None):
         if source is None:
@@ -157,10 +170,23 @@ class Engine:
         return self._tables[steps]
 
     def schedule(self, steps: int, mode: str) -> list[str]:
-        """The step kinds the loop runs, e.g. full, adaptor, full, adaptor, ..."""
+        """The step kinds the loop runs, e.g. clockwork.full, clockwork.adaptor, ..., each
+        with "+compute" / "+reuse" where attention maps are cached / reused."""
         if mode == "full":
-            return ["full"] * steps
-        return ["clockwork.adaptor" if a else "clockwork.full" for a in self.config.clock().schedule(steps)]
+            kinds = ["full"] * steps
+        else:
+            kinds = ["clockwork.adaptor" if a else "clockwork.full" for a in self.config.clock().schedule(steps)]
+        if self.config.attention_reuse is None:
+            return kinds
+        actions = attention.reuse_actions(steps, self.config.attention_reuse)
+        return [k if a == "off" else f"{k}+{a}" for k, a in zip(kinds, actions)]
+
+    def _step_fn(self, kind: str, table, bufs, cfg_on: bool):
+        base, _, action = kind.partition("+")
+        denoise = self.denoisers[base]
+        if action:
+            denoise = attention.reuse_denoiser(denoise, self.reuse, action, bufs.maps)
+        return partial(sampler.step, denoise, table, text=bufs.text, guidance=bufs.guidance, cfg=cfg_on)
 
     def _sample(self, prompts, negatives, steps, guidance, seed, height, width, mode, callback):
         cfg_on = guidance > 1.0
@@ -174,9 +200,8 @@ class Engine:
         if mode == "clockwork" and trained_steps not in (None, steps):
             warnings.warn(f"the adaptor was trained for {trained_steps} steps, running {steps}", stacklevel=3)
 
-        def make_steps(text_buffer, guidance_buffer):
-            return {kind: partial(sampler.step, self.denoisers[kind], table, text=text_buffer,
-                                  guidance=guidance_buffer, cfg=cfg_on) for kind in set(kinds)}
+        def make_steps(bufs):
+            return {kind: self._step_fn(kind, table, bufs, cfg_on) for kind in set(kinds)}
 
         feature_shape = None
         if mode == "clockwork":

@@ -71,7 +71,7 @@ def test_graph_sampler_refuses_a_syncing_step_function():
     g = GraphSampler("cpu")
     table = sampler.build_table(__import__("clockwork_engine").demo.models.build_scheduler(), 2)
     with pytest.raises(HostSyncError):
-        g.run(("k",), lambda text, guidance: {"full": syncing_step}, ["full", "full"], table, torch.zeros(1, 4, 2, 2),
+        g.run(("k",), lambda bufs: {"full": syncing_step}, ["full", "full"], table, torch.zeros(1, 4, 2, 2),
               torch.zeros(1, 3, 8), 1.0, None, CacheState())
     assert g.keys() == []  # nothing half-built is kept
 
@@ -83,3 +83,20 @@ def test_backend_choice():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="needs a CUDA device"):
             GraphSampler("cuda")
+
+
+def test_profile_writes_a_trace_with_every_step(tiny_dir, tmp_path, capsys):
+    import json
+
+    from clockwork_engine import cli
+
+    trace = tmp_path / "trace.json"
+    assert cli.main(["profile", "a red circle", "--model", str(tiny_dir), "--steps", "4", "--trace", str(trace),
+                     "--json", str(tmp_path / "t.json")]) == 0
+    names = {e.get("name") for e in json.loads(trace.read_text())["traceEvents"]}
+    assert {f"clockwork.step.{i}.full" for i in range(4)} <= names
+    assert {"clockwork.model", "clockwork.sample"} <= names
+    table = json.loads((tmp_path / "t.json").read_text())
+    assert [s["step"] for s in table["steps"]] == [0, 1, 2, 3]
+    assert 0 < table["overhead_fraction"] < 1
+    assert "engine overhead" in capsys.readouterr().out

@@ -18,7 +18,7 @@ kept in an LRU of `max_entries`.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -27,8 +27,9 @@ from ..cache import CacheState
 from .guard import NoHostSync
 from .solver import SolverTable
 
-# step_fn(i, x, x0_prev, features) -> (x_next, x0, features), text/guidance bound as the buffers
-StepFactory = Callable[[torch.Tensor, torch.Tensor], dict]
+# make_steps(buffers) -> {kind: step_fn}; step_fn(i, x, x0_prev, features) -> (x_next, x0, features)
+# with text, guidance and attention maps bound to the static buffers.
+StepFactory = Callable[["StaticBuffers"], dict]
 
 
 @dataclass
@@ -39,6 +40,7 @@ class StaticBuffers:
     features: Optional[torch.Tensor]  # [B', C_r, h_r, w_r] cached r_out, or None without clockwork
     text: torch.Tensor  # [B', L, D]
     guidance: torch.Tensor  # [] float32
+    maps: dict = field(default_factory=dict)  # attention maps of the request (layer -> tensor)
 
 
 def _range(name: str):
@@ -125,15 +127,18 @@ class GraphSampler:
             text=torch.zeros_like(text),
             guidance=torch.zeros((), dtype=torch.float32, device=device),
         )
-        step_fns = make_steps(bufs.text, bufs.guidance)
+        step_fns = make_steps(bufs)
+        # Programs that compute attention maps run first: their warm-up allocates the map
+        # buffers the reuse programs read.
+        kinds = sorted(kinds, key=lambda k: (k.endswith("+reuse"), k))
         programs = {}
         if self.backend == "cuda":
             stream = torch.cuda.Stream()
             bufs.text.copy_(text)
-            for kind in sorted(kinds):
+            for kind in kinds:
                 programs[kind] = _CudaGraphProgram(step_fns[kind], bufs, self._pool, stream)
         else:
-            for kind in sorted(kinds):
+            for kind in kinds:
                 programs[kind] = _Program(step_fns[kind], bufs)
                 bufs.text.copy_(text)
                 bufs.step.fill_(0)  # a dry run: its results are reset before every request
@@ -167,11 +172,12 @@ class GraphSampler:
         b.text.copy_(text)
         b.guidance.fill_(guidance)
         indices = torch.arange(table.num_steps, device=noise.device)
-        for i, kind in enumerate(kinds):
-            with _range(f"clockwork.step.{i}.{kind}"):
-                b.step.copy_(indices[i])
-                entry.programs[kind].run()
-            if callback is not None:
-                callback(i, table.num_steps, b.x)
+        with _range("clockwork.sample"):
+            for i, kind in enumerate(kinds):
+                with _range(f"clockwork.step.{i}.{kind}"):
+                    b.step.copy_(indices[i])
+                    entry.programs[kind].run()
+                if callback is not None:
+                    callback(i, table.num_steps, b.x)
         cache.r_out = None if b.features is None else b.features.clone()
         return b.x.clone()
