@@ -9,9 +9,16 @@ import sys
 def _generate(args) -> int:
     from tqdm import tqdm
 
-    from . import Engine, EngineConfig
+    from . import Engine
 
-    engine = Engine.from_pretrained(args.model, config=EngineConfig(mode=args.mode))
+    from . import reuse_search
+
+    reuse = None
+    if args.reuse_schedule:
+        spec = args.reuse_schedule
+        reuse = reuse_search.late(int(spec[5:]), args.steps) if spec.startswith("late:") else reuse_search.load(spec)
+    config = Engine.default_config(args.model).with_(attention_reuse=reuse, **({"mode": args.mode} if args.mode else {}))
+    engine = Engine.from_pretrained(args.model, config=config)
     bar = tqdm(total=args.steps, desc="sampling", unit="step", disable=args.quiet)
     image = engine.generate(args.prompt, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
                             height=args.height, width=args.width,
@@ -41,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same image (default: 0)")
     gen.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's size)")
     gen.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's size)")
-    gen.add_argument("--mode", default="full", choices=MODES, help="acceleration mode (default: full)")
+    gen.add_argument("--mode", default=None, choices=MODES,
+                     help="full (the unmodified model) or clockwork (default: clockwork when the model has an adaptor)")
+    gen.add_argument("--reuse-schedule", default=None,
+                     help="attention-map reuse: a schedule JSON (from search-reuse) or 'late:K' (the last K steps)")
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary line")
     gen.set_defaults(run=_generate)
 
@@ -65,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
                           description=profile.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     profile.build_parser(prof)
     prof.set_defaults(run=lambda args: profile.run(args) and 0)
+
+    from . import reuse_search
+
+    search = sub.add_parser("search-reuse", help="greedy search of an attention-reuse schedule",
+                            description=reuse_search.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    reuse_search.build_parser(search)
+    search.set_defaults(run=lambda args: reuse_search.run(args) and 0)
     return parser
 
 

@@ -99,10 +99,14 @@ class Engine:
         """
         path = loading.resolve(model)
         adaptor_dir = os.path.join(path, ADAPTOR_FOLDER)
-        has_adaptor = os.path.isdir(adaptor_dir)
-        config = _config(config if config is not None else ("clockwork" if has_adaptor else "full"))
+        config = _config(config) if config is not None else cls.default_config(model)
         components = loading.load_components(path, tokenizer, text_encoder, torch_dtype)
-        return cls(**components, config=config, adaptor_dir=adaptor_dir if has_adaptor else None)
+        return cls(**components, config=config, adaptor_dir=adaptor_dir if os.path.isdir(adaptor_dir) else None)
+
+    @staticmethod
+    def default_config(model: str = "demo") -> EngineConfig:
+        """The "clockwork" preset for a model directory with a clockwork_adaptor/, else "full"."""
+        return preset("clockwork" if os.path.isdir(os.path.join(loading.resolve(model), ADAPTOR_FOLDER)) else "full")
 
     @classmethod
     def from_pipeline(cls, pipe, *, config: EngineConfig | str | None = None) -> "Engine":

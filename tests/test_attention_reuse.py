@@ -110,3 +110,37 @@ def test_map_bytes_sd15():
     # The paper: about 268 MB per 64x64 self-attention layer per image in fp16.
     assert max(sizes["per_layer"].values()) == 8 * 4096 * 4096 * 2
     assert len(sizes["per_layer"]) == 16
+
+
+def test_greedy_search_and_schedule_files(tmp_path):
+    import json
+
+    from clockwork_engine import reuse_search
+
+    pipe = make_tiny_pipeline(seed=2)
+    engine = Engine.from_pipeline(pipe, config=EngineConfig(attention_reuse=()))
+    calls = []
+    result = reuse_search.greedy(engine, ["a red circle", "a blue square"], steps=5, budget=2, guidance=3.0,
+                                 progress=lambda: calls.append(1))
+    assert len(result["reuse_steps"]) == 2 and 0 not in result["reuse_steps"]
+    assert len(calls) == 4 + 3  # candidates tried in the two rounds
+    mses = [r["mse"] for r in result["mse_per_round"]]
+    assert mses[0] <= mses[1]  # adding reuse steps moves the output further from the full one
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(result))
+    assert reuse_search.load(str(path)) == tuple(result["reuse_steps"])
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="not a reuse schedule file"):
+        reuse_search.load(str(path))
+    assert reuse_search.late(3, 10) == (7, 8, 9)
+    with pytest.raises(ValueError, match="late reuse"):
+        reuse_search.late(10, 10)
+
+
+def test_cli_generate_with_reuse(tiny_dir, tmp_path):
+    from clockwork_engine import cli
+
+    out = tmp_path / "x.png"
+    assert cli.main(["generate", "a red circle", "-o", str(out), "--model", str(tiny_dir), "--steps", "4",
+                     "--reuse-schedule", "late:2", "-q"]) == 0
+    assert out.exists()
