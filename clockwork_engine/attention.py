@@ -131,10 +131,10 @@ def reuse_denoiser(denoise, ctx: ReuseContext, action: str, maps: dict):
     if action not in ACTIONS:
         raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
 
-    def wrapped(x, t, text, features):
+    def wrapped(*args):
         ctx.action, ctx.maps = action, maps
         try:
-            return denoise(x, t, text, features)
+            return denoise(*args)
         finally:
             ctx.action = "off"
 

@@ -63,6 +63,8 @@ class Engine:
         self._tables: dict[int, sampler.SolverTable] = {}
         self._lock = _model_lock(self.unet)
         sampler.build_table(copy.deepcopy(scheduler), 1)  # fail now on an unsupported scheduler
+        # A guidance-distilled UNet embeds the guidance scale (time_cond_proj_dim) instead of CFG.
+        self.guidance_dim = unet.config.time_cond_proj_dim or 0
         self.graphs = sampler.GraphSampler(self.config.backend, self.config.max_graphs)
         self.denoisers = {"full": sampler.unet_denoiser(self.unet)}
         self.adaptor, self.adaptor_meta, self.split = None, {}, None
@@ -143,6 +145,8 @@ class Engine:
         prompts = validate.prompts(prompt, cfg.max_batch_size)
         negatives = validate.prompts(negative_prompt, cfg.max_batch_size, "negative_prompt") \
             if negative_prompt is not None else [""]
+        if negative_prompt is not None and unet_is_distilled(self.unet):
+            raise ValueError("negative_prompt needs classifier-free guidance; this model is guidance-distilled")
         if len(negatives) == 1:
             negatives = negatives * len(prompts)
         elif len(negatives) != len(prompts):
@@ -190,10 +194,15 @@ class Engine:
         denoise = self.denoisers[base]
         if action:
             denoise = attention.reuse_denoiser(denoise, self.reuse, action, bufs.maps)
-        return partial(sampler.step, denoise, table, text=bufs.text, guidance=bufs.guidance, cfg=cfg_on)
+        return partial(sampler.step, denoise, table, text=bufs.text, guidance=bufs.guidance, cfg=cfg_on,
+                       embed_guidance=self.guidance_dim)
+
+    def uses_cfg(self, guidance: float) -> bool:
+        """Two model evaluations per step (CFG batch) or one (no guidance, or a distilled model)."""
+        return guidance > 1.0 and not self.guidance_dim
 
     def _sample(self, prompts, negatives, steps, guidance, seed, height, width, mode, callback):
-        cfg_on = guidance > 1.0
+        cfg_on = self.uses_cfg(guidance)
         text = self.prompts.encode(negatives + prompts if cfg_on else prompts).to(self.device, self.unet.dtype)
         shape = (len(prompts), self.unet.config.in_channels, height // self.vae_factor, width // self.vae_factor)
         # CPU generator whatever the device: the same seed gives the same image everywhere.
@@ -231,6 +240,10 @@ class Engine:
 
         arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
         return [Image.fromarray(a) for a in arrays]
+
+
+def unet_is_distilled(unet) -> bool:
+    return bool(unet.config.time_cond_proj_dim)
 
 
 def _config(config) -> EngineConfig:

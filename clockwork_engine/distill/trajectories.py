@@ -26,8 +26,8 @@ class Record:
 
 
 def _recording_denoiser(split, records: list):
-    def denoise(x, t, text, features):
-        hin = split.h_in(x, t, text)
+    def denoise(x, t, text, features, cond=None):
+        hin = split.h_in(x, t, text, cond)
         r_out = split.low(hin.r_in, hin.emb, text)
         records.append(Record(hin.r_in, hin.emb, r_out))
         return split.h_out(r_out, hin.skips, hin.emb, text), r_out
@@ -42,10 +42,10 @@ def _text(engine, prompts, cfg: bool):
 @torch.no_grad()
 def unrolled(engine, split, prompts: list[str], steps: int, guidance: float, generator: torch.Generator):
     table = engine._table(steps)
-    cfg = guidance > 1.0
+    cfg = engine.uses_cfg(guidance)
     records: list[Record] = []
     step_fn = partial(sampler.step, _recording_denoiser(split, records), table, text=_text(engine, prompts, cfg),
-                      guidance=torch.tensor(guidance), cfg=cfg)
+                      guidance=torch.tensor(guidance), cfg=cfg, embed_guidance=engine.guidance_dim)
     size = engine.default_size // engine.vae_factor
     noise = torch.randn(len(prompts), engine.unet.config.in_channels, size, size, generator=generator)
     sampler.run({"full": step_fn}, ["full"] * steps, table, noise, CacheState())
@@ -57,15 +57,18 @@ def noised(engine, split, prompts: list[str], latents: torch.Tensor, steps: int,
            generator: torch.Generator):
     """latents [B, C, h, w]: clean data latents (already scaled) for the prompts."""
     table = engine._table(steps)
-    cfg = guidance > 1.0
+    cfg = engine.uses_cfg(guidance)
     text = _text(engine, prompts, cfg)
+    cond = None
+    if engine.guidance_dim:
+        cond = sampler.steps.guidance_embedding(torch.full((len(prompts),), guidance), engine.guidance_dim)
     ac = engine.scheduler.alphas_cumprod
     noise = torch.randn(latents.shape, generator=generator)
     records: list[Record] = []
     for t in table.timesteps:
         x = ac[t].sqrt() * latents + (1 - ac[t]).sqrt() * noise
         x = torch.cat([x, x]) if cfg else x
-        hin = split.h_in(x, t, text)
+        hin = split.h_in(x, t, text, cond)
         records.append(Record(hin.r_in, hin.emb, split.low(hin.r_in, hin.emb, text)))
     return records
 

@@ -7,7 +7,12 @@ CFG, uncond first as diffusers orders them; else [B, L, D]) and the guidance sca
 tensor), and returns (x_{i+1}, x0_i, features_i). Whether CFG runs is a Python bool fixed
 per call site (one captured graph per value), never a branch on tensor data.
 
-A denoiser maps (latents, timestep, text, cached features) -> (model output, features):
+A guidance-distilled model (a UNet with time_cond_proj_dim) runs once per step without
+the CFG batch and takes the guidance scale as an embedding added to its time embedding
+(embed_guidance=True): the scale stays a device tensor, so it too is graph-capturable.
+
+A denoiser maps (latents, timestep, text, cached features, timestep_cond) -> (model
+output, features); timestep_cond is the guidance embedding [B', D_w] or None:
   unet_denoiser      the unmodified UNet (no features)
   split_denoiser     H_in -> L -> H_out, returns r_out for the cache
   adaptor_denoiser   H_in -> adaptor(r_in, cached r_out, t_emb) -> H_out
@@ -15,6 +20,7 @@ A denoiser maps (latents, timestep, text, cached features) -> (model output, fea
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -22,26 +28,37 @@ import torch
 from .solver import SolverTable
 
 Features = Optional[torch.Tensor]
-Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Features], tuple[torch.Tensor, Features]]
+Denoiser = Callable[..., tuple[torch.Tensor, Features]]
+
+
+def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of guidance scales w [B] -> [B, dim] (the LCM / Meng et al. form:
+    the scale times 1000 embedded like a timestep)."""
+    w = w.float() * 1000.0
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, device=w.device, dtype=torch.float32) * -(math.log(10000.0) / (half - 1)))
+    emb = w[:, None] * freqs[None, :]
+    emb = torch.cat([emb.sin(), emb.cos()], dim=1)
+    return torch.nn.functional.pad(emb, (0, 1)) if dim % 2 else emb
 
 
 def unet_denoiser(unet) -> Denoiser:
-    def denoise(x, t, text, features):
-        return unet(x, t, encoder_hidden_states=text, return_dict=False)[0], None
+    def denoise(x, t, text, features, cond=None):
+        return unet(x, t, encoder_hidden_states=text, timestep_cond=cond, return_dict=False)[0], None
 
     return denoise
 
 
 def split_denoiser(split) -> Denoiser:
-    def denoise(x, t, text, features):
-        return split(x, t, text)
+    def denoise(x, t, text, features, cond=None):
+        return split(x, t, text, cond)
 
     return denoise
 
 
 def adaptor_denoiser(split, adaptor) -> Denoiser:
-    def denoise(x, t, text, r_out_prev):
-        hin = split.h_in(x, t, text)
+    def denoise(x, t, text, r_out_prev, cond=None):
+        hin = split.h_in(x, t, text, cond)
         r_out = adaptor(hin.r_in, r_out_prev, hin.emb)
         return split.h_out(r_out, hin.skips, hin.emb, text), r_out
 
@@ -61,14 +78,19 @@ def solver_update(table: SolverTable, i, x, model_out, x0_prev) -> tuple[torch.T
     return x_next, x0
 
 
-def step(denoise: Denoiser, table: SolverTable, i, x, x0_prev, features, text, guidance, cfg: bool):
-    """One sampler step with classifier-free guidance folded into one batched model call."""
+def step(denoise: Denoiser, table: SolverTable, i, x, x0_prev, features, text, guidance, cfg: bool,
+         embed_guidance: int = 0):
+    """One sampler step: classifier-free guidance folded into one batched model call, or
+    (embed_guidance = the embedding size of a guidance-distilled model) one plain call."""
     t = table.timesteps.index_select(0, i.view(1))[0]
     model_in = x.to(text.dtype)
     if cfg:
         model_in = torch.cat([model_in, model_in])
+    cond = None
+    if embed_guidance:
+        cond = guidance_embedding(guidance.view(1), embed_guidance).to(text.dtype).expand(model_in.shape[0], -1)
     with torch.profiler.record_function("clockwork.model"):  # the profile's "model compute"
-        out, features = denoise(model_in, t, text, features)
+        out, features = denoise(model_in, t, text, features, cond)
     if cfg:
         uncond, cond = out.chunk(2)
         out = uncond + guidance * (cond - uncond)
