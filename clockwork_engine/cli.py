@@ -62,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     distill_adaptor.build_parser(distill)
     distill.set_defaults(run=lambda args: distill_adaptor.run(args) and 0)
 
+    from .distill import guidance as distill_guidance
+    from .distill import progressive as distill_progressive
+
+    for name, module, text in (("distill-guidance", distill_guidance, "stage 1: a w-conditioned student (no CFG batch)"),
+                               ("distill-progressive", distill_progressive, "stage 2: halve the student's steps")):
+        p = sub.add_parser(name, help=text, description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.build_parser(p)
+        p.set_defaults(run=module.run)
+
     from . import flops
 
     count = sub.add_parser("flops", help="count FLOPs per step type (full vs clockwork)", description=flops.__doc__,

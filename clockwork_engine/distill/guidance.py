@@ -1,0 +1,136 @@
+"""clockwork distill-guidance: stage 1 of Meng et al., one w-conditioned model replaces the
+two evaluations of classifier-free guidance.
+
+    clockwork distill-guidance --model demo --out runs/guided --steps 1500
+    torchrun --nproc_per_node 2 -m clockwork_engine.distill.guidance --model demo --out runs/guided
+
+The student is the teacher's UNet with time_cond_proj_dim set (diffusers adds
+cond_proj(w_embedding) to the time embedding) and that projection zero-initialised, so it
+starts as the teacher's conditional model. Per example a guidance scale g ~ U[g_min, g_max]
+and a timestep t are drawn; data latents of the demo world are noised to t; the loss is
+the (min-SNR-5 weighted) MSE between the student's eps(x_t, t, c, g) and the teacher's
+guided eps_u + g (eps_c - eps_u). Resumable, seeded, progress bar, safetensors; writes a
+full pipeline directory (the engine runs it with one evaluation per step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..demo import shapes
+from ..demo.train_unet import min_snr_weights
+from ..demo.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
+from ..sampler.steps import guidance_embedding
+from . import dist
+
+GUIDANCE_EMBED_DIM = 256
+
+
+def build_parser(ap=None):
+    ap = ap or argparse.ArgumentParser(prog="clockwork distill-guidance", description=__doc__,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="demo", help="the teacher: 'demo' or a diffusers SD directory")
+    ap.add_argument("--out", required=True, help="output folder (checkpoint and final pipeline)")
+    ap.add_argument("--steps", type=int, default=1500, help="optimizer steps")
+    ap.add_argument("--batch", type=int, default=32, help="examples per step (per process)")
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--g-min", type=float, default=2.0)
+    ap.add_argument("--g-max", type=float, default=8.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-every", type=int, default=250)
+    return ap
+
+
+def make_student(teacher_unet, embed_dim: int = GUIDANCE_EMBED_DIM):
+    from diffusers import UNet2DConditionModel
+
+    student = UNet2DConditionModel.from_config(teacher_unet.config, time_cond_proj_dim=embed_dim)
+    missing, unexpected = student.load_state_dict(teacher_unet.state_dict(), strict=False)
+    assert not unexpected and all("cond_proj" in k for k in missing), (missing, unexpected)
+    torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
+    return student
+
+
+def demo_batch(engine, rng, gen, batch: int):
+    """(clean latents, cond text, uncond text) from the demo world's training captions."""
+    images, scenes, _ = shapes.sample_batch(rng, shapes.split_scenes("train"), batch)
+    with torch.no_grad():
+        latents = engine.vae.encode(shapes.to_tensor(images)).latent_dist.sample(gen) * engine.vae.config.scaling_factor
+    cond = engine.prompts.encode([s.caption for s in scenes])
+    uncond = engine.prompts.encode([""] * batch)
+    return latents, cond, uncond
+
+
+def save_pipeline(engine, student, scheduler, folder: str, teacher_dir: str):
+    """A full pipeline directory like the teacher's: with its text encoder folder if it had
+    one, else in the demo layout (MiniLM comes from its package at load time)."""
+    from ..demo import pipeline
+    from ..loading import resolve
+
+    pipe = pipeline.assemble(student, engine.vae, scheduler, engine.prompts.tokenizer, engine.text_encoder)
+    if os.path.isdir(os.path.join(resolve(teacher_dir), "text_encoder")):
+        pipe.save_pretrained(folder, safe_serialization=True)
+    else:
+        pipeline.save(pipe, folder)
+
+
+def main(argv=None):
+    return run(build_parser().parse_args(argv))
+
+
+def run(args):
+    from .. import Engine
+
+    d = dist.setup()
+    torch.manual_seed(args.seed)
+    engine = Engine.from_pretrained(args.model, config="full")
+    teacher = engine.unet
+    student = make_student(teacher).train()
+    model = dist.wrap(student, d)
+    opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
+    step, losses = load_checkpoint(args.out, student, opt)
+    ac = engine.scheduler.alphas_cumprod
+    rng = np.random.default_rng((args.seed * 1_000_003 + step) * 97 + d.rank)
+    gen = torch.Generator().manual_seed((args.seed * 7919 + step) * 97 + d.rank)
+    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="guidance distillation",
+               disable=not d.main)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.steps, args.lr, warmup=100)
+        latents, cond, uncond = demo_batch(engine, rng, gen, args.batch)
+        t = torch.randint(0, len(ac), (args.batch,), generator=gen)
+        noise = torch.randn(latents.shape, generator=gen)
+        a = ac[t].sqrt()[:, None, None, None]
+        x_t = a * latents + (1 - ac[t]).sqrt()[:, None, None, None] * noise
+        w = args.g_min + (args.g_max - args.g_min) * torch.rand(args.batch, generator=gen)
+        with torch.no_grad():
+            eps_u, eps_c = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond])).sample.chunk(2)
+            target = eps_u + w[:, None, None, None] * (eps_c - eps_u)
+        pred = model(x_t, t, cond, timestep_cond=guidance_embedding(w, GUIDANCE_EMBED_DIM)).sample
+        per_example = (pred - target).pow(2).mean(dim=(1, 2, 3))
+        loss = (per_example * min_snr_weights(ac, t)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        losses.append(per_example.mean().item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if d.main and ((step + 1) % args.save_every == 0 or step + 1 == args.steps):
+            save_checkpoint(args.out, student, opt, step + 1, losses)
+    if d.main:
+        plot_losses(losses, os.path.join(args.out, "loss.png"), "guidance distillation: eps MSE")
+        save_pipeline(engine, student.eval(), type(engine.scheduler).from_config(engine.scheduler.config),
+                      os.path.join(args.out, "final"), args.model)
+        print(f"saved {os.path.join(args.out, 'final')}")
+    dist.barrier(d)
+    dist.cleanup(d)
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Guidance and progressive distillation: a few steps on the tiny pipeline, resume, torchrun."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from clockwork_engine import Engine, cli
+from clockwork_engine.distill.guidance import make_student
+
+
+def test_student_starts_as_the_teachers_conditional_model(tiny_pipe):
+    student = make_student(tiny_pipe.unet).eval()
+    x, text, t = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 32), torch.tensor([10, 700])
+    with torch.no_grad():
+        ref = tiny_pipe.unet(x, t, text).sample
+        out = student(x, t, text, timestep_cond=torch.randn(2, 256)).sample
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def guided_dir(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("guided")
+    args = ["distill-guidance", "--model", str(tiny_dir), "--out", str(out), "--batch", "4", "--save-every", "2"]
+    assert cli.main([*args, "--steps", "2"]) == 0
+    assert cli.main([*args, "--steps", "3"]) == 0  # resumes at step 2
+    return out
+
+
+def test_guidance_distillation_writes_a_one_call_model(guided_dir):
+    import json
+
+    assert json.loads((guided_dir / "state.json").read_text())["step"] == 3
+    engine = Engine.from_pretrained(str(guided_dir / "final"), config="full")
+    assert engine.guidance_dim == 256 and not engine.uses_cfg(5.0)
+    calls = []
+    engine.unet.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    a = engine.generate("a red circle", steps=3, guidance_scale=3.0, seed=0, output="latent")
+    calls.clear()  # the first request also ran the program's build (guard) step
+    b = engine.generate("a red circle", steps=3, guidance_scale=7.0, seed=0, output="latent")
+    assert calls == [1] * 3  # one evaluation per step, batch 1 (no CFG batch)
+    assert not torch.allclose(a, b)  # the guidance scale is an input of the model
+    with pytest.raises(ValueError, match="guidance-distilled"):
+        engine.generate("a red circle", negative_prompt="blue", steps=2)
+
+
+def test_progressive_distillation(guided_dir, tmp_path):
+    out = tmp_path / "prog"
+    assert cli.main(["distill-progressive", "--model", str(guided_dir / "final"), "--out", str(out),
+                     "--student-steps", "2", "--steps", "2", "--batch", "4"]) == 0
+    engine = Engine.from_pretrained(str(out / "final"), config="full")
+    assert type(engine.scheduler).__name__ == "DDIMScheduler"
+    assert engine._table(2).timesteps.tolist() == [999, 499]
+    assert torch.isfinite(engine.generate("a red circle", steps=2, seed=0, output="latent")).all()
+
+
+def test_progressive_needs_a_guided_teacher(tiny_dir, tmp_path, capsys):
+    assert cli.main(["distill-progressive", "--model", str(tiny_dir), "--out", str(tmp_path / "p"),
+                     "--student-steps", "2", "--steps", "1"]) == 2
+    assert "not guidance-distilled" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes(tiny_dir, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", "-m", "clockwork_engine.distill.guidance", "--model",
+                           str(tiny_dir), "--out", str(out), "--steps", "2", "--batch", "2"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "final" / "unet" / "config.json").exists()
