@@ -1,32 +1,21 @@
-"""Clockwork quality on the demo pipeline (held-out captions, same noise for every variant).
+"""Clockwork quality and latency on the demo pipeline (held-out captions, same noise).
 
     python benches/bench_clockwork_quality.py [--singles 200 --pairs 100] [--ablations]
 
-Variants: full; clockwork (learned adaptor); identity adaptor; adaptor without r_out(t+1)
-(if trained: runs/adaptor_no_rout); with --ablations also the adaptor at other steps
-({4,5,6,7} and {2,3,4,5}, 0-based = the paper's {5..8} and {3..6}) and the noised-trained
-adaptor. Metrics: prompt-alignment accuracy (shapes classifier), domain FID against renders
-of the same captions, PSNR/SSIM to the full model's image. Writes
-benches/results/quality_clockwork.json.
+Variants: full; clockwork (learned adaptor, the committed one); identity adaptor; adaptor
+without r_out(t+1) (runs/adaptor_no_rout, if trained). With --ablations: the learned
+adaptor on 0-based steps {4,5,6,7} and {2,3,4,5} (the paper's {5..8} and {3..6}), and
+the noised-trained adaptor (runs/adaptor_noised). Writes benches/results/quality_clockwork.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import write  # noqa: E402
-
-
-def variant(base, **changes):
-    from clockwork_engine import Engine
-
-    return Engine(base.unet, base.vae, base.prompts.tokenizer, base.text_encoder, copy.deepcopy(base.scheduler),
-                  config=base.config.with_(**changes))
 
 
 def main():
@@ -39,44 +28,26 @@ def main():
     args = ap.parse_args()
 
     from clockwork_engine import Engine
+    from clockwork_engine.demo.pipeline import DEMO_DIR
     from clockwork_engine.engine import ADAPTOR_FOLDER
-    from clockwork_engine.eval import classifier, evaluate
-    from clockwork_engine.eval.metrics import frechet_distance, psnr, ssim
+    from clockwork_engine.eval.compare import compare, same_weights
 
     base = Engine.from_pretrained("demo", config="full")
-    demo_adaptor = os.path.join("clockwork_engine", "demo", "weights", ADAPTOR_FOLDER)
-    variants = {"full": base, "clockwork": variant(base, mode="clockwork", adaptor=demo_adaptor),
-                "identity": variant(base, mode="clockwork", adaptor="identity")}
-    if os.path.isdir("runs/adaptor_no_rout"):
-        variants["adaptor_without_r_out"] = variant(base, mode="clockwork", adaptor="runs/adaptor_no_rout")
+    learned = os.path.join(DEMO_DIR, ADAPTOR_FOLDER)
+    kw = dict(steps=args.steps, mode="clockwork")
+    variants = {"full": (base, dict(steps=args.steps, mode="full")),
+                "clockwork": (same_weights(base, mode="clockwork", adaptor=learned), kw),
+                "identity_adaptor": (same_weights(base, mode="clockwork", adaptor="identity"), kw)}
+    extra = {"adaptor_without_r_out": "runs/adaptor_no_rout"}
     if args.ablations:
         for name, steps in (("clockwork_steps_4567", (4, 5, 6, 7)), ("clockwork_steps_2345", (2, 3, 4, 5))):
-            variants[name] = variant(base, mode="clockwork", adaptor=demo_adaptor, adaptor_steps=steps)
-        if os.path.isdir("runs/adaptor_noised"):
-            variants["clockwork_noised_training"] = variant(base, mode="clockwork", adaptor="runs/adaptor_noised")
-
-    model = classifier.load()
-    scenes = evaluate.eval_scenes(args.singles, args.pairs)
-    _, _, real_feats = evaluate.score_images(model, scenes, evaluate.real_images(scenes))
-    results, reference = {}, None
-    for name, engine in variants.items():
-        start = time.perf_counter()
-        images = evaluate.generate_all(engine, scenes, args.steps, 5.0)
-        seconds = time.perf_counter() - start
-        singles, pairs, feats = evaluate.score_images(model, scenes, images)
-        reference = images if reference is None else reference
-        results[name] = {
-            "schedule": engine.schedule(args.steps, engine.config.mode),
-            "single_colour_and_shape": singles["colour_and_shape"]["accuracy"],
-            "single_all": singles["all"]["accuracy"], "pair_all": pairs["all"]["accuracy"] if pairs else None,
-            "singles": singles, "pairs": pairs, "domain_fid": frechet_distance(feats, real_feats),
-            "psnr_to_full": float(psnr(images, reference).mean()), "ssim_to_full": float(ssim(images, reference).mean()),
-            "seconds_generating": seconds,
-        }
-        print(name, {k: v for k, v in results[name].items() if k not in ("singles", "pairs")})
-    write(args.out, {"command": "python " + " ".join(sys.argv), "steps": args.steps, "guidance": 5.0,
-                     "images": len(scenes), "unique_captions": len({s.caption for s in scenes}),
-                     "variants": results})
+            variants[name] = (same_weights(base, mode="clockwork", adaptor=learned, adaptor_steps=steps), kw)
+        extra["clockwork_noised_training"] = "runs/adaptor_noised"
+    for name, path in extra.items():
+        if os.path.isdir(path):
+            variants[name] = (same_weights(base, mode="clockwork", adaptor=path), kw)
+    result = compare(variants, args.singles, args.pairs)
+    write(args.out, {"command": "python " + " ".join(sys.argv), "steps": args.steps, **result})
 
 
 if __name__ == "__main__":

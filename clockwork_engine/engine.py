@@ -12,6 +12,7 @@ uses every core, so queuing costs little latency and keeps per-request state pri
 from __future__ import annotations
 
 import copy
+import json
 import os
 import secrets
 import threading
@@ -24,11 +25,14 @@ import torch
 from . import adaptor as adaptor_io
 from . import attention, loading, sampler, validate
 from .cache import CacheState
-from .config import MODES, EngineConfig, preset
+from .config import MODES, EngineConfig
+from .config import preset as preset_config
 from .text import PromptEncoder
 from .unet_split import UNetSplit
 
 ADAPTOR_FOLDER = "clockwork_adaptor"  # inside a model directory: its default adaptor
+STUDENTS_FOLDER = "students"  # inside a model directory: distilled students, one folder each
+SETTINGS_FILE = "clockwork_engine.json"  # inside a model directory: EngineConfig fields it recommends
 # One lock per UNet: engines sharing a model (and its attention processors) take turns.
 _MODEL_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
 _MODEL_LOCKS_GUARD = threading.Lock()
@@ -92,23 +96,35 @@ class Engine:
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def from_pretrained(cls, model: str = "demo", *, config: EngineConfig | str | None = None,
+    def from_pretrained(cls, model: str = "demo", *, config: EngineConfig | str | None = None, preset: str | None = None,
                         tokenizer=None, text_encoder=None, torch_dtype=None) -> "Engine":
         """'demo' (the embedded default) or a local diffusers Stable-Diffusion directory.
 
-        config=None picks "clockwork" when the directory has a clockwork_adaptor/ folder
-        (the demo model does), else "full"; pass config="full" to turn clockwork off.
+        preset: a distilled student shipped with the model (a folder under its students/,
+        e.g. "guided-8", "progressive-4" for the demo). config=None uses default_config():
+        "clockwork" when the directory has a clockwork_adaptor/ (the demo does), else
+        "full", with the directory's recommended settings; config="full" turns clockwork off.
         """
-        path = loading.resolve(model)
+        path = _model_dir(model, preset)
         adaptor_dir = os.path.join(path, ADAPTOR_FOLDER)
-        config = _config(config) if config is not None else cls.default_config(model)
+        config = _config(config) if config is not None else cls.default_config(path)
         components = loading.load_components(path, tokenizer, text_encoder, torch_dtype)
         return cls(**components, config=config, adaptor_dir=adaptor_dir if os.path.isdir(adaptor_dir) else None)
 
     @staticmethod
-    def default_config(model: str = "demo") -> EngineConfig:
-        """The "clockwork" preset for a model directory with a clockwork_adaptor/, else "full"."""
-        return preset("clockwork" if os.path.isdir(os.path.join(loading.resolve(model), ADAPTOR_FOLDER)) else "full")
+    def default_config(model: str = "demo", preset: str | None = None) -> EngineConfig:
+        """The "clockwork" preset for a model directory with a clockwork_adaptor/, else "full",
+        updated with the directory's clockwork_engine.json (e.g. a student's step count)."""
+        path = _model_dir(model, preset)
+        config = preset_config("clockwork" if os.path.isdir(os.path.join(path, ADAPTOR_FOLDER)) else "full")
+        settings = os.path.join(path, SETTINGS_FILE)
+        if os.path.isfile(settings):
+            try:
+                with open(settings) as f:
+                    config = config.with_(**json.load(f))
+            except (OSError, ValueError, TypeError) as e:
+                raise loading.ModelLoadError(f"{settings} is corrupt: {e}") from e
+        return config
 
     @classmethod
     def from_pipeline(cls, pipe, *, config: EngineConfig | str | None = None) -> "Engine":
@@ -246,11 +262,22 @@ def unet_is_distilled(unet) -> bool:
     return bool(unet.config.time_cond_proj_dim)
 
 
+def _model_dir(model, preset: str | None) -> str:
+    path = loading.resolve(model)
+    if preset is None:
+        return path
+    students = os.path.join(path, STUDENTS_FOLDER)
+    available = sorted(os.listdir(students)) if os.path.isdir(students) else []
+    if preset not in available:
+        raise ValueError(f"unknown preset {preset!r} for {model!r}; available: {', '.join(available) or 'none'}")
+    return os.path.join(students, preset)
+
+
 def _config(config) -> EngineConfig:
     if config is None:
         return EngineConfig()
     if isinstance(config, str):
-        return preset(config)
+        return preset_config(config)
     if not isinstance(config, EngineConfig):
         raise TypeError(f"config must be an EngineConfig or a preset name, got {type(config).__name__}")
     return config

@@ -105,14 +105,19 @@ def section_quality(name, title):
     if not d:
         return "\n".join(out + [missing(name)])
     out.append(f"Command: `{d['command']}`; {d['images']} images ({d['unique_captions']} unique held-out captions), "
-               f"{d['steps']} steps, same noise for every variant. PSNR/SSIM against the first row.\n")
+               f"same noise for every variant; PSNR/SSIM and speed-up against `{d['reference']}` (latency: median "
+               f"of interleaved repeats of one image in the same run).\n")
     rows = []
     for k, v in d["variants"].items():
         rows.append([k, pct(v["single_colour_and_shape"]), pct(v["single_all"]), pct(v["pair_all"]),
-                     f"{v['domain_fid']:.3f}", f"{v['psnr_to_full']:.2f}", f"{v['ssim_to_full']:.4f}",
-                     f"{v.get('latency_ratio', float('nan')):.2f}" if "latency_ratio" in v else "-"])
+                     f"{v['domain_fid']:.3f}", f"{v['psnr_to_reference']:.2f}", f"{v['ssim_to_reference']:.4f}",
+                     f"{v['latency_s'] * 1e3:.0f}" if "latency_s" in v else "-",
+                     f"{v['latency_ratio']:.2f}x" if "latency_ratio" in v else "-"])
     out.append(table(["variant", "single: colour+shape", "single: all attributes", "pairs: all", "domain FID",
-                      "PSNR to first (dB)", "SSIM to first", "speed-up"], rows) + "\n")
+                      f"PSNR to {d['reference']} (dB)", "SSIM", "latency ms (1 image)", "speed-up"], rows) + "\n")
+    if "map_bytes_per_image" in d:
+        mb = {k: f"{v / 2**20:.1f} MiB" for k, v in d["map_bytes_per_image"].items()}
+        out.append("Attention maps cached per image (CFG batch 2): " + ", ".join(f"{k}: {v}" for k, v in mb.items()))
     return "\n".join(out)
 
 

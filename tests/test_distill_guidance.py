@@ -71,3 +71,24 @@ def test_torchrun_two_processes(tiny_dir, tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "final" / "unet" / "config.json").exists()
+
+
+def test_students_are_presets_of_their_model(tiny_dir, guided_dir, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    out = tmp_path / "prog"
+    assert cli.main(["distill-progressive", "--model", str(guided_dir / "final"), "--out", str(out),
+                     "--student-steps", "2", "--steps", "1", "--batch", "2"]) == 0
+    shutil.copytree(out / "final", model / "students" / "progressive-2")
+    engine = Engine.from_pretrained(str(model), preset="progressive-2")
+    assert engine.config.steps == 2 and engine.guidance_dim  # the student's recommended settings
+    assert engine.generate("a red circle", seed=0, output="latent").shape == (4, 8, 8)
+    with pytest.raises(ValueError, match="unknown preset 'nope'.*available: progressive-2"):
+        Engine.from_pretrained(str(model), preset="nope")
+    (model / "students" / "progressive-2" / "clockwork_engine.json").write_text("{bad")
+    from clockwork_engine import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="clockwork_engine.json is corrupt"):
+        Engine.from_pretrained(str(model), preset="progressive-2")

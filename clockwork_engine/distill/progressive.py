@@ -123,8 +123,8 @@ def run(args):
         plot_losses(losses, os.path.join(args.out, "loss.png"), f"progressive distillation {2 * n}->{n}: x0 MSE")
         final = os.path.join(args.out, "final")
         save_pipeline(engine, student.eval(), ddim_scheduler(engine.scheduler.config), final, args.model)
-        with open(os.path.join(final, "clockwork_student.json"), "w") as f:
-            json.dump({"steps": n, "teacher": os.path.abspath(args.model), "sampler": "DDIM trailing"}, f, indent=1)
+        with open(os.path.join(final, "clockwork_engine.json"), "w") as f:  # the engine's defaults for it
+            json.dump({"steps": n}, f, indent=1)
         print(f"saved {final}")
     dist.barrier(d)
     dist.cleanup(d)

@@ -35,7 +35,8 @@ def eval_scenes(singles: int, pairs: int, seed: int = 0) -> list[shapes.Scene]:
 
 
 @torch.no_grad()
-def generate_all(engine, scenes, steps: int, guidance: float, batch: int = 16, seed: int = 0, **kw) -> torch.Tensor:
+def generate_all(engine, scenes, steps: int | None = None, guidance: float = 5.0, batch: int = 16, seed: int = 0,
+                 **kw) -> torch.Tensor:
     """[N,3,64,64] in [0,1]; batch k uses seed + k."""
     images = []
     for k in range(0, len(scenes), batch):

@@ -1,0 +1,73 @@
+"""Compare engine variants on the same held-out captions and noise: prompt alignment,
+domain FID, PSNR/SSIM to a reference variant, and latency measured in one run."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from . import classifier as C
+from . import evaluate
+from .metrics import frechet_distance, psnr, ssim
+
+
+def latency(variants: dict, prompt: str, repeats: int = 5) -> dict[str, float]:
+    """Median seconds of one generate() per variant, repeats interleaved across variants."""
+    times = {name: [] for name in variants}
+    for name, (engine, kw) in variants.items():  # warm-up: builds step programs
+        engine.generate(prompt, seed=0, **kw)
+    for _ in range(repeats):
+        for name, (engine, kw) in variants.items():
+            start = time.perf_counter()
+            engine.generate(prompt, seed=0, **kw)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def compare(variants: dict, singles: int, pairs: int, guidance: float = 5.0, latency_repeats: int = 5,
+            reference: str | None = None) -> dict:
+    """variants: name -> (engine, generate kwargs incl. steps and mode). The reference for
+    PSNR/SSIM and the latency ratio is `reference` (default: the first variant)."""
+    reference = reference or next(iter(variants))
+    model = C.load()
+    scenes = evaluate.eval_scenes(singles, pairs)
+    _, _, real_feats = evaluate.score_images(model, scenes, evaluate.real_images(scenes))
+    images, results = {}, {}
+    for name, (engine, kw) in variants.items():
+        images[name] = evaluate.generate_all(engine, scenes, guidance=guidance, **kw)
+    lat = latency({k: (e, {**kw, "guidance_scale": guidance}) for k, (e, kw) in variants.items()},
+                  scenes[0].caption, latency_repeats) if latency_repeats else {}
+    for name, (engine, kw) in variants.items():
+        singles_acc, pairs_acc, feats = evaluate.score_images(model, scenes, images[name])
+        ref = images[reference]
+        results[name] = {
+            "generate_kwargs": {k: v for k, v in kw.items() if isinstance(v, (int, float, str))},
+            "schedule": engine.schedule(kw.get("steps", engine.config.steps), kw.get("mode", engine.config.mode)),
+            "single_colour_and_shape": singles_acc["colour_and_shape"]["accuracy"],
+            "single_all": singles_acc["all"]["accuracy"],
+            "pair_all": pairs_acc["all"]["accuracy"] if pairs_acc else None,
+            "singles": singles_acc, "pairs": pairs_acc, "domain_fid": frechet_distance(feats, real_feats),
+            "psnr_to_reference": float(psnr(images[name], ref).mean()),
+            "ssim_to_reference": float(ssim(images[name], ref).mean()),
+        }
+        if lat:
+            results[name]["latency_s"] = lat[name]
+            results[name]["latency_ratio"] = lat[reference] / lat[name]
+        print(name, {k: v for k, v in results[name].items() if k not in ("singles", "pairs", "schedule")})
+    return {"reference": reference, "images": len(scenes), "unique_captions": len({s.caption for s in scenes}),
+            "guidance": guidance, "variants": results}
+
+
+def same_weights(base, **config_changes):
+    """Another engine on the same loaded components, with a changed config."""
+    import copy
+
+    from ..engine import Engine
+
+    return Engine(base.unet, base.vae, base.prompts.tokenizer, base.text_encoder, copy.deepcopy(base.scheduler),
+                  config=base.config.with_(**config_changes))
+
+
+__all__ = ["compare", "latency", "same_weights"]
