@@ -1,0 +1,55 @@
+"""Integration tests on the committed demo pipeline (slow: seconds each)."""
+
+import pytest
+import torch
+
+from clockwork_engine import Engine
+from clockwork_engine.demo import pipeline, shapes
+from clockwork_engine.eval import alignment
+from clockwork_engine.eval import classifier as C
+from clockwork_engine.eval.metrics import psnr
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return Engine.from_pretrained("demo")
+
+
+def test_demo_defaults_to_clockwork_and_makes_images(demo):
+    assert demo.config.mode == "clockwork" and demo.adaptor_meta["steps"] == 8
+    image = demo.generate("a red circle above a blue square", seed=0)
+    assert image.size == (64, 64) and image.mode == "RGB"
+    images = demo.generate(["a small green square in the top left", "a purple triangle"], seed=0)
+    assert len(images) == 2
+
+
+def test_stock_diffusers_runs_the_demo_and_the_engine_matches_it(demo):
+    pipe = pipeline.load()
+    ref = pipe("a blue circle in the center", num_inference_steps=8, guidance_scale=5.0, height=64, width=64,
+               generator=torch.Generator().manual_seed(7), output_type="latent").images
+    got = demo.generate("a blue circle in the center", steps=8, guidance_scale=5.0, seed=7, mode="full",
+                        output="latent")
+    torch.testing.assert_close(got[None], ref, atol=1e-4, rtol=0)
+
+
+def test_demo_draws_what_it_is_asked(demo):
+    """A regression guard (the measured table is in docs/results.md): held-out captions."""
+    model = C.load()
+    scenes = [s for s in shapes.split_scenes("eval") if not s.is_pair][:32]
+    images = demo.generate([s.caption for s in scenes[:16]], seed=1, output="pt", mode="full")
+    images = torch.cat([images, demo.generate([s.caption for s in scenes[16:]], seed=2, output="pt", mode="full")])
+    _, presence, geometry = alignment.read(model, images)
+    right = [alignment.score(s, p, g)["colour_and_shape"] for s, p, g in zip(scenes, presence, geometry)]
+    assert sum(right) / len(right) >= 0.6
+
+
+def test_learned_adaptor_is_closer_to_full_than_identity(demo):
+    from clockwork_engine.eval.compare import same_weights
+
+    prompts = [s.caption for s in shapes.split_scenes("eval")[:16]]
+    full = demo.generate(prompts, seed=3, output="pt", mode="full")
+    learned = demo.generate(prompts, seed=3, output="pt")
+    identity = same_weights(demo, adaptor="identity").generate(prompts, seed=3, output="pt")
+    assert psnr(learned, full).mean() > psnr(identity, full).mean()
