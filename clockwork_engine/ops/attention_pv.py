@@ -3,6 +3,7 @@
 probs [B*heads, N_q, N_k] (a cached softmax(QK^T/sqrt(d))), value [B*heads, N_k, d] ->
 [B*heads, N_q, d] in value's dtype (fp32 accumulation). Fused attention kernels never
 materialise P, so the reuse step needs its own P.V; this is its reference (torch.bmm).
+CUDA tensors go to the Triton kernel (kernels/attention_pv.py), everything else to the reference.
 """
 
 from __future__ import annotations
@@ -20,5 +21,10 @@ def attention_pv_reference(probs: torch.Tensor, value: torch.Tensor) -> torch.Te
 
 
 def attention_pv(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """The public op (see the module docstring)."""
+    """The public op (see the module docstring): the Triton kernel on CUDA, torch.bmm elsewhere."""
+    if probs.is_cuda and value.is_cuda:
+        # Imported here so the engine never imports triton unless it runs on a GPU.
+        from clockwork_engine.kernels.attention_pv import attention_pv_triton
+
+        return attention_pv_triton(probs, value)
     return attention_pv_reference(probs, value)
