@@ -30,8 +30,10 @@ def extensions():
         raise RuntimeError("CLOCKWORK_CUDA=1 but torch has no CUDA build or nvcc was not found")
     cu = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp")) if (
         want_cuda == "1" or (want_cuda == "auto" and has_cuda)) else []
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
-    common = dict(extra_link_args=["-fopenmp"], include_dirs=[os.path.join(ROOT, "csrc")])
+    # Threads come from at::parallel_for inside libtorch; the kernels only need `omp simd`,
+    # so no second OpenMP runtime is linked next to torch's.
+    cxx = ["-O3", "-std=c++17", "-fopenmp-simd"]
+    common = dict(include_dirs=[os.path.join(ROOT, "csrc")])
     if cu:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("CLOCKWORK_CUDA_ARCHS", "8.0;9.0"))
         ext = cpp_extension.CUDAExtension("clockwork_engine._C", cpp + cu, define_macros=[("CLOCKWORK_CUDA", "1")],
