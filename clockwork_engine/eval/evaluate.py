@@ -69,12 +69,13 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mode", default="full", help="engine mode: full (the model itself) or clockwork")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
     from .. import Engine
 
-    engine = Engine.from_pretrained(args.model)
+    engine = Engine.from_pretrained(args.model, config=Engine.default_config(args.model).with_(mode=args.mode))
     model = C.load()
     scenes = eval_scenes(args.singles, args.pairs, args.seed)
     real = real_images(scenes)
@@ -85,7 +86,7 @@ def main(argv=None):
     singles, pairs, gen_feats = score_images(model, scenes, generated)
     result = {
         "command": "python -m clockwork_engine.eval.evaluate " + " ".join(argv or __import__("sys").argv[1:]),
-        "model": args.model, "steps": args.steps, "guidance": args.guidance,
+        "model": args.model, "mode": args.mode, "steps": args.steps, "guidance": args.guidance,
         "unique_captions": len({s.caption for s in scenes}), "images": len(scenes),
         "generated": {"singles": singles, "pairs": pairs},
         "classifier_on_real_renders": {"singles": ref_singles, "pairs": ref_pairs},
