@@ -18,15 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..demo import shapes
 from ..demo.train_unet import min_snr_weights
-from ..demo.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
 from ..sampler.steps import guidance_embedding
-from . import dist
+from . import dist, student_loop
 
 GUIDANCE_EMBED_DIM = 256
 
@@ -91,46 +88,25 @@ def run(args):
     engine = Engine.from_pretrained(args.model, config="full")
     teacher = engine.unet
     student = make_student(teacher).train()
-    model = dist.wrap(student, d)
-    opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
-    step, losses = load_checkpoint(args.out, student, opt)
     ac = engine.scheduler.alphas_cumprod
-    rng = np.random.default_rng((args.seed * 1_000_003 + step) * 97 + d.rank)
-    gen = torch.Generator().manual_seed((args.seed * 7919 + step) * 97 + d.rank)
-    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="guidance distillation",
-               disable=not d.main)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, args.steps, args.lr, warmup=100)
+
+    def loss_fn(model, rng, gen):
         latents, cond, uncond = demo_batch(engine, rng, gen, args.batch)
         t = torch.randint(0, len(ac), (args.batch,), generator=gen)
         noise = torch.randn(latents.shape, generator=gen)
-        a = ac[t].sqrt()[:, None, None, None]
-        x_t = a * latents + (1 - ac[t]).sqrt()[:, None, None, None] * noise
+        x_t = ac[t].sqrt()[:, None, None, None] * latents + (1 - ac[t]).sqrt()[:, None, None, None] * noise
         w = args.g_min + (args.g_max - args.g_min) * torch.rand(args.batch, generator=gen)
         with torch.no_grad():
             eps_u, eps_c = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond])).sample.chunk(2)
             target = eps_u + w[:, None, None, None] * (eps_c - eps_u)
         pred = model(x_t, t, cond, timestep_cond=guidance_embedding(w, GUIDANCE_EMBED_DIM)).sample
         per_example = (pred - target).pow(2).mean(dim=(1, 2, 3))
-        loss = (per_example * min_snr_weights(ac, t)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        losses.append(per_example.mean().item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if d.main and ((step + 1) % args.save_every == 0 or step + 1 == args.steps):
-            save_checkpoint(args.out, student, opt, step + 1, losses)
-    if d.main:
-        plot_losses(losses, os.path.join(args.out, "loss.png"), "guidance distillation: eps MSE")
-        save_pipeline(engine, student.eval(), type(engine.scheduler).from_config(engine.scheduler.config),
-                      os.path.join(args.out, "final"), args.model)
-        print(f"saved {os.path.join(args.out, 'final')}")
-    dist.barrier(d)
-    dist.cleanup(d)
-    return 0
+        return (per_example * min_snr_weights(ac, t)).mean(), per_example
 
+    losses = student_loop.train(args, student, d, loss_fn, "guidance distillation", warmup=100)
+    student_loop.finish(args, d, engine, student, type(engine.scheduler).from_config(engine.scheduler.config),
+                        losses, "guidance distillation: eps MSE")
+    return 0
 
 if __name__ == "__main__":
     main()

@@ -16,17 +16,12 @@ writes a full pipeline directory with the DDIM scheduler set for student-steps.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
-from ..demo.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
 from ..sampler.steps import guidance_embedding
-from . import dist
-from .guidance import demo_batch, save_pipeline
+from . import dist, student_loop
+from .guidance import demo_batch
 
 
 def ddim_scheduler(config):
@@ -80,56 +75,30 @@ def run(args):
     sched.set_timesteps(2 * n)
     grid = torch.cat([sched.timesteps.long(), torch.tensor([-1])])  # 2N + 1 points, ends at the clean image
     student = copy.deepcopy(teacher).train().requires_grad_(True)
-    model = dist.wrap(student, d)
-    opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
-    step, losses = load_checkpoint(args.out, student, opt)
     ac = sched.alphas_cumprod.float()
-    rng = np.random.default_rng((args.seed * 1_000_003 + step) * 97 + d.rank)
-    gen = torch.Generator().manual_seed((args.seed * 7919 + step) * 97 + d.rank)
-    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc=f"progressive {2 * n}->{n}",
-               disable=not d.main)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, args.steps, args.lr, warmup=50)
+
+    def loss_fn(model, rng, gen):
         latents, cond, _ = demo_batch(engine, rng, gen, args.batch)
         i = torch.randint(0, n, (args.batch,), generator=gen)
         t, t_mid, t_next = grid[2 * i], grid[2 * i + 1], grid[2 * i + 2]
-        w = args.g_min + (args.g_max - args.g_min) * torch.rand(args.batch, generator=gen)
-        w_emb = guidance_embedding(w, dim)
+        w_emb = guidance_embedding(args.g_min + (args.g_max - args.g_min) * torch.rand(args.batch, generator=gen), dim)
         (a_t, s_t), (a_m, s_m), (a_n, s_n) = (_alpha_sigma(ac, x) for x in (t, t_mid, t_next))
         x_t = a_t * latents + s_t * torch.randn(latents.shape, generator=gen)
         with torch.no_grad():  # two teacher DDIM steps
             x = x_t
             for (a, s), (a2, s2), tt in (((a_t, s_t), (a_m, s_m), t), ((a_m, s_m), (a_n, s_n), t_mid)):
                 eps = teacher(x, tt, cond, timestep_cond=w_emb).sample
-                x0 = (x - s * eps) / a
-                x = a2 * x0 + s2 * eps
+                x = a2 * (x - s * eps) / a + s2 * eps
             ratio = s_n / s_t
             target_x0 = (x - ratio * x_t) / (a_n - ratio * a_t)
-        eps_student = model(x_t, t, cond, timestep_cond=w_emb).sample
-        x0_student = (x_t - s_t * eps_student) / a_t
-        snr_weight = torch.clamp(a_t**2 / s_t**2, min=1.0).view(-1)
+        x0_student = (x_t - s_t * model(x_t, t, cond, timestep_cond=w_emb).sample) / a_t
         per_example = (x0_student - target_x0).pow(2).mean(dim=(1, 2, 3))
-        loss = (per_example * snr_weight).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        losses.append(per_example.mean().item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if d.main and ((step + 1) % args.save_every == 0 or step + 1 == args.steps):
-            save_checkpoint(args.out, student, opt, step + 1, losses)
-    if d.main:
-        plot_losses(losses, os.path.join(args.out, "loss.png"), f"progressive distillation {2 * n}->{n}: x0 MSE")
-        final = os.path.join(args.out, "final")
-        save_pipeline(engine, student.eval(), ddim_scheduler(engine.scheduler.config), final, args.model)
-        with open(os.path.join(final, "clockwork_engine.json"), "w") as f:  # the engine's defaults for it
-            json.dump({"steps": n}, f, indent=1)
-        print(f"saved {final}")
-    dist.barrier(d)
-    dist.cleanup(d)
-    return 0
+        return (per_example * torch.clamp(a_t**2 / s_t**2, min=1.0).view(-1)).mean(), per_example
 
+    losses = student_loop.train(args, student, d, loss_fn, f"progressive {2 * n}->{n}", warmup=50)
+    student_loop.finish(args, d, engine, student, ddim_scheduler(engine.scheduler.config), losses,
+                        f"progressive distillation {2 * n}->{n}: x0 MSE", settings={"steps": n})
+    return 0
 
 if __name__ == "__main__":
     main()
