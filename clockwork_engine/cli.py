@@ -9,18 +9,19 @@ import sys
 def _generate(args) -> int:
     from tqdm import tqdm
 
-    from . import Engine
+    from . import Engine, reuse_search
 
-    from . import reuse_search
-
-    reuse = None
+    config = Engine.default_config(args.model)
+    if args.mode:
+        config = config.with_(mode=args.mode)
+    steps = config.steps if args.steps is None else args.steps
     if args.reuse_schedule:
         spec = args.reuse_schedule
-        reuse = reuse_search.late(int(spec[5:]), args.steps) if spec.startswith("late:") else reuse_search.load(spec)
-    config = Engine.default_config(args.model).with_(attention_reuse=reuse, **({"mode": args.mode} if args.mode else {}))
+        reuse = reuse_search.late(int(spec[5:]), steps) if spec.startswith("late:") else reuse_search.load(spec)
+        config = config.with_(attention_reuse=reuse)
     engine = Engine.from_pretrained(args.model, config=config)
-    bar = tqdm(total=args.steps, desc="sampling", unit="step", disable=args.quiet)
-    image = engine.generate(args.prompt, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+    bar = tqdm(total=steps, desc="sampling", unit="step", disable=args.quiet)
+    image = engine.generate(args.prompt, steps=steps, guidance_scale=args.guidance, seed=args.seed,
                             height=args.height, width=args.width,
                             callback=lambda i, n, latents: bar.update(1))
     bar.close()
@@ -42,9 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-o", "--output", default="out.png", help="output image path (default: out.png)")
     gen.add_argument("--model", default="demo",
                      help="'demo' (the embedded demo model) or a local diffusers Stable Diffusion directory")
-    gen.add_argument("--steps", type=int, default=8, help="number of sampler steps (default: 8)")
-    gen.add_argument("--guidance", type=float, default=5.0,
-                     help="classifier-free guidance scale; <= 1 turns guidance off (default: 5.0)")
+    gen.add_argument("--steps", type=int, default=None,
+                     help="number of sampler steps (default: the model's, 8 unless its clockwork_engine.json says so)")
+    gen.add_argument("--guidance", type=float, default=None,
+                     help="classifier-free guidance scale; <= 1 turns guidance off (default: the model's, 5.0 "
+                          "unless its clockwork_engine.json says so)")
     gen.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same image (default: 0)")
     gen.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's size)")
     gen.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's size)")
