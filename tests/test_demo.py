@@ -41,7 +41,7 @@ def test_demo_draws_what_it_is_asked(demo):
     images = demo.generate([s.caption for s in scenes[:16]], seed=1, output="pt", mode="full")
     images = torch.cat([images, demo.generate([s.caption for s in scenes[16:]], seed=2, output="pt", mode="full")])
     _, presence, geometry = alignment.read(model, images)
-    right = [alignment.score(s, p, g)["colour_and_shape"] for s, p, g in zip(scenes, presence, geometry)]
+    right = [alignment.score(s, p, g, im)["colour_and_shape"] for s, p, g, im in zip(scenes, presence, geometry, images)]
     assert sum(right) / len(right) >= 0.6
 
 

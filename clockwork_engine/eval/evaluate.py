@@ -49,7 +49,7 @@ def generate_all(engine, scenes, steps: int | None = None, guidance: float = 5.0
 @torch.no_grad()
 def score_images(model, scenes, images: torch.Tensor) -> tuple[dict, dict, np.ndarray]:
     feats, presence, geometry = alignment.read(model, images)
-    per = [alignment.score(s, p, g) for s, p, g in zip(scenes, presence, geometry)]
+    per = [alignment.score(s, p, g, im) for s, p, g, im in zip(scenes, presence, geometry, images)]
     singles = alignment.summarize([r for r, s in zip(per, scenes) if not s.is_pair])
     pairs = alignment.summarize([r for r, s in zip(per, scenes) if s.is_pair])
     return singles, pairs, feats.numpy()
