@@ -24,9 +24,19 @@ def demo(args):
     engine = Engine.from_pretrained("demo")  # clockwork config with the committed adaptor
     prompt = "a small red circle in the top left"
     kw = dict(steps=args.steps, guidance_scale=5.0, seed=0)
+    def unfused(fn):  # the fused C++ ops off (CLOCKWORK_DISABLE_EXT is read per call)
+        def run():
+            os.environ["CLOCKWORK_DISABLE_EXT"] = "1"
+            try:
+                return fn()
+            finally:
+                del os.environ["CLOCKWORK_DISABLE_EXT"]
+        return run
+
     fns = {
         "full": lambda: engine.generate(prompt, mode="full", **kw),
         "clockwork": lambda: engine.generate(prompt, mode="clockwork", **kw),
+        "clockwork_fused_ops_off": unfused(lambda: engine.generate(prompt, mode="clockwork", **kw)),
         "full_unet_only": lambda: engine.generate(prompt, mode="full", output="latent", **kw),
         "clockwork_unet_only": lambda: engine.generate(prompt, mode="clockwork", output="latent", **kw),
     }
@@ -36,6 +46,8 @@ def demo(args):
         "schedule": engine.schedule(args.steps, "clockwork"), "timings": t,
         "speedup_end_to_end": t["full"]["median_s"] / t["clockwork"]["median_s"],
         "speedup_sampling_only": t["full_unet_only"]["median_s"] / t["clockwork_unet_only"]["median_s"],
+        "fused_ops_speedup": t["clockwork_fused_ops_off"]["median_s"] / t["clockwork"]["median_s"],
+        "fused_ops_built": __import__("clockwork_engine.ops", fromlist=["x"]).extension_available(),
         "machine": machine()})
 
 
@@ -72,8 +84,10 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--sd15", action="store_true")
+    ap.add_argument("--sd15-only", action="store_true", help="skip the demo timings")
     ap.add_argument("--sd15-repeats", type=int, default=3)
     args = ap.parse_args()
-    demo(args)
-    if args.sd15:
+    if not args.sd15_only:
+        demo(args)
+    if args.sd15 or args.sd15_only:
         sd15(args)

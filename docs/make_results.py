@@ -88,6 +88,9 @@ def section_latency():
         out.append(table(["variant", "median ms", "p25-p75 ms", "repeats"], rows))
         out.append(f"\nSpeed-up end to end (text cached, VAE decode included): **{d['speedup_end_to_end']:.2f}x**; "
                    f"sampling only: **{d['speedup_sampling_only']:.2f}x**.\n")
+        if "fused_ops_speedup" in d:
+            out.append(f"Fused C++ ops (the adaptor's GroupNorm+shift+SiLU) on vs off, clockwork mode: "
+                       f"**{d['fused_ops_speedup']:.3f}x** (extension built: {d['fused_ops_built']}).\n")
     else:
         out.append(missing("latency_demo.json"))
     d = load("latency_sd15_step.json")
