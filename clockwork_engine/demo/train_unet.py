@@ -48,6 +48,9 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--uncond-prob", type=float, default=0.1, help="caption dropout for CFG")
+    ap.add_argument("--init", default=None,
+                    help="start from this pipeline directory's unet (e.g. clockwork_engine/demo/weights) "
+                         "instead of random weights; a checkpoint in --out still takes precedence")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=500)
     args = ap.parse_args(argv)
@@ -62,7 +65,12 @@ def main(argv=None):
     embeds = encode_captions(tokenizer, text_encoder, [s.caption for s in scenes] + [""])
     uncond = len(scenes)
 
-    unet = models.build_unet()
+    if args.init:
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(args.init, subfolder="unet").train()
+    else:
+        unet = models.build_unet()
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=1e-2)
     step, losses = load_checkpoint(args.out, unet, opt)
