@@ -113,8 +113,10 @@ def num_parameters(module: nn.Module) -> int:
 # ----------------------------------------------------------------------- saving / loading
 def model_fingerprint(unet) -> str:
     """A cheap, stable identity of a UNet's weights: config, every tensor's name, shape and
-    dtype, and a strided sample of its values."""
-    h = hashlib.sha256(json.dumps(dict(unet.config), sort_keys=True, default=str).encode())
+    dtype, and a strided sample of its values. Private config keys (_name_or_path, ...)
+    depend on how the model was loaded, not on what it is, and are left out."""
+    public = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+    h = hashlib.sha256(json.dumps(public, sort_keys=True, default=str).encode())
     for name, tensor in sorted(unet.state_dict().items()):
         flat = tensor.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // 257)].float().cpu().numpy().tobytes()

@@ -115,3 +115,14 @@ def test_clockwork_needs_an_adaptor(tiny_pipe):
         Engine.from_pipeline(tiny_pipe, config="clockwork")
     with pytest.raises(ValueError, match="needs an adaptor"):
         Engine.from_pipeline(tiny_pipe).generate("a red circle", mode="clockwork", **GOOD)
+
+
+def test_fingerprint_does_not_depend_on_how_the_unet_was_loaded(tiny_pipe, tiny_dir):
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    direct = UNet2DConditionModel.from_pretrained(tiny_dir, subfolder="unet")
+    via_pipeline = StableDiffusionPipeline.from_pretrained(tiny_dir).unet
+    assert A.model_fingerprint(direct) == A.model_fingerprint(via_pipeline) == A.model_fingerprint(tiny_pipe.unet)
+    with torch.no_grad():
+        direct.conv_out.bias.add_(1.0)
+    assert A.model_fingerprint(direct) != A.model_fingerprint(tiny_pipe.unet)
