@@ -37,14 +37,21 @@ def missing(name):
     return f"_Not measured yet: benches/results/{name} is missing._\n"
 
 
+def render(name, title, body) -> str:
+    """A '## title' section: body(json) of benches/results/<name>, or a line saying it is missing."""
+    d = load(name)
+    return f"## {title}\n\n" + (body(d) if d else missing(name))
+
+
 def section_alignment():
-    d = load("alignment_demo.json")
-    out = ["## Demo model quality (prompt alignment, held-out captions)\n"]
-    if not d:
-        return "\n".join(out + [missing("alignment_demo.json")])
+    return render("alignment_demo.json", "Demo model quality (prompt alignment, held-out captions)", _alignment)
+
+
+def _alignment(d):
+    out = []
     out.append(f"Command: `{d['command']}`  \n{d['images']} images over {d['unique_captions']} unique held-out "
                f"captions (never seen in training), {d['steps']} DPM++ steps, CFG {d['guidance']}. "
-               f"The classifier's accuracy on real renders of the same captions is the ceiling.\n")
+               f"Colour, position and size are read by the classifier, shape from the pixel mask of the asked colour (eval/alignment.py); the same reader on real renders of the same captions is the ceiling.\n")
     rows = []
     for group in ("singles", "pairs"):
         gen, real = d["generated"][group], d["classifier_on_real_renders"][group]
@@ -103,10 +110,11 @@ def section_latency():
 
 
 def section_quality(name, title):
-    d = load(name)
-    out = [f"## {title}\n"]
-    if not d:
-        return "\n".join(out + [missing(name)])
+    return render(name, title, _quality)
+
+
+def _quality(d):
+    out = []
     out.append(f"Command: `{d['command']}`; {d['images']} images ({d['unique_captions']} unique held-out captions), "
                f"same noise for every variant; PSNR/SSIM and speed-up against `{d['reference']}` (latency: median "
                f"of interleaved repeats of one image in the same run).\n")
@@ -125,10 +133,11 @@ def section_quality(name, title):
 
 
 def section_perturbation():
-    d = load("perturbation.json")
-    out = ["## Why clockwork works: perturbation per resolution level\n"]
-    if not d:
-        return "\n".join(out + [missing("perturbation.json")])
+    return render("perturbation.json", "Why clockwork works: perturbation per resolution level", _perturbation)
+
+
+def _perturbation(d):
+    out = []
     out.append(f"Command: `{d['command']}`. Noise of {d['relative_noise']:.0%} of each layer output's std added at "
                f"one resolution level, every step, {d['prompts']} prompts; change of the final image vs the clean run. "
                f"Plot: benches/results/perturbation.png.\n")
@@ -153,10 +162,11 @@ def section_e2e():
 
 
 def section_soak():
-    d = load("soak_demo.json")
-    out = ["## Soak: memory over many requests\n"]
-    if not d:
-        return "\n".join(out + [missing("soak_demo.json")])
+    return render("soak_demo.json", "Soak: memory over many requests", _soak)
+
+
+def _soak(d):
+    out = []
     out.append(f"Command: `{d['command']}`. {d['calls']} generate() calls (mixed prompts, modes, step counts): "
                f"resident memory {d['rss_after_warmup_mb']:.0f} MiB after warm-up, {d['rss_end_mb']:.0f} MiB at the end "
                f"(**{100 * d['growth']:+.1f}%**). Cache bounds: {d['bounds']}.\n")
@@ -164,10 +174,11 @@ def section_soak():
 
 
 def section_overhead():
-    d = load("overhead_demo.json")
-    out = ["## Engine overhead per step (demo pipeline, CPU)\n"]
-    if not d:
-        return "\n".join(out + [missing("overhead_demo.json")])
+    return render("overhead_demo.json", "Engine overhead per step (demo pipeline, CPU)", _overhead)
+
+
+def _overhead(d):
+    out = []
     out.append(f"Command: `{d['command']}`. Time in the sampling loop outside the model call (CFG concat/split, "
                f"solver update, buffer copies, loop): **{100 * d['overhead_fraction']:.2f}%** of "
                f"{d['sample_ms']:.1f} ms.\n")
@@ -175,10 +186,11 @@ def section_overhead():
 
 
 def section_kernels():
-    d = load("kernels.json")
-    out = ["## Kernel microbenchmarks (pytest-benchmark)\n"]
-    if not d:
-        return "\n".join(out + [missing("kernels.json")])
+    return render("kernels.json", "Kernel microbenchmarks (pytest-benchmark)", _kernels)
+
+
+def _kernels(d):
+    out = []
     rows = [[b["name"], f"{b['stats']['median'] * 1e3:.3f}", b["stats"]["rounds"]] for b in d["benchmarks"]]
     out.append("Command: `python -m pytest benches/bench_kernels.py --benchmark-json benches/results/kernels.json`\n")
     out.append(table(["benchmark", "median ms", "rounds"], rows) + "\n")
