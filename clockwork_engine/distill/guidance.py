@@ -23,7 +23,7 @@ import torch
 from ..demo import shapes
 from ..demo.train_unet import min_snr_weights
 from ..sampler.steps import guidance_embedding
-from . import dist, student_loop
+from . import student_loop
 
 GUIDANCE_EMBED_DIM = 256
 
@@ -81,11 +81,7 @@ def main(argv=None):
 
 
 def run(args):
-    from .. import Engine
-
-    d = dist.setup()
-    torch.manual_seed(args.seed)
-    engine = Engine.from_pretrained(args.model, config="full")
+    d, engine = student_loop.setup(args)
     teacher = engine.unet
     student = make_student(teacher).train()
     ac = engine.scheduler.alphas_cumprod

@@ -20,7 +20,7 @@ import argparse
 import torch
 
 from ..sampler.steps import guidance_embedding
-from . import dist, student_loop
+from . import student_loop
 from .guidance import demo_batch
 
 
@@ -61,11 +61,7 @@ def main(argv=None):
 def run(args):
     import copy
 
-    from .. import Engine
-
-    d = dist.setup()
-    torch.manual_seed(args.seed)
-    engine = Engine.from_pretrained(args.model, config="full")
+    d, engine = student_loop.setup(args)
     teacher = engine.unet
     dim = teacher.config.time_cond_proj_dim
     if not dim:

@@ -18,6 +18,15 @@ from . import dist
 LossFn = Callable[[torch.nn.Module, np.random.Generator, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
+def setup(args):
+    """(distributed context, the teacher's engine) for a distillation run."""
+    from .. import Engine
+
+    d = dist.setup()
+    torch.manual_seed(args.seed)
+    return d, Engine.from_pretrained(args.model, config="full")
+
+
 def train(args, student: torch.nn.Module, d: dist.Dist, loss_fn: LossFn, desc: str, warmup: int) -> list[float]:
     model = dist.wrap(student, d)
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
