@@ -30,22 +30,22 @@ def main():
     from clockwork_engine import Engine
     from clockwork_engine.demo.pipeline import DEMO_DIR
     from clockwork_engine.engine import ADAPTOR_FOLDER
-    from clockwork_engine.eval.compare import compare, same_weights
+    from clockwork_engine.eval.compare import compare
 
     base = Engine.from_pretrained("demo", config="full")
     learned = os.path.join(DEMO_DIR, ADAPTOR_FOLDER)
     kw = dict(steps=args.steps, mode="clockwork")
     variants = {"full": (base, dict(steps=args.steps, mode="full")),
-                "clockwork": (same_weights(base, mode="clockwork", adaptor=learned), kw),
-                "identity_adaptor": (same_weights(base, mode="clockwork", adaptor="identity"), kw)}
+                "clockwork": (base.with_config(mode="clockwork", adaptor=learned), kw),
+                "identity_adaptor": (base.with_config(mode="clockwork", adaptor="identity"), kw)}
     extra = {"adaptor_without_r_out": "runs/adaptor_no_rout"}
     if args.ablations:
         for name, steps in (("clockwork_steps_4567", (4, 5, 6, 7)), ("clockwork_steps_2345", (2, 3, 4, 5))):
-            variants[name] = (same_weights(base, mode="clockwork", adaptor=learned, adaptor_steps=steps), kw)
+            variants[name] = (base.with_config(mode="clockwork", adaptor=learned, adaptor_steps=steps), kw)
         extra["clockwork_noised_training"] = "runs/adaptor_noised"
     for name, path in extra.items():
         if os.path.isdir(path):
-            variants[name] = (same_weights(base, mode="clockwork", adaptor=path), kw)
+            variants[name] = (base.with_config(mode="clockwork", adaptor=path), kw)
     result = compare(variants, args.singles, args.pairs)
     write(args.out, {"command": "python " + " ".join(sys.argv), "steps": args.steps, **result})
 

@@ -27,7 +27,7 @@ def main():
 
     from clockwork_engine import Engine
     from clockwork_engine.demo.pipeline import DEMO_DIR
-    from clockwork_engine.eval.compare import compare, same_weights
+    from clockwork_engine.eval.compare import compare
 
     teacher = Engine.from_pretrained("demo", config="full")
     variants = {"teacher_8_cfg": (teacher, dict(steps=8, mode="full")),
@@ -38,7 +38,7 @@ def main():
         n = student.config.steps
         variants[f"{name}_{n}_steps"] = (student, dict(steps=n, mode=student.config.mode))
         if n > 2:
-            reuse = same_weights(student, attention_reuse=(n - 1,))
+            reuse = student.with_config(attention_reuse=(n - 1,))
             variants[f"{name}_{n}_steps+reuse"] = (reuse, dict(steps=n, mode=student.config.mode))
     result = compare(variants, args.singles, args.pairs, latency_repeats=5)
     write("quality_distill.json", {"command": "python " + " ".join(sys.argv), **result})

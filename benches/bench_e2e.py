@@ -54,7 +54,7 @@ def main():
     from clockwork_engine.demo.pipeline import load as load_pipe
     from clockwork_engine.engine import ADAPTOR_FOLDER
     from clockwork_engine.eval.baselines import DeepCacheBaseline, DiffusersBaseline
-    from clockwork_engine.eval.compare import compare, same_weights
+    from clockwork_engine.eval.compare import compare
     from clockwork_engine.reuse_search import late
 
     pipe = load_pipe()
@@ -68,9 +68,9 @@ def main():
             "deepcache_i2": (DeepCacheBaseline(pipe, 2), dict(steps=n)),
             "deepcache_i3": (DeepCacheBaseline(pipe, 3), dict(steps=n)),
             "engine_full": (base, dict(steps=n, mode="full")),
-            "identity_adaptor": (same_weights(base, mode="clockwork", adaptor="identity"), kw),
-            "clockwork": (same_weights(base, mode="clockwork", adaptor=learned), kw),
-            "clockwork+reuse": (same_weights(base, mode="clockwork", adaptor=learned,
+            "identity_adaptor": (base.with_config(mode="clockwork", adaptor="identity"), kw),
+            "clockwork": (base.with_config(mode="clockwork", adaptor=learned), kw),
+            "clockwork+reuse": (base.with_config(mode="clockwork", adaptor=learned,
                                              attention_reuse=late(max(1, n // 4), n)), kw),
         }
         if n == 8 and os.path.isdir(students):

@@ -30,7 +30,7 @@ def main():
     from clockwork_engine import Engine, EngineConfig
     from clockwork_engine.attention import ReuseConfig, map_bytes
     from clockwork_engine.demo import models
-    from clockwork_engine.eval.compare import compare, same_weights
+    from clockwork_engine.eval.compare import compare
     from clockwork_engine.flops import SD15_UNET
     from clockwork_engine.reuse_search import late, load
 
@@ -43,7 +43,7 @@ def main():
         if os.path.exists(path):
             schedules[f"greedy_{k}"] = load(path)
     for name, steps in schedules.items():
-        variants[f"reuse_{name}"] = (same_weights(base, attention_reuse=steps), dict(steps=n, mode="full"))
+        variants[f"reuse_{name}"] = (base.with_config(attention_reuse=steps), dict(steps=n, mode="full"))
     for m in (16, 14, 12):
         variants[f"full_{m}_steps"] = (base, dict(steps=m, mode="full"))
     result = compare(variants, args.singles, args.pairs, latency_repeats=5)

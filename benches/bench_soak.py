@@ -32,7 +32,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=50)
     args = ap.parse_args()
 
-    from clockwork_engine import Engine, EngineConfig
+    from clockwork_engine import Engine
     from clockwork_engine.demo import shapes
 
     engine = Engine.from_pretrained("demo", config=Engine.default_config("demo").with_(prompt_cache_size=64))

@@ -136,6 +136,11 @@ class Engine:
         scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
         return cls(pipe.unet, pipe.vae, pipe.tokenizer, pipe.text_encoder, scheduler, config=_config(config))
 
+    def with_config(self, **changes) -> "Engine":
+        """Another engine on the same loaded components (shared weights), its config changed."""
+        return Engine(self.unet, self.vae, self.prompts.tokenizer, self.text_encoder, copy.deepcopy(self.scheduler),
+                      config=self.config.with_(**changes))
+
     @property
     def device(self) -> torch.device:
         return self.unet.device

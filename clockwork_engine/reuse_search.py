@@ -14,7 +14,6 @@ greedy:       on a calibration set of captions, add reuse steps one at a time, e
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 
 import torch
@@ -36,13 +35,6 @@ def load(path: str) -> tuple[int, ...]:
     return steps
 
 
-def _with_reuse(engine, reuse_steps):
-    from .engine import Engine
-
-    return Engine(engine.unet, engine.vae, engine.prompts.tokenizer, engine.text_encoder,
-                  copy.deepcopy(engine.scheduler), config=engine.config.with_(attention_reuse=tuple(sorted(reuse_steps))))
-
-
 def greedy(engine, captions: list[str], steps: int, budget: int, guidance: float = 5.0, seed: int = 0,
            progress=None) -> dict:
     """{"steps", "reuse_steps", "mse_per_round"} for a reuse budget of `budget` steps."""
@@ -55,7 +47,7 @@ def greedy(engine, captions: list[str], steps: int, budget: int, guidance: float
     for _ in range(budget):
         best = None
         for candidate in sorted(set(range(1, steps)) - chosen):
-            out = _with_reuse(engine, chosen | {candidate}).generate(list(captions), **kw)
+            out = engine.with_config(attention_reuse=tuple(sorted(chosen | {candidate}))).generate(list(captions), **kw)
             mse = float((torch.stack(out) if isinstance(out, list) else out).sub(reference).pow(2).mean())
             if best is None or mse < best[1]:
                 best = (candidate, mse)

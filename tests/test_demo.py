@@ -49,10 +49,8 @@ def test_demo_draws_what_it_is_asked(demo):
 
 
 def test_learned_adaptor_is_closer_to_full_than_identity(demo):
-    from clockwork_engine.eval.compare import same_weights
-
     prompts = [s.caption for s in shapes.split_scenes("eval")[:16]]
     full = demo.generate(prompts, seed=3, output="pt", mode="full")
     learned = demo.generate(prompts, seed=3, output="pt")
-    identity = same_weights(demo, adaptor="identity").generate(prompts, seed=3, output="pt")
+    identity = demo.with_config(adaptor="identity").generate(prompts, seed=3, output="pt")
     assert psnr(learned, full).mean() > psnr(identity, full).mean()

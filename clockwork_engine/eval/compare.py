@@ -6,8 +6,6 @@ from __future__ import annotations
 import statistics
 import time
 
-import torch
-
 from . import classifier as C
 from . import evaluate
 from .metrics import frechet_distance, psnr, ssim
@@ -58,16 +56,3 @@ def compare(variants: dict, singles: int, pairs: int, guidance: float = 5.0, lat
         print(name, {k: v for k, v in results[name].items() if k not in ("singles", "pairs", "schedule")})
     return {"reference": reference, "images": len(scenes), "unique_captions": len({s.caption for s in scenes}),
             "guidance": guidance, "variants": results}
-
-
-def same_weights(base, **config_changes):
-    """Another engine on the same loaded components, with a changed config."""
-    import copy
-
-    from ..engine import Engine
-
-    return Engine(base.unet, base.vae, base.prompts.tokenizer, base.text_encoder, copy.deepcopy(base.scheduler),
-                  config=base.config.with_(**config_changes))
-
-
-__all__ = ["compare", "latency", "same_weights"]
