@@ -15,7 +15,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import interleaved, machine, write  # noqa: E402
+from common import FusedOpsOff, interleaved, machine, write  # noqa: E402
 
 
 def demo(args):
@@ -24,19 +24,11 @@ def demo(args):
     engine = Engine.from_pretrained("demo")  # clockwork config with the committed adaptor
     prompt = "a small red circle in the top left"
     kw = dict(steps=args.steps, guidance_scale=5.0, seed=0)
-    def unfused(fn):  # the fused C++ ops off (CLOCKWORK_DISABLE_EXT is read per call)
-        def run():
-            os.environ["CLOCKWORK_DISABLE_EXT"] = "1"
-            try:
-                return fn()
-            finally:
-                del os.environ["CLOCKWORK_DISABLE_EXT"]
-        return run
 
     fns = {
         "full": lambda: engine.generate(prompt, mode="full", **kw),
         "clockwork": lambda: engine.generate(prompt, mode="clockwork", **kw),
-        "clockwork_fused_ops_off": unfused(lambda: engine.generate(prompt, mode="clockwork", **kw)),
+        "clockwork_fused_ops_off": lambda: FusedOpsOff(engine).generate(prompt, mode="clockwork", **kw),
         "full_unet_only": lambda: engine.generate(prompt, mode="full", output="latent", **kw),
         "clockwork_unet_only": lambda: engine.generate(prompt, mode="clockwork", output="latent", **kw),
     }

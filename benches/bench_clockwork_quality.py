@@ -1,11 +1,18 @@
 """Clockwork quality and latency on the demo pipeline (held-out captions, same noise).
 
     python benches/bench_clockwork_quality.py [--singles 200 --pairs 100] [--ablations]
+    # the paper's other ablations, each with its own adaptor (trained by `clockwork distill`):
+    python benches/bench_clockwork_quality.py --steps 4 --adaptor runs/adaptor_4 \\
+        --extra clockwork_noised_training=runs/adaptor_4_noised --out quality_clockwork_4.json
+    python benches/bench_clockwork_quality.py --scheduler ddim --adaptor runs/adaptor_ddim \\
+        --out quality_clockwork_ddim.json
 
-Variants: full; clockwork (learned adaptor, the committed one); identity adaptor; adaptor
-without r_out(t+1) (runs/adaptor_no_rout, if trained). With --ablations: the learned
-adaptor on 0-based steps {4,5,6,7} and {2,3,4,5} (the paper's {5..8} and {3..6}), and
-the noised-trained adaptor (runs/adaptor_noised). Writes benches/results/quality_clockwork.json.
+Variants: full; clockwork (--adaptor: default the committed one); identity adaptor; every
+--extra NAME=ADAPTOR_FOLDER (default: the adaptor without r_out(t+1), runs/adaptor_no_rout,
+if trained). With --ablations: the adaptor on 0-based steps {4,5,6,7} and {2,3,4,5} (the
+paper's {5..8} and {3..6}) and the noised-trained adaptor (runs/adaptor_noised).
+--scheduler ddim runs every variant with DDIM (trailing, eta 0) instead of the model's DPM++.
+Writes benches/results/<--out>.
 """
 
 from __future__ import annotations
@@ -23,22 +30,31 @@ def main():
     ap.add_argument("--singles", type=int, default=200)
     ap.add_argument("--pairs", type=int, default=100)
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--adaptor", default=None, help="the adaptor of the 'clockwork' variant (default: committed)")
+    ap.add_argument("--extra", action="append", default=None, metavar="NAME=FOLDER",
+                    help="another adaptor to compare (repeatable)")
+    ap.add_argument("--scheduler", choices=("model", "ddim"), default="model")
     ap.add_argument("--ablations", action="store_true")
     ap.add_argument("--out", default="quality_clockwork.json")
     args = ap.parse_args()
 
     from clockwork_engine import Engine
     from clockwork_engine.demo.pipeline import DEMO_DIR
+    from clockwork_engine.distill.progressive import ddim_scheduler
     from clockwork_engine.engine import ADAPTOR_FOLDER
     from clockwork_engine.eval.compare import compare
 
     base = Engine.from_pretrained("demo", config="full")
-    learned = os.path.join(DEMO_DIR, ADAPTOR_FOLDER)
+    if args.scheduler == "ddim":
+        base = base.with_config(scheduler=ddim_scheduler(base.scheduler.config))
+    learned = args.adaptor or os.path.join(DEMO_DIR, ADAPTOR_FOLDER)
     kw = dict(steps=args.steps, mode="clockwork")
     variants = {"full": (base, dict(steps=args.steps, mode="full")),
                 "clockwork": (base.with_config(mode="clockwork", adaptor=learned), kw),
                 "identity_adaptor": (base.with_config(mode="clockwork", adaptor="identity"), kw)}
     extra = {"adaptor_without_r_out": "runs/adaptor_no_rout"}
+    if args.extra:
+        extra = dict(e.split("=", 1) for e in args.extra)
     if args.ablations:
         for name, steps in (("clockwork_steps_4567", (4, 5, 6, 7)), ("clockwork_steps_2345", (2, 3, 4, 5))):
             variants[name] = (base.with_config(mode="clockwork", adaptor=learned, adaptor_steps=steps), kw)
@@ -46,8 +62,11 @@ def main():
     for name, path in extra.items():
         if os.path.isdir(path):
             variants[name] = (base.with_config(mode="clockwork", adaptor=path), kw)
+        else:
+            print(f"skipping {name}: {path} does not exist")
     result = compare(variants, args.singles, args.pairs)
-    write(args.out, {"command": "python " + " ".join(sys.argv), "steps": args.steps, **result})
+    write(args.out, {"command": "python " + " ".join(sys.argv), "steps": args.steps,
+                     "scheduler": type(base.scheduler).__name__, **result})
 
 
 if __name__ == "__main__":

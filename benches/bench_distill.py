@@ -2,11 +2,12 @@
 
     python benches/bench_distill.py [--singles 100 --pairs 50]
 
-Reference: the teacher at 8 DPM++ steps with CFG 5 (two evaluations per step), the stock
-setting. Variants: the teacher with clockwork; every student under the demo's students/
-(guidance-distilled: one evaluation per step; progressive: fewer DDIM steps), each with
-attention reuse in its last step where it has more than 2 steps. Writes
-benches/results/quality_distill.json.
+Reference: stock diffusers StableDiffusionPipeline on the teacher at 8 DPM++ steps with CFG 5
+(two evaluations per step). Variants: the engine on the teacher (full; clockwork); every
+student under the demo's students/ (guidance-distilled: one evaluation per step;
+progressive: fewer DDIM steps), full and, where the student ships its own
+clockwork_adaptor/ (fitted at its operating point), clockwork; plus attention reuse in the
+last step where it has more than 2 steps. Writes benches/results/quality_distill.json.
 """
 
 from __future__ import annotations
@@ -27,20 +28,26 @@ def main():
 
     from clockwork_engine import Engine
     from clockwork_engine.demo.pipeline import DEMO_DIR
+    from clockwork_engine.demo.pipeline import load as load_pipe
+    from clockwork_engine.engine import STUDENTS_FOLDER
+    from clockwork_engine.eval.baselines import DiffusersBaseline
     from clockwork_engine.eval.compare import compare
 
-    teacher = Engine.from_pretrained("demo", config="full")
-    variants = {"teacher_8_cfg": (teacher, dict(steps=8, mode="full")),
-                "teacher_8_clockwork": (Engine.from_pretrained("demo"), dict(steps=8, mode="clockwork"))}
-    students = os.path.join(DEMO_DIR, "students")
+    teacher = Engine.from_pretrained("demo")
+    variants = {"diffusers_teacher_8_cfg": (DiffusersBaseline(load_pipe()), dict(steps=8)),
+                "teacher_8_cfg": (teacher, dict(steps=8, mode="full")),
+                "teacher_8_clockwork": (teacher, dict(steps=8, mode="clockwork"))}
+    students = os.path.join(DEMO_DIR, STUDENTS_FOLDER)
     for name in sorted(os.listdir(students)) if os.path.isdir(students) else []:
-        student = Engine.from_pretrained("demo", preset=name)
+        student = Engine.from_pretrained("demo", preset=name)  # clockwork if it ships an adaptor
         n = student.config.steps
-        variants[f"{name}_{n}_steps"] = (student, dict(steps=n, mode=student.config.mode))
-        if n > 2:
-            reuse = student.with_config(attention_reuse=(n - 1,))
-            variants[f"{name}_{n}_steps+reuse"] = (reuse, dict(steps=n, mode=student.config.mode))
-    result = compare(variants, args.singles, args.pairs, latency_repeats=5)
+        modes = ("full", "clockwork") if student.adaptor is not None else ("full",)
+        for mode in modes:
+            tag = f"{name}_{n}_steps" + ("+clockwork" if mode == "clockwork" else "")
+            variants[tag] = (student, dict(steps=n, mode=mode))
+            if n > 2:
+                variants[tag + "+reuse"] = (student.with_config(attention_reuse=(n - 1,)), dict(steps=n, mode=mode))
+    result = compare(variants, args.singles, args.pairs, latency_repeats=5, reference="diffusers_teacher_8_cfg")
     write("quality_distill.json", {"command": "python " + " ".join(sys.argv), **result})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -25,6 +26,30 @@ def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, dict]:
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: summary(ts) for name, ts in times.items()}
+
+
+@contextlib.contextmanager
+def fused_ops_off():
+    """The engine's fused C++/Triton ops off: CLOCKWORK_DISABLE_EXT is read per call."""
+    os.environ["CLOCKWORK_DISABLE_EXT"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("CLOCKWORK_DISABLE_EXT", None)
+
+
+class FusedOpsOff:
+    """An engine whose generate() runs with the fused ops off (the eager torch reference)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def generate(self, *args, **kwargs):
+        with fused_ops_off():
+            return self.engine.generate(*args, **kwargs)
 
 
 def summary(ts: list[float]) -> dict:

@@ -58,6 +58,7 @@ class Engine:
         self.vae = vae.eval().requires_grad_(False)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
         self.scheduler = scheduler
+        self.adaptor_dir = adaptor_dir
         self.prompts = PromptEncoder(tokenizer, self.text_encoder, self.config.prompt_cache_size)
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         # Image sides must survive the VAE and every UNet downsampler without rounding.
@@ -136,10 +137,12 @@ class Engine:
         scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
         return cls(pipe.unet, pipe.vae, pipe.tokenizer, pipe.text_encoder, scheduler, config=_config(config))
 
-    def with_config(self, **changes) -> "Engine":
-        """Another engine on the same loaded components (shared weights), its config changed."""
-        return Engine(self.unet, self.vae, self.prompts.tokenizer, self.text_encoder, copy.deepcopy(self.scheduler),
-                      config=self.config.with_(**changes))
+    def with_config(self, scheduler=None, **changes) -> "Engine":
+        """Another engine on the same loaded components (shared weights), its config changed;
+        scheduler: another supported diffusers scheduler (e.g. DDIMScheduler.from_config(...))."""
+        return Engine(self.unet, self.vae, self.prompts.tokenizer, self.text_encoder,
+                      scheduler or copy.deepcopy(self.scheduler), config=self.config.with_(**changes),
+                      adaptor_dir=self.adaptor_dir)
 
     @property
     def device(self) -> torch.device:

@@ -122,14 +122,24 @@ def _quality(d):
     for k, v in d["variants"].items():
         rows.append([k, pct(v["single_colour_and_shape"]), pct(v["single_all"]), pct(v["pair_all"]),
                      f"{v['domain_fid']:.3f}", f"{v['psnr_to_reference']:.2f}", f"{v['ssim_to_reference']:.4f}",
-                     f"{v['latency_s'] * 1e3:.0f}" if "latency_s" in v else "-",
+                     _latency_ms(v),
                      f"{v['latency_ratio']:.2f}x" if "latency_ratio" in v else "-"])
-    out.append(table(["variant", "single: colour+shape", "single: all attributes", "pairs: all", "domain FID",
-                      f"PSNR to {d['reference']} (dB)", "SSIM", "latency ms (1 image)", "speed-up"], rows) + "\n")
+    header = ["variant", "single: colour+shape", "single: all attributes", "pairs: all", "domain FID",
+              f"PSNR to {d['reference']} (dB)", "SSIM", "latency ms, median [p25-p75]", "speed-up"]
+    out.append(table(header, rows) + "\n")
     if "map_bytes_per_image" in d:
         mb = {k: f"{v / 2**20:.1f} MiB" for k, v in d["map_bytes_per_image"].items()}
         out.append("Attention maps cached per image (CFG batch 2): " + ", ".join(f"{k}: {v}" for k, v in mb.items()))
     return "\n".join(out)
+
+
+def _latency_ms(v) -> str:
+    """median [p25-p75] ms of the interleaved repeats (older results: the median only)."""
+    if "latency_s" not in v:
+        return "-"
+    if "latency_p25_s" not in v:
+        return f"{v['latency_s'] * 1e3:.0f}"
+    return f"{v['latency_s'] * 1e3:.0f} [{v['latency_p25_s'] * 1e3:.0f}-{v['latency_p75_s'] * 1e3:.0f}]"
 
 
 def section_perturbation():
@@ -158,6 +168,16 @@ def section_e2e():
             out.append(section_quality(name, f"{n} steps").replace("## ", "### ") + f"\nPareto plot: benches/results/pareto_{n}.png\n")
     if not found:
         out.append(missing("e2e_8.json"))
+    d = load("e2e_sd15.json")
+    if d:
+        t, f = d["timings"], d["unet_tflops_per_image"]
+        rows = [[k, f"{v['median_s']:.1f} [{v['p25_s']:.1f}-{v['p75_s']:.1f}]", v["repeats"],
+                 f"{d['speedup_vs_diffusers'][k]:.2f}x"] for k, v in t.items()]
+        out.append(f"### SD v1.5 architecture, random weights, {d['steps']} steps at {d['size']}x{d['size']}\n\n"
+                   f"Command: `{d['command']}`. {d['what']}. Schedule: {', '.join(d['schedule'])}.\n")
+        out.append(table(["variant", "s per image, median [p25-p75]", "repeats", "speed-up vs diffusers"], rows))
+        out.append(f"\nUNet TFLOPs per image ({f['convention']}): full {f['full']:.2f}, clockwork "
+                   f"{f['clockwork']:.2f} ({1 - f['clockwork'] / f['full']:.1%} fewer).\n")
     return "\n".join(out)
 
 
@@ -202,6 +222,8 @@ def main():
              "CPU timings on this project's 2-core machine; nothing here ran on a GPU.\n",
              section_alignment(), section_flops(), section_perturbation(), section_latency(),
              section_quality("quality_clockwork.json", "Clockwork quality on the demo pipeline"),
+             section_quality("quality_clockwork_4.json", "Clockwork ablation: 4 steps, unrolled vs noised training"),
+             section_quality("quality_clockwork_ddim.json", "Clockwork ablation: DDIM instead of DPM++ (8 steps)"),
              section_quality("quality_reuse.json", "Attention-map reuse vs fewer steps (demo, 20 steps)"),
              section_quality("quality_distill.json", "Guidance and progressive distillation (demo)"),
              section_e2e(), section_overhead(), section_soak(), section_kernels()]

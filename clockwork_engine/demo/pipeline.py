@@ -49,3 +49,29 @@ def load(folder: str = DEMO_DIR, **kwargs):
         folder, tokenizer=tokenizer, text_encoder=text_encoder, safety_checker=None,
         feature_extractor=None, requires_safety_checker=False, **kwargs,
     )
+
+
+def export(src: str, dst: str):  # python -c "from clockwork_engine.demo.pipeline import export; export(SRC, DST)"
+    """Copy a trained pipeline directory into the repository layout (model_index.json,
+    scheduler/, unet/, vae/, clockwork_engine.json if any; no adaptor, no checkpoints), unet and vae weights stored in
+    fp16 to halve what git carries. diffusers loads them back as fp32 (the engine's dtype
+    unless torch_dtype is given), so a model is trained in fp32 and used as its fp16 rounding:
+    fingerprint an exported model, not the training output, when fitting an adaptor to it."""
+    from safetensors.torch import load_file, save_file
+
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    os.makedirs(dst)
+    for name in ("model_index.json", "clockwork_engine.json"):
+        if os.path.isfile(os.path.join(src, name)):
+            shutil.copy(os.path.join(src, name), dst)
+    for part in ("scheduler", "text_encoder", "tokenizer"):  # the demo layout has only scheduler/
+        if os.path.isdir(os.path.join(src, part)):
+            shutil.copytree(os.path.join(src, part), os.path.join(dst, part))
+    for part in ("unet", "vae"):
+        os.makedirs(os.path.join(dst, part))
+        shutil.copy(os.path.join(src, part, "config.json"), os.path.join(dst, part))
+        weights = "diffusion_pytorch_model.safetensors"
+        tensors = load_file(os.path.join(src, part, weights))
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()},
+                  os.path.join(dst, part, weights), metadata={"format": "pt"})

@@ -40,6 +40,8 @@ def build_parser(parser=None):
     ap.add_argument("--train-on", choices=("all", "clock"), default="all",
                     help="fit phi on every step > 0 (so other clocks can use it) or only on the clock's steps")
     ap.add_argument("--mode", choices=("unrolled", "noised"), default="unrolled")
+    ap.add_argument("--scheduler", choices=("model", "ddim"), default="model",
+                    help="sampler of the operating point: the model's own, or DDIM (trailing, eta 0) for the ablation")
     ap.add_argument("--prompts", default=None, help="a text file of captions (default: the demo captions)")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--captions-per-epoch", type=int, default=512)
@@ -103,6 +105,10 @@ def run(args):
 
     torch.manual_seed(args.seed)
     engine = Engine.from_pretrained(args.model, config="full")
+    if args.scheduler == "ddim":
+        from .progressive import ddim_scheduler
+
+        engine = engine.with_config(scheduler=ddim_scheduler(engine.scheduler.config))
     split = UNetSplit(engine.unet, args.cut)
     clock = Clock(every=args.clock, adaptor_steps=frozenset(int(s) for s in args.adaptor_steps.split(","))
                   if args.adaptor_steps else None)

@@ -11,8 +11,8 @@ from . import evaluate
 from .metrics import frechet_distance, psnr, ssim
 
 
-def latency(variants: dict, prompt: str, repeats: int = 5) -> dict[str, float]:
-    """Median seconds of one generate() per variant, repeats interleaved across variants."""
+def latency(variants: dict, prompt: str, repeats: int = 5) -> dict[str, list[float]]:
+    """Seconds of one generate() per variant and repeat, repeats interleaved across variants."""
     times = {name: [] for name in variants}
     for name, (engine, kw) in variants.items():  # warm-up: builds step programs
         engine.generate(prompt, seed=0, **kw)
@@ -21,7 +21,7 @@ def latency(variants: dict, prompt: str, repeats: int = 5) -> dict[str, float]:
             start = time.perf_counter()
             engine.generate(prompt, seed=0, **kw)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
 
 
 def compare(variants: dict, singles: int, pairs: int, guidance: float = 5.0, latency_repeats: int = 5,
@@ -51,8 +51,10 @@ def compare(variants: dict, singles: int, pairs: int, guidance: float = 5.0, lat
             "ssim_to_reference": float(ssim(images[name], ref).mean()),
         }
         if lat:
-            results[name]["latency_s"] = lat[name]
-            results[name]["latency_ratio"] = lat[reference] / lat[name]
+            median, ref_median = statistics.median(lat[name]), statistics.median(lat[reference])
+            q = statistics.quantiles(lat[name], n=4) if len(lat[name]) > 1 else [median] * 3
+            results[name].update(latency_s=median, latency_p25_s=q[0], latency_p75_s=q[2],
+                                 latency_repeats=len(lat[name]), latency_ratio=ref_median / median)
         print(name, {k: v for k, v in results[name].items() if k not in ("singles", "pairs", "schedule")})
     return {"reference": reference, "images": len(scenes), "unique_captions": len({s.caption for s in scenes}),
             "guidance": guidance, "variants": results}
