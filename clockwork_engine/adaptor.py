@@ -41,7 +41,7 @@ class AdaptorConfig:
             raise ValueError(f"hidden_channels {self.hidden_channels} must be divisible by groups {self.groups}")
 
     @classmethod
-    def for_split(cls, split, hidden_channels: int | None = None, **kw) -> "AdaptorConfig":
+    def for_split(cls, split, hidden_channels: int | None = None, **kw) -> AdaptorConfig:
         hidden = hidden_channels or split.r_out_channels
         return cls(split.r_in_channels, split.r_out_channels, split.time_embed_dim, hidden,
                    groups=kw.pop("groups", min(32, hidden)), **kw)

@@ -39,6 +39,6 @@ class Clock:
         return {"every": self.every, "adaptor_steps": sorted(self.adaptor_steps) if self.adaptor_steps else None}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Clock":
+    def from_dict(cls, d: dict) -> Clock:
         steps = d.get("adaptor_steps")
         return cls(every=d.get("every", 2), adaptor_steps=frozenset(steps) if steps is not None else None)

@@ -56,7 +56,7 @@ class EngineConfig:
         steps = frozenset(self.adaptor_steps) if self.adaptor_steps is not None else None
         return Clock(every=self.clock_every, adaptor_steps=steps)
 
-    def with_(self, **changes) -> "EngineConfig":
+    def with_(self, **changes) -> EngineConfig:
         return replace(self, **changes)
 
 

@@ -34,7 +34,7 @@ ADAPTOR_FOLDER = "clockwork_adaptor"  # inside a model directory: its default ad
 STUDENTS_FOLDER = "students"  # inside a model directory: distilled students, one folder each
 SETTINGS_FILE = "clockwork_engine.json"  # inside a model directory: EngineConfig fields it recommends
 # One lock per UNet: engines sharing a model (and its attention processors) take turns.
-_MODEL_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_MODEL_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _MODEL_LOCKS_GUARD = threading.Lock()
 
 
@@ -98,7 +98,7 @@ class Engine:
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_pretrained(cls, model: str = "demo", *, config: EngineConfig | str | None = None, preset: str | None = None,
-                        tokenizer=None, text_encoder=None, torch_dtype=None) -> "Engine":
+                        tokenizer=None, text_encoder=None, torch_dtype=None) -> Engine:
         """'demo' (the embedded default) or a local diffusers Stable-Diffusion directory.
 
         preset: a distilled student shipped with the model (a folder under its students/,
@@ -128,7 +128,7 @@ class Engine:
         return config
 
     @classmethod
-    def from_pipeline(cls, pipe, *, config: EngineConfig | str | None = None) -> "Engine":
+    def from_pipeline(cls, pipe, *, config: EngineConfig | str | None = None) -> Engine:
         """Wrap an already loaded diffusers StableDiffusionPipeline (its scheduler is copied)."""
         for name in ("unet", "vae", "tokenizer", "text_encoder", "scheduler"):
             if getattr(pipe, name, None) is None:
@@ -137,7 +137,7 @@ class Engine:
         scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
         return cls(pipe.unet, pipe.vae, pipe.tokenizer, pipe.text_encoder, scheduler, config=_config(config))
 
-    def with_config(self, scheduler=None, **changes) -> "Engine":
+    def with_config(self, scheduler=None, **changes) -> Engine:
         """Another engine on the same loaded components (shared weights), its config changed;
         scheduler: another supported diffusers scheduler (e.g. DDIMScheduler.from_config(...))."""
         return Engine(self.unet, self.vae, self.prompts.tokenizer, self.text_encoder,

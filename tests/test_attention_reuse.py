@@ -2,14 +2,19 @@
 
 import pytest
 import torch
+from conftest import make_tiny_pipeline
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from clockwork_engine import Engine, EngineConfig
-from clockwork_engine.attention import (ReuseConfig, ReuseContext, ReuseAttnProcessor, apply_reuse, map_bytes,
-                                        reuse_actions)
+from clockwork_engine.attention import (
+    ReuseAttnProcessor,
+    ReuseConfig,
+    ReuseContext,
+    apply_reuse,
+    map_bytes,
+    reuse_actions,
+)
 from clockwork_engine.flops import SD15_UNET
-
-from conftest import make_tiny_pipeline
 
 GOOD = dict(steps=6, seed=0, height=16, width=16, output="latent", guidance_scale=4.0)
 

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from conftest import make_tiny_pipeline
 
 from clockwork_engine import Engine
 from clockwork_engine.eval.baselines import DeepCacheBaseline, DiffusersBaseline
-
-from conftest import make_tiny_pipeline
 
 
 def test_diffusers_baseline_is_the_engines_full_mode():

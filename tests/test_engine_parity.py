@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from conftest import make_tiny_pipeline
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from clockwork_engine import Engine
 from clockwork_engine.demo import models
-
-from conftest import make_tiny_pipeline
 
 
 def diffusers_latents(pipe, prompts, steps, guidance, seed, **kw):

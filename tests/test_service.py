@@ -5,12 +5,11 @@ import threading
 
 import pytest
 import torch
+from conftest import make_tiny_pipeline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clockwork_engine import Engine, EngineConfig
-
-from conftest import make_tiny_pipeline
 
 
 @pytest.fixture(scope="module")

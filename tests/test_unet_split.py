@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from conftest import TINY_UNET
 from diffusers import UNet2DConditionModel
 
 from clockwork_engine.unet_split import UNetSplit
-
-from conftest import TINY_UNET
 
 FOUR_LEVELS = {**TINY_UNET, "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,

@@ -5,7 +5,7 @@ checkpoints on rank 0, and the final pipeline directory."""
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -18,8 +18,8 @@ kept in an LRU of `max_entries`.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 
@@ -37,7 +37,7 @@ class StaticBuffers:
     step: torch.Tensor  # [] int64, the step index
     x: torch.Tensor  # [B, C, h, w] float32
     x0_prev: torch.Tensor  # [B, C, h, w] float32
-    features: Optional[torch.Tensor]  # [B', C_r, h_r, w_r] cached r_out, or None without clockwork
+    features: torch.Tensor | None  # [B', C_r, h_r, w_r] cached r_out, or None without clockwork
     text: torch.Tensor  # [B', L, D]
     guidance: torch.Tensor  # [] float32
     maps: dict = field(default_factory=dict)  # attention maps of the request (layer -> tensor)

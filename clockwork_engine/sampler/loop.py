@@ -3,7 +3,7 @@ function runs, and passes the index down."""
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -15,7 +15,7 @@ StepCallback = Callable[[int, int, torch.Tensor], None]
 
 
 def run(step_fns: dict, kinds: list[str], table: SolverTable, noise: torch.Tensor, cache: CacheState,
-        callback: Optional[StepCallback] = None) -> torch.Tensor:
+        callback: StepCallback | None = None) -> torch.Tensor:
     """x_N from x_0 = noise * init_sigma. step_fns[kind](i, x, x0_prev, features) -> (x, x0, features)."""
     if len(kinds) != table.num_steps:
         raise ValueError(f"schedule has {len(kinds)} entries for {table.num_steps} steps")

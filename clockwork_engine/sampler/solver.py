@@ -38,7 +38,7 @@ class SolverTable:
     def num_steps(self) -> int:
         return self.timesteps.numel()
 
-    def to(self, device) -> "SolverTable":
+    def to(self, device) -> SolverTable:
         move = lambda t: t.to(device)  # noqa: E731
         return SolverTable(*(move(getattr(self, f)) for f in ("timesteps", "p", "q", "a", "b", "c")),
                            init_noise_sigma=self.init_noise_sigma)

@@ -21,7 +21,8 @@ output, features); timestep_cond is the guidance embedding [B', D_w] or None:
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 
