@@ -23,7 +23,7 @@ def demo(args):
 
     engine = Engine.from_pretrained("demo")  # clockwork config with the committed adaptor
     prompt = "a small red circle in the top left"
-    kw = dict(steps=args.steps, guidance_scale=5.0, seed=0)
+    kw = dict(steps=args.steps, seed=0)  # the model directory's recommended guidance (engine.config)
 
     fns = {
         "full": lambda: engine.generate(prompt, mode="full", **kw),
@@ -34,7 +34,7 @@ def demo(args):
     }
     t = interleaved(fns, args.repeats)
     write("latency_demo.json", {
-        "command": "python benches/bench_clockwork_latency.py", "steps": args.steps, "batch": 1, "cfg": True,
+        "command": "python benches/bench_clockwork_latency.py", "steps": args.steps, "batch": 1, "cfg": True, "guidance": engine.config.guidance_scale,
         "schedule": engine.schedule(args.steps, "clockwork"), "timings": t,
         "speedup_end_to_end": t["full"]["median_s"] / t["clockwork"]["median_s"],
         "speedup_sampling_only": t["full_unet_only"]["median_s"] / t["clockwork_unet_only"]["median_s"],

@@ -35,6 +35,7 @@ def main():
                     help="another adaptor to compare (repeatable)")
     ap.add_argument("--scheduler", choices=("model", "ddim"), default="model")
     ap.add_argument("--ablations", action="store_true")
+    ap.add_argument("--guidance", type=float, default=5.0, help="CFG scale of every variant")
     ap.add_argument("--out", default="quality_clockwork.json")
     args = ap.parse_args()
 
@@ -64,7 +65,7 @@ def main():
             variants[name] = (base.with_config(mode="clockwork", adaptor=path), kw)
         else:
             print(f"skipping {name}: {path} does not exist")
-    result = compare(variants, args.singles, args.pairs)
+    result = compare(variants, args.singles, args.pairs, guidance=args.guidance)
     write(args.out, {"command": "python " + " ".join(sys.argv), "steps": args.steps,
                      "scheduler": type(base.scheduler).__name__, **result})
 

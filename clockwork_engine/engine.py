@@ -104,11 +104,18 @@ class Engine:
         preset: a distilled student shipped with the model (a folder under its students/,
         e.g. "guided-8", "progressive-4" for the demo). config=None uses default_config():
         "clockwork" when the directory has a clockwork_adaptor/ (the demo does), else
-        "full", with the directory's recommended settings; config="full" turns clockwork off.
+        "full", with the directory's recommended settings (clockwork_engine.json: e.g. the
+        demo's guidance scale, a student's step count); config="full" turns clockwork off and
+        keeps those settings; an EngineConfig object is taken as it is.
         """
         path = _model_dir(model, preset)
         adaptor_dir = os.path.join(path, ADAPTOR_FOLDER)
-        config = _config(config) if config is not None else cls.default_config(path)
+        if config is None:
+            config = cls.default_config(path)
+        elif isinstance(config, str):
+            config = _with_settings(_config(config), path)
+        else:
+            config = _config(config)
         components = loading.load_components(path, tokenizer, text_encoder, torch_dtype)
         return cls(**components, config=config, adaptor_dir=adaptor_dir if os.path.isdir(adaptor_dir) else None)
 
@@ -117,15 +124,8 @@ class Engine:
         """The "clockwork" preset for a model directory with a clockwork_adaptor/, else "full",
         updated with the directory's clockwork_engine.json (e.g. a student's step count)."""
         path = _model_dir(model, preset)
-        config = preset_config("clockwork" if os.path.isdir(os.path.join(path, ADAPTOR_FOLDER)) else "full")
-        settings = os.path.join(path, SETTINGS_FILE)
-        if os.path.isfile(settings):
-            try:
-                with open(settings) as f:
-                    config = config.with_(**json.load(f))
-            except (OSError, ValueError, TypeError) as e:
-                raise loading.ModelLoadError(f"{settings} is corrupt: {e}") from e
-        return config
+        return _with_settings(preset_config("clockwork" if os.path.isdir(os.path.join(path, ADAPTOR_FOLDER))
+                                            else "full"), path)
 
     @classmethod
     def from_pipeline(cls, pipe, *, config: EngineConfig | str | None = None) -> Engine:
@@ -279,6 +279,18 @@ def _model_dir(model, preset: str | None) -> str:
     if preset not in available:
         raise ValueError(f"unknown preset {preset!r} for {model!r}; available: {', '.join(available) or 'none'}")
     return os.path.join(students, preset)
+
+
+def _with_settings(config: EngineConfig, path: str) -> EngineConfig:
+    """config updated with the model directory's clockwork_engine.json, if it has one."""
+    settings = os.path.join(path, SETTINGS_FILE)
+    if not os.path.isfile(settings):
+        return config
+    try:
+        with open(settings) as f:
+            return config.with_(**json.load(f))
+    except (OSError, ValueError, TypeError) as e:
+        raise loading.ModelLoadError(f"{settings} is corrupt: {e}") from e
 
 
 def _config(config) -> EngineConfig:

@@ -37,15 +37,16 @@ def test_stock_diffusers_runs_the_demo_and_the_engine_matches_it(demo):
 def test_demo_draws_what_it_is_asked(demo):
     """A regression guard on held-out captions (the measured table is in docs/results.md).
 
-    The committed model is under-trained (30.5% colour+shape on 200 held-out prompts, the
-    bar is 80%); this asserts it stays well above chance (1 in 21) until it is retrained."""
+    The committed model is under-trained (41.5% colour+shape on 200 held-out prompts, the
+    bar is 80%); this asserts it stays well above chance (1 in 21): 32 prompts put about
+    +-9 points of noise on the measured figure, so the guard sits two of those below it."""
     model = C.load()
     scenes = [s for s in shapes.split_scenes("eval") if not s.is_pair][:32]
     images = demo.generate([s.caption for s in scenes[:16]], seed=1, output="pt", mode="full")
     images = torch.cat([images, demo.generate([s.caption for s in scenes[16:]], seed=2, output="pt", mode="full")])
     _, presence, geometry = alignment.read(model, images)
     right = [alignment.score(s, p, g, im)["colour_and_shape"] for s, p, g, im in zip(scenes, presence, geometry, images)]
-    assert sum(right) / len(right) >= 0.15
+    assert sum(right) / len(right) >= 0.25
 
 
 def test_learned_adaptor_is_closer_to_full_than_identity(demo):
@@ -54,3 +55,17 @@ def test_learned_adaptor_is_closer_to_full_than_identity(demo):
     learned = demo.generate(prompts, seed=3, output="pt")
     identity = demo.with_config(adaptor="identity").generate(prompts, seed=3, output="pt")
     assert psnr(learned, full).mean() > psnr(identity, full).mean()
+
+
+@pytest.mark.parametrize("name, steps, mode", [("guided-8", 8, "clockwork"), ("progressive-4", 4, "clockwork"),
+                                               ("progressive-2", 2, "full")])
+def test_shipped_students_load_as_presets(name, steps, mode):
+    """Each committed student loads with its recommended settings and, where it ships an
+    adaptor, that adaptor matches the student's weights (fingerprint) and its step count."""
+    student = Engine.from_pretrained("demo", preset=name)
+    assert student.guidance_dim > 0 and not student.uses_cfg(5.0)  # one evaluation per step
+    assert (student.config.steps, student.config.mode) == (steps, mode)
+    if mode == "clockwork":
+        assert student.adaptor_meta["steps"] == steps
+    image = student.generate("a red circle above a blue square", seed=0, output="pt")
+    assert image.shape == (3, 64, 64) and torch.isfinite(image).all()

@@ -76,3 +76,16 @@ def test_with_config_keeps_the_model_directorys_adaptor(tiny_dir, tmp_path):
     assert reuse.adaptor_meta == engine.adaptor_meta
     torch.testing.assert_close(reuse.generate("a red circle", seed=0, output="latent", steps=4),
                                reuse.generate("a red circle", seed=0, output="latent", steps=4))
+
+
+def test_model_settings_apply_to_named_presets_not_to_config_objects(tiny_dir, tmp_path):
+    import shutil
+
+    from clockwork_engine.engine import SETTINGS_FILE
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    (model / SETTINGS_FILE).write_text('{"guidance_scale": 3.0}')
+    assert Engine.from_pretrained(str(model)).config.guidance_scale == 3.0
+    assert Engine.from_pretrained(str(model), config="full").config.guidance_scale == 3.0
+    assert Engine.from_pretrained(str(model), config=EngineConfig()).config.guidance_scale == 5.0
