@@ -1,8 +1,8 @@
 """The comparison a user makes: this engine vs what they would otherwise run, on the demo
 pipeline, same machine, one run.
 
-    python benches/bench_e2e.py [--singles 100 --pairs 50 --steps 4 8 20]
-    python benches/bench_e2e.py --sd15 [--sd15-steps 4]   # SD v1.5 architecture, random weights
+    python benches/bench_e2e.py [--singles 100 --pairs 50 --steps 4 8 20 --guidance 3]
+    python benches/bench_e2e.py --steps --sd15 [--sd15-steps 4]   # only the SD v1.5 harness
 
 Per step count: stock diffusers StableDiffusionPipeline (the reference for PSNR/SSIM and
 speed-up), DeepCache (PyPI package, on the same pipeline: interval 2 and 3, branch 0),

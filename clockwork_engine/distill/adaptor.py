@@ -36,7 +36,8 @@ def build_parser(parser=None):
     ap.add_argument("--steps", type=int, default=8, help="sampler steps of the operating point")
     ap.add_argument("--clock", type=int, default=2, help="adaptor on every N-th step (0-based i %% N == N-1)")
     ap.add_argument("--adaptor-steps", default=None, help="explicit 0-based adaptor steps, e.g. 4,5,6,7")
-    ap.add_argument("--guidance", type=float, default=5.0, help="teacher CFG scale of the operating point")
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="teacher CFG scale of the operating point (default: the model's recommended one)")
     ap.add_argument("--train-on", choices=("all", "clock"), default="all",
                     help="fit phi on every step > 0 (so other clocks can use it) or only on the clock's steps")
     ap.add_argument("--mode", choices=("unrolled", "noised"), default="unrolled")
@@ -109,6 +110,8 @@ def run(args):
         from .progressive import ddim_scheduler
 
         engine = engine.with_config(scheduler=ddim_scheduler(engine.scheduler.config))
+    if args.guidance is None:
+        args.guidance = engine.config.guidance_scale
     split = UNetSplit(engine.unet, args.cut)
     clock = Clock(every=args.clock, adaptor_steps=frozenset(int(s) for s in args.adaptor_steps.split(","))
                   if args.adaptor_steps else None)
