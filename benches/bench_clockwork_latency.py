@@ -34,7 +34,8 @@ def demo(args):
     }
     t = interleaved(fns, args.repeats)
     write("latency_demo.json", {
-        "command": "python benches/bench_clockwork_latency.py", "steps": args.steps, "batch": 1, "cfg": True, "guidance": engine.config.guidance_scale,
+        "command": "python benches/bench_clockwork_latency.py", "steps": args.steps, "batch": 1, "cfg": True,
+        "guidance": engine.config.guidance_scale,
         "schedule": engine.schedule(args.steps, "clockwork"), "timings": t,
         "speedup_end_to_end": t["full"]["median_s"] / t["clockwork"]["median_s"],
         "speedup_sampling_only": t["full_unet_only"]["median_s"] / t["clockwork_unet_only"]["median_s"],

@@ -27,9 +27,8 @@ def main():
     args = ap.parse_args()
 
     from clockwork_engine import Engine
-    from clockwork_engine.demo.pipeline import DEMO_DIR
     from clockwork_engine.demo.pipeline import load as load_pipe
-    from clockwork_engine.engine import STUDENTS_FOLDER
+    from clockwork_engine.engine import student_presets
     from clockwork_engine.eval.baselines import DiffusersBaseline
     from clockwork_engine.eval.compare import compare
 
@@ -37,8 +36,7 @@ def main():
     variants = {"diffusers_teacher_8_cfg": (DiffusersBaseline(load_pipe()), dict(steps=8)),
                 "teacher_8_cfg": (teacher, dict(steps=8, mode="full")),
                 "teacher_8_clockwork": (teacher, dict(steps=8, mode="clockwork"))}
-    students = os.path.join(DEMO_DIR, STUDENTS_FOLDER)
-    for name in sorted(os.listdir(students)) if os.path.isdir(students) else []:
+    for name in student_presets("demo"):
         student = Engine.from_pretrained("demo", preset=name)  # clockwork if it ships an adaptor
         n = student.config.steps
         modes = ("full", "clockwork") if student.adaptor is not None else ("full",)

@@ -129,7 +129,7 @@ def main():
     from clockwork_engine import Engine, EngineConfig
     from clockwork_engine.demo.pipeline import DEMO_DIR
     from clockwork_engine.demo.pipeline import load as load_pipe
-    from clockwork_engine.engine import ADAPTOR_FOLDER
+    from clockwork_engine.engine import ADAPTOR_FOLDER, student_presets
     from clockwork_engine.eval.baselines import DeepCacheBaseline, DiffusersBaseline
     from clockwork_engine.eval.compare import compare
     from clockwork_engine.reuse_search import late
@@ -137,7 +137,6 @@ def main():
     pipe = load_pipe()
     base = Engine.from_pipeline(pipe, config=EngineConfig(mode="full", attention_reuse=()))
     learned = os.path.join(DEMO_DIR, ADAPTOR_FOLDER)
-    students = os.path.join(DEMO_DIR, "students")
     for n in args.steps:
         kw = dict(steps=n, mode="clockwork")
         variants = {
@@ -151,8 +150,8 @@ def main():
             "clockwork+reuse": (base.with_config(mode="clockwork", adaptor=learned,
                                              attention_reuse=late(max(1, n // 4), n)), kw),
         }
-        if n == 8 and os.path.isdir(students):
-            for name in sorted(os.listdir(students)):
+        if n == 8:
+            for name in student_presets("demo"):
                 student = Engine.from_pretrained("demo", preset=name)
                 s_steps = student.config.steps
                 variants[f"student_{name}"] = (student, dict(steps=s_steps, mode=student.config.mode))

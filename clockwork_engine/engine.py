@@ -270,15 +270,20 @@ def unet_is_distilled(unet) -> bool:
     return bool(unet.config.time_cond_proj_dim)
 
 
+def student_presets(model: str = "demo") -> list[str]:
+    """The distilled students shipped with a model (folders under its students/), sorted."""
+    students = os.path.join(loading.resolve(model), STUDENTS_FOLDER)
+    return sorted(os.listdir(students)) if os.path.isdir(students) else []
+
+
 def _model_dir(model, preset: str | None) -> str:
     path = loading.resolve(model)
     if preset is None:
         return path
-    students = os.path.join(path, STUDENTS_FOLDER)
-    available = sorted(os.listdir(students)) if os.path.isdir(students) else []
+    available = student_presets(path)
     if preset not in available:
         raise ValueError(f"unknown preset {preset!r} for {model!r}; available: {', '.join(available) or 'none'}")
-    return os.path.join(students, preset)
+    return os.path.join(path, STUDENTS_FOLDER, preset)
 
 
 def _with_settings(config: EngineConfig, path: str) -> EngineConfig:

@@ -53,8 +53,8 @@ def load(folder: str = DEMO_DIR, **kwargs):
 
 def export(src: str, dst: str):  # python -c "from clockwork_engine.demo.pipeline import export; export(SRC, DST)"
     """Copy a trained pipeline directory into the repository layout (model_index.json,
-    scheduler/, unet/, vae/, clockwork_engine.json if any; no adaptor, no checkpoints), unet and vae weights stored in
-    fp16 to halve what git carries. diffusers loads them back as fp32 (the engine's dtype
+    scheduler/, unet/, vae/, clockwork_engine.json if any; no adaptor, no checkpoints), unet
+    and vae weights stored in fp16 to halve what git carries. diffusers loads them back as fp32 (the engine's dtype
     unless torch_dtype is given), so a model is trained in fp32 and used as its fp16 rounding:
     fingerprint an exported model, not the training output, when fitting an adaptor to it."""
     from safetensors.torch import load_file, save_file

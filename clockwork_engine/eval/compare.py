@@ -5,23 +5,37 @@ from __future__ import annotations
 
 import statistics
 import time
+from functools import partial
 
 from . import classifier as C
 from . import evaluate
 from .metrics import frechet_distance, psnr, ssim
 
 
-def latency(variants: dict, prompt: str, repeats: int = 5) -> dict[str, list[float]]:
-    """Seconds of one generate() per variant and repeat, repeats interleaved across variants."""
-    times = {name: [] for name in variants}
-    for name, (engine, kw) in variants.items():  # warm-up: builds step programs
-        engine.generate(prompt, seed=0, **kw)
+def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, dict]:
+    """Time each fn `repeats` times, alternating between them so drift hits all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        for name, (engine, kw) in variants.items():
+        for name, fn in fns.items():
             start = time.perf_counter()
-            engine.generate(prompt, seed=0, **kw)
+            fn()
             times[name].append(time.perf_counter() - start)
-    return times
+    return {name: summary(ts) for name, ts in times.items()}
+
+
+def summary(ts: list[float]) -> dict:
+    q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [ts[0]] * 3
+    return {"median_s": statistics.median(ts), "p25_s": q[0], "p75_s": q[2], "min_s": min(ts), "max_s": max(ts),
+            "repeats": len(ts)}
+
+
+def latency(variants: dict, prompt: str, repeats: int = 5) -> dict[str, dict]:
+    """summary() of one generate() per variant; the warm-up builds the step programs."""
+    return interleaved({name: partial(engine.generate, prompt, seed=0, **kw)
+                        for name, (engine, kw) in variants.items()}, repeats)
 
 
 def compare(variants: dict, singles: int, pairs: int, guidance: float = 5.0, latency_repeats: int = 5,
@@ -51,10 +65,9 @@ def compare(variants: dict, singles: int, pairs: int, guidance: float = 5.0, lat
             "ssim_to_reference": float(ssim(images[name], ref).mean()),
         }
         if lat:
-            median, ref_median = statistics.median(lat[name]), statistics.median(lat[reference])
-            q = statistics.quantiles(lat[name], n=4) if len(lat[name]) > 1 else [median] * 3
-            results[name].update(latency_s=median, latency_p25_s=q[0], latency_p75_s=q[2],
-                                 latency_repeats=len(lat[name]), latency_ratio=ref_median / median)
+            t = lat[name]
+            results[name].update(latency_s=t["median_s"], latency_p25_s=t["p25_s"], latency_p75_s=t["p75_s"],
+                                 latency_repeats=t["repeats"], latency_ratio=lat[reference]["median_s"] / t["median_s"])
         print(name, {k: v for k, v in results[name].items() if k not in ("singles", "pairs", "schedule")})
     return {"reference": reference, "images": len(scenes), "unique_captions": len({s.caption for s in scenes}),
             "guidance": guidance, "variants": results}
