@@ -53,7 +53,9 @@ def main():
     variants = {"full": (base, dict(steps=args.steps, mode="full")),
                 "clockwork": (base.with_config(mode="clockwork", adaptor=learned), kw),
                 "identity_adaptor": (base.with_config(mode="clockwork", adaptor="identity"), kw)}
-    extra = {"adaptor_without_r_out": "runs/adaptor_no_rout"}
+    # The no-r_out ablation adaptor was fitted at 8 DPM++ steps: only that operating point.
+    same_point = args.steps == 8 and args.scheduler == "model"
+    extra = {"adaptor_without_r_out": "runs/adaptor_no_rout"} if same_point else {}
     if args.extra:
         extra = dict(e.split("=", 1) for e in args.extra)
     if args.ablations:

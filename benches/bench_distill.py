@@ -1,9 +1,10 @@
 """Guidance and progressive distillation on the demo pipeline vs the teacher, one run.
 
-    python benches/bench_distill.py [--singles 100 --pairs 50]
+    python benches/bench_distill.py [--singles 100 --pairs 50] [--guidance 3]
 
-Reference: stock diffusers StableDiffusionPipeline on the teacher at 8 DPM++ steps with CFG 5
-(two evaluations per step). Variants: the engine on the teacher (full; clockwork); every
+Reference: stock diffusers StableDiffusionPipeline on the teacher at 8 DPM++ steps with CFG
+(two evaluations per step); every variant runs at the same guidance (default: the demo's
+recommended scale; students take it as their w conditioning). Variants: the engine on the teacher (full; clockwork); every
 student under the demo's students/ (guidance-distilled: one evaluation per step;
 progressive: fewer DDIM steps), full and, where the student ships its own
 clockwork_adaptor/ (fitted at its operating point), clockwork; plus attention reuse in the
@@ -24,6 +25,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--singles", type=int, default=100)
     ap.add_argument("--pairs", type=int, default=50)
+    ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the demo's recommended one)")
+    ap.add_argument("--out", default="quality_distill.json")
     args = ap.parse_args()
 
     from clockwork_engine import Engine
@@ -33,6 +36,7 @@ def main():
     from clockwork_engine.eval.compare import compare
 
     teacher = Engine.from_pretrained("demo")
+    guidance = teacher.config.guidance_scale if args.guidance is None else args.guidance
     variants = {"diffusers_teacher_8_cfg": (DiffusersBaseline(load_pipe()), dict(steps=8)),
                 "teacher_8_cfg": (teacher, dict(steps=8, mode="full")),
                 "teacher_8_clockwork": (teacher, dict(steps=8, mode="clockwork"))}
@@ -45,8 +49,9 @@ def main():
             variants[tag] = (student, dict(steps=n, mode=mode))
             if n > 2:
                 variants[tag + "+reuse"] = (student.with_config(attention_reuse=(n - 1,)), dict(steps=n, mode=mode))
-    result = compare(variants, args.singles, args.pairs, latency_repeats=5, reference="diffusers_teacher_8_cfg")
-    write("quality_distill.json", {"command": "python " + " ".join(sys.argv), **result})
+    result = compare(variants, args.singles, args.pairs, guidance=guidance, latency_repeats=5,
+                     reference="diffusers_teacher_8_cfg")
+    write(args.out, {"command": "python " + " ".join(sys.argv), **result})
 
 
 if __name__ == "__main__":

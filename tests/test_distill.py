@@ -12,7 +12,7 @@ ARGS = ["--steps", "4", "--clock", "2", "--captions-per-epoch", "16", "--traj-ba
         "--hidden", "16", "--guidance", "3.0"]
 
 
-@pytest.mark.parametrize("mode", ["unrolled", "noised"])
+@pytest.mark.parametrize("mode", ["unrolled", "noised", "rollout"])
 def test_distill_trains_resumes_and_loads(tiny_dir, tmp_path, mode):
     out = tmp_path / "adaptor"
     assert cli.main(["distill", "--model", str(tiny_dir), "--out", str(out), "--epochs", "1", "--mode", mode,
@@ -26,6 +26,7 @@ def test_distill_trains_resumes_and_loads(tiny_dir, tmp_path, mode):
     meta = json.loads((out / "adaptor_config.json").read_text())
     assert meta["steps"] == 4 and meta["clock"] == {"every": 2, "adaptor_steps": None}
     assert meta["scheduler"] == "DPMSolverMultistepScheduler" and meta["training"]["mode"] == mode
+    assert meta["training"]["loss"] == "guided" and {"adaptor_guided", "identity_guided"} <= set(history[-1])
     assert (out / "loss.png").exists()
     # The trained adaptor moved away from the identity and the engine runs it.
     adaptor, _ = A.load(str(out))
@@ -33,6 +34,50 @@ def test_distill_trains_resumes_and_loads(tiny_dir, tmp_path, mode):
     engine = Engine.from_pretrained(str(tiny_dir), config=EngineConfig(mode="clockwork", adaptor=str(out), steps=4))
     latents = engine.generate("a red circle", seed=0, output="latent")
     assert torch.isfinite(latents).all()
+
+
+def test_records_keep_each_samples_uncond_and_cond_rows_together():
+    from clockwork_engine.distill.trajectories import Record
+
+    batch = torch.cat([torch.arange(3.0), 100 + torch.arange(3.0)])  # the CFG batch: 3 uncond rows, 3 cond rows
+    rows = batch[:, None, None, None].expand(6, 2, 1, 1)
+    record = Record.from_batch(rows, batch[:, None], rows, groups=2)
+    assert record.r_in.shape == (3, 2, 2, 1, 1) and record.emb.shape == (3, 2, 1)
+    assert record.emb[:, :, 0].tolist() == [[0, 100], [1, 101], [2, 102]]
+    assert Record.from_batch(rows, batch[:, None], rows, groups=1).r_out.shape == (6, 1, 2, 1, 1)
+
+
+def test_rollout_follows_the_clockwork_sampler_and_records_the_teachers_target(tiny_dir):
+    """On adaptor steps the trajectory goes on with phi's output (cached for the next step),
+    while the record's target is the teacher's L on the same r_in."""
+    from clockwork_engine.distill import trajectories as T
+    from clockwork_engine.unet_split import UNetSplit
+
+    engine = Engine.from_pretrained(str(tiny_dir), config="full")
+    split = UNetSplit(engine.unet, 1)
+    records = T.rollout(engine, split, A.IdentityAdaptor(), ["a red circle", "a blue square"], 4, 3.0,
+                        [False, True, False, True], torch.Generator().manual_seed(0))
+    assert len(records) == 4 and records[1].r_in.shape[:2] == (2, 2)  # [B, G=2 (CFG)]
+    torch.testing.assert_close(records[1].r_cached, records[0].r_out)  # identity phi: step 0's r_out
+    torch.testing.assert_close(records[2].r_cached, records[2].r_out)  # full step: the teacher's
+    assert not torch.allclose(records[1].r_out, records[1].r_cached)  # the target is L at step 1
+    _, r_prev, _, _ = T.pairs(records, [1, 3])
+    torch.testing.assert_close(r_prev, torch.cat([records[0].r_cached, records[2].r_cached]))
+    # Against the teacher's own trajectory from the same noise: equal until phi first acts.
+    unrolled = T.unrolled(engine, split, ["a red circle", "a blue square"], 4, 3.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(records[0].r_in, unrolled[0].r_in)  # same noise, same first (full) step
+    assert not torch.allclose(records[2].r_in, unrolled[2].r_in)  # phi's step moved the trajectory
+
+
+def test_guided_mix_is_what_the_sampler_combines():
+    from clockwork_engine.distill.adaptor import guided_mix
+
+    u, c = torch.randn(4, 3), torch.randn(4, 3)
+    mixed = guided_mix(torch.stack([u, c], 1), 3.0)
+    torch.testing.assert_close(mixed[:, 0], u)
+    torch.testing.assert_close(mixed[:, 1], u + 3.0 * (c - u))
+    single = torch.randn(4, 1, 3)  # no CFG (a guidance-distilled student): nothing to mix
+    assert guided_mix(single, 3.0) is single
 
 
 def test_distill_rejects_a_clock_without_adaptor_steps(tiny_dir, tmp_path, capsys):

@@ -4,11 +4,16 @@
 
 Every epoch draws fresh captions (the demo caption generator's training split, or the lines
 of --prompts), samples the teacher's trajectories from fresh noise ("unrolled", the paper's
-method; "noised" forward-noises data latents instead, for the ablation) and fits phi with
+method; "noised" forward-noises data latents instead, for the ablation; "rollout" follows the
+clockwork sampler with the current phi, the teacher's L giving the target) and fits phi with
 L2 on r_out at every step > 0 (or only the clock's adaptor steps), with Adam. Resumable per epoch; writes the adaptor
 (safetensors + adaptor_config.json with the base model's fingerprint, the scheduler, the
-step count and the clock). Reports, on held-out captions, the relative error of phi and of
-the identity adaptor: ||phi - r_out||^2 / ||r_out(t+1) - r_out||^2 is what matters.
+step count and the clock). Reports, on held-out captions, the relative error
+||phi - r_out||^2 / ||r_out||^2 of phi and of the identity adaptor (phi = r_out(t+1)).
+
+With CFG the loss is "guided" by default: L2 on the uncond rows and on the guided mix
+u + w (c - u), the quantity the sampler goes on to use. Plain L2 on every row fits the cond -
+uncond difference badly (it is a few percent of r_out), and guidance multiplies that error by w.
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ def build_parser(parser=None):
                     help="teacher CFG scale of the operating point (default: the model's recommended one)")
     ap.add_argument("--train-on", choices=("all", "clock"), default="all",
                     help="fit phi on every step > 0 (so other clocks can use it) or only on the clock's steps")
-    ap.add_argument("--mode", choices=("unrolled", "noised"), default="unrolled")
+    ap.add_argument("--mode", choices=("unrolled", "noised", "rollout"), default="unrolled")
+    ap.add_argument("--loss", choices=("guided", "plain"), default="guided",
+                    help="with CFG: L2 on the uncond and guided-mix rows (default), or plain L2 on every row")
     ap.add_argument("--scheduler", choices=("model", "ddim"), default="model",
                     help="sampler of the operating point: the model's own, or DDIM (trailing, eta 0) for the ablation")
     ap.add_argument("--prompts", default=None, help="a text file of captions (default: the demo captions)")
@@ -68,12 +75,14 @@ def _captions(args, rng, n):
 
 
 @torch.no_grad()
-def _features(engine, split, args, captions, images, gen):
+def _features(engine, split, args, captions, images, gen, adaptor=None, schedule=None):
     records = []
     for k in range(0, len(captions), args.traj_batch):
         chunk = captions[k : k + args.traj_batch]
         if args.mode == "unrolled":
             records.append(T.unrolled(engine, split, chunk, args.steps, args.guidance, gen))
+        elif args.mode == "rollout":
+            records.append(T.rollout(engine, split, adaptor.eval(), chunk, args.steps, args.guidance, schedule, gen))
         else:
             if images is None:
                 raise ValueError("--mode noised needs images: use the demo captions (no --prompts)")
@@ -81,18 +90,35 @@ def _features(engine, split, args, captions, images, gen):
             latents = engine.vae.encode(x).latent_dist.sample(gen) * engine.vae.config.scaling_factor
             records.append(T.noised(engine, split, chunk, latents, args.steps, args.guidance, gen))
     # Merge the chunks step by step.
-    return [T.Record(*(torch.cat([getattr(r[i], f) for r in records]) for f in ("r_in", "emb", "r_out")))
+    merge = lambda parts: None if parts[0] is None else torch.cat(parts)  # noqa: E731
+    return [T.Record(*(merge([getattr(r[i], f) for r in records]) for f in ("r_in", "emb", "r_out", "r_cached")))
             for i in range(args.steps)]
 
 
+def predict(adaptor, r_in, r_prev, emb):
+    """[N, G, ...] inputs -> [N, G, C_out, h, w]: phi runs on every row of the pair."""
+    return adaptor(r_in.flatten(0, 1), r_prev.flatten(0, 1), emb.flatten(0, 1)).unflatten(0, r_in.shape[:2])
+
+
+def guided_mix(r, guidance: float):
+    """[N, 2, ...] (uncond, cond) -> [N, 2, ...] (uncond, u + w (c - u)); G = 1 passes through."""
+    if r.shape[1] == 1:
+        return r
+    u, c = r.unbind(1)
+    return torch.stack([u, u + guidance * (c - u)], 1)
+
+
 @torch.no_grad()
-def relative_errors(adaptor, data) -> dict[str, float]:
+def relative_errors(adaptor, data, guidance: float) -> dict[str, float]:
     r_in, r_prev, emb, target = data
-    pred = torch.cat([adaptor(r_in[k : k + 256], r_prev[k : k + 256], emb[k : k + 256])
-                      for k in range(0, len(r_in), 256)])
-    denom = target.pow(2).sum()
-    return {"adaptor": float((pred - target).pow(2).sum() / denom),
-            "identity": float((r_prev - target).pow(2).sum() / denom)}
+    pred = torch.cat([predict(adaptor, r_in[k : k + 128], r_prev[k : k + 128], emb[k : k + 128])
+                      for k in range(0, len(r_in), 128)])
+    rel = lambda a, b: float((a - b).pow(2).sum() / b.pow(2).sum())  # noqa: E731
+    errors = {"adaptor": rel(pred, target), "identity": rel(r_prev, target)}
+    if target.shape[1] == 2:  # with CFG: the error in what the sampler uses
+        mix = lambda r: guided_mix(r, guidance)  # noqa: E731
+        errors |= {"adaptor_guided": rel(mix(pred), mix(target)), "identity_guided": rel(mix(r_prev), mix(target))}
+    return errors
 
 
 def main(argv=None):
@@ -115,7 +141,8 @@ def run(args):
     split = UNetSplit(engine.unet, args.cut)
     clock = Clock(every=args.clock, adaptor_steps=frozenset(int(s) for s in args.adaptor_steps.split(","))
                   if args.adaptor_steps else None)
-    adaptor_steps = [i for i, a in enumerate(clock.schedule(args.steps)) if a]
+    schedule = clock.schedule(args.steps)
+    adaptor_steps = [i for i, a in enumerate(schedule) if a]
     if not adaptor_steps:
         raise ValueError(f"the clock has no adaptor step in {args.steps} steps")
     if args.train_on == "all":
@@ -134,23 +161,28 @@ def run(args):
     val = T.pairs(_features(engine, split, val_args, val_caps, None, torch.Generator().manual_seed(999)),
                   adaptor_steps) if val_caps else None
 
-    total_iters = args.epochs * ((args.captions_per_epoch * 2 * len(adaptor_steps)) // args.batch)
-    it = epoch * ((args.captions_per_epoch * 2 * len(adaptor_steps)) // args.batch)
+    groups = 1 + engine.uses_cfg(args.guidance)  # rows per sample: (uncond, cond) with CFG
+    pair_batch = max(1, args.batch // groups)  # --batch counts model rows, as the sampler does
+    iters_per_epoch = (args.captions_per_epoch * len(adaptor_steps)) // pair_batch
+    total_iters, it = args.epochs * iters_per_epoch, epoch * iters_per_epoch
     history = []
     for epoch in range(epoch, args.epochs):
         rng = np.random.default_rng(args.seed * 100_003 + epoch)
         gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
         captions, images = _captions(args, rng, args.captions_per_epoch)
-        data = T.pairs(_features(engine, split, args, captions, images, gen), adaptor_steps)
+        data = T.pairs(_features(engine, split, args, captions, images, gen, adaptor, schedule), adaptor_steps)
         order = torch.randperm(len(data[0]), generator=gen)
-        bar = tqdm(range(0, len(order) - args.batch + 1, args.batch), desc=f"epoch {epoch + 1}/{args.epochs}")
+        bar = tqdm(range(0, len(order) - pair_batch + 1, pair_batch), desc=f"epoch {epoch + 1}/{args.epochs}")
         adaptor.train()
         for k in bar:
-            idx = order[k : k + args.batch]
+            idx = order[k : k + pair_batch]
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(it, total_iters, args.lr, warmup=50)
             r_in, r_prev, emb, target = (d[idx] for d in data)
-            loss = (adaptor(r_in, r_prev, emb) - target).pow(2).mean()
+            pred = predict(adaptor, r_in, r_prev, emb)
+            if args.loss == "guided":
+                pred, target = guided_mix(pred, args.guidance), guided_mix(target, args.guidance)
+            loss = (pred - target).pow(2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -159,14 +191,13 @@ def run(args):
             bar.set_postfix(loss=f"{loss.item():.5f}")
         adaptor.eval()
         if val is not None:
-            errors = relative_errors(adaptor, val)
+            errors = relative_errors(adaptor, val, args.guidance)
             history.append({"epoch": epoch + 1, **errors})
-            print(f"epoch {epoch + 1}: held-out relative error adaptor {errors['adaptor']:.4f} "
-                  f"identity {errors['identity']:.4f}")
+            print(f"epoch {epoch + 1}: held-out relative error " + ", ".join(f"{k} {v:.4f}" for k, v in errors.items()))
         save_checkpoint(ckpt, adaptor, opt, epoch + 1, losses)
 
     plot_losses(losses, os.path.join(args.out, "loss.png"), f"adaptor L2 ({args.mode})")
-    training = {"mode": args.mode, "train_on": args.train_on, "epochs": args.epochs, "captions_per_epoch": args.captions_per_epoch,
+    training = {"mode": args.mode, "loss": args.loss, "train_on": args.train_on, "epochs": args.epochs, "captions_per_epoch": args.captions_per_epoch,
                 "lr": args.lr, "guidance": args.guidance, "seed": args.seed, "held_out": history[-1:] or None}
     A.save(args.out, adaptor, cut=args.cut, base_fingerprint=A.model_fingerprint(engine.unet),
            scheduler=type(engine.scheduler).__name__, steps=args.steps, clock=clock.to_dict(), training=training)

@@ -4,7 +4,11 @@ unrolled: sample full trajectories from noise with the teacher (the engine's own
           solver, CFG batch), recording (r_in_i, t_emb_i, r_out_i) at every step.
 noised:   forward-noise data latents to each step's timestep with one noise draw and run
           the teacher on each (the paper's ablation; needs images, so the demo world only).
-Both return per step i a Record of [B', ...] tensors (B' = 2B with CFG: uncond, cond).
+rollout:  the clockwork sampler's own trajectories (phi on the clock's steps, so r_in drifts as
+          it will at inference), with the teacher's L run beside phi for the target: training
+          on the states phi itself leads to (DAgger-style), not only the teacher's.
+Both return per step i a Record of [B, G, ...] tensors: G = 2 with CFG (uncond, cond), else 1,
+so the uncond/cond pair of one sample stays together (the guided loss needs both).
 """
 
 from __future__ import annotations
@@ -20,16 +24,23 @@ from ..cache import CacheState
 
 @dataclass
 class Record:
-    r_in: torch.Tensor  # [B', C_in, h, w]
-    emb: torch.Tensor  # [B', E]
-    r_out: torch.Tensor  # [B', C_out, h, w]
+    r_in: torch.Tensor  # [B, G, C_in, h, w]
+    emb: torch.Tensor  # [B, G, E]
+    r_out: torch.Tensor  # [B, G, C_out, h, w]: the teacher's L, the target
+    r_cached: torch.Tensor | None = None  # what the sampler cached for the next step, if not r_out
+
+    @classmethod
+    def from_batch(cls, r_in, emb, r_out, groups: int, r_cached=None) -> Record:
+        """From the model batch [G*B, ...] (all uncond rows, then all cond rows)."""
+        grouped = lambda v: None if v is None else v.unflatten(0, (groups, -1)).transpose(0, 1)  # noqa: E731
+        return cls(*(grouped(v) for v in (r_in, emb, r_out, r_cached)))
 
 
-def _recording_denoiser(split, records: list):
+def _recording_denoiser(split, records: list, groups: int):
     def denoise(x, t, text, features, cond=None):
         hin = split.h_in(x, t, text, cond)
         r_out = split.low(hin.r_in, hin.emb, text)
-        records.append(Record(hin.r_in, hin.emb, r_out))
+        records.append(Record.from_batch(hin.r_in, hin.emb, r_out, groups))
         return split.h_out(r_out, hin.skips, hin.emb, text), r_out
 
     return denoise
@@ -44,11 +55,38 @@ def unrolled(engine, split, prompts: list[str], steps: int, guidance: float, gen
     table = engine._table(steps)
     cfg = engine.uses_cfg(guidance)
     records: list[Record] = []
-    step_fn = partial(sampler.step, _recording_denoiser(split, records), table, text=_text(engine, prompts, cfg),
+    step_fn = partial(sampler.step, _recording_denoiser(split, records, 1 + cfg), table, text=_text(engine, prompts, cfg),
                       guidance=torch.tensor(guidance), cfg=cfg, embed_guidance=engine.guidance_dim)
     size = engine.default_size // engine.vae_factor
     noise = torch.randn(len(prompts), engine.unet.config.in_channels, size, size, generator=generator)
     sampler.run({"full": step_fn}, ["full"] * steps, table, noise, CacheState())
+    return records
+
+
+@torch.no_grad()
+def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: float, schedule: list[bool],
+            generator: torch.Generator):
+    """schedule[i]: phi at step i (the clock's schedule, first step full)."""
+    table = engine._table(steps)
+    cfg = engine.uses_cfg(guidance)
+    records: list[Record] = []
+
+    def denoiser(use_adaptor: bool):
+        def denoise(x, t, text, r_out_prev, cond=None):
+            hin = split.h_in(x, t, text, cond)
+            r_out = split.low(hin.r_in, hin.emb, text)
+            used = adaptor(hin.r_in, r_out_prev, hin.emb) if use_adaptor else r_out
+            records.append(Record.from_batch(hin.r_in, hin.emb, r_out, 1 + cfg, r_cached=used))
+            return split.h_out(used, hin.skips, hin.emb, text), used
+
+        return denoise
+
+    common = dict(text=_text(engine, prompts, cfg), guidance=torch.tensor(guidance), cfg=cfg,
+                  embed_guidance=engine.guidance_dim)
+    step_fns = {kind: partial(sampler.step, denoiser(kind == "adaptor"), table, **common) for kind in ("full", "adaptor")}
+    size = engine.default_size // engine.vae_factor
+    noise = torch.randn(len(prompts), engine.unet.config.in_channels, size, size, generator=generator)
+    sampler.run(step_fns, ["adaptor" if a else "full" for a in schedule], table, noise, CacheState())
     return records
 
 
@@ -69,12 +107,13 @@ def noised(engine, split, prompts: list[str], latents: torch.Tensor, steps: int,
         x = ac[t].sqrt() * latents + (1 - ac[t]).sqrt() * noise
         x = torch.cat([x, x]) if cfg else x
         hin = split.h_in(x, t, text, cond)
-        records.append(Record(hin.r_in, hin.emb, split.low(hin.r_in, hin.emb, text)))
+        records.append(Record.from_batch(hin.r_in, hin.emb, split.low(hin.r_in, hin.emb, text), 1 + cfg))
     return records
 
 
 def pairs(records: list[Record], adaptor_steps: list[int]):
-    """Training pairs (r_in_i, r_out_{i-1}, emb_i) -> r_out_i for the adaptor's steps."""
+    """Training pairs (r_in_i, r_out_{i-1}, emb_i) -> r_out_i for the adaptor's steps, each [N, G, ...]."""
     cat = lambda xs: torch.cat(xs)  # noqa: E731
-    return (cat([records[i].r_in for i in adaptor_steps]), cat([records[i - 1].r_out for i in adaptor_steps]),
+    cached = [r.r_out if r.r_cached is None else r.r_cached for r in records]
+    return (cat([records[i].r_in for i in adaptor_steps]), cat([cached[i - 1] for i in adaptor_steps]),
             cat([records[i].emb for i in adaptor_steps]), cat([records[i].r_out for i in adaptor_steps]))
