@@ -8,9 +8,10 @@
         --out quality_clockwork_ddim.json
 
 Variants: full; clockwork (--adaptor: default the committed one); identity adaptor; every
---extra NAME=ADAPTOR_FOLDER (default: the adaptor without r_out(t+1), runs/adaptor_no_rout,
-if trained). With --ablations: the adaptor on 0-based steps {4,5,6,7} and {2,3,4,5} (the
-paper's {5..8} and {3..6}) and the noised-trained adaptor (runs/adaptor_noised).
+--extra NAME=ADAPTOR_FOLDER (at 8 DPM++ steps also the adaptor without r_out(t+1),
+runs/adaptor_no_rout, if trained). Each adaptor runs on the clock its folder records. With
+--ablations: the adaptor on 0-based steps {4,5,6,7} and {2,3,4,5} (the paper's {5..8} and
+{3..6}) and the noised-trained adaptor (runs/adaptor_noised).
 --scheduler ddim runs every variant with DDIM (trailing, eta 0) instead of the model's DPM++.
 Writes benches/results/<--out>.
 """
@@ -18,6 +19,7 @@ Writes benches/results/<--out>.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -45,26 +47,33 @@ def main():
     from clockwork_engine.engine import ADAPTOR_FOLDER
     from clockwork_engine.eval.compare import compare
 
+    def clockwork(folder, **changes):
+        """The engine running the adaptor in folder, on the clock it was fitted for."""
+        with open(os.path.join(folder, "adaptor_config.json")) as f:
+            clock = json.load(f)["clock"]
+        steps = tuple(clock["adaptor_steps"]) if clock["adaptor_steps"] else None
+        return base.with_config(mode="clockwork", adaptor=folder, clock_every=clock["every"], adaptor_steps=steps,
+                                **changes)
+
     base = Engine.from_pretrained("demo", config="full")
     if args.scheduler == "ddim":
         base = base.with_config(scheduler=ddim_scheduler(base.scheduler.config))
     learned = args.adaptor or os.path.join(DEMO_DIR, ADAPTOR_FOLDER)
     kw = dict(steps=args.steps, mode="clockwork")
     variants = {"full": (base, dict(steps=args.steps, mode="full")),
-                "clockwork": (base.with_config(mode="clockwork", adaptor=learned), kw),
+                "clockwork": (clockwork(learned), kw),
                 "identity_adaptor": (base.with_config(mode="clockwork", adaptor="identity"), kw)}
     # The no-r_out ablation adaptor was fitted at 8 DPM++ steps: only that operating point.
     same_point = args.steps == 8 and args.scheduler == "model"
     extra = {"adaptor_without_r_out": "runs/adaptor_no_rout"} if same_point else {}
-    if args.extra:
-        extra = dict(e.split("=", 1) for e in args.extra)
     if args.ablations:
         for name, steps in (("clockwork_steps_4567", (4, 5, 6, 7)), ("clockwork_steps_2345", (2, 3, 4, 5))):
-            variants[name] = (base.with_config(mode="clockwork", adaptor=learned, adaptor_steps=steps), kw)
+            variants[name] = (clockwork(learned, adaptor_steps=steps), kw)
         extra["clockwork_noised_training"] = "runs/adaptor_noised"
+    extra |= dict(e.split("=", 1) for e in args.extra or [])
     for name, path in extra.items():
         if os.path.isdir(path):
-            variants[name] = (base.with_config(mode="clockwork", adaptor=path), kw)
+            variants[name] = (clockwork(path), kw)
         else:
             print(f"skipping {name}: {path} does not exist")
     result = compare(variants, args.singles, args.pairs, guidance=args.guidance)

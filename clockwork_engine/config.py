@@ -35,6 +35,9 @@ class EngineConfig:
     max_size_factor: int = 4  # largest height/width = this x the default size
 
     def __post_init__(self):
+        for name in ("adaptor_steps", "attention_reuse"):  # JSON settings give lists: keep the config hashable
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; modes: {', '.join(MODES)}")
         if self.backend not in ("auto", "cpu", "cuda"):

@@ -128,8 +128,9 @@ def section_quality(name, title):
 
 def _quality(d):
     out = []
-    out.append(f"Command: `{d['command']}`; {d['images']} images ({d['unique_captions']} unique held-out captions), "
-               f"same noise for every variant; PSNR/SSIM and speed-up against `{d['reference']}` (latency: median "
+    sched = f", {d['scheduler'].replace('Scheduler', '')}" if "scheduler" in d else ""
+    out.append(f"Command: `{d['command']}`; CFG {d['guidance']:g}{sched}; {d['images']} images "
+               f"({d['unique_captions']} unique held-out captions), same noise for every variant; PSNR/SSIM and speed-up against `{d['reference']}` (latency: median "
                f"of interleaved repeats of one image in the same run).\n")
     rows = []
     for k, v in d["variants"].items():

@@ -1,6 +1,7 @@
 """clockwork distill: a few epochs on the tiny pipeline, resumable, loadable by the engine."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -134,3 +135,21 @@ def test_model_settings_apply_to_named_presets_not_to_config_objects(tiny_dir, t
     assert Engine.from_pretrained(str(model)).config.guidance_scale == 3.0
     assert Engine.from_pretrained(str(model), config="full").config.guidance_scale == 3.0
     assert Engine.from_pretrained(str(model), config=EngineConfig()).config.guidance_scale == 5.0
+
+
+def test_an_adaptor_fitted_on_its_clocks_steps_warns_on_another_clock(tiny_dir, tmp_path):
+    out = tmp_path / "adaptor_23"
+    assert cli.main(["distill", "--model", str(tiny_dir), "--out", str(out), "--epochs", "1", "--train-on", "clock",
+                     "--adaptor-steps", "2,3", "--mode", "rollout", *ARGS]) == 0
+    meta = json.loads((out / "adaptor_config.json").read_text())
+    assert meta["clock"]["adaptor_steps"] == [2, 3] and meta["training"]["train_on"] == "clock"
+    # A model directory's settings give JSON lists: the config keeps them as (hashable) tuples.
+    fitted = EngineConfig(mode="clockwork", adaptor=str(out), steps=4, adaptor_steps=[2, 3])
+    assert fitted.adaptor_steps == (2, 3) and hash(fitted)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Engine.from_pretrained(str(tiny_dir), config=fitted).generate("a red circle", output="latent")
+    assert not [w for w in caught if "fitted only" in str(w.message)]
+    other = Engine.from_pretrained(str(tiny_dir), config=fitted.with_(adaptor_steps=None))
+    with pytest.warns(UserWarning, match="fitted only on the steps of clock"):
+        other.generate("a red circle", output="latent")
