@@ -1,6 +1,6 @@
 """End-to-end latency, full vs clockwork, in one run (interleaved repeats).
 
-    python benches/bench_clockwork_latency.py            # demo pipeline, 8 DPM++ steps, CFG 5
+    python benches/bench_clockwork_latency.py            # demo pipeline, 8 DPM++ steps, its CFG (3)
     python benches/bench_clockwork_latency.py --sd15     # + SD v1.5 architecture, random weights:
                                                          #   one full step vs one adaptor step
 Writes benches/results/latency_demo.json (and latency_sd15_step.json).

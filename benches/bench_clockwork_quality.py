@@ -8,8 +8,9 @@
         --out quality_clockwork_ddim.json
 
 Variants: full; clockwork (--adaptor: default the committed one); identity adaptor; every
---extra NAME=ADAPTOR_FOLDER (at 8 DPM++ steps also the adaptor without r_out(t+1),
-runs/adaptor_no_rout, if trained). Each adaptor runs on the clock its folder records. With
+--extra NAME=ADAPTOR_FOLDER[@STEPS] (at 8 DPM++ steps also the adaptor without r_out(t+1),
+runs/adaptor_no_rout, if trained). Each adaptor runs on the clock its folder records, or on
+the 0-based steps after @ (e.g. runs/adaptor@4,5,6,7). With
 --ablations: the adaptor on 0-based steps {4,5,6,7} and {2,3,4,5} (the paper's {5..8} and
 {3..6}) and the noised-trained adaptor (runs/adaptor_noised).
 --scheduler ddim runs every variant with DDIM (trailing, eta 0) instead of the model's DPM++.
@@ -33,7 +34,7 @@ def main():
     ap.add_argument("--pairs", type=int, default=100)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--adaptor", default=None, help="the adaptor of the 'clockwork' variant (default: committed)")
-    ap.add_argument("--extra", action="append", default=None, metavar="NAME=FOLDER",
+    ap.add_argument("--extra", action="append", default=None, metavar="NAME=FOLDER[@STEPS]",
                     help="another adaptor to compare (repeatable)")
     ap.add_argument("--scheduler", choices=("model", "ddim"), default="model")
     ap.add_argument("--ablations", action="store_true")
@@ -52,8 +53,8 @@ def main():
         with open(os.path.join(folder, "adaptor_config.json")) as f:
             clock = json.load(f)["clock"]
         steps = tuple(clock["adaptor_steps"]) if clock["adaptor_steps"] else None
-        return base.with_config(mode="clockwork", adaptor=folder, clock_every=clock["every"], adaptor_steps=steps,
-                                **changes)
+        return base.with_config(**{"mode": "clockwork", "adaptor": folder, "clock_every": clock["every"],
+                                   "adaptor_steps": steps, **changes})
 
     base = Engine.from_pretrained("demo", config="full")
     if args.scheduler == "ddim":
@@ -71,9 +72,11 @@ def main():
             variants[name] = (clockwork(learned, adaptor_steps=steps), kw)
         extra["clockwork_noised_training"] = "runs/adaptor_noised"
     extra |= dict(e.split("=", 1) for e in args.extra or [])
-    for name, path in extra.items():
+    for name, spec in extra.items():
+        path, _, steps = spec.partition("@")
         if os.path.isdir(path):
-            variants[name] = (clockwork(path), kw)
+            changes = {"adaptor_steps": tuple(int(i) for i in steps.split(","))} if steps else {}
+            variants[name] = (clockwork(path, **changes), kw)
         else:
             print(f"skipping {name}: {path} does not exist")
     result = compare(variants, args.singles, args.pairs, guidance=args.guidance)
