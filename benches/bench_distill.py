@@ -4,8 +4,8 @@
 
 Reference: stock diffusers StableDiffusionPipeline on the teacher at 8 DPM++ steps with CFG
 (two evaluations per step); every variant runs at the same guidance (default: the demo's
-recommended scale; students take it as their w conditioning). Variants: the engine on the teacher (full; clockwork); every
-student under the demo's students/ (guidance-distilled: one evaluation per step;
+recommended scale; students take it as their w conditioning). Variants: the engine on the
+teacher (full; clockwork); every student under the demo's students/ (guidance-distilled: one evaluation per step;
 progressive: fewer DDIM steps), full and, where the student ships its own
 clockwork_adaptor/ (fitted at its operating point), clockwork; plus attention reuse in the
 last step where it has more than 2 steps. Writes benches/results/quality_distill.json.

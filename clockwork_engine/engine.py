@@ -237,7 +237,7 @@ class Engine:
         if mode == "clockwork" and trained_steps not in (None, steps):
             warnings.warn(f"the adaptor was trained for {trained_steps} steps, running {steps}", stacklevel=3)
         fitted = self.adaptor_meta.get("clock")
-        if (mode == "clockwork" and self.adaptor_meta.get("training", {}).get("train_on") == "clock"
+        if (mode == "clockwork" and (self.adaptor_meta.get("training") or {}).get("train_on") == "clock"
                 and fitted != self.config.clock().to_dict()):
             warnings.warn(f"the adaptor was fitted only on the steps of clock {fitted}, running clock "
                           f"{self.config.clock().to_dict()}", stacklevel=3)

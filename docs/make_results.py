@@ -130,7 +130,8 @@ def _quality(d):
     out = []
     sched = f", {d['scheduler'].replace('Scheduler', '')}" if "scheduler" in d else ""
     out.append(f"Command: `{d['command']}`; CFG {d['guidance']:g}{sched}; {d['images']} images "
-               f"({d['unique_captions']} unique held-out captions), same noise for every variant; PSNR/SSIM and speed-up against `{d['reference']}` (latency: median "
+               f"({d['unique_captions']} unique held-out captions), same noise for every variant; PSNR/SSIM "
+               f"and speed-up against `{d['reference']}` (latency: median "
                f"of interleaved repeats of one image in the same run).\n")
     rows = []
     for k, v in d["variants"].items():
@@ -241,7 +242,8 @@ def main():
              "the guided mix u + w(c - u)); sections whose adaptors were fitted with the earlier plain L2 loss say "
              "so (the 4-step and CFG-5 ablations, e2e at 4 and 20 steps).\n",
              section_alignment(), section_guidance_sweep(), section_flops(), section_perturbation(), section_latency(),
-             section_quality("quality_clockwork.json", "Clockwork quality on the demo pipeline (CFG 3, the demo's setting)",
+             section_quality("quality_clockwork.json",
+                             "Clockwork quality on the demo pipeline (CFG 3, the demo's setting)",
                              "`clockwork` is the shipped adaptor. Every adaptor: 12 epochs of 256 captions, guided "
                              "loss; `unrolled` on the teacher's trajectories, `rollout` on the clockwork sampler's own "
                              "(the teacher's L gives the target), `noised` on forward-noised data latents. The step "

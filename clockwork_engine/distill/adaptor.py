@@ -197,7 +197,8 @@ def run(args):
         save_checkpoint(ckpt, adaptor, opt, epoch + 1, losses)
 
     plot_losses(losses, os.path.join(args.out, "loss.png"), f"adaptor L2 ({args.mode})")
-    training = {"mode": args.mode, "loss": args.loss, "train_on": args.train_on, "epochs": args.epochs, "captions_per_epoch": args.captions_per_epoch,
+    training = {"mode": args.mode, "loss": args.loss, "train_on": args.train_on, "epochs": args.epochs,
+                "captions_per_epoch": args.captions_per_epoch,
                 "lr": args.lr, "guidance": args.guidance, "seed": args.seed, "held_out": history[-1:] or None}
     A.save(args.out, adaptor, cut=args.cut, base_fingerprint=A.model_fingerprint(engine.unet),
            scheduler=type(engine.scheduler).__name__, steps=args.steps, clock=clock.to_dict(), training=training)

@@ -7,7 +7,7 @@ noised:   forward-noise data latents to each step's timestep with one noise draw
 rollout:  the clockwork sampler's own trajectories (phi on the clock's steps, so r_in drifts as
           it will at inference), with the teacher's L run beside phi for the target: training
           on the states phi itself leads to (DAgger-style), not only the teacher's.
-Both return per step i a Record of [B, G, ...] tensors: G = 2 with CFG (uncond, cond), else 1,
+Each returns per step i a Record of [B, G, ...] tensors: G = 2 with CFG (uncond, cond), else 1,
 so the uncond/cond pair of one sample stays together (the guided loss needs both).
 """
 
@@ -55,7 +55,8 @@ def unrolled(engine, split, prompts: list[str], steps: int, guidance: float, gen
     table = engine._table(steps)
     cfg = engine.uses_cfg(guidance)
     records: list[Record] = []
-    step_fn = partial(sampler.step, _recording_denoiser(split, records, 1 + cfg), table, text=_text(engine, prompts, cfg),
+    step_fn = partial(sampler.step, _recording_denoiser(split, records, 1 + cfg), table,
+                      text=_text(engine, prompts, cfg),
                       guidance=torch.tensor(guidance), cfg=cfg, embed_guidance=engine.guidance_dim)
     size = engine.default_size // engine.vae_factor
     noise = torch.randn(len(prompts), engine.unet.config.in_channels, size, size, generator=generator)
@@ -83,7 +84,8 @@ def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: fl
 
     common = dict(text=_text(engine, prompts, cfg), guidance=torch.tensor(guidance), cfg=cfg,
                   embed_guidance=engine.guidance_dim)
-    step_fns = {kind: partial(sampler.step, denoiser(kind == "adaptor"), table, **common) for kind in ("full", "adaptor")}
+    step_fns = {kind: partial(sampler.step, denoiser(kind == "adaptor"), table, **common)
+                for kind in ("full", "adaptor")}
     size = engine.default_size // engine.vae_factor
     noise = torch.randn(len(prompts), engine.unet.config.in_channels, size, size, generator=generator)
     sampler.run(step_fns, ["adaptor" if a else "full" for a in schedule], table, noise, CacheState())
