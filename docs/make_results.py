@@ -254,6 +254,10 @@ def main():
              section_quality("quality_clockwork_rollout.json", "Adaptor training data: rollout vs unrolled (CFG 3)",
                              "Both with the guided loss; `clockwork` is fitted on rollouts (on its clock's steps), "
                              "`clockwork_unrolled` on the teacher's trajectories (every step)."),
+             section_quality("quality_clockwork_wide.json", "Adaptor width: 192 vs 96 hidden channels (CFG 3)",
+                             "`clockwork` is 192 channels wide (1.79M parameters, rollout, guided loss), "
+                             "`clockwork_hidden_96` the shipped one (0.56M); `adaptor_without_r_out` here is the "
+                             "session-2 plain-loss one."),
              section_quality("quality_clockwork_ddim.json", "Clockwork ablation: DDIM instead of DPM++ (8 steps)"),
              section_quality("quality_clockwork_4.json", "Clockwork ablation: 4 steps, unrolled vs noised training",
                              PLAIN_LOSS),
