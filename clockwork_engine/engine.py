@@ -236,11 +236,11 @@ class Engine:
         trained_steps = self.adaptor_meta.get("steps")
         if mode == "clockwork" and trained_steps not in (None, steps):
             warnings.warn(f"the adaptor was trained for {trained_steps} steps, running {steps}", stacklevel=3)
-        fitted = self.adaptor_meta.get("clock")
+        fitted, running = self.adaptor_meta.get("clock"), self.config.clock().to_dict()
         if (mode == "clockwork" and (self.adaptor_meta.get("training") or {}).get("train_on") == "clock"
-                and fitted != self.config.clock().to_dict()):
-            warnings.warn(f"the adaptor was fitted only on the steps of clock {fitted}, running clock "
-                          f"{self.config.clock().to_dict()}", stacklevel=3)
+                and fitted != running):
+            warnings.warn(f"the adaptor was fitted only on the steps of clock {fitted}, running clock {running}",
+                          stacklevel=3)
 
         def make_steps(bufs):
             return {kind: self._step_fn(kind, table, bufs, cfg_on) for kind in set(kinds)}

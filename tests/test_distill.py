@@ -60,10 +60,10 @@ def test_rollout_follows_the_clockwork_sampler_and_records_the_teachers_target(t
                         [False, True, False, True], torch.Generator().manual_seed(0))
     assert len(records) == 4 and records[1].r_in.shape[:2] == (2, 2)  # [B, G=2 (CFG)]
     torch.testing.assert_close(records[1].r_cached, records[0].r_out)  # identity phi: step 0's r_out
-    torch.testing.assert_close(records[2].r_cached, records[2].r_out)  # full step: the teacher's
-    assert not torch.allclose(records[1].r_out, records[1].r_cached)  # the target is L at step 1
+    torch.testing.assert_close(records[2].cached, records[2].r_out)  # full step: the teacher's
+    assert not torch.allclose(records[1].r_out, records[1].cached)  # the target is L at step 1
     _, r_prev, _, _ = T.pairs(records, [1, 3])
-    torch.testing.assert_close(r_prev, torch.cat([records[0].r_cached, records[2].r_cached]))
+    torch.testing.assert_close(r_prev, torch.cat([records[0].cached, records[2].cached]))
     # Against the teacher's own trajectory from the same noise: equal until phi first acts.
     unrolled = T.unrolled(engine, split, ["a red circle", "a blue square"], 4, 3.0, torch.Generator().manual_seed(0))
     torch.testing.assert_close(records[0].r_in, unrolled[0].r_in)  # same noise, same first (full) step

@@ -27,7 +27,12 @@ class Record:
     r_in: torch.Tensor  # [B, G, C_in, h, w]
     emb: torch.Tensor  # [B, G, E]
     r_out: torch.Tensor  # [B, G, C_out, h, w]: the teacher's L, the target
-    r_cached: torch.Tensor | None = None  # what the sampler cached for the next step, if not r_out
+    r_cached: torch.Tensor | None = None  # phi's output on an adaptor step (the sampler cached it, not r_out)
+
+    @property
+    def cached(self) -> torch.Tensor:
+        """What the sampler cached for the next step."""
+        return self.r_out if self.r_cached is None else self.r_cached
 
     @classmethod
     def from_batch(cls, r_in, emb, r_out, groups: int, r_cached=None) -> Record:
@@ -36,32 +41,13 @@ class Record:
         return cls(*(grouped(v) for v in (r_in, emb, r_out, r_cached)))
 
 
-def _recording_denoiser(split, records: list, groups: int):
-    def denoise(x, t, text, features, cond=None):
-        hin = split.h_in(x, t, text, cond)
-        r_out = split.low(hin.r_in, hin.emb, text)
-        records.append(Record.from_batch(hin.r_in, hin.emb, r_out, groups))
-        return split.h_out(r_out, hin.skips, hin.emb, text), r_out
-
-    return denoise
-
-
 def _text(engine, prompts, cfg: bool):
     return engine.prompts.encode(([""] * len(prompts) if cfg else []) + list(prompts)).to(engine.device)
 
 
-@torch.no_grad()
 def unrolled(engine, split, prompts: list[str], steps: int, guidance: float, generator: torch.Generator):
-    table = engine._table(steps)
-    cfg = engine.uses_cfg(guidance)
-    records: list[Record] = []
-    step_fn = partial(sampler.step, _recording_denoiser(split, records, 1 + cfg), table,
-                      text=_text(engine, prompts, cfg),
-                      guidance=torch.tensor(guidance), cfg=cfg, embed_guidance=engine.guidance_dim)
-    size = engine.default_size // engine.vae_factor
-    noise = torch.randn(len(prompts), engine.unet.config.in_channels, size, size, generator=generator)
-    sampler.run({"full": step_fn}, ["full"] * steps, table, noise, CacheState())
-    return records
+    """The teacher's own trajectories: a rollout without adaptor steps."""
+    return rollout(engine, split, None, prompts, steps, guidance, [False] * steps, generator)
 
 
 @torch.no_grad()
@@ -76,8 +62,9 @@ def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: fl
         def denoise(x, t, text, r_out_prev, cond=None):
             hin = split.h_in(x, t, text, cond)
             r_out = split.low(hin.r_in, hin.emb, text)
-            used = adaptor(hin.r_in, r_out_prev, hin.emb) if use_adaptor else r_out
-            records.append(Record.from_batch(hin.r_in, hin.emb, r_out, 1 + cfg, r_cached=used))
+            phi = adaptor(hin.r_in, r_out_prev, hin.emb) if use_adaptor else None
+            records.append(Record.from_batch(hin.r_in, hin.emb, r_out, 1 + cfg, r_cached=phi))
+            used = r_out if phi is None else phi
             return split.h_out(used, hin.skips, hin.emb, text), used
 
         return denoise
@@ -85,7 +72,7 @@ def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: fl
     common = dict(text=_text(engine, prompts, cfg), guidance=torch.tensor(guidance), cfg=cfg,
                   embed_guidance=engine.guidance_dim)
     step_fns = {kind: partial(sampler.step, denoiser(kind == "adaptor"), table, **common)
-                for kind in ("full", "adaptor")}
+                for kind in ("full", "adaptor")}  # "adaptor" is never called without adaptor steps
     size = engine.default_size // engine.vae_factor
     noise = torch.randn(len(prompts), engine.unet.config.in_channels, size, size, generator=generator)
     sampler.run(step_fns, ["adaptor" if a else "full" for a in schedule], table, noise, CacheState())
@@ -116,6 +103,5 @@ def noised(engine, split, prompts: list[str], latents: torch.Tensor, steps: int,
 def pairs(records: list[Record], adaptor_steps: list[int]):
     """Training pairs (r_in_i, r_out_{i-1}, emb_i) -> r_out_i for the adaptor's steps, each [N, G, ...]."""
     cat = lambda xs: torch.cat(xs)  # noqa: E731
-    cached = [r.r_out if r.r_cached is None else r.r_cached for r in records]
-    return (cat([records[i].r_in for i in adaptor_steps]), cat([cached[i - 1] for i in adaptor_steps]),
+    return (cat([records[i].r_in for i in adaptor_steps]), cat([records[i - 1].cached for i in adaptor_steps]),
             cat([records[i].emb for i in adaptor_steps]), cat([records[i].r_out for i in adaptor_steps]))
