@@ -29,7 +29,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, FusedOpsOff, interleaved, machine, write  # noqa: E402
+from common import RESULTS, FusedOpsOff, machine, write  # noqa: E402
 
 
 def pareto_plot(result: dict, path: str, steps: int):
@@ -81,6 +81,7 @@ def sd15(args):
     from clockwork_engine import Engine, EngineConfig
     from clockwork_engine import adaptor as A
     from clockwork_engine.eval.baselines import DiffusersBaseline
+    from clockwork_engine.eval.compare import latency
     from clockwork_engine.flops import SD15_ADAPTOR_HIDDEN, SD15_TEXT_TOKENS, SD15_UNET, count_arch
     from clockwork_engine.unet_split import UNetSplit
 
@@ -93,11 +94,9 @@ def sd15(args):
                clock={"every": 2, "adaptor_steps": None})
         base = Engine.from_pipeline(pipe, config=EngineConfig(mode="full"))
         clockwork = base.with_config(mode="clockwork", adaptor=folder)
-        prompt, kw = "a red circle above a blue square", dict(steps=n, guidance_scale=7.5, seed=0, output="pt")
-        fns = {"diffusers": lambda: DiffusersBaseline(pipe).generate(prompt, **kw),
-               "engine_full": lambda: base.generate(prompt, mode="full", **kw),
-               "clockwork": lambda: clockwork.generate(prompt, mode="clockwork", **kw)}
-        timings = interleaved(fns, args.sd15_repeats, warmup=0)
+        kw = dict(steps=n, guidance_scale=7.5, output="pt")
+        timings = latency({"diffusers": (DiffusersBaseline(pipe), kw), "engine_full": (base, dict(mode="full", **kw)),
+                           "clockwork": (clockwork, dict(mode="clockwork", **kw))}, args.sd15_repeats, warmup=0)
     flops = count_arch(SD15_UNET, SD15_TEXT_TOKENS, 768, SD15_ADAPTOR_HIDDEN, steps=n, clock_every=2)
     ref = timings["diffusers"]["median_s"]
     write("e2e_sd15.json", {

@@ -2,6 +2,10 @@
 
     r_out(t) ~= phi(r_in(t), r_out(t+1), t_emb) = r_out(t+1) + Up(Blocks(Down([r_in, r_out(t+1)]) + P(t_emb)))
 
+With text_embed_dim > 0 the conditioning vector is [SiLU(t_emb), mean-pooled text] (the paper's
+optional pooled text input): the cond/uncond rows of a CFG batch then differ in phi's input by
+more than what H_in's cross-attention left in r_in.
+
 Down is a stride-2 3x3 conv, P a linear projection of the time embedding, Blocks are
 ResNet blocks (GroupNorm -> SiLU -> conv, the time embedding added as a per-channel shift
 inside the fused group_norm_act op), Up a stride-2 transposed conv whose weights start at
@@ -33,10 +37,13 @@ class AdaptorConfig:
     num_blocks: int = 2
     use_r_in: bool = True
     use_r_out: bool = True  # False: the "no previous features" ablation (the paper's failure case)
+    text_embed_dim: int = 0  # > 0: also conditioned on the mean-pooled text embedding [B, text_embed_dim]
 
     def __post_init__(self):
         if not (self.use_r_in or self.use_r_out):
             raise ValueError("the adaptor needs r_in, r_out(t+1) or both")
+        if self.text_embed_dim < 0:
+            raise ValueError(f"text_embed_dim must be >= 0, got {self.text_embed_dim}")
         if self.hidden_channels % self.groups:
             raise ValueError(f"hidden_channels {self.hidden_channels} must be divisible by groups {self.groups}")
 
@@ -80,21 +87,27 @@ class Adaptor(nn.Module):
         c = config
         c_in = c.r_in_channels * c.use_r_in + c.r_out_channels * c.use_r_out
         self.down = nn.Conv2d(c_in, c.hidden_channels, 3, stride=2, padding=1)
-        self.cond_proj = nn.Linear(c.time_embed_dim, c.hidden_channels)
-        self.blocks = nn.ModuleList(ResBlock(c.hidden_channels, c.time_embed_dim, c.groups) for _ in range(c.num_blocks))
+        cond_dim = c.time_embed_dim + c.text_embed_dim
+        self.cond_proj = nn.Linear(cond_dim, c.hidden_channels)
+        self.blocks = nn.ModuleList(ResBlock(c.hidden_channels, cond_dim, c.groups) for _ in range(c.num_blocks))
         self.norm_out = _GroupNormParams(c.hidden_channels, c.groups)
         self.up = nn.ConvTranspose2d(c.hidden_channels, c.r_out_channels, 3, stride=2, padding=1)  # odd sizes too
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
 
-    def forward(self, r_in, r_out_prev, emb):
-        """r_in [B, C_in, h, w], r_out_prev [B, C_out, h, w], emb [B, E] -> r_out [B, C_out, h, w]."""
+    def forward(self, r_in, r_out_prev, emb, text=None):
+        """r_in [B, C_in, h, w], r_out_prev [B, C_out, h, w], emb [B, E], text [B, L, D] (the UNet's
+        encoder_hidden_states; used when text_embed_dim > 0) -> r_out [B, C_out, h, w]."""
         c = self.config
         parts = ([r_in] if c.use_r_in else []) + ([r_out_prev] if c.use_r_out else [])
-        emb_act = nn.functional.silu(emb)
-        h = self.down(torch.cat(parts, 1)) + self.cond_proj(emb_act)[:, :, None, None]
+        cond = nn.functional.silu(emb)  # [B, E]
+        if c.text_embed_dim:
+            if text is None:
+                raise ValueError("this adaptor is conditioned on text: pass the UNet's encoder_hidden_states")
+            cond = torch.cat([cond, text.mean(1)], 1)  # [B, E + D]
+        h = self.down(torch.cat(parts, 1)) + self.cond_proj(cond)[:, :, None, None]
         for block in self.blocks:
-            h = block(h, emb_act)
+            h = block(h, cond)
         delta = self.up(self.norm_out(h), output_size=r_in.shape[-2:])
         return r_out_prev + delta if c.use_r_out else delta
 
@@ -102,7 +115,7 @@ class Adaptor(nn.Module):
 class IdentityAdaptor(nn.Module):
     """The training-free variant: reuse r_out(t+1) as it is."""
 
-    def forward(self, r_in, r_out_prev, emb):
+    def forward(self, r_in, r_out_prev, emb, text=None):
         return r_out_prev
 
 
@@ -178,3 +191,7 @@ def check_compatible(meta: dict, folder: str, split, base_fingerprint: str):
     got = (c["r_in_channels"], c["r_out_channels"], c["time_embed_dim"])
     if want != got:
         raise AdaptorLoadError(f"adaptor {folder!r} expects (r_in, r_out, t_emb) channels {got}; this UNet has {want}")
+    text_dim = c.get("text_embed_dim", 0)
+    if text_dim and text_dim != split.text_embed_dim:
+        raise AdaptorLoadError(f"adaptor {folder!r} expects {text_dim}-d text embeddings; "
+                               f"this UNet's are {split.text_embed_dim}-d")

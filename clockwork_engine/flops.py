@@ -79,7 +79,7 @@ def count_arch(unet_config: dict, text_tokens: int, text_dim: int, adaptor_hidde
             def adaptor_step():
                 hin = split.h_in(x, t, text)
                 r_prev = torch.empty(cfg_batch, split.r_out_channels, *hin.r_in.shape[-2:])
-                split.h_out(adaptor(hin.r_in, r_prev, hin.emb), hin.skips, hin.emb, text)
+                split.h_out(adaptor(hin.r_in, r_prev, hin.emb, text), hin.skips, hin.emb, text)
 
             def always_run():
                 hin = split.h_in(x, t, text)

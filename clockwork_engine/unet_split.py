@@ -58,6 +58,8 @@ class UNetSplit(torch.nn.Module):
         self.r_in_channels = cfg.block_out_channels[cut - 1]
         self.r_out_channels = last_low.resnets[-1].out_channels
         self.time_embed_dim = unet.time_embedding.linear_2.out_features
+        dim = cfg.cross_attention_dim  # an int, or one per block (all read the same encoder_hidden_states)
+        self.text_embed_dim = dim if isinstance(dim, int) else dim[0]  # an adaptor's pooled text input
         self.scale = 2**cut  # r_in / r_out are 2^cut times smaller than the latents
 
     def h_in(self, x, t, text, timestep_cond=None) -> HInOutput:

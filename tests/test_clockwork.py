@@ -69,6 +69,38 @@ def test_adaptor_shapes_and_ablation_inputs():
         A.AdaptorConfig(8, 16, 32, 16, 4, use_r_in=False, use_r_out=False)
 
 
+def test_pooled_text_adaptor_reads_the_prompt():
+    cfg = A.AdaptorConfig(8, 16, 32, 16, 4, text_embed_dim=12)
+    ad = A.Adaptor(cfg)
+    torch.nn.init.normal_(ad.up.weight)
+    r_in, r_prev, emb = torch.randn(2, 8, 5, 7), torch.randn(2, 16, 5, 7), torch.randn(2, 32)
+    text = torch.randn(2, 3, 12)  # [B, L, D]: pooled over L inside
+    out = ad(r_in, r_prev, emb, text)
+    assert out.shape == (2, 16, 5, 7)
+    assert not torch.allclose(out, ad(r_in, r_prev, emb, text + 1))  # another prompt, another output
+    torch.testing.assert_close(out, ad(r_in, r_prev, emb, text.flip(1)))  # a mean: token order is pooled away
+    with pytest.raises(ValueError, match="conditioned on text"):
+        ad(r_in, r_prev, emb)
+
+
+def test_pooled_text_adaptor_in_the_engine(tiny_pipe, tmp_path):
+    split = UNetSplit(tiny_pipe.unet, 1)
+    adaptor = A.Adaptor(A.AdaptorConfig.for_split(split, 16, groups=4, text_embed_dim=split.text_embed_dim))
+    torch.nn.init.normal_(adaptor.up.weight, std=1e-2)
+    A.save(str(tmp_path / "ad"), adaptor, cut=1, base_fingerprint=A.model_fingerprint(tiny_pipe.unet),
+           scheduler="DPMSolverMultistepScheduler", steps=6, clock=Clock().to_dict())
+    engine = Engine.from_pipeline(tiny_pipe, config=EngineConfig(mode="clockwork", adaptor=str(tmp_path / "ad")))
+    out = engine.generate("a blue square", **GOOD)
+    identity = Engine.from_pipeline(tiny_pipe, config="clockwork-identity").generate("a blue square", **GOOD)
+    assert torch.isfinite(out).all() and not torch.allclose(out, identity)
+    meta = json.loads((tmp_path / "ad" / "adaptor_config.json").read_text())
+    meta["adaptor"]["text_embed_dim"] += 1
+    meta["parameters"] = 0
+    (tmp_path / "ad" / "adaptor_config.json").write_text(json.dumps(meta))
+    with pytest.raises(A.AdaptorLoadError):  # the weights no longer fit the config, or the UNet
+        Engine.from_pipeline(tiny_pipe, config=EngineConfig(mode="clockwork", adaptor=str(tmp_path / "ad")))
+
+
 def test_each_request_gets_a_fresh_cache(tiny_pipe):
     engine = Engine.from_pipeline(tiny_pipe, config="clockwork-identity")
     a1 = engine.generate("a red circle", **GOOD)

@@ -53,12 +53,15 @@ def build_parser(parser=None):
     ap.add_argument("--prompts", default=None, help="a text file of captions (default: the demo captions)")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--captions-per-epoch", type=int, default=512)
+    ap.add_argument("--passes", type=int, default=1,
+                    help="optimizer passes over each epoch's trajectories (sampling them is the cost; a pass is cheap)")
     ap.add_argument("--traj-batch", type=int, default=128, help="captions per teacher batch")
     ap.add_argument("--batch", type=int, default=64, help="adaptor training batch")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--hidden", type=int, default=None, help="adaptor width (default: r_out's channels)")
     ap.add_argument("--cut", type=int, default=1, help="UNet split level")
     ap.add_argument("--no-r-out", action="store_true", help="ablation: adaptor without r_out(t+1)")
+    ap.add_argument("--pooled-text", action="store_true", help="also condition phi on the mean-pooled text embedding")
     ap.add_argument("--seed", type=int, default=0)
     return ap
 
@@ -91,13 +94,14 @@ def _features(engine, split, args, captions, images, gen, adaptor=None, schedule
             records.append(T.noised(engine, split, chunk, latents, args.steps, args.guidance, gen))
     # Merge the chunks step by step.
     merge = lambda parts: None if parts[0] is None else torch.cat(parts)  # noqa: E731
-    return [T.Record(*(merge([getattr(r[i], f) for r in records]) for f in ("r_in", "emb", "r_out", "r_cached")))
-            for i in range(args.steps)]
+    fields = ("r_in", "emb", "r_out", "r_cached", "text")
+    return [T.Record(*(merge([getattr(r[i], f) for r in records]) for f in fields)) for i in range(args.steps)]
 
 
-def predict(adaptor, r_in, r_prev, emb):
+def predict(adaptor, r_in, r_prev, emb, text):
     """[N, G, ...] inputs -> [N, G, C_out, h, w]: phi runs on every row of the pair."""
-    return adaptor(r_in.flatten(0, 1), r_prev.flatten(0, 1), emb.flatten(0, 1)).unflatten(0, r_in.shape[:2])
+    rows = lambda v: v.flatten(0, 1)  # noqa: E731
+    return adaptor(rows(r_in), rows(r_prev), rows(emb), rows(text)).unflatten(0, r_in.shape[:2])
 
 
 def guided_mix(r, guidance: float):
@@ -110,9 +114,9 @@ def guided_mix(r, guidance: float):
 
 @torch.no_grad()
 def relative_errors(adaptor, data, guidance: float) -> dict[str, float]:
-    r_in, r_prev, emb, target = data
-    pred = torch.cat([predict(adaptor, r_in[k : k + 128], r_prev[k : k + 128], emb[k : k + 128])
-                      for k in range(0, len(r_in), 128)])
+    *inputs, target = data
+    r_prev = inputs[1]
+    pred = torch.cat([predict(adaptor, *(v[k : k + 128] for v in inputs)) for k in range(0, len(target), 128)])
     rel = lambda a, b: float((a - b).pow(2).sum() / b.pow(2).sum())  # noqa: E731
     errors = {"adaptor": rel(pred, target), "identity": rel(r_prev, target)}
     if target.shape[1] == 2:  # with CFG: the error in what the sampler uses
@@ -147,7 +151,8 @@ def run(args):
         raise ValueError(f"the clock has no adaptor step in {args.steps} steps")
     if args.train_on == "all":
         adaptor_steps = list(range(1, args.steps))
-    adaptor = A.Adaptor(A.AdaptorConfig.for_split(split, args.hidden, use_r_out=not args.no_r_out))
+    adaptor = A.Adaptor(A.AdaptorConfig.for_split(split, args.hidden, use_r_out=not args.no_r_out,
+                                                  text_embed_dim=split.text_embed_dim if args.pooled_text else 0))
     opt = torch.optim.Adam(adaptor.parameters(), lr=args.lr)
     ckpt = os.path.join(args.out, "checkpoint")
     epoch, losses = load_checkpoint(ckpt, adaptor, opt)
@@ -163,7 +168,7 @@ def run(args):
 
     groups = 1 + engine.uses_cfg(args.guidance)  # rows per sample: (uncond, cond) with CFG
     pair_batch = max(1, args.batch // groups)  # --batch counts model rows, as the sampler does
-    iters_per_epoch = (args.captions_per_epoch * len(adaptor_steps)) // pair_batch
+    iters_per_epoch = args.passes * ((args.captions_per_epoch * len(adaptor_steps)) // pair_batch)
     total_iters, it = args.epochs * iters_per_epoch, epoch * iters_per_epoch
     history = []
     for epoch in range(epoch, args.epochs):
@@ -171,15 +176,17 @@ def run(args):
         gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
         captions, images = _captions(args, rng, args.captions_per_epoch)
         data = T.pairs(_features(engine, split, args, captions, images, gen, adaptor, schedule), adaptor_steps)
-        order = torch.randperm(len(data[0]), generator=gen)
-        bar = tqdm(range(0, len(order) - pair_batch + 1, pair_batch), desc=f"epoch {epoch + 1}/{args.epochs}")
+        n = len(data[0])
+        # [passes, n // pair_batch, pair_batch]: a fresh permutation per pass
+        batches = torch.stack([torch.randperm(n, generator=gen)[: n - n % pair_batch].view(-1, pair_batch)
+                               for _ in range(args.passes)]).flatten(0, 1)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}")
         adaptor.train()
-        for k in bar:
-            idx = order[k : k + pair_batch]
+        for idx in bar:
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(it, total_iters, args.lr, warmup=50)
-            r_in, r_prev, emb, target = (d[idx] for d in data)
-            pred = predict(adaptor, r_in, r_prev, emb)
+            *inputs, target = (d[idx] for d in data)
+            pred = predict(adaptor, *inputs)
             if args.loss == "guided":
                 pred, target = guided_mix(pred, args.guidance), guided_mix(target, args.guidance)
             loss = (pred - target).pow(2).mean()
@@ -198,7 +205,7 @@ def run(args):
 
     plot_losses(losses, os.path.join(args.out, "loss.png"), f"adaptor L2 ({args.mode})")
     training = {"mode": args.mode, "loss": args.loss, "train_on": args.train_on, "epochs": args.epochs,
-                "captions_per_epoch": args.captions_per_epoch,
+                "captions_per_epoch": args.captions_per_epoch, "passes": args.passes,
                 "lr": args.lr, "guidance": args.guidance, "seed": args.seed, "held_out": history[-1:] or None}
     A.save(args.out, adaptor, cut=args.cut, base_fingerprint=A.model_fingerprint(engine.unet),
            scheduler=type(engine.scheduler).__name__, steps=args.steps, clock=clock.to_dict(), training=training)

@@ -28,6 +28,7 @@ class Record:
     emb: torch.Tensor  # [B, G, E]
     r_out: torch.Tensor  # [B, G, C_out, h, w]: the teacher's L, the target
     r_cached: torch.Tensor | None = None  # phi's output on an adaptor step (the sampler cached it, not r_out)
+    text: torch.Tensor | None = None  # [B, G, L, D] the UNet's encoder_hidden_states (phi's pooled-text input)
 
     @property
     def cached(self) -> torch.Tensor:
@@ -35,10 +36,10 @@ class Record:
         return self.r_out if self.r_cached is None else self.r_cached
 
     @classmethod
-    def from_batch(cls, r_in, emb, r_out, groups: int, r_cached=None) -> Record:
+    def from_batch(cls, r_in, emb, r_out, groups: int, r_cached=None, text=None) -> Record:
         """From the model batch [G*B, ...] (all uncond rows, then all cond rows)."""
         grouped = lambda v: None if v is None else v.unflatten(0, (groups, -1)).transpose(0, 1)  # noqa: E731
-        return cls(*(grouped(v) for v in (r_in, emb, r_out, r_cached)))
+        return cls(*(grouped(v) for v in (r_in, emb, r_out, r_cached, text)))
 
 
 def _text(engine, prompts, cfg: bool):
@@ -62,8 +63,8 @@ def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: fl
         def denoise(x, t, text, r_out_prev, cond=None):
             hin = split.h_in(x, t, text, cond)
             r_out = split.low(hin.r_in, hin.emb, text)
-            phi = adaptor(hin.r_in, r_out_prev, hin.emb) if use_adaptor else None
-            records.append(Record.from_batch(hin.r_in, hin.emb, r_out, 1 + cfg, r_cached=phi))
+            phi = adaptor(hin.r_in, r_out_prev, hin.emb, text) if use_adaptor else None
+            records.append(Record.from_batch(hin.r_in, hin.emb, r_out, 1 + cfg, r_cached=phi, text=text))
             used = r_out if phi is None else phi
             return split.h_out(used, hin.skips, hin.emb, text), used
 
@@ -96,12 +97,13 @@ def noised(engine, split, prompts: list[str], latents: torch.Tensor, steps: int,
         x = ac[t].sqrt() * latents + (1 - ac[t]).sqrt() * noise
         x = torch.cat([x, x]) if cfg else x
         hin = split.h_in(x, t, text, cond)
-        records.append(Record.from_batch(hin.r_in, hin.emb, split.low(hin.r_in, hin.emb, text), 1 + cfg))
+        records.append(Record.from_batch(hin.r_in, hin.emb, split.low(hin.r_in, hin.emb, text), 1 + cfg, text=text))
     return records
 
 
 def pairs(records: list[Record], adaptor_steps: list[int]):
-    """Training pairs (r_in_i, r_out_{i-1}, emb_i) -> r_out_i for the adaptor's steps, each [N, G, ...]."""
+    """Training pairs (r_in_i, r_out_{i-1}, emb_i, text) -> r_out_i for the adaptor's steps, each [N, G, ...]."""
     cat = lambda xs: torch.cat(xs)  # noqa: E731
     return (cat([records[i].r_in for i in adaptor_steps]), cat([records[i - 1].cached for i in adaptor_steps]),
-            cat([records[i].emb for i in adaptor_steps]), cat([records[i].r_out for i in adaptor_steps]))
+            cat([records[i].emb for i in adaptor_steps]), cat([records[i].text for i in adaptor_steps]),
+            cat([records[i].r_out for i in adaptor_steps]))

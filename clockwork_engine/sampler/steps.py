@@ -15,7 +15,7 @@ A denoiser maps (latents, timestep, text, cached features, timestep_cond) -> (mo
 output, features); timestep_cond is the guidance embedding [B', D_w] or None:
   unet_denoiser      the unmodified UNet (no features)
   split_denoiser     H_in -> L -> H_out, returns r_out for the cache
-  adaptor_denoiser   H_in -> adaptor(r_in, cached r_out, t_emb) -> H_out
+  adaptor_denoiser   H_in -> adaptor(r_in, cached r_out, t_emb, text) -> H_out
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def split_denoiser(split) -> Denoiser:
 def adaptor_denoiser(split, adaptor) -> Denoiser:
     def denoise(x, t, text, r_out_prev, cond=None):
         hin = split.h_in(x, t, text, cond)
-        r_out = adaptor(hin.r_in, r_out_prev, hin.emb)
+        r_out = adaptor(hin.r_in, r_out_prev, hin.emb, text)
         return split.h_out(r_out, hin.skips, hin.emb, text), r_out
 
     return denoise
