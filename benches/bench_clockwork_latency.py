@@ -20,24 +20,27 @@ from common import FusedOpsOff, interleaved, machine, write  # noqa: E402
 
 def demo(args):
     from clockwork_engine import Engine
-    from clockwork_engine.eval.compare import latency
+    from clockwork_engine.eval.compare import fresh_prompt_calls
 
     engine = Engine.from_pretrained("demo")  # clockwork config with the committed adaptor
     kw = dict(steps=args.steps)  # the model directory's recommended guidance (engine.config)
-    variants = {  # every call a new prompt: text encoding is timed (only "" stays cached)
+    # End to end: every call a new prompt, so text encoding is timed (only "" stays cached).
+    fns = fresh_prompt_calls({
         "full": (engine, dict(mode="full", **kw)),
         "clockwork": (engine, dict(mode="clockwork", **kw)),
         "clockwork_fused_ops_off": (FusedOpsOff(engine), dict(mode="clockwork", **kw)),
-        "full_unet_only": (engine, dict(mode="full", output="latent", **kw)),
-        "clockwork_unet_only": (engine, dict(mode="clockwork", output="latent", **kw)),
-    }
-    t = latency(variants, args.repeats)
+    }, args.repeats + 1)
+    # Sampling only: one cached prompt (no text encoding), latents out (no VAE decode).
+    prompt, sample_kw = "a small red circle in the top left", dict(output="latent", seed=0, **kw)
+    fns["full_sampling_only"] = lambda: engine.generate(prompt, mode="full", **sample_kw)
+    fns["clockwork_sampling_only"] = lambda: engine.generate(prompt, mode="clockwork", **sample_kw)
+    t = interleaved(fns, args.repeats)
     write("latency_demo.json", {
-        "command": "python benches/bench_clockwork_latency.py", "steps": args.steps, "batch": 1, "cfg": True,
+        "command": "python " + " ".join(sys.argv), "steps": args.steps, "batch": 1, "cfg": True,
         "guidance": engine.config.guidance_scale,
         "schedule": engine.schedule(args.steps, "clockwork"), "timings": t, "prompts": "fresh",
         "speedup_end_to_end": t["full"]["median_s"] / t["clockwork"]["median_s"],
-        "speedup_sampling_only": t["full_unet_only"]["median_s"] / t["clockwork_unet_only"]["median_s"],
+        "speedup_sampling_only": t["full_sampling_only"]["median_s"] / t["clockwork_sampling_only"]["median_s"],
         "fused_ops_speedup": t["clockwork_fused_ops_off"]["median_s"] / t["clockwork"]["median_s"],
         "fused_ops_built": __import__("clockwork_engine.ops", fromlist=["x"]).extension_available(),
         "machine": machine()})

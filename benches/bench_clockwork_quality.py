@@ -38,7 +38,8 @@ def main():
                     help="another adaptor to compare (repeatable)")
     ap.add_argument("--scheduler", choices=("model", "ddim"), default="model")
     ap.add_argument("--ablations", action="store_true")
-    ap.add_argument("--guidance", type=float, default=5.0, help="CFG scale of every variant")
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="CFG scale of every variant (default: the demo's recommended one, its clockwork_engine.json)")
     ap.add_argument("--out", default="quality_clockwork.json")
     args = ap.parse_args()
 
@@ -79,7 +80,8 @@ def main():
             variants[name] = (clockwork(path, **changes), kw)
         else:
             print(f"skipping {name}: {path} does not exist")
-    result = compare(variants, args.singles, args.pairs, guidance=args.guidance)
+    guidance = base.config.guidance_scale if args.guidance is None else args.guidance
+    result = compare(variants, args.singles, args.pairs, guidance=guidance)
     write(args.out, {"command": "python " + " ".join(sys.argv), "steps": args.steps,
                      "scheduler": type(base.scheduler).__name__, **result})
 

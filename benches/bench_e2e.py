@@ -117,7 +117,8 @@ def main():
     ap.add_argument("--pairs", type=int, default=50)
     ap.add_argument("--steps", type=int, nargs="*", default=[4, 8, 20])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--guidance", type=float, default=5.0, help="CFG scale of every variant")
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="CFG scale of every variant (default: the demo's recommended one, its clockwork_engine.json)")
     ap.add_argument("--sd15", action="store_true", help="also the SD v1.5 random-weights harness")
     ap.add_argument("--sd15-steps", type=int, default=4)
     ap.add_argument("--sd15-repeats", type=int, default=2)
@@ -136,6 +137,7 @@ def main():
     pipe = load_pipe()
     base = Engine.from_pipeline(pipe, config=EngineConfig(mode="full", attention_reuse=()))
     learned = os.path.join(DEMO_DIR, ADAPTOR_FOLDER)
+    guidance = Engine.from_pretrained("demo").config.guidance_scale if args.guidance is None else args.guidance
     for n in args.steps:
         kw = dict(steps=n, mode="clockwork")
         variants = {
@@ -154,7 +156,7 @@ def main():
                 student = Engine.from_pretrained("demo", preset=name)
                 s_steps = student.config.steps
                 variants[f"student_{name}"] = (student, dict(steps=s_steps, mode=student.config.mode))
-        result = compare(variants, args.singles, args.pairs, guidance=args.guidance, latency_repeats=args.repeats,
+        result = compare(variants, args.singles, args.pairs, guidance=guidance, latency_repeats=args.repeats,
                          reference="diffusers")
         write(f"e2e_{n}.json", {"command": "python " + " ".join(sys.argv), "steps": n, **result})
         pareto_plot(result, os.path.join(RESULTS, f"pareto_{n}.png"), n)

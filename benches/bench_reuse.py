@@ -1,6 +1,6 @@
 """Attention-map reuse vs cutting steps, on the demo pipeline at 20 DPM++ steps.
 
-    python benches/bench_reuse.py [--singles 100 --pairs 50]
+    python benches/bench_reuse.py [--singles 100 --pairs 50] [--guidance 5]
 
 Reference: the full 20-step output. Reuse variants: late reuse (last 4 / last 8 steps) and
 the greedy schedules from `clockwork search-reuse` (benches/results/reuse_greedy_k{4,8}.json,
@@ -25,6 +25,8 @@ def main():
     ap.add_argument("--singles", type=int, default=100)
     ap.add_argument("--pairs", type=int, default=50)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="CFG scale of every variant (default: the demo's recommended one, its clockwork_engine.json)")
     args = ap.parse_args()
 
     from clockwork_engine import Engine, EngineConfig
@@ -36,6 +38,7 @@ def main():
 
     n = args.steps
     base = Engine.from_pretrained("demo", config=EngineConfig(mode="full", attention_reuse=()))
+    guidance = Engine.from_pretrained("demo").config.guidance_scale if args.guidance is None else args.guidance
     variants = {f"full_{n}_steps": (base, dict(steps=n, mode="full"))}
     schedules = {"late_4": late(4, n), "late_8": late(8, n)}
     for k in (4, 8):
@@ -46,7 +49,7 @@ def main():
         variants[f"reuse_{name}"] = (base.with_config(attention_reuse=steps), dict(steps=n, mode="full"))
     for m in (16, 14, 12):
         variants[f"full_{m}_steps"] = (base, dict(steps=m, mode="full"))
-    result = compare(variants, args.singles, args.pairs, latency_repeats=5)
+    result = compare(variants, args.singles, args.pairs, guidance=guidance, latency_repeats=5)
     for name, steps in schedules.items():
         result["variants"][f"reuse_{name}"]["reuse_steps"] = list(steps)
     demo_bytes = map_bytes(dict(models.UNET_CONFIG), 1, 16, 16, models.TEXT_MAX_LENGTH, ReuseConfig(), dtype_bytes=4)

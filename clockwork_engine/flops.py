@@ -55,7 +55,8 @@ def per_level(unet, x, t, text) -> dict[str, dict[str, float]]:
 
 
 def count_arch(unet_config: dict, text_tokens: int, text_dim: int, adaptor_hidden: int | None, steps: int,
-               clock_every: int, cfg_batch: int = 2, cut: int = 1, latent: int | None = None) -> dict:
+               clock_every: int, cfg_batch: int = 2, cut: int = 1, latent: int | None = None,
+               adaptor_text: bool = False) -> dict:
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor
 
@@ -67,7 +68,8 @@ def count_arch(unet_config: dict, text_tokens: int, text_dim: int, adaptor_hidde
         unet = UNet2DConditionModel(**unet_config).eval()
         unet.set_attn_processor(AttnProcessor())  # plain bmm attention: every matmul is counted
         split = UNetSplit(unet, cut)
-        adaptor = Adaptor(AdaptorConfig.for_split(split, adaptor_hidden)).eval()
+        text_embed_dim = split.text_embed_dim if adaptor_text else 0  # the pooled-text input
+        adaptor = Adaptor(AdaptorConfig.for_split(split, adaptor_hidden, text_embed_dim=text_embed_dim)).eval()
         size = latent or unet_config["sample_size"]
         x = torch.randn(cfg_batch, unet_config["in_channels"], size, size)
         text = torch.randn(cfg_batch, text_tokens, text_dim)
@@ -90,7 +92,7 @@ def count_arch(unet_config: dict, text_tokens: int, text_dim: int, adaptor_hidde
             always_ops = _count(always_run)
             adaptor_only = _count(lambda: adaptor(torch.empty(cfg_batch, split.r_in_channels, size // 2, size // 2),
                                                   torch.empty(cfg_batch, split.r_out_channels, size // 2, size // 2),
-                                                  torch.empty(cfg_batch, split.time_embed_dim)))
+                                                  torch.empty(cfg_batch, split.time_embed_dim), text))
             levels = per_level(unet, x[:1], t, text[:1])
     assert sum(full_ops.values()) == sum(unet_ops.values()), "the split must cost what the UNet costs"
     schedule = Clock(every=clock_every).schedule(steps)
@@ -137,7 +139,8 @@ def run(args) -> dict:
     else:
         from .demo import models
 
-        result = count_arch(dict(models.UNET_CONFIG), models.TEXT_MAX_LENGTH, 384, None, args.steps, args.clock)
+        result = count_arch(dict(models.UNET_CONFIG), models.TEXT_MAX_LENGTH, 384, None, args.steps, args.clock,
+                            adaptor_text=True)  # the shipped demo adaptor's shape
     result = {"arch": args.arch, "command": f"clockwork flops --arch {args.arch} --steps {args.steps} "
               f"--clock {args.clock}", **result}
     text = json.dumps(result, indent=1)

@@ -62,6 +62,18 @@ def _alignment(d):
     return "\n".join(out)
 
 
+def section_progressive_rounds():
+    return render("progressive2_rounds.json", "Progressive 4 -> 2: a longer round", _rounds)
+
+
+def _rounds(d):
+    out = [f"{d['what']}; evaluated with `python -m clockwork_engine.eval.evaluate` (held-out captions).\n"]
+    rows = [[k, pct(v["single_colour_and_shape"]), pct(v["single_colour"]), pct(v["single_shape"]),
+             f"{v['domain_fid']:.3f}", v["images"], f"`{v['train_command']}`"] for k, v in d["rounds"].items()]
+    out.append(table(["round", "single: colour+shape", "colour", "shape", "domain FID", "images", "trained by"], rows))
+    return "\n".join(out) + "\n"
+
+
 def section_guidance_sweep():
     return render("alignment_guidance_sweep.json", "Demo model: prompt alignment vs guidance scale and steps", _sweep)
 
@@ -109,7 +121,7 @@ def section_latency():
         text = ("a new prompt per call: text encoding timed" if d.get("prompts") == "fresh"
                 else "one prompt repeated: text encoding cached")
         out.append(f"\nSpeed-up end to end ({text}, VAE decode included): **{d['speedup_end_to_end']:.2f}x**; "
-                   f"sampling only: **{d['speedup_sampling_only']:.2f}x**.\n")
+                   f"sampling only (one cached prompt, latents out): **{d['speedup_sampling_only']:.2f}x**.\n")
         if "fused_ops_speedup" in d:
             out.append(f"Fused C++ ops (the adaptor's GroupNorm+shift+SiLU) on vs off, clockwork mode: "
                        f"**{d['fused_ops_speedup']:.3f}x** (extension built: {d['fused_ops_built']}).\n")
@@ -249,11 +261,21 @@ def main():
              "CPU timings on this project's 2-core machine; nothing here ran on a GPU. Everything was measured on the "
              "committed demo UNet. Since session 3 the adaptors are fitted with the guided loss (the uncond rows and "
              "the guided mix u + w(c - u)); sections whose adaptors were fitted with the earlier plain L2 loss say "
-             "so (the 4-step and CFG-5 ablations, e2e at 4 and 20 steps).\n",
+             "so (the CFG-5 ablation, e2e at 4 and 20 steps). Since session 4 every latency is timed with a new "
+             "prompt per call (text encoding included); sections timed before say so.\n",
              section_alignment(), section_guidance_sweep(), section_flops(), section_perturbation(), section_latency(),
+             section_quality("quality_clockwork_shipped.json",
+                             "Clockwork quality: the shipped adaptor (CFG 3, the demo's setting)",
+                             "`clockwork` is the shipped adaptor: rollout, guided loss, conditioned on the mean-pooled "
+                             "text embedding too, 24 epochs of 256 captions with 8 optimizer passes over each epoch's "
+                             "trajectories. `clockwork_text_12ep`: the same for 12 epochs; `clockwork_12ep`: 12 "
+                             "epochs, 8 passes, no text input; `clockwork_session3`: the session-3 adaptor (12 epochs, "
+                             "one pass, no text input, runs/adaptor_rollout: the committed folder held it when this "
+                             "ran), the `clockwork` of the ablation table below. `adaptor_without_r_out` here is the "
+                             "session-2 plain-loss one (runs/adaptor_no_rout)."),
              section_quality("quality_clockwork.json",
-                             "Clockwork quality on the demo pipeline (CFG 3, the demo's setting)",
-                             "`clockwork` is the shipped adaptor. Every adaptor: 12 epochs of 256 captions, guided "
+                             "Clockwork ablations on the demo pipeline (CFG 3, the session-3 recipe)",
+                             "`clockwork` is the session-3 adaptor. Every adaptor: 12 epochs of 256 captions, guided "
                              "loss; `unrolled` on the teacher's trajectories, `rollout` on the clockwork sampler's own "
                              "(the teacher's L gives the target), `noised` on forward-noised data latents. The step "
                              "sets are 0-based (the paper's {5..8} and {3..6} are {4..7} and {2..5})."),
@@ -265,18 +287,24 @@ def main():
                              "`clockwork_unrolled` on the teacher's trajectories (every step)."),
              section_quality("quality_clockwork_wide.json", "Adaptor width: 192 vs 96 hidden channels (CFG 3)",
                              "`clockwork` is 192 channels wide (1.79M parameters, rollout, guided loss), "
-                             "`clockwork_hidden_96` the shipped one (0.56M); `adaptor_without_r_out` here is the "
+                             "`clockwork_hidden_96` the session-3 one (0.56M); `adaptor_without_r_out` here is the "
                              "session-2 plain-loss one."),
              section_quality("quality_clockwork_ddim.json", "Clockwork ablation: DDIM instead of DPM++ (8 steps)"),
              section_quality("quality_clockwork_4.json", "Clockwork ablation: 4 steps, unrolled vs noised training",
-                             PLAIN_LOSS),
+                             "Both adaptors: guided loss, every step > 0, 12 epochs of 256 captions, 8 optimizer "
+                             "passes per epoch's trajectories (or forward-noised latents)."),
              section_quality("quality_clockwork_g5.json", "Clockwork quality at CFG 5 (over-guided for this model)",
-                             PLAIN_LOSS + " Adaptor refitted at CFG 5."),
-             section_quality("quality_reuse.json", "Attention-map reuse vs fewer steps (demo, 20 steps)"),
+                             PLAIN_LOSS + " Adaptor refitted at CFG 5. Ran when CFG 5 was the bench's default "
+                             "(now the model's recommended 3): add `--guidance 5` to repeat it."),
+             section_quality("quality_reuse.json", "Attention-map reuse vs fewer steps (demo, 20 steps)",
+                             "Ran at CFG 5, the bench's guidance before session 4 (now the model's recommended 3; "
+                             "add `--guidance 5` to repeat it); the greedy schedules were calibrated at CFG 5."),
              section_quality("quality_distill.json", "Guidance and progressive distillation (demo, CFG 3)",
                              "The committed students: guidance distillation 1500 steps with w ~ U[1.5, 5] "
                              "(600 of them at U[2, 8]), then 400 progressive steps per halving; their adaptors "
-                             "fitted at CFG 3. `progressive-1` is measured but not committed."),
+                             "fitted at CFG 3 (guided-8's with the session-3 recipe). `progressive-1` is not committed "
+                             "and no longer measured here (session 3: 35.0% colour+shape)."),
+             section_progressive_rounds(),
              section_quality("quality_distill_g3.json", "Session-2 students at CFG 3 (for comparison)",
                              "The session-2 students (guidance distillation 600 steps at w ~ U[2, 8]) at CFG 3."),
              section_e2e(), section_overhead(), section_soak(), section_kernels()]

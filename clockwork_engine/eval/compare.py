@@ -42,23 +42,26 @@ def fresh_prompts(n: int) -> list[str]:
     return captions[:n]
 
 
-def latency(variants: dict, repeats: int = 5, warmup: int = 1) -> dict[str, dict]:
-    """summary() of one generate() per variant. Every call takes a caption no call has used
-    before (variants may share an engine and its prompt cache), so text encoding is timed as a
-    service pays it for a new prompt; only the unconditional "" embedding stays cached. The
-    warm-up builds the step programs."""
-    per_variant = repeats + warmup
-    prompts = fresh_prompts(len(variants) * per_variant)
+def fresh_prompt_calls(variants: dict, calls: int) -> dict:
+    """name -> fn: one generate() per call, each with a caption no call has used before
+    (variants may share an engine and its prompt cache), so text encoding is timed as a
+    service pays it for a new prompt; only the unconditional "" embedding stays cached."""
+    prompts = fresh_prompts(len(variants) * calls)
 
-    def timed(i, engine, kw):
-        queue = iter(prompts[i * per_variant : (i + 1) * per_variant])
+    def call(i, engine, kw):
+        queue = iter(prompts[i * calls : (i + 1) * calls])
         return lambda: engine.generate(next(queue), seed=0, **kw)
 
-    return interleaved({name: timed(i, engine, kw) for i, (name, (engine, kw)) in enumerate(variants.items())},
-                       repeats, warmup)
+    return {name: call(i, engine, kw) for i, (name, (engine, kw)) in enumerate(variants.items())}
 
 
-def compare(variants: dict, singles: int, pairs: int, guidance: float = 5.0, latency_repeats: int = 5,
+def latency(variants: dict, repeats: int = 5, warmup: int = 1) -> dict[str, dict]:
+    """summary() of one generate() per variant, a new prompt per call (fresh_prompt_calls);
+    the warm-up builds the step programs."""
+    return interleaved(fresh_prompt_calls(variants, repeats + warmup), repeats, warmup)
+
+
+def compare(variants: dict, singles: int, pairs: int, guidance: float, latency_repeats: int = 5,
             reference: str | None = None) -> dict:
     """variants: name -> (engine, generate kwargs incl. steps and mode). The reference for
     PSNR/SSIM and the latency ratio is `reference` (default: the first variant)."""
