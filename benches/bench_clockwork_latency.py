@@ -35,6 +35,7 @@ def demo(args):
     fns["full_sampling_only"] = lambda: engine.generate(prompt, mode="full", **sample_kw)
     fns["clockwork_sampling_only"] = lambda: engine.generate(prompt, mode="clockwork", **sample_kw)
     t = interleaved(fns, args.repeats)
+    parts = step_parts(engine, args.repeats, skip_prompts=len(fns) * (args.repeats + 1))
     write("latency_demo.json", {
         "command": "python " + " ".join(sys.argv), "steps": args.steps, "batch": 1, "cfg": True,
         "guidance": engine.config.guidance_scale,
@@ -43,7 +44,39 @@ def demo(args):
         "speedup_sampling_only": t["full_sampling_only"]["median_s"] / t["clockwork_sampling_only"]["median_s"],
         "fused_ops_speedup": t["clockwork_fused_ops_off"]["median_s"] / t["clockwork"]["median_s"],
         "fused_ops_built": __import__("clockwork_engine.ops", fromlist=["x"]).extension_available(),
-        "machine": machine()})
+        "parts_ms": parts, "machine": machine()})
+
+
+def step_parts(engine, repeats: int, skip_prompts: int) -> dict:
+    """Median ms of the pieces of a request (CFG batch 2, interleaved): a full step, an adaptor
+    step and their parts, text encoding of a new prompt (+ the cached ""), the VAE decode; and the
+    speed-up those step costs allow with no fixed cost at all: 2 / (1 + adaptor step / full step)."""
+    from clockwork_engine.eval.compare import fresh_prompts
+    from clockwork_engine.unet_split import UNetSplit
+
+    split, adaptor = UNetSplit(engine.unet, 1), engine.adaptor
+    prompts = iter(fresh_prompts(repeats + 2, skip=skip_prompts))  # captions the requests above did not use
+    text = engine.prompts.encode(["", next(prompts)])  # [2, L, D]
+    x, t = torch.randn(2, engine.unet.config.in_channels, 16, 16), torch.tensor(500)  # the demo's 16x16 latents
+    with torch.inference_mode():
+        hin = split.h_in(x, t, text)
+        r_out = split.low(hin.r_in, hin.emb, text)
+
+        def adaptor_step():
+            h = split.h_in(x, t, text)
+            split.h_out(adaptor(h.r_in, r_out, h.emb, text), h.skips, h.emb, text)
+
+        t_parts = interleaved({
+            "full_step": lambda: split(x, t, text), "adaptor_step": adaptor_step,
+            "h_in": lambda: split.h_in(x, t, text), "low": lambda: split.low(hin.r_in, hin.emb, text),
+            "h_out": lambda: split.h_out(r_out, hin.skips, hin.emb, text),
+            "adaptor_phi": lambda: adaptor(hin.r_in, r_out, hin.emb, text),
+            "text_encode_new_prompt": lambda: engine.prompts.encode(["", next(prompts)]),
+            "vae_decode": lambda: engine.vae.decode(x[:1] / engine.vae.config.scaling_factor).sample,
+        }, repeats)
+    ms = {k: v["median_s"] * 1e3 for k, v in t_parts.items()}
+    return {**ms, "adaptor_over_full_step": ms["adaptor_step"] / ms["full_step"],
+            "ceiling_without_fixed_costs": 2 / (1 + ms["adaptor_step"] / ms["full_step"])}
 
 
 def sd15(args):

@@ -122,6 +122,17 @@ def section_latency():
                 else "one prompt repeated: text encoding cached")
         out.append(f"\nSpeed-up end to end ({text}, VAE decode included): **{d['speedup_end_to_end']:.2f}x**; "
                    f"sampling only (one cached prompt, latents out): **{d['speedup_sampling_only']:.2f}x**.\n")
+        if "parts_ms" in d:
+            p = d["parts_ms"]
+            out.append(f"Where the time goes (median ms, CFG batch 2, same run): full step {p['full_step']:.1f} "
+                       f"(H_in {p['h_in']:.1f}, L {p['low']:.1f}, H_out {p['h_out']:.1f}); adaptor step "
+                       f"{p['adaptor_step']:.1f} (phi {p['adaptor_phi']:.1f}), **{p['adaptor_over_full_step']:.2f}** "
+                       f"of a full step; per request: text encoding of a new prompt {p['text_encode_new_prompt']:.1f}, "
+                       f"VAE decode {p['vae_decode']:.1f}. With no fixed cost at all these step costs allow "
+                       f"2 / (1 + {p['adaptor_over_full_step']:.2f}) = **{p['ceiling_without_fixed_costs']:.2f}x** "
+                       f"at clock 2. In FLOPs an adaptor step is {_flop_ratio():.2f} of a full step (flops_demo.json): "
+                       f"on this CPU the 16x16 level (three transformer blocks of small-tensor ops) costs more than "
+                       f"its FLOP share, and text encoding + VAE decode add to both modes.\n")
         if "fused_ops_speedup" in d:
             out.append(f"Fused C++ ops (the adaptor's GroupNorm+shift+SiLU) on vs off, clockwork mode: "
                        f"**{d['fused_ops_speedup']:.3f}x** (extension built: {d['fused_ops_built']}).\n")
@@ -134,6 +145,11 @@ def section_latency():
                    f"{t['full_step']['median_s']:.2f} s, adaptor step {t['adaptor_step']['median_s']:.2f} s, "
                    f"ratio {d['adaptor_step_over_full_step']:.3f}.\n")
     return "\n".join(out)
+
+
+def _flop_ratio() -> float:
+    f = load("flops_demo.json")["full"]
+    return f["adaptor_step_tflops"] / f["full_step_tflops"]
 
 
 def section_quality(name, title, note=""):

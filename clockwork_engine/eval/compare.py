@@ -31,15 +31,15 @@ def summary(ts: list[float]) -> dict:
             "repeats": len(ts)}
 
 
-def fresh_prompts(n: int) -> list[str]:
-    """n training-split captions: never among the held-out captions an evaluation generated
-    (and so encoded and cached) before timing."""
+def fresh_prompts(n: int, skip: int = 0) -> list[str]:
+    """n training-split captions (after the first `skip`): never among the held-out captions an
+    evaluation generated (and so encoded and cached) before timing."""
     from ..demo import shapes
 
     captions = [s.caption for s in shapes.split_scenes("train")]
-    if len(captions) < n:
-        raise ValueError(f"latency needs {n} distinct captions, the training split has {len(captions)}")
-    return captions[:n]
+    if len(captions) < skip + n:
+        raise ValueError(f"latency needs {skip + n} distinct captions, the training split has {len(captions)}")
+    return captions[skip : skip + n]
 
 
 def fresh_prompt_calls(variants: dict, calls: int) -> dict:
