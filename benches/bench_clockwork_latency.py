@@ -52,12 +52,12 @@ def step_parts(engine, repeats: int, skip_prompts: int) -> dict:
     step and their parts, text encoding of a new prompt (+ the cached ""), the VAE decode; and the
     speed-up those step costs allow with no fixed cost at all: 2 / (1 + adaptor step / full step)."""
     from clockwork_engine.eval.compare import fresh_prompts
-    from clockwork_engine.unet_split import UNetSplit
 
-    split, adaptor = UNetSplit(engine.unet, 1), engine.adaptor
+    split, adaptor = engine.split, engine.adaptor  # the clockwork engine's own split, at its adaptor's cut
     prompts = iter(fresh_prompts(repeats + 2, skip=skip_prompts))  # captions the requests above did not use
     text = engine.prompts.encode(["", next(prompts)])  # [2, L, D]
-    x, t = torch.randn(2, engine.unet.config.in_channels, 16, 16), torch.tensor(500)  # the demo's 16x16 latents
+    size = engine.default_size // engine.vae_factor  # latent side
+    x, t = torch.randn(2, engine.unet.config.in_channels, size, size), torch.tensor(500)
     with torch.inference_mode():
         hin = split.h_in(x, t, text)
         r_out = split.low(hin.r_in, hin.emb, text)

@@ -73,6 +73,7 @@ class Engine:
         self.graphs = sampler.GraphSampler(self.config.backend, self.config.max_graphs)
         self.denoisers = {"full": sampler.unet_denoiser(self.unet)}
         self.adaptor, self.adaptor_meta, self.split = None, {}, None
+        self._clock_mismatch = None  # the warning for an adaptor fitted only on another clock's steps
         if self.config.mode == "clockwork":
             self._load_adaptor(self.config.adaptor or adaptor_dir)
         self.reuse = None
@@ -92,6 +93,10 @@ class Engine:
             self.split = UNetSplit(self.unet, self.adaptor_meta["cut"])
             adaptor_io.check_compatible(self.adaptor_meta, source, self.split, adaptor_io.model_fingerprint(self.unet))
             self.adaptor.to(self.device, self.unet.dtype)
+            fitted, running = self.adaptor_meta.get("clock"), self.config.clock().to_dict()
+            if (self.adaptor_meta.get("training") or {}).get("train_on") == "clock" and fitted != running:
+                self._clock_mismatch = (f"the adaptor was fitted only on the steps of clock {fitted}, "
+                                        f"running clock {running}")
         self.denoisers["clockwork.full"] = sampler.split_denoiser(self.split)
         self.denoisers["clockwork.adaptor"] = sampler.adaptor_denoiser(self.split, self.adaptor)
 
@@ -236,11 +241,8 @@ class Engine:
         trained_steps = self.adaptor_meta.get("steps")
         if mode == "clockwork" and trained_steps not in (None, steps):
             warnings.warn(f"the adaptor was trained for {trained_steps} steps, running {steps}", stacklevel=3)
-        fitted, running = self.adaptor_meta.get("clock"), self.config.clock().to_dict()
-        if (mode == "clockwork" and (self.adaptor_meta.get("training") or {}).get("train_on") == "clock"
-                and fitted != running):
-            warnings.warn(f"the adaptor was fitted only on the steps of clock {fitted}, running clock {running}",
-                          stacklevel=3)
+        if mode == "clockwork" and self._clock_mismatch:
+            warnings.warn(self._clock_mismatch, stacklevel=3)
 
         def make_steps(bufs):
             return {kind: self._step_fn(kind, table, bufs, cfg_on) for kind in set(kinds)}
