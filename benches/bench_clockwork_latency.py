@@ -1,6 +1,7 @@
 """End-to-end latency, full vs clockwork, in one run (interleaved repeats).
 
     python benches/bench_clockwork_latency.py            # demo pipeline, 8 DPM++ steps, its CFG (3)
+    python benches/bench_clockwork_latency.py --inductor # + both modes with compiled step programs
     python benches/bench_clockwork_latency.py --sd15     # + SD v1.5 architecture, random weights:
                                                          #   one full step vs one adaptor step
 Writes benches/results/latency_demo.json (and latency_sd15_step.json).
@@ -20,31 +21,53 @@ from common import FusedOpsOff, interleaved, machine, write  # noqa: E402
 
 def demo(args):
     from clockwork_engine import Engine
-    from clockwork_engine.eval.compare import fresh_prompt_calls
+    from clockwork_engine.eval.compare import fresh_prompt_calls, paired_speedup
 
     engine = Engine.from_pretrained("demo")  # clockwork config with the committed adaptor
     kw = dict(steps=args.steps)  # the model directory's recommended guidance (engine.config)
-    # End to end: every call a new prompt, so text encoding is timed (only "" stays cached).
-    fns = fresh_prompt_calls({
+    variants = {
         "full": (engine, dict(mode="full", **kw)),
         "clockwork": (engine, dict(mode="clockwork", **kw)),
         "clockwork_fused_ops_off": (FusedOpsOff(engine), dict(mode="clockwork", **kw)),
-    }, args.repeats + 1)
+    }
+    if args.inductor:  # the same engine's weights, step programs compiled (the first call compiles)
+        compiled = engine.with_config(backend="inductor")
+        variants.update({"full_inductor": (compiled, dict(mode="full", **kw)),
+                         "clockwork_inductor": (compiled, dict(mode="clockwork", **kw))})
+    # End to end: every call a new prompt, so text encoding is timed (only "" stays cached).
+    fns = fresh_prompt_calls(variants, args.repeats + 1)
     # Sampling only: one cached prompt (no text encoding), latents out (no VAE decode).
     prompt, sample_kw = "a small red circle in the top left", dict(output="latent", seed=0, **kw)
     fns["full_sampling_only"] = lambda: engine.generate(prompt, mode="full", **sample_kw)
     fns["clockwork_sampling_only"] = lambda: engine.generate(prompt, mode="clockwork", **sample_kw)
+    if args.inductor:
+        fns["full_inductor_sampling_only"] = lambda: compiled.generate(prompt, mode="full", **sample_kw)
+        fns["clockwork_inductor_sampling_only"] = lambda: compiled.generate(prompt, mode="clockwork", **sample_kw)
     t = interleaved(fns, args.repeats)
     parts = step_parts(engine, args.repeats, skip_prompts=len(fns) * (args.repeats + 1))
+    ratio = lambda a, b: t[a]["median_s"] / t[b]["median_s"]  # noqa: E731  (ratio of medians)
+    paired = {"end_to_end": paired_speedup(t, "full", "clockwork"),
+              "sampling_only": paired_speedup(t, "full_sampling_only", "clockwork_sampling_only")}
+    inductor = {}
+    if args.inductor:
+        inductor = {"speedup_end_to_end_inductor": ratio("full_inductor", "clockwork_inductor"),
+                    "speedup_sampling_only_inductor": ratio("full_inductor_sampling_only",
+                                                            "clockwork_inductor_sampling_only"),
+                    "inductor_over_eager_full": ratio("full", "full_inductor"),
+                    "inductor_over_eager_clockwork": ratio("clockwork", "clockwork_inductor")}
+        paired |= {"end_to_end_inductor": paired_speedup(t, "full_inductor", "clockwork_inductor"),
+                   "sampling_only_inductor": paired_speedup(t, "full_inductor_sampling_only",
+                                                            "clockwork_inductor_sampling_only")}
     write("latency_demo.json", {
         "command": "python " + " ".join(sys.argv), "steps": args.steps, "batch": 1, "cfg": True,
         "guidance": engine.config.guidance_scale,
         "schedule": engine.schedule(args.steps, "clockwork"), "timings": t, "prompts": "fresh",
-        "speedup_end_to_end": t["full"]["median_s"] / t["clockwork"]["median_s"],
-        "speedup_sampling_only": t["full_sampling_only"]["median_s"] / t["clockwork_sampling_only"]["median_s"],
-        "fused_ops_speedup": t["clockwork_fused_ops_off"]["median_s"] / t["clockwork"]["median_s"],
+        "speedup_end_to_end": ratio("full", "clockwork"),
+        "speedup_sampling_only": ratio("full_sampling_only", "clockwork_sampling_only"),
+        "paired_speedup": paired,  # median of per-round ratios (calls timed back to back)
+        "fused_ops_speedup": ratio("clockwork_fused_ops_off", "clockwork"),
         "fused_ops_built": __import__("clockwork_engine.ops", fromlist=["x"]).extension_available(),
-        "parts_ms": parts, "machine": machine()})
+        **inductor, "parts_ms": parts, "machine": machine()})
 
 
 def step_parts(engine, repeats: int, skip_prompts: int) -> dict:
@@ -111,6 +134,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--inductor", action="store_true", help="also time both modes on the inductor backend")
     ap.add_argument("--sd15", action="store_true")
     ap.add_argument("--sd15-only", action="store_true", help="skip the demo timings")
     ap.add_argument("--sd15-repeats", type=int, default=3)

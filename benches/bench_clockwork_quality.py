@@ -50,9 +50,8 @@ def main():
     from clockwork_engine.eval.compare import compare
 
     def clockwork(folder, **changes):
-        """The engine running the adaptor in folder, on the clock it was fitted for."""
-        with open(os.path.join(folder, "adaptor_config.json")) as f:
-            clock = json.load(f)["clock"]
+        """The engine running the adaptor in folder, on the clock it was fitted for (its metadata)."""
+        clock = base.with_config(mode="clockwork", adaptor=folder).adaptor_meta["clock"]
         steps = tuple(clock["adaptor_steps"]) if clock["adaptor_steps"] else None
         return base.with_config(**{"mode": "clockwork", "adaptor": folder, "clock_every": clock["every"],
                                    "adaptor_steps": steps, **changes})

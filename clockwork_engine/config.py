@@ -28,7 +28,9 @@ class EngineConfig:
     attention_reuse: tuple[int, ...] | None = None
     reuse_layers: str = "all"
     max_attention_bytes: int = 512 * 2**20
-    backend: str = "auto"  # step programs: "cuda" graphs when a GPU is there, else "cpu" (eager)
+    # step programs: "auto" = "cuda" graphs when a GPU is there, else "cpu" (eager);
+    # "inductor": compiled by TorchInductor (CPU; tens of seconds per new request shape)
+    backend: str = "auto"
     max_graphs: int = 8  # (batch, size, dtype, mode, cfg, steps) program sets kept (LRU)
     max_batch_size: int = 16  # prompts per generate() call
     prompt_cache_size: int = 256  # prompt embeddings kept (LRU)
@@ -40,8 +42,8 @@ class EngineConfig:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; modes: {', '.join(MODES)}")
-        if self.backend not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"backend must be 'auto', 'cpu' or 'cuda', got {self.backend!r}")
+        if self.backend not in ("auto", "cpu", "cuda", "inductor"):
+            raise ValueError(f"backend must be 'auto', 'cpu', 'cuda' or 'inductor', got {self.backend!r}")
         for name in ("steps", "max_batch_size", "max_size_factor", "cut", "max_graphs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -121,7 +121,12 @@ def section_latency():
         text = ("a new prompt per call: text encoding timed" if d.get("prompts") == "fresh"
                 else "one prompt repeated: text encoding cached")
         out.append(f"\nSpeed-up end to end ({text}, VAE decode included): **{d['speedup_end_to_end']:.2f}x**; "
-                   f"sampling only (one cached prompt, latents out): **{d['speedup_sampling_only']:.2f}x**.\n")
+                   f"sampling only (one cached prompt, latents out): **{d['speedup_sampling_only']:.2f}x** "
+                   "(ratios of the medians).\n")
+        if "paired_speedup" in d:
+            pairs = ", ".join(f"{k.replace('_', ' ')} **{v:.2f}x**" for k, v in d["paired_speedup"].items())
+            out.append(f"Paired (the median over rounds of full / clockwork, the two calls of a round timed back to "
+                       f"back, so slow phases of this shared machine hit both): {pairs}.\n")
         if "parts_ms" in d:
             p = d["parts_ms"]
             out.append(f"Where the time goes (median ms, CFG batch 2, same run): full step {p['full_step']:.1f} "
@@ -133,6 +138,12 @@ def section_latency():
                        f"at clock 2. In FLOPs an adaptor step is {_flop_ratio():.2f} of a full step (flops_demo.json): "
                        f"on this CPU the 16x16 level (three transformer blocks of small-tensor ops) costs more than "
                        f"its FLOP share, and text encoding + VAE decode add to both modes.\n")
+        if "speedup_end_to_end_inductor" in d:
+            out.append(f"Inductor backend (the same engine's step programs compiled; `_inductor` rows, same run): "
+                       f"clockwork vs full end to end **{d['speedup_end_to_end_inductor']:.2f}x**, sampling only "
+                       f"**{d['speedup_sampling_only_inductor']:.2f}x**; compiled over eager end to end: "
+                       f"full {d['inductor_over_eager_full']:.2f}x, clockwork {d['inductor_over_eager_clockwork']:.2f}x. "
+                       f"The part timings above are eager.\n")
         if "fused_ops_speedup" in d:
             out.append(f"Fused C++ ops (the adaptor's GroupNorm+shift+SiLU) on vs off, clockwork mode: "
                        f"**{d['fused_ops_speedup']:.3f}x** (extension built: {d['fused_ops_built']}).\n")
@@ -145,6 +156,32 @@ def section_latency():
                    f"{t['full_step']['median_s']:.2f} s, adaptor step {t['adaptor_step']['median_s']:.2f} s, "
                    f"ratio {d['adaptor_step_over_full_step']:.3f}.\n")
     return "\n".join(out)
+
+
+def section_inductor():
+    return render("inductor.json", "Compiled step programs (inductor backend) vs eager vs stock diffusers", _inductor)
+
+
+def _inductor(d):
+    quality = (load("quality_distill.json") or {}).get("variants", {})
+    rows = []
+    for name, v in d["variants"].items():
+        base = name.removesuffix("@inductor")
+        acc = quality.get(base, {}).get("single_colour_and_shape")
+        n = v.get("numerics_vs_eager")
+        rows.append([name, f"{v['latency_s'] * 1e3:.1f} [{v['latency_p25_s'] * 1e3:.0f}-{v['latency_p75_s'] * 1e3:.0f}]",
+                     f"{v['speedup_vs_diffusers']:.2f}x / {v['paired_speedup_vs_diffusers']:.2f}x",
+                     f"{v['over_eager']:.2f}x / {v['paired_over_eager']:.2f}x" if "over_eager" in v else "-",
+                     f"{n['max_abs_diff']:.1e} / {n['images_with_an_8bit_pixel_changed']} of {n['images']}" if n else "-",
+                     pct(acc)])
+    return (f"Command: `{d['command']}`; batch 1, CFG {d['guidance']} (students take it as their w), a new prompt per "
+            f"call, {d['repeats']} interleaved repeats in one run; speed-up against `{d['reference']}`. "
+            "`@inductor`: the same engine with `backend=\"inductor\"` (its first call, the untimed warm-up, compiles). "
+            "Speed-ups: ratio of medians / paired (median of per-round ratios). Numerics: the compiled variant's images against the eager variant's for the same captions and seeds "
+            "(largest difference in [0, 1] / images with any 8-bit pixel changed). Colour+shape is the eager "
+            "variant's score from quality_distill.json (another run), not re-scored.\n\n"
+            + table(["variant", "median ms [p25-p75]", "vs diffusers", "over eager", "numerics vs eager",
+                     "colour+shape (eager)"], rows) + "\n")
 
 
 def _flop_ratio() -> float:
@@ -323,7 +360,7 @@ def main():
                              "(600 of them at U[2, 8]), then 400 progressive steps per halving; their adaptors "
                              "fitted at CFG 3 (guided-8's with the session-3 recipe). `progressive-1` is not committed "
                              "and no longer measured here (session 3: 35.0% colour+shape)."),
-             section_progressive_rounds(),
+             section_progressive_rounds(), section_inductor(),
              section_quality("quality_distill_g3.json", "Session-2 students at CFG 3 (for comparison)",
                              "The session-2 students (guidance distillation 600 steps at w ~ U[2, 8]) at CFG 3."),
              section_e2e(), section_overhead(), section_soak(), section_kernels()]

@@ -26,3 +26,15 @@ def test_fresh_prompts_are_never_held_out_captions():
     from clockwork_engine.demo import shapes
 
     assert not any(shapes.is_held_out(p) for p in compare.fresh_prompts(50))
+
+
+def test_paired_speedup_pairs_each_round_and_survives_slow_phases():
+    # Round 2 runs on a machine twice as slow for both variants: the per-round ratio stays 2.
+    base = [0.2, 0.4, 0.2, 0.21]
+    fast = [0.1, 0.2, 0.1, 0.1]
+    timings = {"full": compare.summary(base), "clockwork": compare.summary(fast)}
+    assert timings["full"]["times_s"] == base
+    assert compare.paired_speedup(timings, "full", "clockwork") == 2.0
+    ticks = iter(range(100))
+    timed = compare.interleaved({"a": lambda: next(ticks), "b": lambda: next(ticks)}, repeats=3, warmup=0)
+    assert [len(t["times_s"]) for t in timed.values()] == [3, 3]

@@ -76,10 +76,49 @@ def test_graph_sampler_refuses_a_syncing_step_function():
     assert g.keys() == []  # nothing half-built is kept
 
 
+def test_inductor_programs_equal_the_eager_ones_and_read_every_requests_inputs(tiny_pipe):
+    """Compiled step programs (one whole graph each, weights frozen in) give the eager
+    programs' latents, and a later request's text, guidance and noise reach them through
+    the buffers (nothing of the first request is baked in). Compiling takes about a minute."""
+    from torch._dynamo.utils import counters
+
+    eager = Engine.from_pipeline(tiny_pipe, config="clockwork-identity")
+    compiled = eager.with_config(backend="inductor")
+    later = {**GOOD, "seed": 3, "guidance_scale": 2.0}
+    graphs_before = counters["stats"]["unique_graphs"]
+    first = compiled.generate("a red circle", **GOOD)
+    assert counters["stats"]["unique_graphs"] - graphs_before == 2  # clockwork.full and clockwork.adaptor
+    second = compiled.generate("a blue square", **later)
+    assert (compiled.graphs.misses, compiled.graphs.hits) == (1, 1)
+    assert counters["stats"]["unique_graphs"] - graphs_before == 2  # no recompilation
+    torch.testing.assert_close(first, eager.generate("a red circle", **GOOD), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(second, eager.generate("a blue square", **later), rtol=1e-4, atol=1e-4)
+    assert (first - second).abs().max() > 1.0
+
+
+def test_a_failed_compile_is_a_clear_error_and_keeps_nothing(tiny_pipe, monkeypatch):
+    from clockwork_engine.sampler import graphs
+
+    def no_compiler(fn, **options):
+        def compiled(*args):
+            raise OSError("no C++ compiler found")
+
+        return compiled
+
+    monkeypatch.setattr(graphs.torch, "compile", no_compiler)
+    engine = Engine.from_pipeline(tiny_pipe, config=EngineConfig(backend="inductor"))
+    with pytest.raises(RuntimeError, match="could not compile step program 'full'.*no C.. compiler"):
+        engine.generate("a red circle", **GOOD)
+    assert engine.graphs.keys() == []
+
+
 def test_backend_choice():
     assert GraphSampler("auto").backend == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert GraphSampler("inductor").backend == "inductor"
     with pytest.raises(ValueError, match="backend"):
         GraphSampler("tpu")
+    with pytest.raises(ValueError, match="inductor"):
+        EngineConfig(backend="tpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="needs a CUDA device"):
             GraphSampler("cuda")

@@ -28,7 +28,9 @@ class Record:
     emb: torch.Tensor  # [B, G, E]
     r_out: torch.Tensor  # [B, G, C_out, h, w]: the teacher's L, the target
     r_cached: torch.Tensor | None = None  # phi's output on an adaptor step (the sampler cached it, not r_out)
-    text: torch.Tensor | None = None  # [B, G, L, D] the UNet's encoder_hidden_states (phi's pooled-text input)
+    # [B, G, 1, D]: the UNet's encoder_hidden_states mean-pooled over the tokens, all phi reads
+    # of them (its text.mean(1) of one token is that token), at 1/L of the memory.
+    text: torch.Tensor | None = None
 
     @property
     def cached(self) -> torch.Tensor:
@@ -37,9 +39,10 @@ class Record:
 
     @classmethod
     def from_batch(cls, r_in, emb, r_out, groups: int, r_cached=None, text=None) -> Record:
-        """From the model batch [G*B, ...] (all uncond rows, then all cond rows)."""
+        """From the model batch [G*B, ...] (all uncond rows, then all cond rows); text [G*B, L, D]."""
         grouped = lambda v: None if v is None else v.unflatten(0, (groups, -1)).transpose(0, 1)  # noqa: E731
-        return cls(*(grouped(v) for v in (r_in, emb, r_out, r_cached, text)))
+        pooled = None if text is None else text.mean(1, keepdim=True)
+        return cls(*(grouped(v) for v in (r_in, emb, r_out, r_cached, pooled)))
 
 
 def _text(engine, prompts, cfg: bool):

@@ -26,9 +26,17 @@ def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, dict]:
 
 
 def summary(ts: list[float]) -> dict:
+    """Quartiles of the times, and the times themselves in call order (for paired_speedup)."""
     q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [ts[0]] * 3
     return {"median_s": statistics.median(ts), "p25_s": q[0], "p75_s": q[2], "min_s": min(ts), "max_s": max(ts),
-            "repeats": len(ts)}
+            "repeats": len(ts), "times_s": [round(t, 6) for t in ts]}
+
+
+def paired_speedup(timings: dict, baseline: str, variant: str) -> float:
+    """Median over rounds of baseline / variant, each pair timed back to back in one round of
+    interleaved(): slow phases of the machine hit both sides of a pair alike."""
+    a, b = timings[baseline]["times_s"], timings[variant]["times_s"]
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 def fresh_prompts(n: int, skip: int = 0) -> list[str]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Optional
 
 import torch
@@ -90,7 +91,9 @@ def step(denoise: Denoiser, table: SolverTable, i, x, x0_prev, features, text, g
     cond = None
     if embed_guidance:
         cond = guidance_embedding(guidance.view(1), embed_guidance).to(text.dtype).expand(model_in.shape[0], -1)
-    with torch.profiler.record_function("clockwork.model"):  # the profile's "model compute"
+    # The profile's "model compute" range; a compiled program has no Python ranges inside it.
+    model_range = nullcontext() if torch.compiler.is_compiling() else torch.profiler.record_function("clockwork.model")
+    with model_range:
         out, features = denoise(model_in, t, text, features, cond)
     if cfg:
         uncond, cond = out.chunk(2)
