@@ -25,6 +25,7 @@ import torch
 from . import adaptor as adaptor_io
 from . import attention, loading, sampler, validate
 from .cache import CacheState
+from .compile import MODULE_OPTIONS, compiled
 from .config import MODES, EngineConfig
 from .config import preset as preset_config
 from .text import PromptEncoder
@@ -59,7 +60,10 @@ class Engine:
         self.text_encoder = text_encoder.eval().requires_grad_(False)
         self.scheduler = scheduler
         self.adaptor_dir = adaptor_dir
-        self.prompts = PromptEncoder(tokenizer, self.text_encoder, self.config.prompt_cache_size)
+        inductor = self.config.backend == "inductor"
+        self.prompts = PromptEncoder(tokenizer, self.text_encoder, self.config.prompt_cache_size, inductor)
+        self._vae_decode = compiled(self._vae_decode_eager, MODULE_OPTIONS, "VAE decoder", dynamic=None) \
+            if inductor else self._vae_decode_eager
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         # Image sides must survive the VAE and every UNet downsampler without rounding.
         self.size_multiple = self.vae_factor * 2 ** (len(unet.config.block_out_channels) - 1)
@@ -263,14 +267,16 @@ class Engine:
         z = latents / vae_cfg.scaling_factor
         if getattr(vae_cfg, "shift_factor", None):
             z = z + vae_cfg.shift_factor
-        images = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
-        images = (images.float() / 2 + 0.5).clamp(0, 1)
+        images = (self._vae_decode(z.to(self.vae.dtype)).float() / 2 + 0.5).clamp(0, 1)
         if output == "pt":
             return images
         from PIL import Image
 
         arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
         return [Image.fromarray(a) for a in arrays]
+
+    def _vae_decode_eager(self, z):  # [B, C, h, w] scaled latents -> [B, 3, H, W] in [-1, 1]
+        return self.vae.decode(z, return_dict=False)[0]
 
 
 def unet_is_distilled(unet) -> bool:

@@ -13,13 +13,22 @@ from collections import OrderedDict
 
 import torch
 
+from .compile import MODULE_OPTIONS, compiled
+
 
 class PromptEncoder:
-    def __init__(self, tokenizer, text_encoder, capacity: int = 256):
+    def __init__(self, tokenizer, text_encoder, capacity: int = 256, compile_encoder: bool = False):
+        """compile_encoder: run the text encoder compiled by TorchInductor (the inductor backend)."""
         if capacity < 0:
             raise ValueError(f"prompt cache capacity must be >= 0, got {capacity}")
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
+
+        def forward(ids, mask):  # [N, L] token ids (and mask or None) -> [N, L, D]
+            return text_encoder(ids, attention_mask=mask)[0]
+
+        self._forward = compiled(forward, MODULE_OPTIONS, "text encoder", dynamic=None) if compile_encoder \
+            else forward
         self.capacity = capacity
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # prompt -> [L, D]
         self._lock = threading.Lock()
@@ -72,4 +81,4 @@ class PromptEncoder:
         device = self.text_encoder.device
         use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
         mask = ids.attention_mask.to(device) if use_mask else None
-        return self.text_encoder(ids.input_ids.to(device), attention_mask=mask)[0]
+        return self._forward(ids.input_ids.to(device), mask)

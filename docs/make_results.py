@@ -139,7 +139,8 @@ def section_latency():
                        f"on this CPU the 16x16 level (three transformer blocks of small-tensor ops) costs more than "
                        f"its FLOP share, and text encoding + VAE decode add to both modes.\n")
         if "speedup_end_to_end_inductor" in d:
-            out.append(f"Inductor backend (the same engine's step programs compiled; `_inductor` rows, same run): "
+            out.append(f"Inductor backend (the same engine with `backend=\"inductor\"`: step programs, text encoder and VAE "
+                       f"decoder compiled; `_inductor` rows, same run): "
                        f"clockwork vs full end to end **{d['speedup_end_to_end_inductor']:.2f}x**, sampling only "
                        f"**{d['speedup_sampling_only_inductor']:.2f}x**; compiled over eager end to end: "
                        f"full {d['inductor_over_eager_full']:.2f}x, clockwork {d['inductor_over_eager_clockwork']:.2f}x. "
@@ -274,15 +275,16 @@ def section_e2e():
 
 
 def section_soak():
-    return render("soak_demo.json", "Soak: memory over many requests", _soak)
+    inductor = load("soak_demo_inductor.json")
+    return render("soak_demo.json", "Soak: memory over many requests", _soak) + (_soak(inductor) if inductor else "")
 
 
 def _soak(d):
-    out = []
-    out.append(f"Command: `{d['command']}`. {d['calls']} generate() calls (mixed prompts, modes, step counts): "
-               f"resident memory {d['rss_after_warmup_mb']:.0f} MiB after warm-up, {d['rss_end_mb']:.0f} MiB at the end "
-               f"(**{100 * d['growth']:+.1f}%**). Cache bounds: {d['bounds']}.\n")
-    return "\n".join(out)
+    steps = "mixed step counts" if d.get("steps", "4-8") == "4-8" else f"{d['steps']} steps"
+    backend = f", {d['backend']} backend" if "backend" in d else ""
+    return (f"Command: `{d['command']}`. {d['calls']} generate() calls (mixed prompts and modes, {steps}{backend}): "
+            f"resident memory {d['rss_after_warmup_mb']:.0f} MiB after warm-up, {d['rss_end_mb']:.0f} MiB at the end "
+            f"(**{100 * d['growth']:+.1f}%**). Cache bounds: {d['bounds']}.\n")
 
 
 def section_overhead():
@@ -318,7 +320,9 @@ def main():
              "committed demo UNet. Since session 3 the adaptors are fitted with the guided loss (the uncond rows and "
              "the guided mix u + w(c - u)); sections whose adaptors were fitted with the earlier plain L2 loss say "
              "so (the CFG-5 ablation, e2e at 4 and 20 steps). Since session 4 every latency is timed with a new "
-             "prompt per call (text encoding included); sections timed before say so.\n",
+             "prompt per call (text encoding included); sections timed before say so. Since session 5 the latency "
+             "benches keep every call's time and also report paired speed-ups (the median of per-round ratios), and "
+             "the engine has an inductor backend (compiled step programs, text encoder and VAE decoder).\n",
              section_alignment(), section_guidance_sweep(), section_flops(), section_perturbation(), section_latency(),
              section_quality("quality_clockwork_shipped.json",
                              "Clockwork quality: the shipped adaptor (CFG 3, the demo's setting)",

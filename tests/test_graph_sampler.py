@@ -76,7 +76,7 @@ def test_graph_sampler_refuses_a_syncing_step_function():
     assert g.keys() == []  # nothing half-built is kept
 
 
-def test_inductor_programs_equal_the_eager_ones_and_read_every_requests_inputs(tiny_pipe):
+def test_inductor_programs_equal_the_eager_ones_and_read_every_requests_inputs(tiny_pipe, tmp_path):
     """Compiled step programs (one whole graph each, weights frozen in) give the eager
     programs' latents, and a later request's text, guidance and noise reach them through
     the buffers (nothing of the first request is baked in). Compiling takes about a minute."""
@@ -87,17 +87,31 @@ def test_inductor_programs_equal_the_eager_ones_and_read_every_requests_inputs(t
     later = {**GOOD, "seed": 3, "guidance_scale": 2.0}
     graphs_before = counters["stats"]["unique_graphs"]
     first = compiled.generate("a red circle", **GOOD)
-    assert counters["stats"]["unique_graphs"] - graphs_before == 2  # clockwork.full and clockwork.adaptor
+    # the text encoder, clockwork.full and clockwork.adaptor
+    assert counters["stats"]["unique_graphs"] - graphs_before == 3
     second = compiled.generate("a blue square", **later)
     assert (compiled.graphs.misses, compiled.graphs.hits) == (1, 1)
-    assert counters["stats"]["unique_graphs"] - graphs_before == 2  # no recompilation
+    # The first request encoded "" too (batch 2), this one a single prompt: the text encoder
+    # compiles once more, for any batch size (dynamic=None); the step programs do not.
+    assert counters["stats"]["unique_graphs"] - graphs_before == 4
+    compiled.generate("a green triangle", **{**later, "guidance_scale": 6.0, "seed": 5})
+    assert counters["stats"]["unique_graphs"] - graphs_before == 4  # no recompilation
     torch.testing.assert_close(first, eager.generate("a red circle", **GOOD), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(second, eager.generate("a blue square", **later), rtol=1e-4, atol=1e-4)
     assert (first - second).abs().max() > 1.0
+    images = compiled.generate("a red circle", **{**GOOD, "output": "pt"})  # + the VAE decoder
+    assert counters["stats"]["unique_graphs"] - graphs_before == 5
+    torch.testing.assert_close(images, eager.generate("a red circle", **{**GOOD, "output": "pt"}), rtol=0, atol=1e-4)
+    # Under the profiler: one range per step; no model range exists inside a compiled program.
+    from clockwork_engine.profile import profile
+
+    table = profile(compiled, "a red circle", str(tmp_path / "trace.json"), **GOOD)
+    assert [s["kind"] for s in table["steps"]] == compiled.schedule(5, "clockwork")
+    assert table["overhead_fraction"] is None and table["model_ms"] is None
 
 
 def test_a_failed_compile_is_a_clear_error_and_keeps_nothing(tiny_pipe, monkeypatch):
-    from clockwork_engine.sampler import graphs
+    from clockwork_engine.compile import InductorError
 
     def no_compiler(fn, **options):
         def compiled(*args):
@@ -105,9 +119,15 @@ def test_a_failed_compile_is_a_clear_error_and_keeps_nothing(tiny_pipe, monkeypa
 
         return compiled
 
-    monkeypatch.setattr(graphs.torch, "compile", no_compiler)
+    monkeypatch.setattr(torch, "compile", no_compiler)
     engine = Engine.from_pipeline(tiny_pipe, config=EngineConfig(backend="inductor"))
-    with pytest.raises(RuntimeError, match="could not compile step program 'full'.*no C.. compiler"):
+    with pytest.raises(InductorError, match="failed on the text encoder.*no C.. compiler"):
+        engine.generate("a red circle", **GOOD)
+    assert len(engine.prompts) == 0
+    # With the prompts encoded (eagerly, by another engine), the step program is next.
+    for prompt in ("", "a red circle"):
+        engine.prompts._cache[prompt] = Engine.from_pipeline(tiny_pipe).prompts.encode([prompt])[0]
+    with pytest.raises(InductorError, match="failed on the step program 'full'"):
         engine.generate("a red circle", **GOOD)
     assert engine.graphs.keys() == []
 

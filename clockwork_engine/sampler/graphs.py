@@ -12,10 +12,10 @@ Backends:
   cuda  warm-up on a side stream, capture with torch.cuda.CUDAGraph into one memory pool
         shared by all graphs, replay. Not executed here (no GPU).
   inductor  the CPU analogue of capture: each program's step function is compiled once by
-        TorchInductor (one whole graph, weights frozen in as constants, a C++ wrapper
-        instead of Python between kernels), then called per step. Compiling takes tens of
-        seconds per program (the first request of a key); after that no Python runs inside
-        a step. Needs a C++ compiler at run time. Executed and tested here. Each new key
+        TorchInductor (../compile.py: one whole graph, weights frozen in as constants, a
+        C++ wrapper instead of Python between kernels), then called per step. Compiling
+        takes tens of seconds per program (the first request of a key); after that no
+        Python runs inside a step. Needs a C++ compiler at run time. Executed and tested here. Each new key
         compiled grew the resident memory by 6-23 MB in a probe (7 keys with max_entries=1,
         so evicted programs too): serve a bounded set of shapes.
 One (full, adaptor) program set per key (batch, height, width, dtype, mode, cfg, steps),
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..cache import CacheState
+from ..compile import STEP_OPTIONS, compiled
 from .guard import NoHostSync
 from .solver import SolverTable
 
@@ -100,21 +101,9 @@ class _CudaGraphProgram(_Program):
         self.graph.replay()
 
 
-# freezing: parameters become constants (constant folding, oneDNN weight prepacking);
-# cpp_wrapper: the generated kernels are called from C++, not from Python.
-INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True}
-
-
 class _CompiledProgram(_Program):
-    def __init__(self, step_fn, bufs):
-        # Dynamo keeps compiled code on the code object of the frame it compiles: a code
-        # object of its own per program keeps programs apart (no recompile limit shared by
-        # every program of every key).
-        def program(i, x, x0_prev, features):
-            return step_fn(i, x, x0_prev, features)
-
-        program.__code__ = program.__code__.replace()
-        super().__init__(torch.compile(program, dynamic=False, fullgraph=True, options=INDUCTOR_OPTIONS), bufs)
+    def __init__(self, kind, step_fn, bufs):
+        super().__init__(compiled(step_fn, STEP_OPTIONS, f"step program {kind!r}"), bufs)
 
 
 class _Entry:
@@ -171,15 +160,9 @@ class GraphSampler:
                 bufs.step.fill_(0)  # a dry run: its results are reset before every request
                 with NoHostSync():  # fail now, not on a GPU, if a step syncs with the host
                     programs[kind].run()
-                if self.backend == "inductor":
-                    programs[kind] = _CompiledProgram(step_fns[kind], bufs)
-                    try:
-                        programs[kind].run()  # compiles; reset like the dry run
-                    except Exception as e:  # nothing is kept: the next request tries again
-                        raise RuntimeError(
-                            f"the inductor backend could not compile step program {kind!r} "
-                            f"({type(e).__name__}: {str(e)[:300]}); it needs a working C++ compiler. "
-                            "backend='cpu' runs the same programs eagerly") from e
+                if self.backend == "inductor":  # compile now; an error keeps nothing of this key
+                    programs[kind] = _CompiledProgram(kind, step_fns[kind], bufs)
+                    programs[kind].run()
         return _Entry(bufs, programs)
 
     def run(self, key: tuple, make_steps: StepFactory, kinds: list[str], table: SolverTable, noise: torch.Tensor,
