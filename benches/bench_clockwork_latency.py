@@ -1,10 +1,10 @@
 """End-to-end latency, full vs clockwork, in one run (interleaved repeats).
 
     python benches/bench_clockwork_latency.py            # demo pipeline, 8 DPM++ steps, its CFG (3)
-    python benches/bench_clockwork_latency.py --inductor # + both modes with compiled step programs
+    python benches/bench_clockwork_latency.py --inductor # + both modes on the inductor backend
     python benches/bench_clockwork_latency.py --sd15     # + SD v1.5 architecture, random weights:
                                                          #   one full step vs one adaptor step
-Writes benches/results/latency_demo.json (and latency_sd15_step.json).
+Writes benches/results/latency_demo.json (--out; and latency_sd15_step.json).
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ def demo(args):
     from clockwork_engine import Engine
     from clockwork_engine.eval.compare import fresh_prompt_calls, paired_speedup
 
-    engine = Engine.from_pretrained("demo")  # clockwork config with the committed adaptor
+    engine = Engine.from_pretrained(args.model)  # clockwork config with the directory's adaptor
     kw = dict(steps=args.steps)  # the model directory's recommended guidance (engine.config)
     variants = {
         "full": (engine, dict(mode="full", **kw)),
         "clockwork": (engine, dict(mode="clockwork", **kw)),
         "clockwork_fused_ops_off": (FusedOpsOff(engine), dict(mode="clockwork", **kw)),
     }
-    if args.inductor:  # the same engine's weights, step programs compiled (the first call compiles)
+    if args.inductor:  # the same weights; steps, text encoder and VAE compiled (by the untimed first call)
         compiled = engine.with_config(backend="inductor")
         variants.update({"full_inductor": (compiled, dict(mode="full", **kw)),
                          "clockwork_inductor": (compiled, dict(mode="clockwork", **kw))})
@@ -58,8 +58,8 @@ def demo(args):
         paired |= {"end_to_end_inductor": paired_speedup(t, "full_inductor", "clockwork_inductor"),
                    "sampling_only_inductor": paired_speedup(t, "full_inductor_sampling_only",
                                                             "clockwork_inductor_sampling_only")}
-    write("latency_demo.json", {
-        "command": "python " + " ".join(sys.argv), "steps": args.steps, "batch": 1, "cfg": True,
+    write(args.out, {
+        "command": "python " + " ".join(sys.argv), "model": args.model, "steps": args.steps, "batch": 1, "cfg": True,
         "guidance": engine.config.guidance_scale,
         "schedule": engine.schedule(args.steps, "clockwork"), "timings": t, "prompts": "fresh",
         "speedup_end_to_end": ratio("full", "clockwork"),
@@ -135,6 +135,8 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--inductor", action="store_true", help="also time both modes on the inductor backend")
+    ap.add_argument("--model", default="demo", help="a model directory with a clockwork_adaptor/ (default: demo)")
+    ap.add_argument("--out", default="latency_demo.json")
     ap.add_argument("--sd15", action="store_true")
     ap.add_argument("--sd15-only", action="store_true", help="skip the demo timings")
     ap.add_argument("--sd15-repeats", type=int, default=3)

@@ -185,6 +185,38 @@ def _inductor(d):
                      "colour+shape (eager)"], rows) + "\n")
 
 
+def section_probe_noattn0():
+    full, cw, lat = (load(n) for n in ("probe_noattn0_full.json", "probe_noattn0_clockwork.json",
+                                       "latency_noattn0_probe.json"))
+    out = ["## Probe, not shipped: the demo UNet without attention at the top level\n",
+           "The committed demo UNet has transformer blocks at its 16x16 level, which clockwork always runs (H_in, H_out). "
+           "This probe fine-tuned it without them (DownBlock2D / UpBlock2D there, as SDXL does; every other weight "
+           "taken over): `python -m clockwork_engine.demo.train_unet --vae runs/unet/final/vae --init "
+           "clockwork_engine/demo/weights --no-top-attention --out runs/unet_noattn0 --steps 2500 --lr 2e-4` (15 min "
+           "here), then fitted an adaptor: `clockwork distill --model runs/unet_noattn0/final --out "
+           "runs/adaptor_noattn0 --mode rollout --train-on clock --pooled-text --epochs 12 --captions-per-epoch 256 "
+           "--passes 8 --lr 1e-3 --guidance 3` (copied to the model's clockwork_adaptor/). Nothing of it is "
+           "committed; the students of the distillation sections come from the committed teacher. The committed "
+           "teacher scores 89.5% colour+shape on the same captions and noise (first section). The evaluate JSONs "
+           "were copied from runs/s5/ to benches/results/probe_noattn0_{full,clockwork}.json.\n"]
+    if full and cw:
+        rows = [[name, pct(d["generated"]["singles"]["colour_and_shape"]["accuracy"]),
+                 pct(d["generated"]["singles"]["all"]["accuracy"]), pct(d["generated"]["pairs"]["all"]["accuracy"]),
+                 f"{d['domain_fid']:.3f}", f"`{d['command']}`"] for name, d in (("full", full), ("clockwork", cw))]
+        out.append(table(["mode", "colour+shape", "single all", "pair all", "domain FID", "command"], rows) + "\n")
+    if lat:
+        p = lat["paired_speedup"]
+        out.append(f"Latency (`{lat['command']}`, same harness as the demo's): clockwork vs full end to end "
+                   f"**{lat['speedup_end_to_end']:.2f}x** (paired {p['end_to_end']:.2f}x), sampling only "
+                   f"{lat['speedup_sampling_only']:.2f}x (paired {p['sampling_only']:.2f}x); inductor backend end to "
+                   f"end **{lat['speedup_end_to_end_inductor']:.2f}x** (paired {p['end_to_end_inductor']:.2f}x), "
+                   f"sampling only {lat['speedup_sampling_only_inductor']:.2f}x (paired "
+                   f"{p['sampling_only_inductor']:.2f}x). Parts (eager): full step {lat['parts_ms']['full_step']:.1f} ms, "
+                   f"adaptor step {lat['parts_ms']['adaptor_step']:.1f} ms "
+                   f"(**{lat['parts_ms']['adaptor_over_full_step']:.2f}** of a full step).\n")
+    return "\n".join(out)
+
+
 def _flop_ratio() -> float:
     f = load("flops_demo.json")["full"]
     return f["adaptor_step_tflops"] / f["full_step_tflops"]
@@ -323,7 +355,7 @@ def main():
              "prompt per call (text encoding included); sections timed before say so. Since session 5 the latency "
              "benches keep every call's time and also report paired speed-ups (the median of per-round ratios), and "
              "the engine has an inductor backend (compiled step programs, text encoder and VAE decoder).\n",
-             section_alignment(), section_guidance_sweep(), section_flops(), section_perturbation(), section_latency(),
+             section_alignment(), section_guidance_sweep(), section_flops(), section_perturbation(), section_latency(), section_probe_noattn0(),
              section_quality("quality_clockwork_shipped.json",
                              "Clockwork quality: the shipped adaptor (CFG 3, the demo's setting)",
                              "`clockwork` is the shipped adaptor: rollout, guided loss, conditioned on the mean-pooled "

@@ -69,3 +69,23 @@ def test_shipped_students_load_as_presets(name, steps, mode):
         assert student.adaptor_meta["steps"] == steps
     image = student.generate("a red circle above a blue square", seed=0, output="pt")
     assert image.shape == (3, 64, 64) and torch.isfinite(image).all()
+
+
+def test_train_unet_without_top_attention_takes_over_every_other_weight(tmp_path):
+    """--no-top-attention: DownBlock2D / UpBlock2D at the highest resolution, all other weights
+    from --init (lr 0: one step changes nothing, so they must equal the demo's)."""
+    from diffusers import UNet2DConditionModel
+
+    from clockwork_engine.demo import train_unet
+
+    weights = pipeline.DEMO_DIR
+    train_unet.main(["--vae", f"{weights}/vae", "--init", weights, "--no-top-attention", "--out", str(tmp_path),
+                     "--steps", "1", "--batch", "2", "--lr", "0"])
+    new = UNet2DConditionModel.from_pretrained(str(tmp_path / "final"), subfolder="unet")
+    old = UNet2DConditionModel.from_pretrained(weights, subfolder="unet")
+    assert type(new.down_blocks[0]).__name__ == "DownBlock2D" and type(new.up_blocks[-1]).__name__ == "UpBlock2D"
+    old_weights = old.state_dict()
+    for name, value in new.state_dict().items():
+        torch.testing.assert_close(value, old_weights[name].float(), rtol=0, atol=0, msg=name)
+    dropped = [k for k in old_weights if k not in new.state_dict()]
+    assert dropped and all(k.startswith(("down_blocks.0.attentions", "up_blocks.2.attentions")) for k in dropped)
