@@ -139,11 +139,12 @@ def section_latency():
                        f"on this CPU the 16x16 level (three transformer blocks of small-tensor ops) costs more than "
                        f"its FLOP share, and text encoding + VAE decode add to both modes.\n")
         if "speedup_end_to_end_inductor" in d:
-            out.append(f"Inductor backend (the same engine with `backend=\"inductor\"`: step programs, text encoder and VAE "
-                       f"decoder compiled; `_inductor` rows, same run): "
+            out.append(f"Inductor backend (the same engine with `backend=\"inductor\"`: step programs, text "
+                       f"encoder and VAE decoder compiled; `_inductor` rows, same run): "
                        f"clockwork vs full end to end **{d['speedup_end_to_end_inductor']:.2f}x**, sampling only "
                        f"**{d['speedup_sampling_only_inductor']:.2f}x**; compiled over eager end to end: "
-                       f"full {d['inductor_over_eager_full']:.2f}x, clockwork {d['inductor_over_eager_clockwork']:.2f}x. "
+                       f"full {d['inductor_over_eager_full']:.2f}x, "
+                       f"clockwork {d['inductor_over_eager_clockwork']:.2f}x. "
                        f"The part timings above are eager.\n")
         if "fused_ops_speedup" in d:
             out.append(f"Fused C++ ops (the adaptor's GroupNorm+shift+SiLU) on vs off, clockwork mode: "
@@ -170,15 +171,18 @@ def _inductor(d):
         base = name.removesuffix("@inductor")
         acc = quality.get(base, {}).get("single_colour_and_shape")
         n = v.get("numerics_vs_eager")
-        rows.append([name, f"{v['latency_s'] * 1e3:.1f} [{v['latency_p25_s'] * 1e3:.0f}-{v['latency_p75_s'] * 1e3:.0f}]",
+        spread = f"{v['latency_p25_s'] * 1e3:.0f}-{v['latency_p75_s'] * 1e3:.0f}"
+        rows.append([name, f"{v['latency_s'] * 1e3:.1f} [{spread}]",
                      f"{v['speedup_vs_diffusers']:.2f}x / {v['paired_speedup_vs_diffusers']:.2f}x",
                      f"{v['over_eager']:.2f}x / {v['paired_over_eager']:.2f}x" if "over_eager" in v else "-",
-                     f"{n['max_abs_diff']:.1e} / {n['images_with_an_8bit_pixel_changed']} of {n['images']}" if n else "-",
+                     f"{n['max_abs_diff']:.1e} / {n['images_with_an_8bit_pixel_changed']} of {n['images']}"
+                     if n else "-",
                      pct(acc)])
     return (f"Command: `{d['command']}`; batch 1, CFG {d['guidance']} (students take it as their w), a new prompt per "
             f"call, {d['repeats']} interleaved repeats in one run; speed-up against `{d['reference']}`. "
             "`@inductor`: the same engine with `backend=\"inductor\"` (its first call, the untimed warm-up, compiles). "
-            "Speed-ups: ratio of medians / paired (median of per-round ratios). Numerics: the compiled variant's images against the eager variant's for the same captions and seeds "
+            "Speed-ups: ratio of medians / paired (median of per-round ratios). Numerics: the compiled variant's "
+            "images against the eager variant's for the same captions and seeds "
             "(largest difference in [0, 1] / images with any 8-bit pixel changed). Colour+shape is the eager "
             "variant's score from quality_distill.json (another run), not re-scored.\n\n"
             + table(["variant", "median ms [p25-p75]", "vs diffusers", "over eager", "numerics vs eager",
@@ -189,7 +193,8 @@ def section_probe_noattn0():
     full, cw, lat = (load(n) for n in ("probe_noattn0_full.json", "probe_noattn0_clockwork.json",
                                        "latency_noattn0_probe.json"))
     out = ["## Probe, not shipped: the demo UNet without attention at the top level\n",
-           "The committed demo UNet has transformer blocks at its 16x16 level, which clockwork always runs (H_in, H_out). "
+           "The committed demo UNet has transformer blocks at its 16x16 level, which clockwork always runs "
+           "(H_in, H_out). "
            "This probe fine-tuned it without them (DownBlock2D / UpBlock2D there, as SDXL does; every other weight "
            "taken over): `python -m clockwork_engine.demo.train_unet --vae runs/unet/final/vae --init "
            "clockwork_engine/demo/weights --no-top-attention --out runs/unet_noattn0 --steps 2500 --lr 2e-4` (15 min "
@@ -211,7 +216,8 @@ def section_probe_noattn0():
                    f"{lat['speedup_sampling_only']:.2f}x (paired {p['sampling_only']:.2f}x); inductor backend end to "
                    f"end **{lat['speedup_end_to_end_inductor']:.2f}x** (paired {p['end_to_end_inductor']:.2f}x), "
                    f"sampling only {lat['speedup_sampling_only_inductor']:.2f}x (paired "
-                   f"{p['sampling_only_inductor']:.2f}x). Parts (eager): full step {lat['parts_ms']['full_step']:.1f} ms, "
+                   f"{p['sampling_only_inductor']:.2f}x). Parts (eager): full step "
+                   f"{lat['parts_ms']['full_step']:.1f} ms, "
                    f"adaptor step {lat['parts_ms']['adaptor_step']:.1f} ms "
                    f"(**{lat['parts_ms']['adaptor_over_full_step']:.2f}** of a full step).\n")
     return "\n".join(out)
@@ -355,7 +361,8 @@ def main():
              "prompt per call (text encoding included); sections timed before say so. Since session 5 the latency "
              "benches keep every call's time and also report paired speed-ups (the median of per-round ratios), and "
              "the engine has an inductor backend (compiled step programs, text encoder and VAE decoder).\n",
-             section_alignment(), section_guidance_sweep(), section_flops(), section_perturbation(), section_latency(), section_probe_noattn0(),
+             section_alignment(), section_guidance_sweep(), section_flops(), section_perturbation(),
+             section_latency(), section_probe_noattn0(),
              section_quality("quality_clockwork_shipped.json",
                              "Clockwork quality: the shipped adaptor (CFG 3, the demo's setting)",
                              "`clockwork` is the shipped adaptor: rollout, guided loss, conditioned on the mean-pooled "
