@@ -85,6 +85,7 @@ def test_inductor_programs_equal_the_eager_ones_and_read_every_requests_inputs(t
     eager = Engine.from_pipeline(tiny_pipe, config="clockwork-identity")
     compiled = eager.with_config(backend="inductor")
     later = {**GOOD, "seed": 3, "guidance_scale": 2.0}
+    weights_before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
     graphs_before = counters["stats"]["unique_graphs"]
     first = compiled.generate("a red circle", **GOOD)
     # the text encoder, clockwork.full and clockwork.adaptor
@@ -99,6 +100,8 @@ def test_inductor_programs_equal_the_eager_ones_and_read_every_requests_inputs(t
     torch.testing.assert_close(first, eager.generate("a red circle", **GOOD), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(second, eager.generate("a blue square", **later), rtol=1e-4, atol=1e-4)
     assert (first - second).abs().max() > 1.0
+    # Freezing folds copies of the weights into the programs; the shared modules stay as they were.
+    assert all(torch.equal(v, weights_before[k]) for k, v in tiny_pipe.unet.state_dict().items())
     images = compiled.generate("a red circle", **{**GOOD, "output": "pt"})  # + the VAE decoder
     assert counters["stats"]["unique_graphs"] - graphs_before == 5
     torch.testing.assert_close(images, eager.generate("a red circle", **{**GOOD, "output": "pt"}), rtol=0, atol=1e-4)
