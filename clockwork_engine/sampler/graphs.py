@@ -15,9 +15,9 @@ Backends:
         TorchInductor (../compile.py: one whole graph, weights frozen in as constants, a
         C++ wrapper instead of Python between kernels), then called per step. Compiling
         takes tens of seconds per program (the first request of a key); after that no
-        Python runs inside a step. Needs a C++ compiler at run time. Executed and tested here. Each new key
-        compiled grew the resident memory by 6-23 MB in a probe (7 keys with max_entries=1,
-        so evicted programs too): serve a bounded set of shapes.
+        Python runs inside a step. Needs a C++ compiler at run time. Executed and tested
+        here. Each new key compiled grew the resident memory by 6-23 MB in a probe (7 keys
+        with max_entries=1, so evicted programs too): serve a bounded set of shapes.
 One (full, adaptor) program set per key (batch, height, width, dtype, mode, cfg, steps),
 kept in an LRU of `max_entries`.
 """
