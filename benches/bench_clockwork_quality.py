@@ -20,7 +20,6 @@ Writes benches/results/<--out>.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -44,6 +43,7 @@ def main():
     args = ap.parse_args()
 
     from clockwork_engine import Engine
+    from clockwork_engine.adaptor import read_meta
     from clockwork_engine.demo.pipeline import DEMO_DIR
     from clockwork_engine.distill.progressive import ddim_scheduler
     from clockwork_engine.engine import ADAPTOR_FOLDER
@@ -51,7 +51,7 @@ def main():
 
     def clockwork(folder, **changes):
         """The engine running the adaptor in folder, on the clock it was fitted for (its metadata)."""
-        clock = base.with_config(mode="clockwork", adaptor=folder).adaptor_meta["clock"]
+        clock = read_meta(folder)["clock"]
         steps = tuple(clock["adaptor_steps"]) if clock["adaptor_steps"] else None
         return base.with_config(**{"mode": "clockwork", "adaptor": folder, "clock_every": clock["every"],
                                    "adaptor_steps": steps, **changes})

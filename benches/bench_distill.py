@@ -18,7 +18,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import write  # noqa: E402
+from common import teacher_and_students, write  # noqa: E402
 
 
 def main():
@@ -29,26 +29,14 @@ def main():
     ap.add_argument("--out", default="quality_distill.json")
     args = ap.parse_args()
 
-    from clockwork_engine import Engine
     from clockwork_engine.demo.pipeline import load as load_pipe
-    from clockwork_engine.engine import student_presets
     from clockwork_engine.eval.baselines import DiffusersBaseline
     from clockwork_engine.eval.compare import compare
 
-    teacher = Engine.from_pretrained("demo")
+    engines = teacher_and_students(reuse=True)
+    teacher = engines["teacher_8_cfg"][0]
     guidance = teacher.config.guidance_scale if args.guidance is None else args.guidance
-    variants = {"diffusers_teacher_8_cfg": (DiffusersBaseline(load_pipe()), dict(steps=8)),
-                "teacher_8_cfg": (teacher, dict(steps=8, mode="full")),
-                "teacher_8_clockwork": (teacher, dict(steps=8, mode="clockwork"))}
-    for name in student_presets("demo"):
-        student = Engine.from_pretrained("demo", preset=name)  # clockwork if it ships an adaptor
-        n = student.config.steps
-        modes = ("full", "clockwork") if student.adaptor is not None else ("full",)
-        for mode in modes:
-            tag = f"{name}_{n}_steps" + ("+clockwork" if mode == "clockwork" else "")
-            variants[tag] = (student, dict(steps=n, mode=mode))
-            if n > 2:
-                variants[tag + "+reuse"] = (student.with_config(attention_reuse=(n - 1,)), dict(steps=n, mode=mode))
+    variants = {"diffusers_teacher_8_cfg": (DiffusersBaseline(load_pipe()), dict(steps=8)), **engines}
     result = compare(variants, args.singles, args.pairs, guidance=guidance, latency_repeats=5,
                      reference="diffusers_teacher_8_cfg")
     write(args.out, {"command": "python " + " ".join(sys.argv), **result})

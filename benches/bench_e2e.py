@@ -137,7 +137,7 @@ def main():
     pipe = load_pipe()
     base = Engine.from_pipeline(pipe, config=EngineConfig(mode="full", attention_reuse=()))
     learned = os.path.join(DEMO_DIR, ADAPTOR_FOLDER)
-    guidance = Engine.from_pretrained("demo").config.guidance_scale if args.guidance is None else args.guidance
+    guidance = Engine.default_config("demo").guidance_scale if args.guidance is None else args.guidance
     for n in args.steps:
         kw = dict(steps=n, mode="clockwork")
         variants = {

@@ -20,24 +20,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, write  # noqa: E402
-
-
-def variants():
-    """name -> (eager engine, generate kwargs); the teacher and every shipped student."""
-    from clockwork_engine import Engine
-    from clockwork_engine.engine import student_presets
-
-    teacher = Engine.from_pretrained("demo")
-    out = {"teacher_8_cfg": (teacher, dict(steps=8, mode="full")),
-           "teacher_8_clockwork": (teacher, dict(steps=8, mode="clockwork"))}
-    for name in student_presets("demo"):
-        student = Engine.from_pretrained("demo", preset=name)
-        n = student.config.steps
-        out[f"{name}_{n}_steps"] = (student, dict(steps=n, mode="full"))
-        if student.adaptor is not None:
-            out[f"{name}_{n}_steps+clockwork"] = (student, dict(steps=n, mode="clockwork"))
-    return out
+from common import machine, teacher_and_students, write  # noqa: E402
 
 
 def numerics(eager, compiled, kw, captions) -> dict:
@@ -61,7 +44,7 @@ def main():
     from clockwork_engine.eval.baselines import DiffusersBaseline
     from clockwork_engine.eval.compare import latency, paired_speedup
 
-    eager = variants()
+    eager = teacher_and_students()
     guidance = eager["teacher_8_cfg"][0].config.guidance_scale  # the demo's recommended scale
     reference = "diffusers_teacher_8_cfg"
     timed = {reference: (DiffusersBaseline(load_pipe()), dict(steps=8))}

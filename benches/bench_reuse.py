@@ -38,7 +38,7 @@ def main():
 
     n = args.steps
     base = Engine.from_pretrained("demo", config=EngineConfig(mode="full", attention_reuse=()))
-    guidance = Engine.from_pretrained("demo").config.guidance_scale if args.guidance is None else args.guidance
+    guidance = Engine.default_config("demo").guidance_scale if args.guidance is None else args.guidance
     variants = {f"full_{n}_steps": (base, dict(steps=n, mode="full"))}
     schedules = {"late_4": late(4, n), "late_8": late(8, n)}
     for k in (4, 8):

@@ -32,6 +32,27 @@ class FusedOpsOff:
             os.environ.pop("CLOCKWORK_DISABLE_EXT", None)
 
 
+def teacher_and_students(reuse: bool = False) -> dict:
+    """name -> (engine, generate kwargs): the demo teacher (full, clockwork) and every shipped
+    student at its own step count (full, and clockwork where it ships its own adaptor); reuse:
+    also attention reuse in the last step, for students with more than 2 steps."""
+    from clockwork_engine import Engine
+    from clockwork_engine.engine import student_presets
+
+    teacher = Engine.from_pretrained("demo")
+    variants = {"teacher_8_cfg": (teacher, dict(steps=8, mode="full")),
+                "teacher_8_clockwork": (teacher, dict(steps=8, mode="clockwork"))}
+    for name in student_presets("demo"):
+        student = Engine.from_pretrained("demo", preset=name)  # clockwork if it ships an adaptor
+        n = student.config.steps
+        for mode in ("full", "clockwork") if student.adaptor is not None else ("full",):
+            tag = f"{name}_{n}_steps" + ("+clockwork" if mode == "clockwork" else "")
+            variants[tag] = (student, dict(steps=n, mode=mode))
+            if reuse and n > 2:
+                variants[tag + "+reuse"] = (student.with_config(attention_reuse=(n - 1,)), dict(steps=n, mode=mode))
+    return variants
+
+
 def machine() -> dict:
     return {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
             "machine": platform.machine()}

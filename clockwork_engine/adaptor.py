@@ -155,25 +155,33 @@ def save(folder: str, adaptor: Adaptor, *, cut: int, base_fingerprint: str, sche
         json.dump(meta, f, indent=1)
 
 
-def load(folder: str) -> tuple[Adaptor, dict]:
-    """(adaptor, metadata) from an adaptor folder; AdaptorLoadError names what is wrong."""
-    from safetensors.torch import load_file
-
+def read_meta(folder: str) -> dict:
+    """The metadata of an adaptor folder (adaptor_config.json, checked), without its weights."""
     cfg_path = os.path.join(folder, "adaptor_config.json")
     weights = os.path.join(folder, "adaptor.safetensors")
     if not os.path.isfile(cfg_path) or not os.path.isfile(weights):
-        raise AdaptorLoadError(f"{folder!r} is not an adaptor folder (needs adaptor_config.json and adaptor.safetensors)")
+        raise AdaptorLoadError(f"{folder!r} is not an adaptor folder "
+                               "(needs adaptor_config.json and adaptor.safetensors)")
     try:
         with open(cfg_path) as f:
             meta = json.load(f)
-        config = AdaptorConfig(**meta["adaptor"])
+        AdaptorConfig(**meta["adaptor"])
         if not isinstance(meta["cut"], int):
             raise TypeError("cut must be an int")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise AdaptorLoadError(f"{cfg_path} is corrupt: {type(e).__name__}: {e}") from e
     if meta.get("format_version") != FORMAT_VERSION:
         raise AdaptorLoadError(f"{cfg_path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
-    adaptor = Adaptor(config)
+    return meta
+
+
+def load(folder: str) -> tuple[Adaptor, dict]:
+    """(adaptor, metadata) from an adaptor folder; AdaptorLoadError names what is wrong."""
+    from safetensors.torch import load_file
+
+    meta = read_meta(folder)
+    weights = os.path.join(folder, "adaptor.safetensors")
+    adaptor = Adaptor(AdaptorConfig(**meta["adaptor"]))
     try:
         adaptor.load_state_dict(load_file(weights))
     except Exception as e:  # safetensors header errors, missing/unexpected keys, shape mismatches
