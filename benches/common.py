@@ -59,6 +59,11 @@ def machine() -> dict:
 
 
 def write(name: str, result: dict) -> str:
+    """benches/results/<name>, with the fingerprint of the committed demo UNet it was measured on
+    (docs/make_results.py marks results of an earlier demo UNet)."""
+    from clockwork_engine.demo.pipeline import fingerprint
+
+    result = {**result, "demo_unet": fingerprint()}
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, name)
     with open(path, "w") as f:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections import defaultdict
 
 import torch
@@ -133,14 +134,30 @@ def build_parser(ap):
     return ap
 
 
+def _shipped_demo() -> tuple:
+    """(unet_config, text_tokens, text_dim, adaptor_hidden) of the committed demo model, and
+    whether its adaptor reads the pooled text: read from its unet/config.json and its
+    clockwork_adaptor/ metadata, so the count follows what ships."""
+    from diffusers import UNet2DConditionModel
+
+    from .adaptor import read_meta
+    from .demo import models
+    from .demo.pipeline import DEMO_DIR
+    from .engine import ADAPTOR_FOLDER
+
+    config = {k: v for k, v in UNet2DConditionModel.load_config(DEMO_DIR, subfolder="unet").items()
+              if not k.startswith("_")}
+    adaptor = read_meta(os.path.join(DEMO_DIR, ADAPTOR_FOLDER))["adaptor"]
+    return (config, models.TEXT_MAX_LENGTH, config["cross_attention_dim"], adaptor["hidden_channels"],
+            bool(adaptor["text_embed_dim"]))
+
+
 def run(args) -> dict:
     if args.arch == "sd15":
         result = count_arch(SD15_UNET, SD15_TEXT_TOKENS, 768, SD15_ADAPTOR_HIDDEN, args.steps, args.clock)
     else:
-        from .demo import models
-
-        result = count_arch(dict(models.UNET_CONFIG), models.TEXT_MAX_LENGTH, 384, None, args.steps, args.clock,
-                            adaptor_text=True)  # the shipped demo adaptor's shape
+        config, tokens, text_dim, hidden, adaptor_text = _shipped_demo()
+        result = count_arch(config, tokens, text_dim, hidden, args.steps, args.clock, adaptor_text=adaptor_text)
     result = {"arch": args.arch, "command": f"clockwork flops --arch {args.arch} --steps {args.steps} "
               f"--clock {args.clock}", **result}
     text = json.dumps(result, indent=1)

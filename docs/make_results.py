@@ -33,6 +33,25 @@ def pct(x):
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def _current_demo_unet() -> str:
+    import sys
+
+    sys.path.insert(0, ROOT)
+    from clockwork_engine.demo.pipeline import fingerprint
+
+    return fingerprint()
+
+
+CURRENT_DEMO_UNET = _current_demo_unet()
+
+
+def earlier_unet(name) -> bool:
+    """True if benches/results/<name> was measured on an earlier demo UNet than the committed one
+    (benches record the demo UNet's fingerprint since session 6; results without one are older)."""
+    d = load(name) if name else None
+    return bool(d) and d.get("demo_unet", d.get("unet_fingerprint")) != CURRENT_DEMO_UNET
+
+
 def missing(name):
     return f"_Not measured yet: benches/results/{name} is missing._\n"
 
@@ -135,9 +154,8 @@ def section_latency():
                        f"of a full step; per request: text encoding of a new prompt {p['text_encode_new_prompt']:.1f}, "
                        f"VAE decode {p['vae_decode']:.1f}. With no fixed cost at all these step costs allow "
                        f"2 / (1 + {p['adaptor_over_full_step']:.2f}) = **{p['ceiling_without_fixed_costs']:.2f}x** "
-                       f"at clock 2. In FLOPs an adaptor step is {_flop_ratio():.2f} of a full step (flops_demo.json): "
-                       f"on this CPU the 16x16 level (three transformer blocks of small-tensor ops) costs more than "
-                       f"its FLOP share, and text encoding + VAE decode add to both modes.\n")
+                       f"at clock 2. In FLOPs an adaptor step is {_flop_ratio():.2f} of a full step (flops_demo.json); "
+                       f"text encoding and the VAE decode add to both modes.\n")
         if "speedup_end_to_end_inductor" in d:
             out.append(f"Inductor backend (the same engine with `backend=\"inductor\"`: step programs, text "
                        f"encoder and VAE decoder compiled; `_inductor` rows, same run): "
@@ -187,40 +205,6 @@ def _inductor(d):
             "variant's score from quality_distill.json (another run), not re-scored.\n\n"
             + table(["variant", "median ms [p25-p75]", "vs diffusers", "over eager", "numerics vs eager",
                      "colour+shape (eager)"], rows) + "\n")
-
-
-def section_probe_noattn0():
-    full, cw, lat = (load(n) for n in ("probe_noattn0_full.json", "probe_noattn0_clockwork.json",
-                                       "latency_noattn0_probe.json"))
-    out = ["## Probe, not shipped: the demo UNet without attention at the top level\n",
-           "The committed demo UNet has transformer blocks at its 16x16 level, which clockwork always runs "
-           "(H_in, H_out). "
-           "This probe fine-tuned it without them (DownBlock2D / UpBlock2D there, as SDXL does; every other weight "
-           "taken over): `python -m clockwork_engine.demo.train_unet --vae runs/unet/final/vae --init "
-           "clockwork_engine/demo/weights --no-top-attention --out runs/unet_noattn0 --steps 2500 --lr 2e-4` (15 min "
-           "here), then fitted an adaptor: `clockwork distill --model runs/unet_noattn0/final --out "
-           "runs/adaptor_noattn0 --mode rollout --train-on clock --pooled-text --epochs 12 --captions-per-epoch 256 "
-           "--passes 8 --lr 1e-3 --guidance 3` (copied to the model's clockwork_adaptor/). Nothing of it is "
-           "committed; the students of the distillation sections come from the committed teacher. The committed "
-           "teacher scores 89.5% colour+shape on the same captions and noise (first section). The evaluate JSONs "
-           "were copied from runs/s5/ to benches/results/probe_noattn0_{full,clockwork}.json.\n"]
-    if full and cw:
-        rows = [[name, pct(d["generated"]["singles"]["colour_and_shape"]["accuracy"]),
-                 pct(d["generated"]["singles"]["all"]["accuracy"]), pct(d["generated"]["pairs"]["all"]["accuracy"]),
-                 f"{d['domain_fid']:.3f}", f"`{d['command']}`"] for name, d in (("full", full), ("clockwork", cw))]
-        out.append(table(["mode", "colour+shape", "single all", "pair all", "domain FID", "command"], rows) + "\n")
-    if lat:
-        p = lat["paired_speedup"]
-        out.append(f"Latency (`{lat['command']}`, same harness as the demo's): clockwork vs full end to end "
-                   f"**{lat['speedup_end_to_end']:.2f}x** (paired {p['end_to_end']:.2f}x), sampling only "
-                   f"{lat['speedup_sampling_only']:.2f}x (paired {p['sampling_only']:.2f}x); inductor backend end to "
-                   f"end **{lat['speedup_end_to_end_inductor']:.2f}x** (paired {p['end_to_end_inductor']:.2f}x), "
-                   f"sampling only {lat['speedup_sampling_only_inductor']:.2f}x (paired "
-                   f"{p['sampling_only_inductor']:.2f}x). Parts (eager): full step "
-                   f"{lat['parts_ms']['full_step']:.1f} ms, "
-                   f"adaptor step {lat['parts_ms']['adaptor_step']:.1f} ms "
-                   f"(**{lat['parts_ms']['adaptor_over_full_step']:.2f}** of a full step).\n")
-    return "\n".join(out)
 
 
 def _flop_ratio() -> float:
@@ -350,63 +334,96 @@ def _kernels(d):
 
 
 PLAIN_LOSS = "Adaptors fitted with the plain L2 loss (session 2, before the guided loss)."
+DISTILL_NOTE = ("The committed students, distilled from the committed teacher: guidance distillation 1500 steps with "
+                "w ~ U[1.5, 5], then 400 progressive steps per halving; guided-8's adaptor fitted at CFG 3 with the "
+                "shipped recipe for 12 epochs. `progressive-1` is not committed.")
+
+
+SESSION6 = ("In session 6 the demo UNet was replaced: the session 1-5 UNet had transformer blocks at 16x16 as well, "
+            "the committed one has them at 8x8 only (fine-tuned from the old one without them, see the README). "
+            "Sections measured on the current UNet come first; the results of the old UNet that were not re-run "
+            "follow under their own heading (each result records the demo UNet it ran on).")
+
+
+def sections():
+    """(the JSON that decides which UNet a section was measured on, its text); None: no demo UNet involved."""
+    return [
+        ("alignment_demo.json", section_alignment),
+        ("alignment_guidance_sweep.json", section_guidance_sweep),
+        ("flops_demo.json", section_flops),
+        ("perturbation.json", section_perturbation),
+        ("latency_demo.json", section_latency),
+        ("quality_clockwork_shipped.json", lambda: section_quality(
+            "quality_clockwork_shipped.json", "Clockwork quality: the shipped adaptor and the ablations (CFG 3)",
+            "`clockwork` is the shipped adaptor: rollout (fitted on the clockwork sampler's own trajectories, the "
+            "teacher's L gives the target), guided loss, conditioned on the mean-pooled text embedding too, 24 "
+            "epochs of 256 captions with 8 optimizer passes over each epoch's trajectories. The ablation adaptors: "
+            "the same loss, text input and passes, 12 epochs; `unrolled_training` on the teacher's trajectories, "
+            "`noised_training` on forward-noised data latents, `adaptor_without_r_out` (rollout) without r_out(t+1) "
+            "as input. `clockwork_steps_*` run the shipped adaptor on other 0-based step sets (the paper's {5..8} "
+            "and {3..6} are {4..7} and {2..5}).")),
+        ("quality_clockwork.json", lambda: section_quality(
+            "quality_clockwork.json", "Clockwork ablations on the demo pipeline (CFG 3, the session-3 recipe)",
+            "`clockwork` is the session-3 adaptor. Every adaptor: 12 epochs of 256 captions, guided "
+            "loss; `unrolled` on the teacher's trajectories, `rollout` on the clockwork sampler's own "
+            "(the teacher's L gives the target), `noised` on forward-noised data latents. The step "
+            "sets are 0-based (the paper's {5..8} and {3..6} are {4..7} and {2..5}).")),
+        ("quality_clockwork_gl.json", lambda: section_quality(
+            "quality_clockwork_gl.json", "Adaptor loss: guided mix vs plain L2 (CFG 3)",
+            "Same recipe and trajectories, only the loss differs: `clockwork` guided, "
+            "`clockwork_plain_loss` the session-2 adaptor.")),
+        ("quality_clockwork_rollout.json", lambda: section_quality(
+            "quality_clockwork_rollout.json", "Adaptor training data: rollout vs unrolled (CFG 3)",
+            "Both with the guided loss; `clockwork` is fitted on rollouts (on its clock's steps), "
+            "`clockwork_unrolled` on the teacher's trajectories (every step).")),
+        ("quality_clockwork_wide.json", lambda: section_quality(
+            "quality_clockwork_wide.json", "Adaptor width: 192 vs 96 hidden channels (CFG 3)",
+            "`clockwork` is 192 channels wide (1.79M parameters, rollout, guided loss), "
+            "`clockwork_hidden_96` the session-3 one (0.56M); `adaptor_without_r_out` here is the "
+            "session-2 plain-loss one.")),
+        ("quality_clockwork_ddim.json", lambda: section_quality(
+            "quality_clockwork_ddim.json", "Clockwork ablation: DDIM instead of DPM++ (8 steps)")),
+        ("quality_clockwork_4.json", lambda: section_quality(
+            "quality_clockwork_4.json", "Clockwork ablation: 4 steps, unrolled vs noised training",
+            "Both adaptors: guided loss, 12 epochs of 256 captions, 8 optimizer passes per epoch's trajectories "
+            "(or forward-noised latents).")),
+        ("quality_clockwork_g5.json", lambda: section_quality(
+            "quality_clockwork_g5.json", "Clockwork quality at CFG 5 (over-guided for this model)",
+            PLAIN_LOSS + " Adaptor refitted at CFG 5. Ran when CFG 5 was the bench's default "
+            "(now the model's recommended 3): add `--guidance 5` to repeat it.")),
+        ("quality_reuse.json", lambda: section_quality(
+            "quality_reuse.json", "Attention-map reuse vs fewer steps (demo, 20 steps)",
+            "At CFG 5 (`--guidance 5`); the greedy schedules were calibrated at CFG 5.")),
+        ("quality_distill.json", lambda: section_quality(
+            "quality_distill.json", "Guidance and progressive distillation (demo, CFG 3)", DISTILL_NOTE)),
+        ("progressive2_rounds.json", section_progressive_rounds),
+        ("inductor.json", section_inductor),
+        ("quality_distill_g3.json", lambda: section_quality(
+            "quality_distill_g3.json", "Session-2 students at CFG 3 (for comparison)",
+            "The session-2 students (guidance distillation 600 steps at w ~ U[2, 8]) at CFG 3.")),
+        ("e2e_8.json", section_e2e),
+        ("overhead_demo.json", section_overhead),
+        ("soak_demo.json", section_soak),
+        (None, section_kernels),
+    ]
 
 
 def main():
-    parts = ["# Results\n", "Generated by `python docs/make_results.py` from benches/results/*.json. All timings are "
-             "CPU timings on this project's 2-core machine; nothing here ran on a GPU. Everything was measured on the "
-             "committed demo UNet. Since session 3 the adaptors are fitted with the guided loss (the uncond rows and "
-             "the guided mix u + w(c - u)); sections whose adaptors were fitted with the earlier plain L2 loss say "
-             "so (the CFG-5 ablation, e2e at 4 and 20 steps). Since session 4 every latency is timed with a new "
-             "prompt per call (text encoding included); sections timed before say so. Since session 5 the latency "
-             "benches keep every call's time and also report paired speed-ups (the median of per-round ratios), and "
-             "the engine has an inductor backend (compiled step programs, text encoder and VAE decoder).\n",
-             section_alignment(), section_guidance_sweep(), section_flops(), section_perturbation(),
-             section_latency(), section_probe_noattn0(),
-             section_quality("quality_clockwork_shipped.json",
-                             "Clockwork quality: the shipped adaptor (CFG 3, the demo's setting)",
-                             "`clockwork` is the shipped adaptor: rollout, guided loss, conditioned on the mean-pooled "
-                             "text embedding too, 24 epochs of 256 captions with 8 optimizer passes over each epoch's "
-                             "trajectories. `clockwork_text_12ep`: the same for 12 epochs; `clockwork_12ep`: 12 "
-                             "epochs, 8 passes, no text input; `clockwork_session3`: the session-3 adaptor (12 epochs, "
-                             "one pass, no text input, runs/adaptor_rollout: the committed folder held it when this "
-                             "ran), the `clockwork` of the ablation table below. `adaptor_without_r_out` here is the "
-                             "session-2 plain-loss one (runs/adaptor_no_rout)."),
-             section_quality("quality_clockwork.json",
-                             "Clockwork ablations on the demo pipeline (CFG 3, the session-3 recipe)",
-                             "`clockwork` is the session-3 adaptor. Every adaptor: 12 epochs of 256 captions, guided "
-                             "loss; `unrolled` on the teacher's trajectories, `rollout` on the clockwork sampler's own "
-                             "(the teacher's L gives the target), `noised` on forward-noised data latents. The step "
-                             "sets are 0-based (the paper's {5..8} and {3..6} are {4..7} and {2..5})."),
-             section_quality("quality_clockwork_gl.json", "Adaptor loss: guided mix vs plain L2 (CFG 3)",
-                             "Same recipe and trajectories, only the loss differs: `clockwork` guided, "
-                             "`clockwork_plain_loss` the session-2 adaptor."),
-             section_quality("quality_clockwork_rollout.json", "Adaptor training data: rollout vs unrolled (CFG 3)",
-                             "Both with the guided loss; `clockwork` is fitted on rollouts (on its clock's steps), "
-                             "`clockwork_unrolled` on the teacher's trajectories (every step)."),
-             section_quality("quality_clockwork_wide.json", "Adaptor width: 192 vs 96 hidden channels (CFG 3)",
-                             "`clockwork` is 192 channels wide (1.79M parameters, rollout, guided loss), "
-                             "`clockwork_hidden_96` the session-3 one (0.56M); `adaptor_without_r_out` here is the "
-                             "session-2 plain-loss one."),
-             section_quality("quality_clockwork_ddim.json", "Clockwork ablation: DDIM instead of DPM++ (8 steps)"),
-             section_quality("quality_clockwork_4.json", "Clockwork ablation: 4 steps, unrolled vs noised training",
-                             "Both adaptors: guided loss, every step > 0, 12 epochs of 256 captions, 8 optimizer "
-                             "passes per epoch's trajectories (or forward-noised latents)."),
-             section_quality("quality_clockwork_g5.json", "Clockwork quality at CFG 5 (over-guided for this model)",
-                             PLAIN_LOSS + " Adaptor refitted at CFG 5. Ran when CFG 5 was the bench's default "
-                             "(now the model's recommended 3): add `--guidance 5` to repeat it."),
-             section_quality("quality_reuse.json", "Attention-map reuse vs fewer steps (demo, 20 steps)",
-                             "Ran at CFG 5, the bench's guidance before session 4 (now the model's recommended 3; "
-                             "add `--guidance 5` to repeat it); the greedy schedules were calibrated at CFG 5."),
-             section_quality("quality_distill.json", "Guidance and progressive distillation (demo, CFG 3)",
-                             "The committed students: guidance distillation 1500 steps with w ~ U[1.5, 5] "
-                             "(600 of them at U[2, 8]), then 400 progressive steps per halving; their adaptors "
-                             "fitted at CFG 3 (guided-8's with the session-3 recipe). `progressive-1` is not committed "
-                             "and no longer measured here (session 3: 35.0% colour+shape)."),
-             section_progressive_rounds(), section_inductor(),
-             section_quality("quality_distill_g3.json", "Session-2 students at CFG 3 (for comparison)",
-                             "The session-2 students (guidance distillation 600 steps at w ~ U[2, 8]) at CFG 3."),
-             section_e2e(), section_overhead(), section_soak(), section_kernels()]
+    intro = ("# Results\n\nGenerated by `python docs/make_results.py` from benches/results/*.json. All timings are "
+             "CPU timings on this project's 2-core machine; nothing here ran on a GPU. Since session 3 the adaptors "
+             "are fitted with the guided loss (the uncond rows and the guided mix u + w(c - u)); sections whose "
+             "adaptors were fitted with the earlier plain L2 loss say so. Since session 4 every latency is timed with "
+             "a new prompt per call (text encoding included); sections timed before say so. Since session 5 the "
+             "latency benches keep every call's time and also report paired speed-ups (the median of per-round "
+             "ratios), and the engine has an inductor backend (compiled step programs, text encoder and VAE "
+             "decoder). " + SESSION6 + "\n")
+    current = [text() for name, text in sections() if not earlier_unet(name)]
+    earlier = [text() for name, text in sections() if earlier_unet(name)]
+    parts = [intro, *current]
+    if earlier:
+        parts += ["# Measured on the session 1-5 demo UNet (not re-run)\n",
+                  "These results are of the earlier demo UNet (transformer blocks at 16x16 too) and its adaptors "
+                  "and students; they are kept as the record of how the recipes were chosen.\n", *earlier]
     with open(os.path.join(ROOT, "docs", "results.md"), "w") as f:
         f.write("\n".join(parts))
     print("wrote docs/results.md")

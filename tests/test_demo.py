@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from clockwork_engine import Engine
-from clockwork_engine.demo import pipeline, shapes
+from clockwork_engine.demo import models, pipeline, shapes
 from clockwork_engine.eval import alignment
 from clockwork_engine.eval import classifier as C
 from clockwork_engine.eval.metrics import psnr
@@ -71,21 +71,43 @@ def test_shipped_students_load_as_presets(name, steps, mode):
     assert image.shape == (3, 64, 64) and torch.isfinite(image).all()
 
 
-def test_train_unet_without_top_attention_takes_over_every_other_weight(tmp_path):
-    """--no-top-attention: DownBlock2D / UpBlock2D at the highest resolution, all other weights
-    from --init (lr 0: one step changes nothing, so they must equal the demo's)."""
+def test_committed_unet_has_no_transformer_blocks_at_the_top_level():
+    """The shipped UNet is built from models.UNET_CONFIG: cross-attention at 8x8 only."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(pipeline.DEMO_DIR, subfolder="unet")
+    assert [type(b).__name__ for b in unet.down_blocks] == list(models.UNET_CONFIG["down_block_types"])
+    assert [type(b).__name__ for b in unet.up_blocks] == list(models.UNET_CONFIG["up_block_types"])
+    assert not hasattr(unet.down_blocks[0], "attentions") and not hasattr(unet.up_blocks[-1], "attentions")
+
+
+def test_train_unet_init_drops_the_top_level_transformer_blocks(tmp_path):
+    """--init from a session 1-5 UNet (transformer blocks at 16x16): every weight of the new UNet
+    is taken over (lr 0: one step changes nothing), only those blocks' weights are dropped."""
     from diffusers import UNet2DConditionModel
 
     from clockwork_engine.demo import train_unet
 
-    weights = pipeline.DEMO_DIR
-    train_unet.main(["--vae", f"{weights}/vae", "--init", weights, "--no-top-attention", "--out", str(tmp_path),
+    torch.manual_seed(0)
+    old = models.build_unet(**models.TOP_ATTENTION)
+    init = tmp_path / "init"
+    old.save_pretrained(str(init / "unet"))
+    train_unet.main(["--vae", f"{pipeline.DEMO_DIR}/vae", "--init", str(init), "--out", str(tmp_path / "run"),
                      "--steps", "1", "--batch", "2", "--lr", "0"])
-    new = UNet2DConditionModel.from_pretrained(str(tmp_path / "final"), subfolder="unet")
-    old = UNet2DConditionModel.from_pretrained(weights, subfolder="unet")
+    new = UNet2DConditionModel.from_pretrained(str(tmp_path / "run" / "final"), subfolder="unet")
     assert type(new.down_blocks[0]).__name__ == "DownBlock2D" and type(new.up_blocks[-1]).__name__ == "UpBlock2D"
     old_weights = old.state_dict()
     for name, value in new.state_dict().items():
-        torch.testing.assert_close(value, old_weights[name].float(), rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(value, old_weights[name], rtol=0, atol=0, msg=name)
     dropped = [k for k in old_weights if k not in new.state_dict()]
     assert dropped and all(k.startswith(("down_blocks.0.attentions", "up_blocks.2.attentions")) for k in dropped)
+
+
+def test_train_unet_init_lacking_weights_is_a_clear_error(tmp_path):
+    """--top-attention from the committed UNet (which has no 16x16 transformer blocks): an error
+    naming the missing weights, before any training."""
+    from clockwork_engine.demo import train_unet
+
+    with pytest.raises(ValueError, match="lacks weights the new UNet needs.*down_blocks.0.attentions"):
+        train_unet.main(["--vae", f"{pipeline.DEMO_DIR}/vae", "--init", pipeline.DEMO_DIR, "--top-attention",
+                         "--out", str(tmp_path), "--steps", "1", "--batch", "2"])

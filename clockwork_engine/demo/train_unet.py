@@ -51,9 +51,8 @@ def main(argv=None):
     ap.add_argument("--init", default=None,
                     help="start from this pipeline directory's unet (e.g. clockwork_engine/demo/weights) "
                          "instead of random weights; a checkpoint in --out still takes precedence")
-    ap.add_argument("--no-top-attention", action="store_true",
-                    help="no transformer blocks at the highest resolution (DownBlock2D / UpBlock2D there, as "
-                         "SDXL does); with --init every other weight is taken over")
+    ap.add_argument("--top-attention", action="store_true",
+                    help="the session 1-5 architecture: transformer blocks at 16x16 too (models.TOP_ATTENTION)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=500)
     args = ap.parse_args(argv)
@@ -68,22 +67,19 @@ def main(argv=None):
     embeds = encode_captions(tokenizer, text_encoder, [s.caption for s in scenes] + [""])
     uncond = len(scenes)
 
-    overrides = {}
-    if args.no_top_attention:
-        c = models.UNET_CONFIG
-        overrides = dict(down_block_types=("DownBlock2D", *c["down_block_types"][1:]),
-                         up_block_types=(*c["up_block_types"][:-1], "UpBlock2D"))
+    unet = models.build_unet(**(models.TOP_ATTENTION if args.top_attention else {}))
     if args.init:
         from diffusers import UNet2DConditionModel
 
-        unet = UNet2DConditionModel.from_pretrained(args.init, subfolder="unet").train()
-        if overrides:  # the same modules but the top level's transformer blocks
-            init, unet = unet, models.build_unet(**overrides).train()
-            missing, _ = unet.load_state_dict(init.state_dict(), strict=False)
-            if missing:
-                raise ValueError(f"--init {args.init} lacks weights the new UNet needs: {missing[:5]}")
-    else:
-        unet = models.build_unet(**overrides)
+        # Every weight comes from --init; weights the built UNet has no place for are dropped
+        # (e.g. the 16x16 transformer blocks of a session 1-5 UNet), missing ones are an error.
+        init = UNet2DConditionModel.from_pretrained(args.init, subfolder="unet").state_dict()
+        missing, dropped = unet.load_state_dict(init, strict=False)
+        if missing:
+            raise ValueError(f"--init {args.init} lacks weights the new UNet needs: {missing[:5]}")
+        if dropped:
+            print(f"--init {args.init}: {len(dropped)} weights dropped (not in the new UNet), e.g. {dropped[0]}")
+    unet.train()
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=1e-2)
     step, losses = load_checkpoint(args.out, unet, opt)

@@ -74,6 +74,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from .. import Engine
+    from ..adaptor import model_fingerprint
 
     engine = Engine.from_pretrained(args.model, config=Engine.default_config(args.model).with_(mode=args.mode))
     model = C.load()
@@ -86,7 +87,7 @@ def main(argv=None):
     singles, pairs, gen_feats = score_images(model, scenes, generated)
     result = {
         "command": "python -m clockwork_engine.eval.evaluate " + " ".join(argv or __import__("sys").argv[1:]),
-        "model": args.model, "mode": args.mode, "steps": args.steps, "guidance": args.guidance,
+        "model": args.model, "unet_fingerprint": model_fingerprint(engine.unet), "mode": args.mode, "steps": args.steps, "guidance": args.guidance,
         "unique_captions": len({s.caption for s in scenes}), "images": len(scenes),
         "generated": {"singles": singles, "pairs": pairs},
         "classifier_on_real_renders": {"singles": ref_singles, "pairs": ref_pairs},
