@@ -220,6 +220,13 @@ class Engine:
         if self.config.attention_reuse is None:
             return kinds
         actions = attention.reuse_actions(steps, self.config.attention_reuse)
+        for i, action in enumerate(actions):
+            # An adaptor step runs no layer of L, so the maps of L's attention layers a reuse run
+            # needs come from the last full step before it: that step computes (stores) them too.
+            if action == "compute" and kinds[i] == "clockwork.adaptor":
+                full = [j for j in range(i) if kinds[j] == "clockwork.full"]
+                if full and actions[full[-1]] == "off":
+                    actions[full[-1]] = "compute"
         return [k if a == "off" else f"{k}+{a}" for k, a in zip(kinds, actions)]
 
     def _step_fn(self, kind: str, table, bufs, cfg_on: bool):

@@ -156,8 +156,11 @@ def run(args) -> dict:
     if args.arch == "sd15":
         result = count_arch(SD15_UNET, SD15_TEXT_TOKENS, 768, SD15_ADAPTOR_HIDDEN, args.steps, args.clock)
     else:
+        from .demo.pipeline import fingerprint
+
         config, tokens, text_dim, hidden, adaptor_text = _shipped_demo()
         result = count_arch(config, tokens, text_dim, hidden, args.steps, args.clock, adaptor_text=adaptor_text)
+        result["demo_unet"] = fingerprint()  # the committed UNet whose config was counted
     result = {"arch": args.arch, "command": f"clockwork flops --arch {args.arch} --steps {args.steps} "
               f"--clock {args.clock}", **result}
     text = json.dumps(result, indent=1)

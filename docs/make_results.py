@@ -101,7 +101,9 @@ def _sweep(d):
     rows = [[r["setting"], pct(r["single"]["colour_and_shape"]), pct(r["single"]["colour"]), pct(r["single"]["shape"]),
              pct(r["single"]["position"]), pct(r["single"]["size"]), pct(r["pairs_all"]), f"{r['domain_fid']:.2f}"]
             for r in d["runs"]]
-    out = [f"{d['what']}. Commands: " + "; ".join(f"`{r['command']}`" for r in d["runs"]) + "\n",
+    commands = f"Command: `{d['command']}`" if "command" in d else "Commands: " + "; ".join(
+        f"`{r['command']}`" for r in d["runs"])
+    out = [f"{d['what']}. {commands}\n",
            table(["setting", "colour+shape", "colour", "shape", "position", "size", "pairs: all", "domain FID"], rows)]
     return "\n".join(out) + "\n"
 
@@ -263,8 +265,10 @@ def _perturbation(d):
     out.append(f"Command: `{d['command']}`. Noise of {d['relative_noise']:.0%} of each layer output's std added at "
                f"one resolution level, every step, {d['prompts']} prompts; change of the final image vs the clean run. "
                f"Plot: benches/results/perturbation.png.\n")
-    rows = [[k, f"{v['mse']:.5f}", f"{v['psnr_db']:.2f}", v["layers"]] for k, v in d["demo_image_change_by_level"].items()]
-    out.append(table(["demo level", "image MSE", "PSNR to clean (dB)", "layers perturbed"], rows))
+    rows = [[k, f"{v['mse']:.5f}", f"{v['median_image_mse']:.6f}" if "median_image_mse" in v else "-",
+             f"{v['psnr_db']:.2f}", v["layers"]] for k, v in d["demo_image_change_by_level"].items()]
+    out.append(table(["demo level", "image MSE, mean", "median over images", "PSNR to clean (dB, mean)",
+                      "layers perturbed"], rows))
     out.append("\nSD v1.5 GFLOPs per level (batch 1, paper convention): " + ", ".join(
         f"{k}: {v:.1f}" for k, v in d["sd15_gflops_by_level"].items()) + "\n")
     return "\n".join(out)
@@ -358,9 +362,9 @@ def sections():
             "`clockwork` is the shipped adaptor: rollout (fitted on the clockwork sampler's own trajectories, the "
             "teacher's L gives the target), guided loss, conditioned on the mean-pooled text embedding too, 24 "
             "epochs of 256 captions with 8 optimizer passes over each epoch's trajectories. The ablation adaptors: "
-            "the same loss, text input and passes, 12 epochs; `unrolled_training` on the teacher's trajectories, "
-            "`noised_training` on forward-noised data latents, `adaptor_without_r_out` (rollout) without r_out(t+1) "
-            "as input. `clockwork_steps_*` run the shipped adaptor on other 0-based step sets (the paper's {5..8} "
+            "the same loss, text input and passes, 12 epochs, on the clock's steps; `clockwork_unrolled_training` on "
+            "the teacher's trajectories, `clockwork_noised_training` on forward-noised data latents, "
+            "`adaptor_without_r_out` (rollout) without r_out(t+1) as input. `clockwork_steps_*` run the shipped adaptor on other 0-based step sets (the paper's {5..8} "
             "and {3..6} are {4..7} and {2..5}).")),
         ("quality_clockwork.json", lambda: section_quality(
             "quality_clockwork.json", "Clockwork ablations on the demo pipeline (CFG 3, the session-3 recipe)",
@@ -382,18 +386,22 @@ def sections():
             "`clockwork_hidden_96` the session-3 one (0.56M); `adaptor_without_r_out` here is the "
             "session-2 plain-loss one.")),
         ("quality_clockwork_ddim.json", lambda: section_quality(
-            "quality_clockwork_ddim.json", "Clockwork ablation: DDIM instead of DPM++ (8 steps)")),
+            "quality_clockwork_ddim.json", "Clockwork ablation: DDIM instead of DPM++ (8 steps)",
+            "The adaptor: fitted on DDIM rollouts, otherwise the ablation recipe (guided loss, pooled text, 8 passes, "
+            "12 epochs, on the clock's steps).")),
         ("quality_clockwork_4.json", lambda: section_quality(
             "quality_clockwork_4.json", "Clockwork ablation: 4 steps, unrolled vs noised training",
-            "Both adaptors: guided loss, 12 epochs of 256 captions, 8 optimizer passes per epoch's trajectories "
-            "(or forward-noised latents).")),
+            "Both adaptors: guided loss, pooled text, on the clock's steps, 12 epochs of 256 captions, 8 optimizer "
+            "passes over each epoch's teacher trajectories (`clockwork`, unrolled) or forward-noised data latents "
+            "(`clockwork_noised_training`).")),
         ("quality_clockwork_g5.json", lambda: section_quality(
             "quality_clockwork_g5.json", "Clockwork quality at CFG 5 (over-guided for this model)",
             PLAIN_LOSS + " Adaptor refitted at CFG 5. Ran when CFG 5 was the bench's default "
             "(now the model's recommended 3): add `--guidance 5` to repeat it.")),
         ("quality_reuse.json", lambda: section_quality(
             "quality_reuse.json", "Attention-map reuse vs fewer steps (demo, 20 steps)",
-            "At CFG 5 (`--guidance 5`); the greedy schedules were calibrated at CFG 5.")),
+            "At CFG 5 (`--guidance 5`); the greedy schedule (reuse_greedy_k4.json, `clockwork search-reuse`) was "
+            "searched at CFG 5 on the session 1-5 UNet.")),
         ("quality_distill.json", lambda: section_quality(
             "quality_distill.json", "Guidance and progressive distillation (demo, CFG 3)", DISTILL_NOTE)),
         ("progressive2_rounds.json", section_progressive_rounds),
