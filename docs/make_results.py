@@ -340,8 +340,11 @@ def _kernels(d):
 PLAIN_LOSS = "Adaptors fitted with the plain L2 loss (session 2, before the guided loss)."
 DISTILL_NOTE = ("The committed students, distilled from the committed teacher in session 6: guidance distillation "
                 "1500 steps with w ~ U[1.5, 5], then 400 progressive steps per halving (1000 steps for 8 -> 4 gave "
-                "79.0% against 78.0%, not shipped); guided-8's adaptor fitted at w = 3 with the shipped recipe for 12 "
-                "epochs. `progressive-1` is not committed.")
+                "79.0% against 78.0%, not shipped); guided-8's adaptor fitted at w = 3 with the session-3 recipe "
+                "(unrolled, every step, one pass, 12 epochs: 89% colour+shape, FID 0.607, in an evaluate run on "
+                "the same captions; the teacher's recipe for 12 epochs gave 84%, FID 0.434). `progressive-1` is not "
+                "committed. `+reuse`: attention maps reused at the last step; with clockwork that is an adaptor "
+                "step, which on this UNet runs no attention layer, so the images equal those without reuse.")
 
 
 SESSION6 = ("In session 6 the demo UNet was replaced: the session 1-5 UNet had transformer blocks at 16x16 as well, "

@@ -87,7 +87,8 @@ def main(argv=None):
     singles, pairs, gen_feats = score_images(model, scenes, generated)
     result = {
         "command": "python -m clockwork_engine.eval.evaluate " + " ".join(argv or __import__("sys").argv[1:]),
-        "model": args.model, "unet_fingerprint": model_fingerprint(engine.unet), "mode": args.mode, "steps": args.steps, "guidance": args.guidance,
+        "model": args.model, "unet_fingerprint": model_fingerprint(engine.unet), "mode": args.mode,
+        "steps": args.steps, "guidance": args.guidance,
         "unique_captions": len({s.caption for s in scenes}), "images": len(scenes),
         "generated": {"singles": singles, "pairs": pairs},
         "classifier_on_real_renders": {"singles": ref_singles, "pairs": ref_pairs},
