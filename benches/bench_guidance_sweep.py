@@ -10,10 +10,8 @@ Every setting scores the same held-out captions with the same noise
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import write  # noqa: E402
@@ -30,16 +28,12 @@ def main():
     from clockwork_engine.eval import evaluate
 
     runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for steps, guidance in SETTINGS:
-            argv = ["--singles", str(args.singles), "--pairs", str(args.pairs), "--steps", str(steps),
-                    "--mode", "full", "--guidance", f"{guidance:g}", "--json", os.path.join(tmp, "run.json")]
-            evaluate.main(argv)
-            with open(os.path.join(tmp, "run.json")) as f:
-                d = json.load(f)
-            single = {k: v["accuracy"] for k, v in d["generated"]["singles"].items()}
-            runs.append({"setting": f"{steps} steps, CFG {guidance:g}", "command": d["command"], "single": single,
-                         "pairs_all": d["generated"]["pairs"]["all"]["accuracy"], "domain_fid": d["domain_fid"]})
+    for steps, guidance in SETTINGS:
+        d = evaluate.main(["--singles", str(args.singles), "--pairs", str(args.pairs), "--steps", str(steps),
+                           "--mode", "full", "--guidance", f"{guidance:g}"])
+        single = {k: v["accuracy"] for k, v in d["generated"]["singles"].items()}
+        runs.append({"setting": f"{steps} steps, CFG {guidance:g}", "command": d["command"], "single": single,
+                     "pairs_all": d["generated"]["pairs"]["all"]["accuracy"], "domain_fid": d["domain_fid"]})
     write("alignment_guidance_sweep.json", {
         "command": "python benches/bench_guidance_sweep.py " + " ".join(sys.argv[1:]),
         "what": f"the committed demo UNet (full mode, DPM++), {args.singles} held-out single + {args.pairs} pair "

@@ -65,24 +65,23 @@ def main():
 
     from clockwork_engine import Engine
     from clockwork_engine.demo import shapes
+    from clockwork_engine.eval.evaluate import generate_all
     from clockwork_engine.eval.metrics import psnr
 
     engine = Engine.from_pretrained("demo", config="full")
-    prompts = [s.caption for s in shapes.split_scenes("eval")[: args.prompts]]
+    scenes = shapes.split_scenes("eval")[: args.prompts]
 
-    def generate(prompts):  # in batches the engine accepts, each with its own seed
-        size = engine.config.max_batch_size
-        return torch.cat([engine.generate(prompts[i:i + size], seed=i, output="pt")
-                          for i in range(0, len(prompts), size)])
+    def generate(scenes):  # in batches of 16 (the engine's limit), batch k with seed k
+        return generate_all(engine, scenes, guidance=engine.config.guidance_scale)
 
-    clean = generate(prompts)
+    clean = generate(scenes)
     rows = {}
     for level, modules in level_modules(engine.unet).items():
         gen = torch.Generator().manual_seed(1)
         handles = [m.register_forward_hook(perturb_hook(args.relative, gen)) for m in modules]
         try:
             engine.graphs.clear()  # rebuild the step programs so their dry run happens with the hooks too
-            noisy = generate(prompts)
+            noisy = generate(scenes)
         finally:
             for h in handles:
                 h.remove()
@@ -106,7 +105,7 @@ def main():
     a1.legend()
     a1.set_title(f"demo: image change from {args.relative:.0%} feature noise")
     a1.set_xlabel("UNet resolution level (latent 16x16)")
-    a1.set_ylabel(f"MSE of the final image ({len(prompts)} prompts)")
+    a1.set_ylabel(f"MSE of the final image ({len(scenes)} prompts)")
     a2.bar(list(sd_flops), list(sd_flops.values()), color="tab:blue")
     a2.set_title("SD v1.5 UNet: GFLOPs per resolution level")
     a2.set_xlabel("resolution level (latent 64x64)")
@@ -114,7 +113,7 @@ def main():
     fig.tight_layout()
     fig.savefig(os.path.join(RESULTS, "perturbation.png"), dpi=110)
     write("perturbation.json", {"command": "python " + " ".join(sys.argv), "relative_noise": args.relative,
-                                "prompts": len(prompts), "demo_image_change_by_level": rows,
+                                "prompts": len(scenes), "demo_image_change_by_level": rows,
                                 "sd15_gflops_by_level": sd_flops})
 
 

@@ -429,8 +429,9 @@ def main():
              "latency benches keep every call's time and also report paired speed-ups (the median of per-round "
              "ratios), and the engine has an inductor backend (compiled step programs, text encoder and VAE "
              "decoder). " + SESSION6 + "\n")
-    current = [text() for name, text in sections() if not earlier_unet(name)]
-    earlier = [text() for name, text in sections() if earlier_unet(name)]
+    current, earlier = [], []
+    for name, text in sections():
+        (earlier if earlier_unet(name) else current).append(text())
     parts = [intro, *current]
     if earlier:
         parts += ["# Measured on the session 1-5 demo UNet (not re-run)\n",
