@@ -11,7 +11,7 @@ def _generate(args) -> int:
 
     from . import Engine, reuse_search
 
-    config = Engine.default_config(args.model)
+    config = Engine.default_config(args.model, args.preset)
     if args.mode:
         config = config.with_(mode=args.mode)
     steps = config.steps if args.steps is None else args.steps
@@ -19,7 +19,7 @@ def _generate(args) -> int:
         spec = args.reuse_schedule
         reuse = reuse_search.late(int(spec[5:]), steps) if spec.startswith("late:") else reuse_search.load(spec)
         config = config.with_(attention_reuse=reuse)
-    engine = Engine.from_pretrained(args.model, config=config)
+    engine = Engine.from_pretrained(args.model, config=config, preset=args.preset)
     bar = tqdm(total=steps, desc="sampling", unit="step", disable=args.quiet)
     image = engine.generate(args.prompt, steps=steps, guidance_scale=args.guidance, seed=args.seed,
                             height=args.height, width=args.width,
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-o", "--output", default="out.png", help="output image path (default: out.png)")
     gen.add_argument("--model", default="demo",
                      help="'demo' (the embedded demo model) or a local diffusers Stable Diffusion directory")
+    gen.add_argument("--preset", default=None,
+                     help="a distilled student shipped with the model (for the demo: guided-8, progressive-4, "
+                          "progressive-2), run at its own settings")
     gen.add_argument("--steps", type=int, default=None,
                      help="number of sampler steps (default: the model's, 8 unless its clockwork_engine.json says so)")
     gen.add_argument("--guidance", type=float, default=None,

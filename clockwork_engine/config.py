@@ -13,6 +13,9 @@ MODES = ("full", "clockwork")
 class EngineConfig:
     mode: str = "full"
     steps: int = 8
+    # A custom timestep grid for `steps` == len(timesteps) (a distilled student's own grid;
+    # DPM-Solver++ only); other step counts use the scheduler's spacing.
+    timesteps: tuple[int, ...] | None = None
     guidance_scale: float = 5.0  # <= 1 disables classifier-free guidance (one model call)
     height: int | None = None  # None: the UNet's sample size times the VAE factor
     width: int | None = None
@@ -37,7 +40,8 @@ class EngineConfig:
     max_size_factor: int = 4  # largest height/width = this x the default size
 
     def __post_init__(self):
-        for name in ("adaptor_steps", "attention_reuse"):  # JSON settings give lists: keep the config hashable
+        # JSON settings give lists: keep the config hashable
+        for name in ("adaptor_steps", "attention_reuse", "timesteps"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.mode not in MODES:
@@ -50,6 +54,11 @@ class EngineConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not isinstance(self.prompt_cache_size, int) or self.prompt_cache_size < 0:
             raise ValueError(f"prompt_cache_size must be an int >= 0, got {self.prompt_cache_size!r}")
+        if self.timesteps is not None:
+            ts = self.timesteps
+            if not ts or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in ts) or \
+                    any(a <= b for a, b in zip(ts, ts[1:], strict=False)):
+                raise ValueError(f"timesteps must be a decreasing sequence of ints >= 0, got {ts!r}")
         self.clock()  # validates clock_every / adaptor_steps
         if self.attention_reuse is not None:
             if any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in self.attention_reuse):

@@ -72,6 +72,8 @@ class Engine:
         self._tables: dict[int, sampler.SolverTable] = {}
         self._lock = _model_lock(self.unet)
         sampler.build_table(copy.deepcopy(scheduler), 1)  # fail now on an unsupported scheduler
+        if self.config.timesteps:  # ... or a grid it cannot take
+            sampler.build_table(copy.deepcopy(scheduler), len(self.config.timesteps), self.config.timesteps)
         # A guidance-distilled UNet embeds the guidance scale (time_cond_proj_dim) instead of CFG.
         self.guidance_dim = unet.config.time_cond_proj_dim or 0
         self.graphs = sampler.GraphSampler(self.config.backend, self.config.max_graphs)
@@ -207,7 +209,8 @@ class Engine:
         if steps not in self._tables:
             if len(self._tables) >= 32:  # a bounded cache: drop the oldest step count
                 self._tables.pop(next(iter(self._tables)))
-            self._tables[steps] = sampler.build_table(self.scheduler, steps).to(self.device)
+            grid = self.config.timesteps if self.config.timesteps and len(self.config.timesteps) == steps else None
+            self._tables[steps] = sampler.build_table(self.scheduler, steps, grid).to(self.device)
         return self._tables[steps]
 
     def schedule(self, steps: int, mode: str) -> list[str]:

@@ -11,7 +11,8 @@ def test_help_explains_every_option(capsys):
         cli.main(["generate", "--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--output", "--steps", "--seed", "--guidance", "--mode", "--height", "--width", "--model"):
+    for option in ("--output", "--steps", "--seed", "--guidance", "--mode", "--height", "--width", "--model",
+                   "--preset"):
         assert option in text
     assert "classifier-free guidance" in text
 
@@ -32,3 +33,12 @@ def test_bad_input_is_a_clean_error(tiny_dir, tmp_path, capsys):
     assert "steps must be in [1, 1000]" in capsys.readouterr().err
     assert cli.main(["generate", "x", "--model", "/missing/dir"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_generate_runs_a_shipped_student(tmp_path, capsys):
+    """--preset picks a demo student and its settings (progressive-2: 2 steps on its own grid)."""
+    out = tmp_path / "p2.png"
+    assert cli.main(["generate", "a red circle above a blue square", "-o", str(out), "--preset", "progressive-2"]) == 0
+    assert Image.open(out).size == (64, 64)
+    assert cli.main(["generate", "x", "--preset", "nope"]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err

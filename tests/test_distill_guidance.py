@@ -46,10 +46,46 @@ def test_guidance_distillation_writes_a_one_call_model(guided_dir):
         engine.generate("a red circle", negative_prompt="blue", steps=2)
 
 
-def test_progressive_distillation(guided_dir, tmp_path):
+def test_progressive_distillation_on_teacher_trajectories(guided_dir, tmp_path):
+    """The student's grid is every other timestep of the teacher's sampler; a second round
+    halves that grid again (its teacher samples on the first student's own grid)."""
+    import json
+
+    teacher = Engine.from_pretrained(str(guided_dir / "final"), config="full")
+    teacher_grid = teacher._table(4).timesteps.tolist()
+    out = tmp_path / "prog"
+    args = ["--steps", "2", "--batch", "4", "--trajectories", "6"]
+    assert cli.main(["distill-progressive", "--model", str(guided_dir / "final"), "--out", str(out),
+                     "--student-steps", "2", *args]) == 0
+    assert json.loads((out / "final" / "clockwork_engine.json").read_text()) == {
+        "guidance_scale": teacher.config.guidance_scale, "steps": 2, "timesteps": teacher_grid[::2]}
+    engine = Engine.from_pretrained(str(out / "final"))
+    assert engine.config.steps == 2 and engine._table(2).timesteps.tolist() == teacher_grid[::2]
+    assert torch.isfinite(engine.generate("a red circle", seed=0, output="latent")).all()
+    assert cli.main(["distill-progressive", "--model", str(out / "final"), "--out", str(tmp_path / "prog1"),
+                     "--student-steps", "1", *args]) == 0
+    one = Engine.from_pretrained(str(tmp_path / "prog1" / "final"))
+    assert one._table(1).timesteps.tolist() == teacher_grid[:1]
+
+
+def test_teacher_trajectories_are_the_engines_sampler(guided_dir):
+    """The recorded states are those the engine's own sampler visits (same noise, same w)."""
+    from clockwork_engine.distill.progressive import teacher_trajectories
+
+    teacher = Engine.from_pretrained(str(guided_dir / "final"), config="full")
+    states, captions, w = teacher_trajectories(teacher, 3, 2, 4.0, 4.0, seed=0, chunk=1)
+    assert states.shape == (2, 4, 4, 8, 8) and torch.all(w == 4.0)
+    for c in range(2):
+        seen = []
+        teacher.generate(captions[c], steps=3, guidance_scale=4.0, seed=c, output="latent",
+                         callback=lambda i, n, x: seen.append(x.clone()))
+        torch.testing.assert_close(torch.cat(seen), states[c, 1:], atol=1e-4, rtol=0)
+
+
+def test_progressive_distillation_meng_noised_data(guided_dir, tmp_path):
     out = tmp_path / "prog"
     assert cli.main(["distill-progressive", "--model", str(guided_dir / "final"), "--out", str(out),
-                     "--student-steps", "2", "--steps", "2", "--batch", "4"]) == 0
+                     "--student-steps", "2", "--steps", "2", "--batch", "4", "--data", "noised"]) == 0
     engine = Engine.from_pretrained(str(out / "final"), config="full")
     assert type(engine.scheduler).__name__ == "DDIMScheduler"
     assert engine._table(2).timesteps.tolist() == [999, 499]

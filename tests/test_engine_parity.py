@@ -56,3 +56,32 @@ def test_negative_prompt_matches_diffusers(tiny_pipe):
                                                    height=16, width=16, negative_prompt="a blue circle",
                                                    output="latent")
     torch.testing.assert_close(got[None], ref, atol=1e-4, rtol=0)
+
+
+def test_custom_timestep_grid_matches_diffusers():
+    """A student's own grid (EngineConfig.timesteps, from its clockwork_engine.json) is what
+    diffusers runs with pipe(..., timesteps=grid); other step counts keep the scheduler's spacing."""
+    from clockwork_engine.distill.progressive import grid_scheduler
+
+    pipe = make_tiny_pipeline(seed=1, scheduler=grid_scheduler(models.SCHEDULER_CONFIG))
+    grid = (889, 667, 445, 223)
+    ref = diffusers_latents(pipe, "a green triangle", None, 4.0, seed=5, timesteps=list(grid))
+    engine = Engine.from_pipeline(pipe, config="full").with_config(timesteps=grid)
+    got = engine.generate("a green triangle", steps=4, guidance_scale=4.0, seed=5, height=16, width=16,
+                          output="latent")
+    torch.testing.assert_close(got[None], ref, atol=1e-4, rtol=0)
+    assert engine._table(4).timesteps.tolist() == list(grid)
+    assert engine._table(3).timesteps.tolist() != list(grid[:3])  # the scheduler's own 3-step spacing
+
+
+@pytest.mark.parametrize("grid, match", [((500, 600), "decreasing"), ((1200, 10), "go past"), ((), "decreasing")])
+def test_bad_timestep_grid_is_a_clear_error(tiny_pipe, grid, match):
+    with pytest.raises(ValueError, match=match):
+        Engine.from_pipeline(tiny_pipe).with_config(timesteps=grid)
+
+
+def test_ddim_takes_no_custom_grid():
+    pipe = make_tiny_pipeline(seed=1, scheduler=DDIMScheduler(clip_sample=False, **{
+        k: v for k, v in models.SCHEDULER_CONFIG.items() if k not in ("algorithm_type", "solver_order")}))
+    with pytest.raises(ValueError, match="DDIMScheduler does not take a custom timestep grid"):
+        Engine.from_pipeline(pipe).with_config(timesteps=(800, 400))

@@ -60,9 +60,10 @@ def finish(args, d: dist.Dist, engine, student, scheduler, losses: list[float], 
         plot_losses(losses, os.path.join(args.out, "loss.png"), title)
         final = os.path.join(args.out, "final")
         save_pipeline(engine, student.eval(), scheduler, final, args.model)
-        if settings:  # the engine's defaults for this model (clockwork_engine.json)
-            with open(os.path.join(final, "clockwork_engine.json"), "w") as f:
-                json.dump(settings, f, indent=1)
+        # the engine's defaults for this model (clockwork_engine.json): the teacher's guidance scale
+        settings = {"guidance_scale": engine.config.guidance_scale, **(settings or {})}
+        with open(os.path.join(final, "clockwork_engine.json"), "w") as f:
+            json.dump(settings, f, indent=1)
         print(f"saved {final}")
     dist.barrier(d)
     dist.cleanup(d)

@@ -109,12 +109,20 @@ def _ddim_table(scheduler, n: int):
     return rows
 
 
-def build_table(scheduler, num_steps: int) -> SolverTable:
-    """Set the scheduler to num_steps and turn it into a SolverTable (host, float64 math)."""
+def build_table(scheduler, num_steps: int, timesteps: list[int] | None = None) -> SolverTable:
+    """Set the scheduler to num_steps (or to the given timesteps, DPM-Solver++ only: it takes a
+    custom grid, DDIM does not) and turn it into a SolverTable (host, float64 math)."""
     name = type(scheduler).__name__
     if name not in SUPPORTED:
         raise ValueError(f"scheduler {name} is not supported by the engine; supported: {', '.join(SUPPORTED)}")
-    scheduler.set_timesteps(num_steps, device="cpu")
+    if timesteps is None:
+        scheduler.set_timesteps(num_steps, device="cpu")
+    elif max(timesteps) >= scheduler.config.num_train_timesteps:
+        raise ValueError(f"timesteps {list(timesteps)} go past the scheduler's {scheduler.config.num_train_timesteps}")
+    elif name == "DPMSolverMultistepScheduler":
+        scheduler.set_timesteps(device="cpu", timesteps=list(timesteps))
+    else:
+        raise ValueError(f"{name} does not take a custom timestep grid")
     n = len(scheduler.timesteps)
     rows = _dpmsolver_table(scheduler, n) if name == "DPMSolverMultistepScheduler" else _ddim_table(scheduler, n)
     cols = torch.tensor(rows, dtype=torch.float64).T.float()
