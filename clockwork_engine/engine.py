@@ -71,9 +71,8 @@ class Engine:
         self.default_size = (sample_size if isinstance(sample_size, int) else sample_size[0]) * self.vae_factor
         self._tables: dict[int, sampler.SolverTable] = {}
         self._lock = _model_lock(self.unet)
-        sampler.build_table(copy.deepcopy(scheduler), 1)  # fail now on an unsupported scheduler
-        if self.config.timesteps:  # ... or a grid it cannot take
-            sampler.build_table(copy.deepcopy(scheduler), len(self.config.timesteps), self.config.timesteps)
+        grid = self.config.timesteps  # fail now on an unsupported scheduler, or a grid it cannot take
+        sampler.build_table(copy.deepcopy(scheduler), len(grid) if grid else 1, grid)
         # A guidance-distilled UNet embeds the guidance scale (time_cond_proj_dim) instead of CFG.
         self.guidance_dim = unet.config.time_cond_proj_dim or 0
         self.graphs = sampler.GraphSampler(self.config.backend, self.config.max_graphs)

@@ -41,13 +41,18 @@ from ..sampler.steps import guidance_embedding, solver_update
 from . import student_loop
 from .guidance import demo_batch
 
+# What a student's scheduler takes over from its teacher's: the noise schedule and prediction type.
+NOISE_SCHEDULE = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type", "trained_betas")
+
+
+def _taken_over(config, keys=NOISE_SCHEDULE) -> dict:
+    return {k: v for k, v in dict(config).items() if k in keys}
+
 
 def ddim_scheduler(config):
     from diffusers import DDIMScheduler
 
-    keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type", "trained_betas")
-    return DDIMScheduler(**{k: v for k, v in dict(config).items() if k in keep}, timestep_spacing="trailing",
-                         clip_sample=False, set_alpha_to_one=True)
+    return DDIMScheduler(**_taken_over(config), timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True)
 
 
 def grid_scheduler(config):
@@ -55,10 +60,8 @@ def grid_scheduler(config):
     on the custom timestep grid the engine takes from the student's clockwork_engine.json."""
     from diffusers import DPMSolverMultistepScheduler
 
-    keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type", "trained_betas",
-            "timestep_spacing", "steps_offset")
-    return DPMSolverMultistepScheduler(**{k: v for k, v in dict(config).items() if k in keep}, solver_order=1,
-                                       algorithm_type="dpmsolver++", final_sigmas_type="zero")
+    return DPMSolverMultistepScheduler(**_taken_over(config, NOISE_SCHEDULE + ("timestep_spacing", "steps_offset")),
+                                       solver_order=1, algorithm_type="dpmsolver++", final_sigmas_type="zero")
 
 
 def build_parser(ap=None):
@@ -86,6 +89,16 @@ def _alpha_sigma(ac: torch.Tensor, t: torch.Tensor):
     """VP alpha, sigma of timesteps t (t < 0 is the clean end: alpha 1, sigma 0)."""
     a = torch.where(t >= 0, ac[t.clamp(min=0)], torch.ones_like(t, dtype=ac.dtype))
     return a.sqrt()[:, None, None, None], (1 - a).sqrt()[:, None, None, None]
+
+
+def _meng_loss(x0_student, x_t, x_next, t_coeffs, next_coeffs):
+    """(max(SNR_t, 1)-weighted batch loss, per-example x0 MSE): the student's x0 against the x0
+    whose single DDIM step from x_t lands on x_next; coeffs are (alpha, sigma) [B, 1, 1, 1]."""
+    (a_t, s_t), (a_n, s_n) = t_coeffs, next_coeffs
+    ratio = s_n / s_t
+    target_x0 = (x_next - ratio * x_t) / (a_n - ratio * a_t)
+    per_example = (x0_student - target_x0).pow(2).mean(dim=(1, 2, 3))
+    return (per_example * torch.clamp(a_t**2 / s_t**2, min=1.0).view(-1)).mean(), per_example
 
 
 def main(argv=None):
@@ -135,13 +148,10 @@ def _trajectory_loss(args, engine, d):
         j = torch.from_numpy(rng.integers(0, len(captions), args.batch))
         i = torch.randint(0, n, (args.batch,), generator=gen)
         x_t, x_next = states[j, 2 * i], states[j, 2 * i + 2]  # [B, C, h, w]: two teacher steps apart
-        (a_t, s_t), (a_n, s_n) = _alpha_sigma(ac, grid[i]), _alpha_sigma(ac, grid[i + 1])
-        ratio = s_n / s_t
-        target_x0 = (x_next - ratio * x_t) / (a_n - ratio * a_t)
+        a_t, s_t = _alpha_sigma(ac, grid[i])
         text = engine.prompts.encode([captions[k] for k in j.tolist()])
         eps = model(x_t, grid[i], text, timestep_cond=guidance_embedding(ws[j], dim)).sample
-        per_example = ((x_t - s_t * eps) / a_t - target_x0).pow(2).mean(dim=(1, 2, 3))
-        return (per_example * torch.clamp(a_t**2 / s_t**2, min=1.0).view(-1)).mean(), per_example
+        return _meng_loss((x_t - s_t * eps) / a_t, x_t, x_next, (a_t, s_t), _alpha_sigma(ac, grid[i + 1]))
 
     return loss_fn, grid_scheduler(engine.scheduler.config), {"steps": n, "timesteps": teacher_t[::2]}
 
@@ -168,11 +178,8 @@ def _noised_loss(args, engine):
             for (a, s), (a2, s2), tt in (((a_t, s_t), (a_m, s_m), t), ((a_m, s_m), (a_n, s_n), t_mid)):
                 eps = teacher(x, tt, cond, timestep_cond=w_emb).sample
                 x = a2 * (x - s * eps) / a + s2 * eps
-            ratio = s_n / s_t
-            target_x0 = (x - ratio * x_t) / (a_n - ratio * a_t)
         x0_student = (x_t - s_t * model(x_t, t, cond, timestep_cond=w_emb).sample) / a_t
-        per_example = (x0_student - target_x0).pow(2).mean(dim=(1, 2, 3))
-        return (per_example * torch.clamp(a_t**2 / s_t**2, min=1.0).view(-1)).mean(), per_example
+        return _meng_loss(x0_student, x_t, x, (a_t, s_t), (a_n, s_n))
 
     return loss_fn, ddim_scheduler(engine.scheduler.config), {"steps": n}
 
