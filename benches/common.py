@@ -35,7 +35,9 @@ class FusedOpsOff:
 def teacher_and_students(reuse: bool = False) -> dict:
     """name -> (engine, generate kwargs): the demo teacher (full, clockwork) and every shipped
     student at its own step count (full, and clockwork where it ships its own adaptor); reuse:
-    also attention reuse in the last step, for students with more than 2 steps."""
+    also attention reuse in the last step, for students with more than 2 steps. Students with at
+    most 4 steps also run with the demo's tiny decoder (+tiny_decoder), where the VAE decoder is
+    a large share of their cost."""
     from clockwork_engine import Engine
     from clockwork_engine.engine import student_presets
 
@@ -48,6 +50,8 @@ def teacher_and_students(reuse: bool = False) -> dict:
         for mode in ("full", "clockwork") if student.adaptor is not None else ("full",):
             tag = f"{name}_{n}_steps" + ("+clockwork" if mode == "clockwork" else "")
             variants[tag] = (student, dict(steps=n, mode=mode))
+            if mode == "full" and n <= 4 and student.decoder_dir is not None:
+                variants[tag + "+tiny_decoder"] = (student.with_config(decoder="tiny"), dict(steps=n, mode=mode))
             if reuse and n > 2:
                 variants[tag + "+reuse"] = (student.with_config(attention_reuse=(n - 1,)), dict(steps=n, mode=mode))
     return variants

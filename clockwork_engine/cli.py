@@ -14,6 +14,8 @@ def _generate(args) -> int:
     config = Engine.default_config(args.model, args.preset)
     if args.mode:
         config = config.with_(mode=args.mode)
+    if args.decoder:
+        config = config.with_(decoder=args.decoder)
     steps = config.steps if args.steps is None else args.steps
     if args.reuse_schedule:
         spec = args.reuse_schedule
@@ -58,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="full (the unmodified model) or clockwork (default: clockwork when the model has an adaptor)")
     gen.add_argument("--reuse-schedule", default=None,
                      help="attention-map reuse: a schedule JSON (from search-reuse) or 'late:K' (the last K steps)")
+    gen.add_argument("--decoder", default=None, choices=("vae", "tiny"),
+                     help="vae (the model's VAE decoder) or tiny (its distilled tiny decoder, "
+                          "tiny_decoder/; cheaper, close to the VAE's image) (default: vae)")
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary line")
     gen.set_defaults(run=_generate)
 
@@ -68,11 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     distill_adaptor.build_parser(distill)
     distill.set_defaults(run=lambda args: distill_adaptor.run(args) and 0)
 
+    from .distill import decoder as distill_decoder
     from .distill import guidance as distill_guidance
     from .distill import progressive as distill_progressive
 
     for name, module, text in (("distill-guidance", distill_guidance, "stage 1: a w-conditioned student (no CFG batch)"),
-                               ("distill-progressive", distill_progressive, "stage 2: halve the student's steps")):
+                               ("distill-progressive", distill_progressive, "stage 2: halve the student's steps"),
+                               ("distill-decoder", distill_decoder, "a tiny decoder in place of the VAE decoder")):
         p = sub.add_parser(name, help=text, description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.build_parser(p)

@@ -31,6 +31,9 @@ class EngineConfig:
     attention_reuse: tuple[int, ...] | None = None
     reuse_layers: str = "all"
     max_attention_bytes: int = 512 * 2**20
+    # Image decoder: "vae" (the model's), "tiny" (the model directory's tiny_decoder/: a
+    # distilled stand-in, about 1/6 of the demo VAE decoder's FLOPs) or a tiny decoder folder.
+    decoder: str = "vae"
     # step programs: "auto" = "cuda" graphs when a GPU is there, else "cpu" (eager);
     # "inductor": compiled by TorchInductor (CPU; tens of seconds per new request shape)
     backend: str = "auto"
@@ -46,6 +49,8 @@ class EngineConfig:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; modes: {', '.join(MODES)}")
+        if not isinstance(self.decoder, str) or not self.decoder:
+            raise ValueError(f"decoder must be 'vae', 'tiny' or a tiny decoder folder, got {self.decoder!r}")
         if self.backend not in ("auto", "cpu", "cuda", "inductor"):
             raise ValueError(f"backend must be 'auto', 'cpu', 'cuda' or 'inductor', got {self.backend!r}")
         for name in ("steps", "max_batch_size", "max_size_factor", "cut", "max_graphs"):

@@ -100,6 +100,10 @@ def _rounds(d):
     return "\n".join(out) + "\n"
 
 
+def section_tiny_decoder():
+    return render("tiny_decoder.json", "The tiny decoder: what it costs in alignment", _rounds)
+
+
 def section_guidance_sweep():
     return render("alignment_guidance_sweep.json", "Demo model: prompt alignment vs guidance scale and steps", _sweep)
 
@@ -233,13 +237,18 @@ def _quality(d):
                f"and speed-up against `{d['reference']}` (latency: median "
                f"of interleaved repeats of one image in the same run; {_prompt_note(d)}).\n")
     rows = []
+    flops = all("gflops_per_image" in v for v in d["variants"].values())
     for k, v in d["variants"].items():
         rows.append([k, pct(v["single_colour_and_shape"]), pct(v["single_all"]), pct(v["pair_all"]),
                      f"{v['domain_fid']:.3f}", f"{v['psnr_to_reference']:.2f}", f"{v['ssim_to_reference']:.4f}",
                      _latency_ms(v),
                      f"{v['latency_ratio']:.2f}x" if "latency_ratio" in v else "-"])
+        if flops:
+            rows[-1].append(f"{v['gflops_per_image']:.2f} ({v['flop_ratio']:.2f}x)")
     header = ["variant", "single: colour+shape", "single: all attributes", "pairs: all", "domain FID",
               f"PSNR to {d['reference']} (dB)", "SSIM", "latency ms, median [p25-p75]", "speed-up"]
+    if flops:
+        header.append("GFLOPs per image (ratio)")
     out.append(table(header, rows) + "\n")
     if "map_bytes_per_image" in d:
         mb = {k: f"{v / 2**20:.1f} MiB" for k, v in d["map_bytes_per_image"].items()}
@@ -352,7 +361,11 @@ DISTILL_NOTE = ("The committed students, distilled from the committed teacher: g
                 "every other timestep of its teacher's grid; the rounds, Meng et al.'s noised data and the "
                 "clockwork adaptors fitted for them (not shipped: 85% and 62%) are in the next table. `+reuse`: "
                 "attention maps reused at the last step; with clockwork that is an adaptor step, which on this UNet "
-                "runs no attention layer, so the images equal those without reuse.")
+                "runs no attention layer, so the images equal those without reuse. `+tiny_decoder` (session 8): the "
+                "demo's tiny decoder (`EngineConfig(decoder=\"tiny\")`, 0.09 GFLOPs against the VAE decoder's 0.51) "
+                "in place of the VAE decoder. GFLOPs per image: torch.utils.flop_counter over one generate() of a new "
+                "prompt (text encoding, every model evaluation, the decoder; stock diffusers also encodes the empty "
+                "negative prompt every call).")
 
 
 SESSION6 = ("In session 6 the demo UNet was replaced: the session 1-5 UNet had transformer blocks at 16x16 as well, "
@@ -418,6 +431,7 @@ def sections():
             "quality_distill.json", "Guidance and progressive distillation (demo, CFG 3)", DISTILL_NOTE)),
         ("progressive_rounds.json", section_progressive_data),
         ("progressive2_rounds.json", section_progressive_rounds),
+        ("tiny_decoder.json", section_tiny_decoder),
         ("inductor.json", section_inductor),
         ("quality_distill_g3.json", lambda: section_quality(
             "quality_distill_g3.json", "Session-2 students at CFG 3 (for comparison)",

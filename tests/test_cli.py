@@ -12,7 +12,7 @@ def test_help_explains_every_option(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     for option in ("--output", "--steps", "--seed", "--guidance", "--mode", "--height", "--width", "--model",
-                   "--preset"):
+                   "--preset", "--decoder"):
         assert option in text
     assert "classifier-free guidance" in text
 
@@ -42,3 +42,12 @@ def test_generate_runs_a_shipped_student(tmp_path, capsys):
     assert Image.open(out).size == (64, 64)
     assert cli.main(["generate", "x", "--preset", "nope"]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
+
+
+def test_generate_with_the_tiny_decoder(tiny_dir, tmp_path, capsys):
+    """--decoder tiny: the demo's tiny decoder (found for a student too); a model without one is a clean error."""
+    out = tmp_path / "tiny.png"
+    assert cli.main(["generate", "a red circle", "-o", str(out), "--preset", "progressive-2", "--decoder", "tiny"]) == 0
+    assert Image.open(out).size == (64, 64)
+    assert cli.main(["generate", "a red circle", "-o", str(out), "--model", str(tiny_dir), "--decoder", "tiny"]) == 2
+    assert "decoder 'tiny' needs a tiny decoder" in capsys.readouterr().err

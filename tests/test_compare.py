@@ -38,3 +38,26 @@ def test_paired_speedup_pairs_each_round_and_survives_slow_phases():
     ticks = iter(range(100))
     timed = compare.interleaved({"a": lambda: next(ticks), "b": lambda: next(ticks)}, repeats=3, warmup=0)
     assert [len(t["times_s"]) for t in timed.values()] == [3, 3]
+
+
+def test_gflops_per_image_counts_every_model_call_of_a_new_prompt(tiny_dir):
+    """Linear in the step count; what does not grow with it is one text encoding of the new
+    prompt (the "" embedding of CFG stays cached) and one decode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from clockwork_engine import Engine
+
+    engine = Engine.from_pretrained(str(tiny_dir), config="full")
+    kw = {"guidance_scale": 3.0, "mode": "full"}
+    engine.prompts.encode([""])
+    two, three, four = (compare.gflops_per_image(engine, {**kw, "steps": n}, f"a prompt for {n} steps")
+                        for n in (2, 3, 4))
+    per_step = three - two
+    assert per_step > 0 and abs((four - three) - per_step) < 1e-9
+    ids = engine.prompts.tokenizer(["x"], padding="max_length", max_length=engine.prompts.max_length,
+                                   return_tensors="pt").input_ids
+    with FlopCounterMode(display=False) as fixed, torch.no_grad():
+        engine.text_encoder(ids)
+        engine.vae.decode(torch.randn(1, 4, 8, 8))
+    assert abs((two - 2 * per_step) - fixed.get_total_flops() / 1e9) < 1e-9

@@ -68,6 +68,34 @@ def test_progressive_distillation_on_teacher_trajectories(guided_dir, tmp_path):
     assert one._table(1).timesteps.tolist() == teacher_grid[:1]
 
 
+def test_one_student_step_for_several_teacher_steps_and_init(guided_dir, tmp_path, capsys):
+    """--teacher-steps 4 --student-steps 1: the student's timestep is the teacher's first, its
+    target the teacher's sample; --init starts it from another student's UNet."""
+    import json
+
+    from diffusers import UNet2DConditionModel
+
+    teacher = Engine.from_pretrained(str(guided_dir / "final"), config="full")
+    teacher_grid = teacher._table(4).timesteps.tolist()
+    first = tmp_path / "first"
+    args = ["--model", str(guided_dir / "final"), "--student-steps", "1", "--teacher-steps", "4",
+            "--steps", "1", "--batch", "4", "--trajectories", "4"]
+    assert cli.main(["distill-progressive", "--out", str(first), *args]) == 0
+    assert json.loads((first / "final" / "clockwork_engine.json").read_text())["timesteps"] == teacher_grid[:1]
+    init_unet = UNet2DConditionModel.from_pretrained(first / "final", subfolder="unet")
+    second = tmp_path / "second"
+    assert cli.main(["distill-progressive", "--out", str(second), "--init", str(first / "final"), *args,
+                     "--lr", "0"]) == 0  # no update: the student is still its init
+    student = UNet2DConditionModel.from_pretrained(second / "final", subfolder="unet")
+    for (name, a), b in zip(init_unet.state_dict().items(), student.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert cli.main(["distill-progressive", "--out", str(tmp_path / "bad"), *args[:4], "--teacher-steps", "3",
+                     "--student-steps", "2"]) == 2
+    assert "multiple of --student-steps" in capsys.readouterr().err
+    assert cli.main(["distill-progressive", "--out", str(tmp_path / "bad"), *args, "--data", "noised"]) == 2
+    assert "needs --data trajectories" in capsys.readouterr().err
+
+
 def test_teacher_trajectories_are_the_engines_sampler(guided_dir):
     """The recorded states are those the engine's own sampler visits (same noise, same w)."""
     from clockwork_engine.distill.progressive import teacher_trajectories

@@ -23,6 +23,11 @@ of (x_t, x_t''), --data:
           which on the demo is the weaker one: guided-8 scores 84% colour+shape with it
           against 92% with its own DPM-Solver++ (docs/results.md, progressive rounds).
 
+--teacher-steps M (trajectories only) lets one student step match M/N teacher steps, e.g.
+8 -> 1 straight from guided-8 (the target of a one-step student is then the teacher's
+sample itself); --init starts the student from another directory's UNet (e.g. the N = 2
+student) instead of the teacher's.
+
 Resumable (trajectories are re-recorded from the seed on resume), seeded, torchrun-ready
 (each rank records its own trajectories); writes a full pipeline directory with the
 student's scheduler and its clockwork_engine.json (guidance scale, steps, grid).
@@ -70,7 +75,13 @@ def build_parser(ap=None):
     ap.add_argument("--model", required=True, help="the teacher: a guidance-distilled pipeline directory")
     ap.add_argument("--out", required=True)
     ap.add_argument("--student-steps", type=int, required=True,
-                    help="N: the student does in N what the teacher does in 2N")
+                    help="N: the student does in N steps what the teacher does in 2N (or --teacher-steps)")
+    ap.add_argument("--teacher-steps", type=int, default=None,
+                    help="M, a multiple of N (default 2N): one student step does what M/N teacher steps do "
+                         "(--data trajectories; e.g. 8 -> 1 straight from guided-8)")
+    ap.add_argument("--init", default=None,
+                    help="start the student from this pipeline directory's UNet (default: the teacher's), "
+                         "e.g. an earlier student of the same architecture")
     ap.add_argument("--steps", type=int, default=1000, help="optimizer steps")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-5)
@@ -136,24 +147,25 @@ def teacher_trajectories(engine, steps: int, count: int, g_min: float, g_max: fl
 
 def _trajectory_loss(args, engine, d):
     """(loss_fn, the student's scheduler, its settings) for --data trajectories."""
-    n = args.student_steps
-    teacher_t = engine._table(2 * n).timesteps.tolist()
-    states, captions, ws = teacher_trajectories(engine, 2 * n, args.trajectories, args.g_min, args.g_max,
+    n, m = args.student_steps, args.teacher_steps
+    k = m // n  # teacher steps per student step
+    teacher_t = engine._table(m).timesteps.tolist()
+    states, captions, ws = teacher_trajectories(engine, m, args.trajectories, args.g_min, args.g_max,
                                                 seed=(args.seed * 97 + d.rank) * 1_000_003)  # apart per rank
     ac = engine.scheduler.alphas_cumprod.float()
-    grid = torch.tensor(teacher_t[::2] + [-1])  # the student's N timesteps, then the clean end
+    grid = torch.tensor(teacher_t[::k] + [-1])  # the student's N timesteps, then the clean end
     dim = engine.guidance_dim
 
     def loss_fn(model, rng, gen):
         j = torch.from_numpy(rng.integers(0, len(captions), args.batch))
         i = torch.randint(0, n, (args.batch,), generator=gen)
-        x_t, x_next = states[j, 2 * i], states[j, 2 * i + 2]  # [B, C, h, w]: two teacher steps apart
+        x_t, x_next = states[j, k * i], states[j, k * i + k]  # [B, C, h, w]: k teacher steps apart
         a_t, s_t = _alpha_sigma(ac, grid[i])
-        text = engine.prompts.encode([captions[k] for k in j.tolist()])
+        text = engine.prompts.encode([captions[c] for c in j.tolist()])
         eps = model(x_t, grid[i], text, timestep_cond=guidance_embedding(ws[j], dim)).sample
         return _meng_loss((x_t - s_t * eps) / a_t, x_t, x_next, (a_t, s_t), _alpha_sigma(ac, grid[i + 1]))
 
-    return loss_fn, grid_scheduler(engine.scheduler.config), {"steps": n, "timesteps": teacher_t[::2]}
+    return loss_fn, grid_scheduler(engine.scheduler.config), {"steps": n, "timesteps": teacher_t[::k]}
 
 
 def _noised_loss(args, engine):
@@ -184,6 +196,22 @@ def _noised_loss(args, engine):
     return loss_fn, ddim_scheduler(engine.scheduler.config), {"steps": n}
 
 
+def _init_unet(folder: str, teacher_unet):
+    """The UNet of another pipeline directory, which must have the teacher's architecture."""
+    from diffusers import UNet2DConditionModel
+
+    from ..loading import resolve
+
+    unet = UNet2DConditionModel.from_pretrained(resolve(folder), subfolder="unet")
+
+    def public(config):  # without _name_or_path and the like
+        return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+    if public(unet.config) != public(teacher_unet.config):
+        raise ValueError(f"--init {folder}: its UNet's config differs from the teacher's")
+    return unet.to(teacher_unet.dtype)
+
+
 def run(args):
     import copy
 
@@ -191,14 +219,23 @@ def run(args):
     if not engine.guidance_dim:
         raise ValueError(f"{args.model} is not guidance-distilled (no time_cond_proj_dim); run distill-guidance first")
     n = args.student_steps
+    args.teacher_steps = args.teacher_steps or 2 * n
+    if n < 1 or args.teacher_steps % n or args.teacher_steps <= n:
+        raise ValueError(f"--teacher-steps must be a multiple of --student-steps above it, got "
+                         f"{args.teacher_steps} and {n}")
+    if args.data == "noised" and args.teacher_steps != 2 * n:
+        raise ValueError("--data noised takes two teacher steps per student step (Meng et al.); "
+                         "--teacher-steps needs --data trajectories")
     if args.data == "trajectories":
         loss_fn, scheduler, settings = _trajectory_loss(args, engine, d)
     else:
         loss_fn, scheduler, settings = _noised_loss(args, engine)
-    student = copy.deepcopy(engine.unet).train().requires_grad_(True)
-    losses = student_loop.train(args, student, d, loss_fn, f"progressive {2 * n}->{n}", warmup=50)
+    student = copy.deepcopy(engine.unet if args.init is None else _init_unet(args.init, engine.unet))
+    student.train().requires_grad_(True)
+    m = args.teacher_steps
+    losses = student_loop.train(args, student, d, loss_fn, f"progressive {m}->{n}", warmup=50)
     student_loop.finish(args, d, engine, student, scheduler, losses,
-                        f"progressive distillation {2 * n}->{n} ({args.data}): x0 MSE", settings=settings)
+                        f"progressive distillation {m}->{n} ({args.data}): x0 MSE", settings=settings)
     return 0
 
 if __name__ == "__main__":

@@ -69,6 +69,19 @@ def latency(variants: dict, repeats: int = 5, warmup: int = 1) -> dict[str, dict
     return interleaved(fresh_prompt_calls(variants, repeats + warmup), repeats, warmup)
 
 
+def gflops_per_image(engine, kw: dict, prompt: str) -> float:
+    """FLOPs (torch.utils.flop_counter) of one generate() with a prompt not in the prompt cache:
+    text encoding, every model evaluation and the decoder, as a request for a new prompt pays.
+    A first call of another prompt builds the step programs of the request's key (building
+    runs a step once more) outside the count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    engine.generate(prompt + " (warm-up)", seed=0, **kw)
+    with FlopCounterMode(display=False) as counter:
+        engine.generate(prompt, seed=0, **kw)
+    return counter.get_total_flops() / 1e9
+
+
 def compare(variants: dict, singles: int, pairs: int, guidance: float, latency_repeats: int = 5,
             reference: str | None = None) -> dict:
     """variants: name -> (engine, generate kwargs incl. steps and mode). The reference for
@@ -100,6 +113,11 @@ def compare(variants: dict, singles: int, pairs: int, guidance: float, latency_r
             results[name].update(latency_s=t["median_s"], latency_p25_s=t["p25_s"], latency_p75_s=t["p75_s"],
                                  latency_repeats=t["repeats"], latency_ratio=lat[reference]["median_s"] / t["median_s"],
                                  latency_prompts="fresh")  # a new prompt per call: text encoding timed
+        # a prompt of its own per variant (engines may share a prompt cache); any prompt costs the same
+        results[name]["gflops_per_image"] = gflops_per_image(engine, {**kw, "guidance_scale": guidance},
+                                                             f"a new prompt to count the flops of {name}")
+    for name in variants:
+        results[name]["flop_ratio"] = results[reference]["gflops_per_image"] / results[name]["gflops_per_image"]
         print(name, {k: v for k, v in results[name].items() if k not in ("singles", "pairs", "schedule")})
     return {"reference": reference, "images": len(scenes), "unique_captions": len({s.caption for s in scenes}),
             "guidance": guidance, "variants": results}

@@ -1,0 +1,135 @@
+"""A tiny latent decoder: a drop-in for the VAE decoder at a fraction of its cost.
+
+Same interface as vae.decode: unscaled latents [B, C, h, w] -> image [B, 3, h*f, w*f] in
+[-1, 1]. Plain 3x3 convolutions and ReLU, nearest upsampling by 2 per level, no norms and no
+attention (the demo VAE decoder has both; the tiny one is about 1/6 of its FLOPs). It is
+distilled from one VAE's decoder (`clockwork distill-decoder`) and runs only on that VAE:
+its folder records the VAE's fingerprint, checked at load.
+
+Folder: tiny_decoder.safetensors + tiny_decoder_config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .adaptor import model_fingerprint
+
+FORMAT_VERSION = 1
+FOLDER = "tiny_decoder"  # inside a model directory: its tiny decoder, if it ships one
+
+
+@dataclass(frozen=True)
+class TinyDecoderConfig:
+    latent_channels: int = 4
+    channels: tuple[int, ...] = (48, 24, 12)  # per level, low to high resolution; len - 1 upsamplings
+    blocks: tuple[int, ...] = (1, 1, 0)  # residual blocks per level
+
+    def __post_init__(self):
+        for name in ("channels", "blocks"):
+            if isinstance(getattr(self, name), list):  # from JSON
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if len(self.channels) != len(self.blocks) or not self.channels:
+            raise ValueError(f"channels {self.channels} and blocks {self.blocks} need one entry per level")
+        if any(c < 1 for c in self.channels) or any(b < 0 for b in self.blocks) or self.latent_channels < 1:
+            raise ValueError(f"bad tiny decoder config {self}")
+
+    @property
+    def upscale(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+
+def _conv(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, padding=1)
+
+
+class Block(nn.Module):
+    """relu(x + conv(relu(conv(x))))"""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1, self.conv2 = _conv(channels, channels), _conv(channels, channels)
+
+    def forward(self, x):
+        return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
+
+
+class TinyDecoder(nn.Module):
+    def __init__(self, config: TinyDecoderConfig):
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = [_conv(config.latent_channels, config.channels[0]), nn.ReLU()]
+        prev = config.channels[0]
+        for level, (ch, n) in enumerate(zip(config.channels, config.blocks, strict=True)):
+            if level:
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), _conv(prev, ch), nn.ReLU()]
+            layers += [Block(ch) for _ in range(n)]
+            prev = ch
+        layers.append(_conv(prev, 3))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, z):  # [B, C, h, w] unscaled latents -> [B, 3, h*f, w*f] in about [-1, 1]
+        return self.layers(z)
+
+
+class TinyDecoderLoadError(ValueError):
+    """A tiny decoder folder is missing, corrupt or made for another VAE."""
+
+
+def save(folder: str, decoder: TinyDecoder, *, vae_fingerprint: str, training: dict | None = None):
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    meta = {"format_version": FORMAT_VERSION, "decoder": asdict(decoder.config), "vae_fingerprint": vae_fingerprint,
+            "parameters": sum(p.numel() for p in decoder.parameters()), "training": training or {}}
+    save_file({k: v.contiguous() for k, v in decoder.state_dict().items()},
+              os.path.join(folder, "tiny_decoder.safetensors"))
+    with open(os.path.join(folder, "tiny_decoder_config.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+
+
+def load(folder: str, vae=None) -> tuple[TinyDecoder, dict]:
+    """(decoder, metadata); with vae, also checks the decoder was distilled from that VAE.
+    TinyDecoderLoadError names what is wrong."""
+    from safetensors.torch import load_file
+
+    cfg_path = os.path.join(folder, "tiny_decoder_config.json")
+    weights = os.path.join(folder, "tiny_decoder.safetensors")
+    if not os.path.isfile(cfg_path) or not os.path.isfile(weights):
+        raise TinyDecoderLoadError(f"{folder!r} is not a tiny decoder folder "
+                                   "(needs tiny_decoder_config.json and tiny_decoder.safetensors)")
+    try:
+        with open(cfg_path) as f:
+            meta = json.load(f)
+        config = TinyDecoderConfig(**meta["decoder"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TinyDecoderLoadError(f"{cfg_path} is corrupt: {type(e).__name__}: {e}") from e
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise TinyDecoderLoadError(f"{cfg_path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
+    decoder = TinyDecoder(config)
+    try:
+        decoder.load_state_dict(load_file(weights))
+    except Exception as e:  # safetensors header errors, missing/unexpected keys, shape mismatches
+        raise TinyDecoderLoadError(f"could not load {weights}: {type(e).__name__}: {e}") from e
+    if vae is not None:
+        check_compatible(meta, folder, vae)
+    return decoder.eval().requires_grad_(False), meta
+
+
+def check_compatible(meta: dict, folder: str, vae):
+    """A tiny decoder stands in only for the VAE it was distilled from."""
+    fingerprint = model_fingerprint(vae)
+    if meta.get("vae_fingerprint") != fingerprint:
+        raise TinyDecoderLoadError(f"tiny decoder {folder!r} was distilled from VAE {meta.get('vae_fingerprint')}, "
+                                   f"this VAE is {fingerprint}")
+    c = meta["decoder"]
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    want, got = (vae.config.latent_channels, factor), (c["latent_channels"], 2 ** (len(c["channels"]) - 1))
+    if want != got:
+        raise TinyDecoderLoadError(f"tiny decoder {folder!r} takes (latent channels, upscale) {got}; "
+                                   f"this VAE has {want}")
