@@ -80,9 +80,11 @@ def test_one_student_step_for_several_teacher_steps_and_init(guided_dir, tmp_pat
     first = tmp_path / "first"
     args = ["--model", str(guided_dir / "final"), "--student-steps", "1", "--teacher-steps", "4",
             "--steps", "1", "--batch", "4", "--trajectories", "4"]
-    assert cli.main(["distill-progressive", "--out", str(first), *args]) == 0
+    assert cli.main(["distill-progressive", "--out", str(first), *args, "--lr", "1e-2"]) == 0
     assert json.loads((first / "final" / "clockwork_engine.json").read_text())["timesteps"] == teacher_grid[:1]
     init_unet = UNet2DConditionModel.from_pretrained(first / "final", subfolder="unet")
+    assert any(not torch.equal(a, b) for a, b in zip(init_unet.state_dict().values(),
+                                                     teacher.unet.state_dict().values(), strict=True))
     second = tmp_path / "second"
     assert cli.main(["distill-progressive", "--out", str(second), "--init", str(first / "final"), *args,
                      "--lr", "0"]) == 0  # no update: the student is still its init
