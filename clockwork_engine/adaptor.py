@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from . import checkpoint
 from .ops import group_norm_act
 
 FORMAT_VERSION = 1
@@ -128,8 +128,7 @@ def model_fingerprint(unet) -> str:
     """A cheap, stable identity of a UNet's weights: config, every tensor's name, shape and
     dtype, and a strided sample of its values. Private config keys (_name_or_path, ...)
     depend on how the model was loaded, not on what it is, and are left out."""
-    public = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
-    h = hashlib.sha256(json.dumps(public, sort_keys=True, default=str).encode())
+    h = hashlib.sha256(json.dumps(checkpoint.public_config(unet.config), sort_keys=True, default=str).encode())
     for name, tensor in sorted(unet.state_dict().items()):
         flat = tensor.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // 257)].float().cpu().numpy().tobytes()
@@ -144,49 +143,28 @@ class AdaptorLoadError(ValueError):
 
 def save(folder: str, adaptor: Adaptor, *, cut: int, base_fingerprint: str, scheduler: str, steps: int,
          clock: dict, training: dict | None = None):
-    from safetensors.torch import save_file
+    checkpoint.save(folder, "adaptor", adaptor, {
+        "format_version": FORMAT_VERSION, "adaptor": asdict(adaptor.config), "cut": cut,
+        "base_fingerprint": base_fingerprint, "scheduler": scheduler, "steps": steps, "clock": clock,
+        "parameters": num_parameters(adaptor), "training": training or {}})
 
-    os.makedirs(folder, exist_ok=True)
-    meta = {"format_version": FORMAT_VERSION, "adaptor": asdict(adaptor.config), "cut": cut,
-            "base_fingerprint": base_fingerprint, "scheduler": scheduler, "steps": steps, "clock": clock,
-            "parameters": num_parameters(adaptor), "training": training or {}}
-    save_file({k: v.contiguous() for k, v in adaptor.state_dict().items()}, os.path.join(folder, "adaptor.safetensors"))
-    with open(os.path.join(folder, "adaptor_config.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+
+def _validate(meta: dict):
+    AdaptorConfig(**meta["adaptor"])
+    if not isinstance(meta["cut"], int):
+        raise TypeError("cut must be an int")
 
 
 def read_meta(folder: str) -> dict:
     """The metadata of an adaptor folder (adaptor_config.json, checked), without its weights."""
-    cfg_path = os.path.join(folder, "adaptor_config.json")
-    weights = os.path.join(folder, "adaptor.safetensors")
-    if not os.path.isfile(cfg_path) or not os.path.isfile(weights):
-        raise AdaptorLoadError(f"{folder!r} is not an adaptor folder "
-                               "(needs adaptor_config.json and adaptor.safetensors)")
-    try:
-        with open(cfg_path) as f:
-            meta = json.load(f)
-        AdaptorConfig(**meta["adaptor"])
-        if not isinstance(meta["cut"], int):
-            raise TypeError("cut must be an int")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise AdaptorLoadError(f"{cfg_path} is corrupt: {type(e).__name__}: {e}") from e
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise AdaptorLoadError(f"{cfg_path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
-    return meta
+    return checkpoint.read_meta(folder, "adaptor", "an adaptor folder", AdaptorLoadError, FORMAT_VERSION, _validate)
 
 
 def load(folder: str) -> tuple[Adaptor, dict]:
     """(adaptor, metadata) from an adaptor folder; AdaptorLoadError names what is wrong."""
-    from safetensors.torch import load_file
-
     meta = read_meta(folder)
-    weights = os.path.join(folder, "adaptor.safetensors")
-    adaptor = Adaptor(AdaptorConfig(**meta["adaptor"]))
-    try:
-        adaptor.load_state_dict(load_file(weights))
-    except Exception as e:  # safetensors header errors, missing/unexpected keys, shape mismatches
-        raise AdaptorLoadError(f"could not load {weights}: {type(e).__name__}: {e}") from e
-    return adaptor.eval().requires_grad_(False), meta
+    adaptor = checkpoint.load_weights(Adaptor(AdaptorConfig(**meta["adaptor"])), folder, "adaptor", AdaptorLoadError)
+    return adaptor, meta
 
 
 def check_compatible(meta: dict, folder: str, split, base_fingerprint: str):

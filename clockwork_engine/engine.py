@@ -69,7 +69,7 @@ class Engine:
         self.prompts = PromptEncoder(tokenizer, self.text_encoder, self.config.prompt_cache_size, inductor)
         self._decode_fn = compiled(self._decode_eager, MODULE_OPTIONS, "image decoder", dynamic=None) \
             if inductor else self._decode_eager
-        self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_factor = tiny_decoder.vae_upscale(vae)
         # Image sides must survive the VAE and every UNet downsampler without rounding.
         self.size_multiple = self.vae_factor * 2 ** (len(unet.config.block_out_channels) - 1)
         sample_size = unet.config.sample_size

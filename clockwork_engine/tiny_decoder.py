@@ -11,13 +11,12 @@ Folder: tiny_decoder.safetensors + tiny_decoder_config.json.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from . import checkpoint
 from .adaptor import model_fingerprint
 
 FORMAT_VERSION = 1
@@ -82,43 +81,26 @@ class TinyDecoderLoadError(ValueError):
 
 
 def save(folder: str, decoder: TinyDecoder, *, vae_fingerprint: str, training: dict | None = None):
-    from safetensors.torch import save_file
-
-    os.makedirs(folder, exist_ok=True)
-    meta = {"format_version": FORMAT_VERSION, "decoder": asdict(decoder.config), "vae_fingerprint": vae_fingerprint,
-            "parameters": sum(p.numel() for p in decoder.parameters()), "training": training or {}}
-    save_file({k: v.contiguous() for k, v in decoder.state_dict().items()},
-              os.path.join(folder, "tiny_decoder.safetensors"))
-    with open(os.path.join(folder, "tiny_decoder_config.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+    checkpoint.save(folder, "tiny_decoder", decoder, {
+        "format_version": FORMAT_VERSION, "decoder": asdict(decoder.config), "vae_fingerprint": vae_fingerprint,
+        "parameters": sum(p.numel() for p in decoder.parameters()), "training": training or {}})
 
 
 def load(folder: str, vae=None) -> tuple[TinyDecoder, dict]:
     """(decoder, metadata); with vae, also checks the decoder was distilled from that VAE.
     TinyDecoderLoadError names what is wrong."""
-    from safetensors.torch import load_file
-
-    cfg_path = os.path.join(folder, "tiny_decoder_config.json")
-    weights = os.path.join(folder, "tiny_decoder.safetensors")
-    if not os.path.isfile(cfg_path) or not os.path.isfile(weights):
-        raise TinyDecoderLoadError(f"{folder!r} is not a tiny decoder folder "
-                                   "(needs tiny_decoder_config.json and tiny_decoder.safetensors)")
-    try:
-        with open(cfg_path) as f:
-            meta = json.load(f)
-        config = TinyDecoderConfig(**meta["decoder"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise TinyDecoderLoadError(f"{cfg_path} is corrupt: {type(e).__name__}: {e}") from e
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise TinyDecoderLoadError(f"{cfg_path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
-    decoder = TinyDecoder(config)
-    try:
-        decoder.load_state_dict(load_file(weights))
-    except Exception as e:  # safetensors header errors, missing/unexpected keys, shape mismatches
-        raise TinyDecoderLoadError(f"could not load {weights}: {type(e).__name__}: {e}") from e
+    meta = checkpoint.read_meta(folder, "tiny_decoder", "a tiny decoder folder", TinyDecoderLoadError, FORMAT_VERSION,
+                                lambda m: TinyDecoderConfig(**m["decoder"]))
+    decoder = checkpoint.load_weights(TinyDecoder(TinyDecoderConfig(**meta["decoder"])), folder, "tiny_decoder",
+                                      TinyDecoderLoadError)
     if vae is not None:
         check_compatible(meta, folder, vae)
-    return decoder.eval().requires_grad_(False), meta
+    return decoder, meta
+
+
+def vae_upscale(vae) -> int:
+    """How many pixels a latent of this VAE spans per side."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def check_compatible(meta: dict, folder: str, vae):
@@ -127,9 +109,8 @@ def check_compatible(meta: dict, folder: str, vae):
     if meta.get("vae_fingerprint") != fingerprint:
         raise TinyDecoderLoadError(f"tiny decoder {folder!r} was distilled from VAE {meta.get('vae_fingerprint')}, "
                                    f"this VAE is {fingerprint}")
-    c = meta["decoder"]
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    want, got = (vae.config.latent_channels, factor), (c["latent_channels"], 2 ** (len(c["channels"]) - 1))
+    c = TinyDecoderConfig(**meta["decoder"])
+    want, got = (vae.config.latent_channels, vae_upscale(vae)), (c.latent_channels, c.upscale)
     if want != got:
         raise TinyDecoderLoadError(f"tiny decoder {folder!r} takes (latent channels, upscale) {got}; "
                                    f"this VAE has {want}")

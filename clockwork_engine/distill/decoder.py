@@ -68,23 +68,25 @@ def vae_pairs(vae, count: int, seed: int, size: int, split: str = "train", chunk
 
 
 @torch.no_grad()
-def sampled_pairs(model: str, vae, count: int, seed: int, split: str = "train", chunk: int = 64):
-    """(unscaled latents, the VAE decoder's images of them): `count` samples of the model in
-    directory `model` and of each student it ships, each at its own settings (steps, grid),
-    on captions of a split with w ~ U[1.5, 5] per chunk."""
+def sampled_pairs(engine, model: str, count: int, seed: int, split: str = "train", chunk: int = 64):
+    """(unscaled latents, the VAE decoder's images of them): `count` samples of `engine` (the
+    model in directory `model`, mode full) and of each student that model ships, each at its own
+    settings (steps, grid), on captions of a split with w ~ U[1.5, 5] per chunk."""
     from .. import Engine
     from ..engine import student_presets
 
+    vae = engine.vae
     rng = np.random.default_rng(seed)
     scenes = shapes.split_scenes(split)
+    students = {p: Engine.from_pretrained(model, preset=p, config="full") for p in student_presets(model)}
     latents, images = [], []
-    for preset in [None, *student_presets(model)]:
-        engine = Engine.from_pretrained(model, preset=preset, config="full").with_config(max_batch_size=chunk)
-        for k in tqdm(range(0, count, chunk), desc=f"latents of {preset or model}"):
+    for name, sampler in {model: engine, **students}.items():
+        sampler = sampler.with_config(max_batch_size=chunk)
+        for k in tqdm(range(0, count, chunk), desc=f"latents of {name}"):
             _, picked, _ = shapes.sample_batch(rng, scenes, min(chunk, count - k))
             w = float(rng.uniform(1.5, 5.0))
-            z = engine.generate([s.caption for s in picked], guidance_scale=w, seed=int(rng.integers(2**31)),
-                                output="latent") / vae.config.scaling_factor
+            z = sampler.generate([s.caption for s in picked], guidance_scale=w, seed=int(rng.integers(2**31)),
+                                 output="latent") / vae.config.scaling_factor
             latents.append(z)
             images.append(vae.decode(z).sample)
     return torch.cat(latents), torch.cat(images)
@@ -104,7 +106,7 @@ def main(argv=None):
 def run(args):
     d, engine = student_loop.setup(args)
     vae = engine.vae
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    factor = tiny_decoder.vae_upscale(vae)
     channels = tuple(int(c) for c in args.channels.split(","))
     blocks = tuple(int(b) for b in args.blocks.split(","))
     config = tiny_decoder.TinyDecoderConfig(vae.config.latent_channels, channels, blocks)
@@ -114,7 +116,7 @@ def run(args):
     seed = (args.seed * 97 + d.rank) * 1_000_003  # apart per rank
     latents, targets = vae_pairs(vae, args.images, seed, engine.default_size)
     if args.sampled:
-        more = sampled_pairs(args.model, vae, args.sampled, seed + 1)
+        more = sampled_pairs(engine, args.model, args.sampled, seed + 1)
         latents, targets = torch.cat([latents, more[0]]), torch.cat([targets, more[1]])
     decoder = tiny_decoder.TinyDecoder(config)
 
@@ -129,7 +131,7 @@ def run(args):
         held_z, held_images = vae_pairs(vae, 512, args.seed + 12345, engine.default_size, split="eval")
         with torch.no_grad():
             held_psnr = psnr(decoder.eval()(held_z), held_images)
-            held_sampled = sampled_pairs(args.model, vae, 128, args.seed + 12345, split="eval")
+            held_sampled = sampled_pairs(engine, args.model, 128, args.seed + 12345, split="eval")
             sampled_psnr = psnr(decoder(held_sampled[0]), held_sampled[1])
         from ..demo.training import plot_losses
 

@@ -200,14 +200,11 @@ def _init_unet(folder: str, teacher_unet):
     """The UNet of another pipeline directory, which must have the teacher's architecture."""
     from diffusers import UNet2DConditionModel
 
+    from ..checkpoint import public_config
     from ..loading import resolve
 
     unet = UNet2DConditionModel.from_pretrained(resolve(folder), subfolder="unet")
-
-    def public(config):  # without _name_or_path and the like
-        return {k: v for k, v in dict(config).items() if not k.startswith("_")}
-
-    if public(unet.config) != public(teacher_unet.config):
+    if public_config(unet.config) != public_config(teacher_unet.config):
         raise ValueError(f"--init {folder}: its UNet's config differs from the teacher's")
     return unet.to(teacher_unet.dtype)
 
@@ -215,9 +212,6 @@ def _init_unet(folder: str, teacher_unet):
 def run(args):
     import copy
 
-    d, engine = student_loop.setup(args)
-    if not engine.guidance_dim:
-        raise ValueError(f"{args.model} is not guidance-distilled (no time_cond_proj_dim); run distill-guidance first")
     n = args.student_steps
     args.teacher_steps = args.teacher_steps or 2 * n
     if n < 1 or args.teacher_steps % n or args.teacher_steps <= n:
@@ -226,6 +220,9 @@ def run(args):
     if args.data == "noised" and args.teacher_steps != 2 * n:
         raise ValueError("--data noised takes two teacher steps per student step (Meng et al.); "
                          "--teacher-steps needs --data trajectories")
+    d, engine = student_loop.setup(args)
+    if not engine.guidance_dim:
+        raise ValueError(f"{args.model} is not guidance-distilled (no time_cond_proj_dim); run distill-guidance first")
     if args.data == "trajectories":
         loss_fn, scheduler, settings = _trajectory_loss(args, engine, d)
     else:
