@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from . import validate
+
 # "full": the unmodified model (equal to diffusers' pipeline).
 # "clockwork": the low-res middle L is replaced by the adaptor on the clock's steps.
 MODES = ("full", "clockwork")
+# Guidance scales in use are 1-20; far larger ones overflow fp32 latents (NaN) instead of making an image.
+MAX_GUIDANCE = 100.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class EngineConfig:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; modes: {', '.join(MODES)}")
+        validate.finite_float(self.guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE)
         if not isinstance(self.decoder, str) or not self.decoder:
             raise ValueError(f"decoder must be 'vae', 'tiny' or a tiny decoder folder, got {self.decoder!r}")
         if self.backend not in ("auto", "cpu", "cuda", "inductor"):

@@ -26,7 +26,7 @@ from . import adaptor as adaptor_io
 from . import attention, loading, sampler, tiny_decoder, validate
 from .cache import CacheState
 from .compile import MODULE_OPTIONS, compiled
-from .config import MODES, EngineConfig
+from .config import MAX_GUIDANCE, MODES, EngineConfig
 from .config import preset as preset_config
 from .text import PromptEncoder
 from .unet_split import UNetSplit
@@ -206,7 +206,7 @@ class Engine:
             raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts")
         steps = validate.positive_int(cfg.steps if steps is None else steps, "steps", MAX_STEPS)
         guidance = validate.finite_float(cfg.guidance_scale if guidance_scale is None else guidance_scale,
-                                         "guidance_scale")
+                                         "guidance_scale", 0.0, MAX_GUIDANCE)
         max_side = cfg.max_size_factor * self.default_size
         height = validate.image_side(height or cfg.height or self.default_size, "height", self.size_multiple, max_side)
         width = validate.image_side(width or cfg.width or self.default_size, "width", self.size_multiple, max_side)

@@ -33,11 +33,13 @@ def positive_int(value, name: str, maximum: int) -> int:
     return int(value)
 
 
-def finite_float(value, name: str) -> float:
+def finite_float(value, name: str, low: float = -math.inf, high: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {value:g}")
     return float(value)
 
 

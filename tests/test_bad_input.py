@@ -35,6 +35,8 @@ GOOD = dict(steps=2, seed=0, height=16, width=16, output="latent")
     (dict(guidance_scale=math.nan), ValueError, "guidance_scale must be finite"),
     (dict(guidance_scale=math.inf), ValueError, "guidance_scale must be finite"),
     (dict(guidance_scale="5"), TypeError, "guidance_scale must be a number"),
+    (dict(guidance_scale=5.4e21), ValueError, r"guidance_scale must be in \[0, 100\]"),  # found by CI's Hypothesis
+    (dict(guidance_scale=-1.0), ValueError, r"guidance_scale must be in \[0, 100\]"),
     (dict(height=20), ValueError, "height must be a multiple of 8"),
     (dict(width=12), ValueError, "width must be a multiple of 8"),
     (dict(height=16 * 1000), ValueError, r"height must be in \[1, 64\]"),
@@ -52,6 +54,12 @@ def test_generate_rejects_bad_arguments(engine, kwargs, error, match):
     # ...and keeps serving, with the same result as before.
     ok = engine.generate("a red circle", **GOOD)
     assert torch.isfinite(ok).all()
+
+
+def test_largest_guidance_is_served(engine):
+    from clockwork_engine.config import MAX_GUIDANCE
+
+    assert torch.isfinite(engine.generate("a red circle", **{**GOOD, "guidance_scale": MAX_GUIDANCE})).all()
 
 
 def test_failed_request_leaves_no_state(engine):
@@ -89,6 +97,8 @@ def test_config_rejects_bad_values():
         EngineConfig(mode="turbo")
     with pytest.raises(ValueError, match="steps must be a positive int"):
         EngineConfig(steps=0)
+    with pytest.raises(ValueError, match=r"guidance_scale must be in \[0, 100\]"):
+        EngineConfig(guidance_scale=1e30)
     with pytest.raises(ValueError, match="unknown preset"):
         Engine.from_pretrained("demo", config="nope")
     with pytest.raises(TypeError, match="config must be"):
