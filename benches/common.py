@@ -37,7 +37,8 @@ def teacher_and_students(reuse: bool = False) -> dict:
     student at its own step count (full, and clockwork where it ships its own adaptor); reuse:
     also attention reuse in the last step, for students with more than 2 steps. Students with at
     most 4 steps also run with the demo's tiny decoder (+tiny_decoder), where the VAE decoder is
-    a large share of their cost."""
+    a large share of their cost, and also with it and a bfloat16 text encoder (+bf16_text), whose
+    batch-1 cost is reading its weights."""
     from clockwork_engine import Engine
     from clockwork_engine.engine import student_presets
 
@@ -52,6 +53,8 @@ def teacher_and_students(reuse: bool = False) -> dict:
             variants[tag] = (student, dict(steps=n, mode=mode))
             if mode == "full" and n <= 4 and student.decoder_dir is not None:
                 variants[tag + "+tiny_decoder"] = (student.with_config(decoder="tiny"), dict(steps=n, mode=mode))
+                variants[tag + "+tiny_decoder+bf16_text"] = (student.with_config(decoder="tiny", text_dtype="bfloat16"),
+                                                             dict(steps=n, mode=mode))
             if reuse and n > 2:
                 variants[tag + "+reuse"] = (student.with_config(attention_reuse=(n - 1,)), dict(steps=n, mode=mode))
     return variants

@@ -16,6 +16,8 @@ def _generate(args) -> int:
         config = config.with_(mode=args.mode)
     if args.decoder:
         config = config.with_(decoder=args.decoder)
+    if args.text_dtype:
+        config = config.with_(text_dtype=args.text_dtype)
     steps = config.steps if args.steps is None else args.steps
     if args.reuse_schedule:
         spec = args.reuse_schedule
@@ -34,7 +36,7 @@ def _generate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import MODES
+    from .config import MODES, TEXT_DTYPES
 
     parser = argparse.ArgumentParser(prog="clockwork", description="clockwork-engine: fast text-to-image on "
                                      "Stable-Diffusion-style models.")
@@ -63,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--decoder", default=None, choices=("vae", "tiny"),
                      help="vae (the model's VAE decoder) or tiny (its distilled tiny decoder, "
                           "tiny_decoder/; cheaper, close to the VAE's image) (default: vae)")
+    gen.add_argument("--text-dtype", default=None, choices=TEXT_DTYPES,
+                     help="text encoder weights: float32 or bfloat16 (half the bytes to read; ~1%% "
+                          "embedding error) (default: float32)")
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary line")
     gen.set_defaults(run=_generate)
 

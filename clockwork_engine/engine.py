@@ -62,11 +62,8 @@ class Engine:
         self.adaptor_dir, self.decoder_dir = adaptor_dir, decoder_dir
         self.tiny_decoder = self._load_tiny_decoder(self.config.decoder)
         inductor = self.config.backend == "inductor"
-        if inductor:
-            # Frozen in channels-last, the compiled demo UNet step took 7.4 ms instead of 8.1 (probe,
-            # batch 1). In place: engines sharing this UNet run channels-last weights too (same math).
-            self.unet.to(memory_format=torch.channels_last)
-        self.prompts = PromptEncoder(tokenizer, self.text_encoder, self.config.prompt_cache_size, inductor)
+        self.prompts = PromptEncoder(tokenizer, self.text_encoder, self.config.prompt_cache_size, inductor,
+                                     getattr(torch, self.config.text_dtype))
         self._decode_fn = compiled(self._decode_eager, MODULE_OPTIONS, "image decoder", dynamic=None) \
             if inductor else self._decode_eager
         self.vae_factor = tiny_decoder.vae_upscale(vae)

@@ -7,6 +7,7 @@ for one, last hidden state), so cached embeddings equal what diffusers would com
 
 from __future__ import annotations
 
+import copy
 import threading
 import warnings
 from collections import OrderedDict
@@ -17,15 +18,20 @@ from .compile import MODULE_OPTIONS, compiled
 
 
 class PromptEncoder:
-    def __init__(self, tokenizer, text_encoder, capacity: int = 256, compile_encoder: bool = False):
-        """compile_encoder: run the text encoder compiled by TorchInductor (the inductor backend)."""
+    def __init__(self, tokenizer, text_encoder, capacity: int = 256, compile_encoder: bool = False,
+                 dtype: torch.dtype | None = None):
+        """compile_encoder: run the text encoder compiled by TorchInductor (the inductor backend);
+        dtype: run a copy of the encoder in this dtype (None: as loaded). Embeddings are returned
+        in the loaded encoder's dtype either way."""
         if capacity < 0:
             raise ValueError(f"prompt cache capacity must be >= 0, got {capacity}")
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
+        out_dtype = text_encoder.dtype
+        runner = text_encoder if dtype in (None, out_dtype) else copy.deepcopy(text_encoder).to(dtype)
 
         def forward(ids, mask):  # [N, L] token ids (and mask or None) -> [N, L, D]
-            return text_encoder(ids, attention_mask=mask)[0]
+            return runner(ids, attention_mask=mask)[0].to(out_dtype)
 
         self._forward = compiled(forward, MODULE_OPTIONS, "text encoder", dynamic=None) if compile_encoder \
             else forward

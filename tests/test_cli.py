@@ -51,3 +51,18 @@ def test_generate_with_the_tiny_decoder(tiny_dir, tmp_path, capsys):
     assert Image.open(out).size == (64, 64)
     assert cli.main(["generate", "a red circle", "-o", str(out), "--model", str(tiny_dir), "--decoder", "tiny"]) == 2
     assert "decoder 'tiny' needs a tiny decoder" in capsys.readouterr().err
+
+
+def test_generate_with_a_bf16_text_encoder(tmp_path, capsys):
+    """--text-dtype bfloat16 makes an image close to the fp32 encoder's; other dtypes are refused by argparse."""
+    import numpy as np
+
+    images = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / f"{dtype}.png"
+        assert cli.main(["generate", "a red circle", "-o", str(out), "--preset", "progressive-2", "-q",
+                         "--text-dtype", dtype]) == 0
+        images[dtype] = np.asarray(Image.open(out), dtype=np.float32)
+    assert 0 < np.abs(images["float32"] - images["bfloat16"]).mean() < 8  # 8-bit levels
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "x", "--text-dtype", "float16"])
