@@ -211,13 +211,29 @@ def _inductor(d):
                      pct(acc)])
     return (f"Command: `{d['command']}`; batch 1, CFG {d['guidance']} (students take it as their w), a new prompt per "
             f"call, {d['repeats']} interleaved repeats in one run; speed-up against `{d['reference']}`. "
-            "`@inductor`: the same engine with `backend=\"inductor\"` (its first call, the untimed warm-up, compiles). "
+            "`@inductor`: the same engine with `backend=\"inductor\"` (its first call, the untimed warm-up, compiles; "
+            "since session 9 with the weights really frozen in, see the README). "
             "Speed-ups: ratio of medians / paired (median of per-round ratios). Numerics: the compiled variant's "
             "images against the eager variant's for the same captions and seeds "
             "(largest difference in [0, 1] / images with any 8-bit pixel changed). Colour+shape is the eager "
             "variant's score from quality_distill.json (another run), not re-scored.\n\n"
             + table(["variant", "median ms [p25-p75]", "vs diffusers", "over eager", "numerics vs eager",
                      "colour+shape (eager)"], rows) + "\n")
+
+
+def section_alignment_inductor():
+    return render("alignment_inductor.json", "Alignment of the compiled fastest student", _alignment_inductor)
+
+
+def _alignment_inductor(d):
+    rows = [[name, pct(r["generated"]["singles"]["colour_and_shape"]["accuracy"]),
+             pct(r["generated"]["singles"]["all"]["accuracy"]), pct(r["generated"]["pairs"]["all"]["accuracy"]),
+             f"{r['domain_fid']:.3f}", f"`{r['command']}`"] for name, r in d["runs"].items()]
+    return ("The inductor table above takes its colour+shape column from the eager runs; the bf16 text encoder's "
+            "compiled embeddings differ from its eager ones (other bf16 kernels: see the numerics column), so these "
+            f"variants were scored compiled too. {d['note']}.\n\n"
+            + table(["variant", "single: colour+shape", "single: all", "pairs: all", "domain FID", "command"], rows)
+            + "\n")
 
 
 def _flop_ratio() -> float:
@@ -363,7 +379,9 @@ DISTILL_NOTE = ("The committed students, distilled from the committed teacher: g
                 "attention maps reused at the last step; with clockwork that is an adaptor step, which on this UNet "
                 "runs no attention layer, so the images equal those without reuse. `+tiny_decoder` (session 8): the "
                 "demo's tiny decoder (`EngineConfig(decoder=\"tiny\")`, 0.09 GFLOPs against the VAE decoder's 0.51) "
-                "in place of the VAE decoder. GFLOPs per image: torch.utils.flop_counter over one generate() of a new "
+                "in place of the VAE decoder. `+bf16_text` (session 9): also a bfloat16 copy of the text encoder "
+                "(`EngineConfig(text_dtype=\"bfloat16\")`, fp32 embeddings to the UNet; the same FLOPs, half the "
+                "weight bytes). GFLOPs per image: torch.utils.flop_counter over one generate() of a new "
                 "prompt (text encoding, every model evaluation, the decoder; stock diffusers also encodes the empty "
                 "negative prompt every call).")
 
@@ -433,6 +451,7 @@ def sections():
         ("progressive2_rounds.json", section_progressive_rounds),
         ("tiny_decoder.json", section_tiny_decoder),
         ("inductor.json", section_inductor),
+        ("alignment_inductor.json", section_alignment_inductor),
         ("quality_distill_g3.json", lambda: section_quality(
             "quality_distill_g3.json", "Session-2 students at CFG 3 (for comparison)",
             "The session-2 students (guidance distillation 600 steps at w ~ U[2, 8]) at CFG 3.")),
