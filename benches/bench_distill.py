@@ -7,8 +7,10 @@ Reference: stock diffusers StableDiffusionPipeline on the teacher at 8 DPM++ ste
 recommended scale; students take it as their w conditioning). Variants: the engine on the
 teacher (full; clockwork); every student under the demo's students/ (guidance-distilled: one evaluation per step;
 progressive: fewer DDIM steps), full and, where the student ships its own
-clockwork_adaptor/ (fitted at its operating point), clockwork; plus attention reuse in the
-last step where it has more than 2 steps. Writes benches/results/quality_distill.json.
+clockwork_adaptor/ (fitted at its operating point), clockwork; for students that ship none,
+clockwork with the adaptor fitted for them in benches/adaptors/<preset>/ (+clockwork_unshipped:
+fitted, measured, not shipped); plus attention reuse in the last step where it has more than 2
+steps. Writes benches/results/quality_distill.json.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def main():
     from clockwork_engine.eval.baselines import DiffusersBaseline
     from clockwork_engine.eval.compare import compare
 
-    engines = teacher_and_students(reuse=True)
+    engines = teacher_and_students(reuse=True, unshipped_adaptors=True)
     teacher = engines["teacher_8_cfg"][0]
     guidance = teacher.config.guidance_scale if args.guidance is None else args.guidance
     variants = {"diffusers_teacher_8_cfg": (DiffusersBaseline(load_pipe()), dict(steps=8)), **engines}

@@ -12,6 +12,9 @@ import torch
 from clockwork_engine.eval.compare import interleaved  # noqa: F401  (re-exported for the benches)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# Clockwork adaptors fitted for students that do not ship one (they lose too much alignment to
+# ship; kept so that the distill bench can show what clockwork costs on them): <preset>/.
+UNSHIPPED_ADAPTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "adaptors")
 
 
 class FusedOpsOff:
@@ -32,13 +35,14 @@ class FusedOpsOff:
             os.environ.pop("CLOCKWORK_DISABLE_EXT", None)
 
 
-def teacher_and_students(reuse: bool = False) -> dict:
+def teacher_and_students(reuse: bool = False, unshipped_adaptors: bool = False) -> dict:
     """name -> (engine, generate kwargs): the demo teacher (full, clockwork) and every shipped
     student at its own step count (full, and clockwork where it ships its own adaptor); reuse:
     also attention reuse in the last step, for students with more than 2 steps. Students with at
     most 4 steps also run with the demo's tiny decoder (+tiny_decoder), where the VAE decoder is
     a large share of their cost, and also with it and a bfloat16 text encoder (+bf16_text), whose
-    batch-1 cost is reading its weights."""
+    batch-1 cost is reading its weights. unshipped_adaptors: also clockwork with the adaptor in
+    benches/adaptors/<preset>/ for students that ship none (+clockwork_unshipped)."""
     from clockwork_engine import Engine
     from clockwork_engine.engine import student_presets
 
@@ -57,6 +61,10 @@ def teacher_and_students(reuse: bool = False) -> dict:
                                                              dict(steps=n, mode=mode))
             if reuse and n > 2:
                 variants[tag + "+reuse"] = (student.with_config(attention_reuse=(n - 1,)), dict(steps=n, mode=mode))
+        extra = os.path.join(UNSHIPPED_ADAPTORS, name)
+        if unshipped_adaptors and student.adaptor is None and os.path.isdir(extra):
+            variants[f"{name}_{n}_steps+clockwork_unshipped"] = (
+                student.with_config(mode="clockwork", adaptor=extra), dict(steps=n, mode="clockwork"))
     return variants
 
 

@@ -381,7 +381,8 @@ DISTILL_NOTE = ("The committed students, distilled from the committed teacher: g
                 "demo's tiny decoder (`EngineConfig(decoder=\"tiny\")`, 0.09 GFLOPs against the VAE decoder's 0.51) "
                 "in place of the VAE decoder. `+bf16_text` (session 9): also a bfloat16 copy of the text encoder "
                 "(`EngineConfig(text_dtype=\"bfloat16\")`, fp32 embeddings to the UNet; the same FLOPs, half the "
-                "weight bytes). GFLOPs per image: torch.utils.flop_counter over one generate() of a new "
+                "weight bytes). `+clockwork_unshipped` (session 9): clockwork on a student that ships no adaptor, with "
+                "the one fitted for it in benches/adaptors/ (not shipped: see the alignment). GFLOPs per image: torch.utils.flop_counter over one generate() of a new "
                 "prompt (text encoding, every model evaluation, the decoder; stock diffusers also encodes the empty "
                 "negative prompt every call).")
 
