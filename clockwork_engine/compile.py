@@ -20,7 +20,7 @@ MODULE_OPTIONS = {"freezing": True}
 
 # torch._inductor.config is process-global: one compiled call at a time sets and restores its
 # `freezing` flag, so threads cannot leave it changed for other torch.compile users.
-_CONFIG_LOCK = threading.Lock()
+_CONFIG_LOCK = threading.RLock()
 
 
 class InductorError(RuntimeError):

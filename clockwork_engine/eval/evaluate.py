@@ -71,8 +71,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mode", default="full", help="engine mode: full (the model itself) or clockwork")
     ap.add_argument("--decoder", default="vae", help="image decoder: vae, tiny or a tiny decoder folder")
-    ap.add_argument("--text-dtype", default="float32", help="text encoder weights: float32 or bfloat16")
-    ap.add_argument("--backend", default="auto", help="engine backend: auto, cpu or inductor (compiled)")
+    ap.add_argument("--text-dtype", default="float32", choices=("float32", "bfloat16"), help="text encoder weights")
+    ap.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "inductor"),
+                    help="engine backend (inductor: compiled; its first batch compiles)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
@@ -92,7 +93,8 @@ def main(argv=None):
     result = {
         "command": "python -m clockwork_engine.eval.evaluate " + " ".join(argv or __import__("sys").argv[1:]),
         "model": args.model, "unet_fingerprint": model_fingerprint(engine.unet), "mode": args.mode,
-        "decoder": args.decoder, "text_dtype": args.text_dtype, "backend": args.backend, "steps": args.steps, "guidance": args.guidance,
+        "decoder": args.decoder, "text_dtype": args.text_dtype, "backend": args.backend, "steps": args.steps,
+        "guidance": args.guidance,
         "unique_captions": len({s.caption for s in scenes}), "images": len(scenes),
         "generated": {"singles": singles, "pairs": pairs},
         "classifier_on_real_renders": {"singles": ref_singles, "pairs": ref_pairs},
