@@ -37,7 +37,7 @@ class EngineConfig:
     reuse_layers: str = "all"
     max_attention_bytes: int = 512 * 2**20
     # Image decoder: "vae" (the model's), "tiny" (the model directory's tiny_decoder/: a
-    # distilled stand-in, about 1/6 of the demo VAE decoder's FLOPs) or a tiny decoder folder.
+    # distilled stand-in, under half of the demo VAE decoder's FLOPs) or a tiny decoder folder.
     decoder: str = "vae"
     # Text encoder weights: "float32" (as loaded) or "bfloat16" (a bf16 copy; embeddings come
     # back in the model's dtype). A batch-1 encoder mostly reads its weights, so half the bytes

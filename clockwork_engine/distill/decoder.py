@@ -41,8 +41,8 @@ def build_parser(ap=None):
     ap.add_argument("--images", type=int, default=8192, help="encoded training images, per process")
     ap.add_argument("--sampled", type=int, default=2048,
                     help="latents sampled by each model (the teacher and its shipped students), per process")
-    ap.add_argument("--channels", default="48,24,12", help="channels per level, low to high resolution")
-    ap.add_argument("--blocks", default="1,1,0", help="residual blocks per level")
+    ap.add_argument("--channels", default="64,32,16", help="channels per level, low to high resolution")
+    ap.add_argument("--blocks", default="2,1,1", help="residual blocks per level")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=250)
     return ap
