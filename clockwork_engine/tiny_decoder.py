@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import checkpoint
-from .adaptor import model_fingerprint
+from .adaptor import model_fingerprint, num_parameters
 
 FORMAT_VERSION = 1
 FOLDER = "tiny_decoder"  # inside a model directory: its tiny decoder, if it ships one
@@ -83,7 +83,7 @@ class TinyDecoderLoadError(ValueError):
 def save(folder: str, decoder: TinyDecoder, *, vae_fingerprint: str, training: dict | None = None):
     checkpoint.save(folder, "tiny_decoder", decoder, {
         "format_version": FORMAT_VERSION, "decoder": asdict(decoder.config), "vae_fingerprint": vae_fingerprint,
-        "parameters": sum(p.numel() for p in decoder.parameters()), "training": training or {}})
+        "parameters": num_parameters(decoder), "training": training or {}})
 
 
 def load(folder: str, vae=None) -> tuple[TinyDecoder, dict]:

@@ -94,9 +94,9 @@ def sampled_pairs(engine, model: str, count: int, seed: int, split: str = "train
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean per-image PSNR (dB) of images in [-1, 1], both clamped as the engine clamps them."""
-    a, b = (a.clamp(-1, 1) + 1) / 2, (b.clamp(-1, 1) + 1) / 2
-    mse = (a - b).pow(2).mean(dim=(1, 2, 3)).clamp(min=1e-10)
-    return float((10 * torch.log10(1 / mse)).mean())
+    from ..eval.metrics import psnr as psnr_unit  # images in [0, 1]
+
+    return float(psnr_unit((a.clamp(-1, 1) + 1) / 2, (b.clamp(-1, 1) + 1) / 2).mean())
 
 
 def main(argv=None):

@@ -227,7 +227,8 @@ def run(args):
         loss_fn, scheduler, settings = _trajectory_loss(args, engine, d)
     else:
         loss_fn, scheduler, settings = _noised_loss(args, engine)
-    student = copy.deepcopy(engine.unet if args.init is None else _init_unet(args.init, engine.unet))
+    # --init loads a UNet of its own; the teacher's is copied (the engine keeps using it)
+    student = copy.deepcopy(engine.unet) if args.init is None else _init_unet(args.init, engine.unet)
     student.train().requires_grad_(True)
     m = args.teacher_steps
     losses = student_loop.train(args, student, d, loss_fn, f"progressive {m}->{n}", warmup=50)
