@@ -22,6 +22,10 @@ class EngineConfig:
     # DPM-Solver++ only); other step counts use the scheduler's spacing.
     timesteps: tuple[int, ...] | None = None
     guidance_scale: float = 5.0  # <= 1 disables classifier-free guidance (one model call)
+    # The sampler: None = the model's own scheduler, else a diffusers class name or a short
+    # name (schedulers.ALIASES: "euler-a", "dpm++2m-karras", "unipc", ...) built from its config.
+    scheduler: str | None = None
+    eta: float = 0.0  # DDIM's eta / TCD's gamma, as the pipeline's eta= (0: deterministic)
     height: int | None = None  # None: the UNet's sample size times the VAE factor
     width: int | None = None
     # Clockwork: adaptor on steps i % clock_every == clock_every - 1 (0-based), or on an
@@ -59,6 +63,9 @@ class EngineConfig:
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; modes: {', '.join(MODES)}")
         validate.finite_float(self.guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE)
+        validate.finite_float(self.eta, "eta", 0.0, 1.0)
+        if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler):
+            raise ValueError(f"scheduler must be a scheduler name or None, got {self.scheduler!r}")
         if not isinstance(self.decoder, str) or not self.decoder:
             raise ValueError(f"decoder must be 'vae', 'tiny' or a tiny decoder folder, got {self.decoder!r}")
         if self.text_dtype not in TEXT_DTYPES:

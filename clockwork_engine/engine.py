@@ -23,7 +23,7 @@ from functools import partial
 import torch
 
 from . import adaptor as adaptor_io
-from . import attention, loading, sampler, tiny_decoder, validate
+from . import attention, loading, sampler, schedulers, tiny_decoder, validate
 from .cache import CacheState
 from .compile import MODULE_OPTIONS, compiled
 from .config import MAX_GUIDANCE, MODES, EngineConfig
@@ -58,6 +58,8 @@ class Engine:
         self.unet = unet.eval().requires_grad_(False)
         self.vae = vae.eval().requires_grad_(False)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
+        if self.config.scheduler is not None:
+            scheduler = schedulers.from_name(self.config.scheduler, scheduler)
         self.scheduler = scheduler
         self.adaptor_dir, self.decoder_dir = adaptor_dir, decoder_dir
         self.tiny_decoder = self._load_tiny_decoder(self.config.decoder)
@@ -74,7 +76,7 @@ class Engine:
         self._tables: dict[int, sampler.SolverTable] = {}
         self._lock = _model_lock(self.unet)
         grid = self.config.timesteps  # fail now on an unsupported scheduler, or a grid it cannot take
-        sampler.build_table(copy.deepcopy(scheduler), len(grid) if grid else 1, grid)
+        self._table(len(grid) if grid else self.config.steps)
         # A guidance-distilled UNet embeds the guidance scale (time_cond_proj_dim) instead of CFG.
         self.guidance_dim = unet.config.time_cond_proj_dim or 0
         self.graphs = sampler.GraphSampler(self.config.backend, self.config.max_graphs)
@@ -114,6 +116,10 @@ class Engine:
             if (self.adaptor_meta.get("training") or {}).get("train_on") == "clock" and fitted != running:
                 self._clock_mismatch = (f"the adaptor was fitted only on the steps of clock {fitted}, "
                                         f"running clock {running}")
+            fitted_scheduler = self.adaptor_meta.get("scheduler")
+            if fitted_scheduler and not schedulers.same(fitted_scheduler, self.scheduler):
+                warnings.warn(f"the adaptor was fitted under {fitted_scheduler}, running "
+                              f"{schedulers.describe(self.scheduler)}", stacklevel=4)
         self.denoisers["clockwork.full"] = sampler.split_denoiser(self.split)
         self.denoisers["clockwork.adaptor"] = sampler.adaptor_denoiser(self.split, self.adaptor)
 
@@ -155,17 +161,22 @@ class Engine:
 
     @classmethod
     def from_pipeline(cls, pipe, *, config: EngineConfig | str | None = None) -> Engine:
-        """Wrap an already loaded diffusers StableDiffusionPipeline (its scheduler is copied)."""
+        """Wrap an already loaded diffusers StableDiffusionPipeline (its scheduler is copied whole:
+        from_config would drop the fields the pipeline rewrote, e.g. SD's steps_offset=1)."""
         for name in ("unet", "vae", "tokenizer", "text_encoder", "scheduler"):
             if getattr(pipe, name, None) is None:
                 raise ValueError(f"pipeline has no {name}; Engine.from_pipeline needs a Stable Diffusion pipeline")
         loading.check_compatible(pipe.unet, pipe.vae, pipe.text_encoder, type(pipe).__name__)
-        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        scheduler = copy.deepcopy(pipe.scheduler)
         return cls(pipe.unet, pipe.vae, pipe.tokenizer, pipe.text_encoder, scheduler, config=_config(config))
 
     def with_config(self, scheduler=None, **changes) -> Engine:
         """Another engine on the same loaded components (shared weights), its config changed;
-        scheduler: another supported diffusers scheduler (e.g. DDIMScheduler.from_config(...))."""
+        scheduler: another supported diffusers scheduler object (e.g. DDIMScheduler.from_config(...));
+        config.scheduler (a name, e.g. with_config(scheduler="euler-a")) takes the model's
+        scheduler config the same way."""
+        if isinstance(scheduler, str):
+            changes["scheduler"], scheduler = scheduler, None
         return Engine(self.unet, self.vae, self.prompts.tokenizer, self.text_encoder,
                       scheduler or copy.deepcopy(self.scheduler), config=self.config.with_(**changes),
                       adaptor_dir=self.adaptor_dir, decoder_dir=self.decoder_dir)
@@ -181,7 +192,9 @@ class Engine:
         """Images for a prompt (str -> one image) or a list of prompts (list -> list).
 
         steps / guidance_scale / height / width default to the engine's config; seed=None
-        draws a random seed; output: "pil" (PIL images), "pt" (float [B,3,H,W] in [0,1])
+        draws a random seed. seed and guidance_scale take a list too, one value a prompt: row k
+        then depends only on its own prompt, seed and scale (as diffusers' generator=[...]
+        does; one int seed draws the batch from one generator, as diffusers' does). output: "pil" (PIL images), "pt" (float [B,3,H,W] in [0,1])
         or "latent" (the final latents); callback(step, num_steps, latents) runs after
         every step, and an exception raised in it cancels the request. mode: "full" or
         "clockwork" (default: the config's; clockwork needs the engine's adaptor).
@@ -202,21 +215,22 @@ class Engine:
         elif len(negatives) != len(prompts):
             raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts")
         steps = validate.positive_int(cfg.steps if steps is None else steps, "steps", MAX_STEPS)
-        guidance = validate.finite_float(cfg.guidance_scale if guidance_scale is None else guidance_scale,
-                                         "guidance_scale", 0.0, MAX_GUIDANCE)
+        guidance = validate.per_row(cfg.guidance_scale if guidance_scale is None else guidance_scale, len(prompts),
+                                    lambda g: validate.finite_float(g, "guidance_scale", 0.0, MAX_GUIDANCE),
+                                    "guidance_scale")
         max_side = cfg.max_size_factor * self.default_size
         height = validate.image_side(height or cfg.height or self.default_size, "height", self.size_multiple, max_side)
         width = validate.image_side(width or cfg.width or self.default_size, "width", self.size_multiple, max_side)
-        seed = validate.seed(seed)
-        if seed is None:
-            seed = secrets.randbits(63)
+        seeds = validate.per_row(seed, len(prompts), validate.seed, "seed") if isinstance(seed, (list, tuple)) \
+            else [validate.seed(seed)]
+        seeds = [secrets.randbits(63) if s is None else s for s in seeds]
         if output not in OUTPUT_TYPES:
             raise ValueError(f"output must be one of {OUTPUT_TYPES}, got {output!r}")
         if callback is not None and not callable(callback):
             raise TypeError("callback must be callable")
 
         with self._lock:
-            latents = self._sample(prompts, negatives, steps, guidance, seed, height, width, mode, callback)
+            latents = self._sample(prompts, negatives, steps, guidance, seeds, height, width, mode, callback)
             result = latents if output == "latent" else self._decode(latents, output)
         return result[0] if isinstance(prompt, str) else result
 
@@ -225,19 +239,24 @@ class Engine:
             if len(self._tables) >= 32:  # a bounded cache: drop the oldest step count
                 self._tables.pop(next(iter(self._tables)))
             grid = self.config.timesteps if self.config.timesteps and len(self.config.timesteps) == steps else None
-            self._tables[steps] = sampler.build_table(self.scheduler, steps, grid).to(self.device)
+            table = sampler.build_table(self.scheduler, steps, grid, self.config.eta)
+            sampler.verify(self.scheduler, table, grid, self.config.eta)  # refuse what the table would get wrong
+            self._tables[steps] = table.to(self.device)
         return self._tables[steps]
 
     def schedule(self, steps: int, mode: str) -> list[str]:
-        """The step kinds the loop runs, e.g. clockwork.full, clockwork.adaptor, ..., each
-        with "+compute" / "+reuse" where attention maps are cached / reused."""
+        """The step kinds the loop runs for `steps` inference steps, one a model evaluation
+        (Heun, KDPM2 and PNDM evaluate the model more often than once a step): e.g.
+        clockwork.full, clockwork.adaptor, ..., each with "+compute" / "+reuse" where
+        attention maps are cached / reused. The clock counts model evaluations."""
+        evals = self._table(steps).num_steps
         if mode == "full":
-            kinds = ["full"] * steps
+            kinds = ["full"] * evals
         else:
-            kinds = ["clockwork.adaptor" if a else "clockwork.full" for a in self.config.clock().schedule(steps)]
+            kinds = ["clockwork.adaptor" if a else "clockwork.full" for a in self.config.clock().schedule(evals)]
         if self.config.attention_reuse is None:
             return kinds
-        actions = attention.reuse_actions(steps, self.config.attention_reuse)
+        actions = attention.reuse_actions(evals, self.config.attention_reuse)
         for i, action in enumerate(actions):
             # An adaptor step runs no layer of L, so the maps of L's attention layers a reuse run
             # needs come from the last full step before it: that step computes (stores) them too.
@@ -253,19 +272,26 @@ class Engine:
         if action:
             denoise = attention.reuse_denoiser(denoise, self.reuse, action, bufs.maps)
         return partial(sampler.step, denoise, table, text=bufs.text, guidance=bufs.guidance, cfg=cfg_on,
-                       embed_guidance=self.guidance_dim)
+                       embed_guidance=self.guidance_dim, noise=bufs.noise)
 
-    def uses_cfg(self, guidance: float) -> bool:
-        """Two model evaluations per step (CFG batch) or one (no guidance, or a distilled model)."""
-        return guidance > 1.0 and not self.guidance_dim
+    def uses_cfg(self, guidance) -> bool:
+        """Two model evaluations per step (CFG batch) or one (no guidance, or a distilled model);
+        guidance: a scale or one a row (the batch runs CFG when any row asks for it)."""
+        scales = guidance if isinstance(guidance, (list, tuple)) else [guidance]
+        return max(scales) > 1.0 and not self.guidance_dim
 
-    def _sample(self, prompts, negatives, steps, guidance, seed, height, width, mode, callback):
+    def _sample(self, prompts, negatives, steps, guidance, seeds, height, width, mode, callback):
         cfg_on = self.uses_cfg(guidance)
         text = self.prompts.encode(negatives + prompts if cfg_on else prompts).to(self.device, self.unet.dtype)
         shape = (len(prompts), self.unet.config.in_channels, height // self.vae_factor, width // self.vae_factor)
-        # CPU generator whatever the device: the same seed gives the same image everywhere.
-        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
         table = self._table(steps)
+        # CPU generators whatever the device (the same seed gives the same image everywhere), drawn
+        # in the model's dtype as diffusers' pipeline draws them.
+        latents, noise = sampler.draw_noise(table, shape, [torch.Generator().manual_seed(s) for s in seeds],
+                                            self.unet.dtype)
+        latents, noise = latents.to(self.device), None if noise is None else noise.to(self.device)
+        # Under CFG a row with a scale <= 1 gets scale 1 (its conditional output), as it would alone.
+        scales = torch.tensor([g if g > 1.0 or not cfg_on else 1.0 for g in guidance], device=self.device)
         kinds = self.schedule(steps, mode)
         trained_steps = self.adaptor_meta.get("steps")
         if mode == "clockwork" and trained_steps not in (None, steps):
@@ -281,7 +307,7 @@ class Engine:
             s = self.split.scale
             feature_shape = (text.shape[0], self.split.r_out_channels, shape[2] // s, shape[3] // s)
         key = (len(prompts), height, width, str(self.unet.dtype), mode, cfg_on, steps)
-        latents = self.graphs.run(key, make_steps, kinds, table, noise, text, guidance, feature_shape,
+        latents = self.graphs.run(key, make_steps, kinds, table, latents, noise, text, scales, feature_shape,
                                   CacheState(), callback)
         if not torch.isfinite(latents).all():
             raise NonFiniteError("the sampler produced NaN/Inf latents (check the model weights and guidance_scale)")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import warnings
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 MODEL_COMPONENTS = ("unet", "vae")
+USED_COMPONENTS = ("unet", "vae", "scheduler", "tokenizer", "text_encoder")
+log = logging.getLogger("clockwork_engine")
 
 
 class ModelLoadError(ValueError):
@@ -60,6 +64,35 @@ def check_safetensors(folder: str):
     raise ModelLoadError(f"{folder!r} has no .safetensors weights")
 
 
+def weights_variant(folder: str) -> str | None:
+    """'fp16' (say) for a folder holding only diffusers' variant files (model.fp16.safetensors,
+    diffusion_pytorch_model.fp16-00001-of-00002.safetensors, ...), None when it has plain weights."""
+    files = sorted(os.listdir(folder))
+    if any(re.fullmatch(r"\w+\.safetensors(\.index\.json)?", f) for f in files):
+        return None
+    for f in files:
+        m = re.fullmatch(r"\w+\.(\w+?)(-\d+-of-\d+)?\.safetensors", f)
+        if m:
+            return m.group(1)
+    return None
+
+
+def pipeline_scheduler(scheduler, where: str):
+    """The scheduler as StableDiffusionPipeline's constructor leaves it: an outdated config's
+    steps_offset != 1 and clip_sample=True are rewritten (diffusers warns and does the same)."""
+    fixes = {}
+    if scheduler.config.get("steps_offset", 1) != 1:
+        fixes["steps_offset"] = 1
+    if scheduler.config.get("clip_sample") is True:
+        fixes["clip_sample"] = False
+    if not fixes:
+        return scheduler
+    log.info("%s: scheduler config %s rewritten as StableDiffusionPipeline does", where,
+             ", ".join(f"{k}={v}" for k, v in fixes.items()))
+    config = {k: v for k, v in scheduler.config.items() if k != "_use_default_values"}
+    return type(scheduler).from_config({**config, **fixes})
+
+
 def _load(what: str, fn):
     try:
         with warnings.catch_warnings():
@@ -81,24 +114,38 @@ def load_components(path: str, tokenizer=None, text_encoder=None, torch_dtype=No
     import transformers
 
     index = read_index(path)
+    skipped = [k for k, v in index.items() if not k.startswith("_") and k not in USED_COMPONENTS
+               and isinstance(v, list) and v[0] is not None]
+    if skipped:
+        log.info("%s: not used by the engine, skipped: %s", path, ", ".join(skipped))
     for name in MODEL_COMPONENTS:
         check_safetensors(os.path.join(path, name))
-    kw = dict(use_safetensors=True, torch_dtype=torch_dtype) if torch_dtype else dict(use_safetensors=True)
-    unet = _load(f"unet from {path}", lambda: diffusers.UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw))
-    vae = _load(f"vae from {path}", lambda: diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", **kw))
+
+    def kw(folder: str) -> dict:
+        args = dict(use_safetensors=True, variant=weights_variant(os.path.join(path, folder)))
+        return {**args, "torch_dtype": torch_dtype} if torch_dtype else args
+
+    unet = _load(f"unet from {path}",
+                 lambda: diffusers.UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw("unet")))
+    vae = _load(f"vae from {path}", lambda: diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", **kw("vae")))
     sched_cls = index["scheduler"][1] if isinstance(index["scheduler"], list) else None
     if not isinstance(sched_cls, str) or not hasattr(diffusers, sched_cls):
         raise ModelLoadError(f"model_index.json names an unknown scheduler {index['scheduler']!r}")
     scheduler = _load(f"scheduler from {path}",
                       lambda: getattr(diffusers, sched_cls).from_pretrained(path, subfolder="scheduler"))
+    if index.get("_class_name", "StableDiffusionPipeline") == "StableDiffusionPipeline":
+        scheduler = pipeline_scheduler(scheduler, path)
     if tokenizer is None or text_encoder is None:
         te_dir = os.path.join(path, "text_encoder")
         if os.path.isdir(te_dir):
             check_safetensors(te_dir)
             te_cls = getattr(transformers, index.get("text_encoder", [None, "AutoModel"])[1], transformers.AutoModel)
             tok_cls = getattr(transformers, index.get("tokenizer", [None, "AutoTokenizer"])[1], transformers.AutoTokenizer)
+            te_kw = kw("text_encoder")
+            if "torch_dtype" in te_kw:  # transformers' name for it
+                te_kw["dtype"] = te_kw.pop("torch_dtype")
             text_encoder = text_encoder or _load(f"text_encoder from {path}", lambda: te_cls.from_pretrained(
-                path, subfolder="text_encoder", use_safetensors=True))
+                path, subfolder="text_encoder", **te_kw))
             tokenizer = tokenizer or _load(f"tokenizer from {path}",
                                            lambda: tok_cls.from_pretrained(path, subfolder="tokenizer"))
         elif index.get("text_encoder", [None, None])[1] == "BertModel":

@@ -47,10 +47,19 @@ def seed(value) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"seed must be an int or None, got {type(value).__name__}")
+        raise TypeError(f"seed must be an int, a list of ints or None, got {type(value).__name__}")
     if not 0 <= value < 2**63:
         raise ValueError(f"seed must be in [0, 2**63), got {value}")
     return int(value)
+
+
+def per_row(value, count: int, check, name: str) -> list:
+    """A value for every row: one value (all rows) or a list of `count` values, each checked."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise ValueError(f"{name} has {len(value)} entries for {count} prompts")
+        return [check(v) for v in value]
+    return [check(value)] * count
 
 
 def image_side(value, name: str, multiple: int, maximum: int) -> int:

@@ -172,12 +172,29 @@ def test_mismatched_components(tiny_dir, tmp_path):
         Engine.from_pretrained(str(d))
 
 
-def test_unsupported_scheduler(tiny_pipe):
+@pytest.mark.parametrize("make, match", [
+    (lambda cfg: __import__("diffusers").FlowMatchEulerDiscreteScheduler(), "FlowMatchEulerDiscreteScheduler is not supported"),
+    (lambda cfg: __import__("diffusers").DPMSolverMultistepScheduler.from_config(cfg, thresholding=True),
+     "thresholding=True is not supported"),
+    (lambda cfg: __import__("diffusers").DDPMScheduler.from_config(cfg, variance_type="learned"),
+     "variance_type='learned' is not supported"),
+    (lambda cfg: __import__("diffusers").UniPCMultistepScheduler.from_config(cfg, solver_type="bh1"),
+     "not finite"),  # diffusers' own bh1 step gives NaN on a final sigma of 0
+], ids=["flow-match", "thresholding", "learned-variance", "unipc-bh1-zero-sigma"])
+def test_unsupported_scheduler_is_refused_naming_it(tiny_pipe, make, match):
     import copy
 
-    from diffusers import EulerAncestralDiscreteScheduler
-
     pipe = copy.copy(tiny_pipe)
-    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(tiny_pipe.scheduler.config)
-    with pytest.raises(ValueError, match="EulerAncestralDiscreteScheduler is not supported"):
+    pipe.scheduler = make(tiny_pipe.scheduler.config)
+    with pytest.raises(ValueError, match=match):
         Engine.from_pipeline(pipe)
+
+
+def test_eta_for_a_scheduler_without_it_is_refused(tiny_pipe):
+    with pytest.raises(ValueError, match="takes no eta"):
+        Engine.from_pipeline(tiny_pipe).with_config(eta=0.5)
+
+
+def test_unknown_scheduler_name_lists_the_known_ones(tiny_pipe):
+    with pytest.raises(ValueError, match="unknown scheduler 'eulr'; known: .*euler-a"):
+        Engine.from_pipeline(tiny_pipe).with_config(scheduler="eulr")

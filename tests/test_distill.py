@@ -26,7 +26,8 @@ def test_distill_trains_resumes_and_loads(tiny_dir, tmp_path, mode):
     assert len(first) == 1
     meta = json.loads((out / "adaptor_config.json").read_text())
     assert meta["steps"] == 4 and meta["clock"] == {"every": 2, "adaptor_steps": None}
-    assert meta["scheduler"] == "DPMSolverMultistepScheduler" and meta["training"]["mode"] == mode
+    assert meta["scheduler"].startswith("DPMSolverMultistepScheduler(algorithm_type='dpmsolver++'")
+    assert meta["training"]["mode"] == mode
     assert meta["training"]["loss"] == "guided" and {"adaptor_guided", "identity_guided"} <= set(history[-1])
     assert (out / "loss.png").exists()
     # The trained adaptor moved away from the identity and the engine runs it.
@@ -94,14 +95,14 @@ def test_distill_rejects_a_clock_without_adaptor_steps(tiny_dir, tmp_path, capsy
 def test_distill_for_ddim_and_engine_with_that_scheduler(tiny_dir, tmp_path):
     """The DPM++ vs DDIM ablation: an adaptor fitted on DDIM trajectories, run by an engine
     whose scheduler was swapped with with_config(scheduler=...), adaptor folder kept."""
-    from clockwork_engine.distill.progressive import ddim_scheduler
-
     out = tmp_path / "adaptor_ddim"
     assert cli.main(["distill", "--model", str(tiny_dir), "--out", str(out), "--epochs", "1",
-                     "--scheduler", "ddim", *ARGS]) == 0
-    assert json.loads((out / "adaptor_config.json").read_text())["scheduler"] == "DDIMScheduler"
-    dpm = Engine.from_pretrained(str(tiny_dir), config=EngineConfig(mode="clockwork", adaptor=str(out), steps=4))
-    ddim = dpm.with_config(scheduler=ddim_scheduler(dpm.scheduler.config))
+                     "--scheduler", "ddim-trailing", *ARGS]) == 0
+    recorded = json.loads((out / "adaptor_config.json").read_text())["scheduler"]
+    assert recorded.startswith("DDIMScheduler(") and "timestep_spacing='trailing'" in recorded
+    with pytest.warns(UserWarning, match="the adaptor was fitted under DDIMScheduler"):  # run under DPM++
+        dpm = Engine.from_pretrained(str(tiny_dir), config=EngineConfig(mode="clockwork", adaptor=str(out), steps=4))
+    ddim = dpm.with_config(scheduler="ddim-trailing")
     assert type(ddim.scheduler).__name__ == "DDIMScheduler" and ddim.adaptor is not None
     a, b = (e.generate("a red circle", seed=0, output="latent") for e in (dpm, ddim))
     assert torch.isfinite(b).all() and not torch.allclose(a, b)

@@ -20,10 +20,11 @@ def test_graph_sampler_equals_the_plain_loop(tiny_pipe, mode):
     text = engine.prompts.encode(["", "", "a red circle", "a blue square"])
     table = engine._table(5)
     kinds = engine.schedule(5, mode)
-    fns = {k: partial(sampler.step, engine.denoisers[k], table, text=text, guidance=torch.tensor(4.0), cfg=True)
+    fns = {k: partial(sampler.step, engine.denoisers[k], table, text=text, guidance=torch.full((2,), 4.0), cfg=True)
            for k in set(kinds)}
-    noise = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(0))
-    ref = sampler.run(fns, kinds, table, noise, CacheState())
+    latents, noise = sampler.draw_noise(table, (2, 4, 8, 8), [torch.Generator().manual_seed(0)])
+    assert noise is None  # DPM-Solver++ draws nothing after the initial latents
+    ref = sampler.run(fns, kinds, table, latents, CacheState())
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
 
 
@@ -64,15 +65,15 @@ def test_guard_fails_a_step_that_syncs_with_the_host():
 
 
 def test_graph_sampler_refuses_a_syncing_step_function():
-    def syncing_step(i, x, x0_prev, features):
+    def syncing_step(i, x, history, features):
         scale = float(i) + 1.0  # .item() in disguise
-        return x * scale, x0_prev, features
+        return x * scale, history, features
 
     g = GraphSampler("cpu")
     table = sampler.build_table(__import__("clockwork_engine").demo.models.build_scheduler(), 2)
     with pytest.raises(HostSyncError):
-        g.run(("k",), lambda bufs: {"full": syncing_step}, ["full", "full"], table, torch.zeros(1, 4, 2, 2),
-              torch.zeros(1, 3, 8), 1.0, None, CacheState())
+        g.run(("k",), lambda bufs: {"full": syncing_step}, ["full", "full"], table, torch.zeros(1, 4, 2, 2), None,
+              torch.zeros(1, 3, 8), torch.ones(1), None, CacheState())
     assert g.keys() == []  # nothing half-built is kept
 
 

@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .. import adaptor as A
+from .. import schedulers
 from ..clock import Clock
 from ..demo import shapes
 from ..demo.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
@@ -48,8 +49,9 @@ def build_parser(parser=None):
     ap.add_argument("--mode", choices=("unrolled", "noised", "rollout"), default="unrolled")
     ap.add_argument("--loss", choices=("guided", "plain"), default="guided",
                     help="with CFG: L2 on the uncond and guided-mix rows (default), or plain L2 on every row")
-    ap.add_argument("--scheduler", choices=("model", "ddim"), default="model",
-                    help="sampler of the operating point: the model's own, or DDIM (trailing, eta 0) for the ablation")
+    ap.add_argument("--scheduler", default="model",
+                    help="sampler of the operating point: 'model' (the model's own) or a scheduler name "
+                         "(clockwork generate --scheduler's: euler-a, unipc, ddim-trailing, ...)")
     ap.add_argument("--prompts", default=None, help="a text file of captions (default: the demo captions)")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--captions-per-epoch", type=int, default=512)
@@ -136,21 +138,20 @@ def run(args):
 
     torch.manual_seed(args.seed)
     engine = Engine.from_pretrained(args.model, config="full")
-    if args.scheduler == "ddim":
-        from .progressive import ddim_scheduler
-
-        engine = engine.with_config(scheduler=ddim_scheduler(engine.scheduler.config))
+    if args.scheduler != "model":
+        engine = engine.with_config(scheduler=args.scheduler)
     if args.guidance is None:
         args.guidance = engine.config.guidance_scale
     split = UNetSplit(engine.unet, args.cut)
     clock = Clock(every=args.clock, adaptor_steps=frozenset(int(s) for s in args.adaptor_steps.split(","))
                   if args.adaptor_steps else None)
-    schedule = clock.schedule(args.steps)
+    evals = engine._table(args.steps).num_steps  # the clock counts model evaluations
+    schedule = clock.schedule(evals)
     adaptor_steps = [i for i, a in enumerate(schedule) if a]
     if not adaptor_steps:
         raise ValueError(f"the clock has no adaptor step in {args.steps} steps")
     if args.train_on == "all":
-        adaptor_steps = list(range(1, args.steps))
+        adaptor_steps = list(range(1, evals))
     adaptor = A.Adaptor(A.AdaptorConfig.for_split(split, args.hidden, use_r_out=not args.no_r_out,
                                                   text_embed_dim=split.text_embed_dim if args.pooled_text else 0))
     opt = torch.optim.Adam(adaptor.parameters(), lr=args.lr)
@@ -208,7 +209,7 @@ def run(args):
                 "captions_per_epoch": args.captions_per_epoch, "passes": args.passes,
                 "lr": args.lr, "guidance": args.guidance, "seed": args.seed, "held_out": history[-1:] or None}
     A.save(args.out, adaptor, cut=args.cut, base_fingerprint=A.model_fingerprint(engine.unet),
-           scheduler=type(engine.scheduler).__name__, steps=args.steps, clock=clock.to_dict(), training=training)
+           scheduler=schedulers.describe(engine.scheduler), steps=args.steps, clock=clock.to_dict(), training=training)
     with open(os.path.join(args.out, "history.json"), "w") as f:
         json.dump(history, f, indent=1)
     print(f"saved {args.out}")

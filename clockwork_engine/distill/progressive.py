@@ -42,7 +42,8 @@ import torch
 from tqdm import tqdm
 
 from ..demo import shapes
-from ..sampler.steps import guidance_embedding, solver_update
+from ..sampler.solver import update
+from ..sampler.steps import guidance_embedding
 from . import student_loop
 from .guidance import demo_batch
 
@@ -134,10 +135,10 @@ def teacher_trajectories(engine, steps: int, count: int, g_min: float, g_max: fl
         text, cond = engine.prompts.encode(batch), guidance_embedding(w, engine.guidance_dim)
         noise_gen = torch.Generator().manual_seed(seed + k // chunk)
         x = torch.randn(b, engine.unet.config.in_channels, size, size, generator=noise_gen) * table.init_noise_sigma
-        xs, x0 = [x], torch.zeros_like(x)
-        for i in range(steps):
-            eps = engine.unet(x, table.timesteps[i], text, timestep_cond=cond).sample
-            x, x0 = solver_update(table, torch.tensor(i), x, eps, x0)
+        xs, history = [x], table.empty_history(x)
+        for i in range(table.num_steps):
+            eps = engine.unet(x * table.in_scale[i], table.timesteps[i], text, timestep_cond=cond).sample
+            x, history = update(table, torch.tensor(i), x, eps, history)
             xs.append(x)
         states.append(torch.stack(xs, 1))
         captions += batch

@@ -51,13 +51,14 @@ def _text(engine, prompts, cfg: bool):
 
 def unrolled(engine, split, prompts: list[str], steps: int, guidance: float, generator: torch.Generator):
     """The teacher's own trajectories: a rollout without adaptor steps."""
-    return rollout(engine, split, None, prompts, steps, guidance, [False] * steps, generator)
+    return rollout(engine, split, None, prompts, steps, guidance, [False] * engine._table(steps).num_steps,
+                   generator)
 
 
 @torch.no_grad()
 def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: float, schedule: list[bool],
             generator: torch.Generator):
-    """schedule[i]: phi at step i (the clock's schedule, first step full)."""
+    """schedule[i]: phi at model evaluation i (the clock's schedule, first step full)."""
     table = engine._table(steps)
     cfg = engine.uses_cfg(guidance)
     records: list[Record] = []
@@ -73,13 +74,13 @@ def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: fl
 
         return denoise
 
-    common = dict(text=_text(engine, prompts, cfg), guidance=torch.tensor(guidance), cfg=cfg,
-                  embed_guidance=engine.guidance_dim)
+    size = engine.default_size // engine.vae_factor
+    latents, noise = sampler.draw_noise(table, (len(prompts), engine.unet.config.in_channels, size, size), [generator])
+    common = dict(text=_text(engine, prompts, cfg), guidance=torch.full((len(prompts),), float(guidance)), cfg=cfg,
+                  embed_guidance=engine.guidance_dim, noise=noise)
     step_fns = {kind: partial(sampler.step, denoiser(kind == "adaptor"), table, **common)
                 for kind in ("full", "adaptor")}  # "adaptor" is never called without adaptor steps
-    size = engine.default_size // engine.vae_factor
-    noise = torch.randn(len(prompts), engine.unet.config.in_channels, size, size, generator=generator)
-    sampler.run(step_fns, ["adaptor" if a else "full" for a in schedule], table, noise, CacheState())
+    sampler.run(step_fns, ["adaptor" if a else "full" for a in schedule], table, latents, CacheState())
     return records
 
 

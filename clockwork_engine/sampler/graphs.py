@@ -1,7 +1,7 @@
 """The graph sampler: each step kind runs as a program over static buffers.
 
-All state of a request lives in static buffers (latents, x0 history, cached r_out, text,
-guidance, step index). A step program reads them and writes the new state back in place,
+All state of a request lives in static buffers (latents, the solver's history window,
+pre-drawn noise terms, cached r_out, text, per-row guidance, step index). A step program reads them and writes the new state back in place,
 so a CUDA graph captured from it can be replayed step after step; the full program writes
 r_out into the buffer the adaptor program reads. The host only picks, from the step index,
 which program to replay and copies the index in.
@@ -35,8 +35,8 @@ from ..compile import STEP_OPTIONS, compiled
 from .guard import NoHostSync
 from .solver import SolverTable
 
-# make_steps(buffers) -> {kind: step_fn}; step_fn(i, x, x0_prev, features) -> (x_next, x0, features)
-# with text, guidance and attention maps bound to the static buffers.
+# make_steps(buffers) -> {kind: step_fn}; step_fn(i, x, history, features) -> (x_next, history, features)
+# with text, guidance, noise terms and attention maps bound to the static buffers.
 StepFactory = Callable[["StaticBuffers"], dict]
 
 
@@ -44,10 +44,11 @@ StepFactory = Callable[["StaticBuffers"], dict]
 class StaticBuffers:
     step: torch.Tensor  # [] int64, the step index
     x: torch.Tensor  # [B, C, h, w] float32
-    x0_prev: torch.Tensor  # [B, C, h, w] float32
+    history: torch.Tensor  # [K, V, B, C, h, w] float32, the solver's window (solver.py)
+    noise: torch.Tensor | None  # [E, B, C, h, w] float32 noise terms of a stochastic scheduler, or None
     features: torch.Tensor | None  # [B', C_r, h_r, w_r] cached r_out, or None without clockwork
     text: torch.Tensor  # [B', L, D]
-    guidance: torch.Tensor  # [] float32
+    guidance: torch.Tensor  # [B] float32, one scale a row
     maps: dict = field(default_factory=dict)  # attention maps of the request (layer -> tensor)
 
 
@@ -79,9 +80,9 @@ class _Program:
 
     def run(self):
         b = self.bufs
-        x, x0, features = self.step_fn(b.step, b.x, b.x0_prev, b.features)
+        x, history, features = self.step_fn(b.step, b.x, b.history, b.features)
         b.x.copy_(x)
-        b.x0_prev.copy_(x0)
+        b.history.copy_(history)
         if b.features is not None and features is not None:
             b.features.copy_(features)
 
@@ -133,15 +134,17 @@ class GraphSampler:
     def clear(self):
         self._entries.clear()
 
-    def _build(self, make_steps: StepFactory, kinds: set[str], noise, text, feature_shape) -> _Entry:
-        device = noise.device
+    def _build(self, make_steps: StepFactory, kinds: set[str], table: SolverTable, latents, noise, text,
+               feature_shape) -> _Entry:
+        device = latents.device
         bufs = StaticBuffers(
             step=torch.zeros((), dtype=torch.long, device=device),
-            x=torch.zeros(noise.shape, dtype=torch.float32, device=device),
-            x0_prev=torch.zeros(noise.shape, dtype=torch.float32, device=device),
+            x=torch.zeros(latents.shape, dtype=torch.float32, device=device),
+            history=table.empty_history(latents),
+            noise=None if noise is None else torch.zeros_like(noise),
             features=torch.zeros(feature_shape, dtype=text.dtype, device=device) if feature_shape else None,
             text=torch.zeros_like(text),
-            guidance=torch.zeros((), dtype=torch.float32, device=device),
+            guidance=torch.zeros(latents.shape[0], dtype=torch.float32, device=device),
         )
         step_fns = make_steps(bufs)
         # Programs that compute attention maps run first: their warm-up allocates the map
@@ -165,16 +168,17 @@ class GraphSampler:
                     programs[kind].run()
         return _Entry(bufs, programs)
 
-    def run(self, key: tuple, make_steps: StepFactory, kinds: list[str], table: SolverTable, noise: torch.Tensor,
-            text: torch.Tensor, guidance: float, feature_shape: tuple | None, cache: CacheState,
-            callback=None) -> torch.Tensor:
-        """Sample x_N for one request; returns a fresh tensor (the buffers stay the sampler's)."""
+    def run(self, key: tuple, make_steps: StepFactory, kinds: list[str], table: SolverTable, latents: torch.Tensor,
+            noise: torch.Tensor | None, text: torch.Tensor, guidance: torch.Tensor, feature_shape: tuple | None,
+            cache: CacheState, callback=None) -> torch.Tensor:
+        """Sample x_E for one request from its initial latents (times init_noise_sigma) and noise
+        terms (solver.draw_noise); guidance [B]. Returns a fresh tensor (the buffers stay the sampler's)."""
         if len(kinds) != table.num_steps:
             raise ValueError(f"schedule has {len(kinds)} entries for {table.num_steps} steps")
         entry = self._entries.get(key)
         if entry is None:
             self.misses += 1
-            entry = self._build(make_steps, set(kinds), noise, text, feature_shape)
+            entry = self._build(make_steps, set(kinds), table, latents, noise, text, feature_shape)
             self._entries[key] = entry
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
@@ -184,13 +188,15 @@ class GraphSampler:
             self._entries.move_to_end(key)
         b = entry.bufs
         # Reset every buffer: nothing of an earlier request (or of the guard run) survives.
-        b.x.copy_(noise.float() * table.init_noise_sigma)
-        b.x0_prev.zero_()
+        b.x.copy_(latents)
+        b.history.zero_()
+        if b.noise is not None:
+            b.noise.copy_(noise)
         if b.features is not None:
             b.features.zero_()
         b.text.copy_(text)
-        b.guidance.fill_(guidance)
-        indices = torch.arange(table.num_steps, device=noise.device)
+        b.guidance.copy_(guidance)
+        indices = torch.arange(table.num_steps, device=latents.device)
         with _range("clockwork.sample"):
             for i, kind in enumerate(kinds):
                 with _range(f"clockwork.step.{i}.{kind}"):

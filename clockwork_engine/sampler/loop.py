@@ -14,17 +14,18 @@ from .solver import SolverTable
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
 
-def run(step_fns: dict, kinds: list[str], table: SolverTable, noise: torch.Tensor, cache: CacheState,
+def run(step_fns: dict, kinds: list[str], table: SolverTable, latents: torch.Tensor, cache: CacheState,
         callback: StepCallback | None = None) -> torch.Tensor:
-    """x_N from x_0 = noise * init_sigma. step_fns[kind](i, x, x0_prev, features) -> (x, x0, features)."""
+    """x_E from the initial latents (already times init_noise_sigma, see solver.draw_noise).
+    step_fns[kind](i, x, history, features) -> (x, history, features)."""
     if len(kinds) != table.num_steps:
         raise ValueError(f"schedule has {len(kinds)} entries for {table.num_steps} steps")
-    x = noise.float() * table.init_noise_sigma
-    x0_prev = torch.zeros_like(x)
+    x = latents.float()
+    history = table.empty_history(x)
     indices = torch.arange(table.num_steps, device=x.device)  # 0-d slices: no host sync per step
     for i, kind in enumerate(kinds):
         with torch.profiler.record_function(f"clockwork.step.{i}.{kind}"):
-            x, x0_prev, cache.r_out = step_fns[kind](indices[i], x, x0_prev, cache.r_out)
+            x, history, cache.r_out = step_fns[kind](indices[i], x, history, cache.r_out)
         if callback is not None:
             callback(i, table.num_steps, x)
     return x

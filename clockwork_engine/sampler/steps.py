@@ -1,11 +1,13 @@
 """The per-step functions: small, pure and free of host syncs (what a CUDA graph captures).
 
-A step takes the step index (0-d int64 tensor), the latents x_i [B, C, h, w], the previous
-step's x0 prediction [B, C, h, w] (the solver's history), the cached features of the
-previous step (r_out [B', C_r, h_r, w_r] or None), the text embeddings ([2B, L, D] with
-CFG, uncond first as diffusers orders them; else [B, L, D]) and the guidance scale (0-d
-tensor), and returns (x_{i+1}, x0_i, features_i). Whether CFG runs is a Python bool fixed
-per call site (one captured graph per value), never a branch on tensor data.
+A step takes the step index (0-d int64 tensor: the model evaluation, see solver.py), the
+latents x_i [B, C, h, w], the solver's window of past vectors (history [K, V, B, C, h, w]),
+the cached features of the previous step (r_out [B', C_r, h_r, w_r] or None), the text
+embeddings ([2B, L, D] with CFG, uncond first as diffusers orders them; else [B, L, D]), the
+guidance scales (one a row, [B] float32) and the pre-drawn noise terms of a stochastic
+scheduler ([E, B, C, h, w] or None), and returns (x_{i+1}, history, features). Whether CFG
+runs is a Python bool fixed per call site (one captured graph per value), never a branch on
+tensor data.
 
 A guidance-distilled model (a UNet with time_cond_proj_dim) runs once per step without
 the CFG batch and takes the guidance scale as an embedding added to its time embedding
@@ -27,7 +29,7 @@ from typing import Optional
 
 import torch
 
-from .solver import SolverTable
+from .solver import SolverTable, update
 
 Features = Optional[torch.Tensor]
 Denoiser = Callable[..., tuple[torch.Tensor, Features]]
@@ -67,36 +69,23 @@ def adaptor_denoiser(split, adaptor) -> Denoiser:
     return denoise
 
 
-def _at(table_column: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-    # index_select keeps the step index on the device (no .item()); shape [1] broadcasts.
-    return table_column.index_select(0, i.view(1))
-
-
-def solver_update(table: SolverTable, i, x, model_out, x0_prev) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_{i+1}, x0_i) from the model output; float32 math whatever the model dtype."""
-    model_out = model_out.float()
-    x0 = _at(table.p, i) * x + _at(table.q, i) * model_out
-    x_next = _at(table.a, i) * x + _at(table.b, i) * x0 + _at(table.c, i) * x0_prev
-    return x_next, x0
-
-
-def step(denoise: Denoiser, table: SolverTable, i, x, x0_prev, features, text, guidance, cfg: bool,
-         embed_guidance: int = 0):
+def step(denoise: Denoiser, table: SolverTable, i, x, history, features, text, guidance, cfg: bool,
+         embed_guidance: int = 0, noise=None):
     """One sampler step: classifier-free guidance folded into one batched model call, or
     (embed_guidance = the embedding size of a guidance-distilled model) one plain call."""
     t = table.timesteps.index_select(0, i.view(1))[0]
-    model_in = x.to(text.dtype)
+    model_in = (x * table.in_scale.index_select(0, i.view(1))).to(text.dtype)
     if cfg:
         model_in = torch.cat([model_in, model_in])
     cond = None
     if embed_guidance:
-        cond = guidance_embedding(guidance.view(1), embed_guidance).to(text.dtype).expand(model_in.shape[0], -1)
+        cond = guidance_embedding(guidance, embed_guidance).to(text.dtype)
     # The profile's "model compute" range; a compiled program has no Python ranges inside it.
     model_range = nullcontext() if torch.compiler.is_compiling() else torch.profiler.record_function("clockwork.model")
     with model_range:
         out, features = denoise(model_in, t, text, features, cond)
     if cfg:
-        uncond, cond = out.chunk(2)
-        out = uncond + guidance * (cond - uncond)
-    x_next, x0 = solver_update(table, i, x, out, x0_prev)
-    return x_next, x0, features
+        uncond, cond_out = out.chunk(2)
+        out = uncond + guidance.to(out.dtype).view(-1, 1, 1, 1) * (cond_out - uncond)
+    x_next, history = update(table, i, x, out, history, noise)
+    return x_next, history, features
