@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 
@@ -18,13 +19,18 @@ def _generate(args) -> int:
         config = config.with_(decoder=args.decoder)
     if args.text_dtype:
         config = config.with_(text_dtype=args.text_dtype)
+    if args.scheduler:
+        config = config.with_(scheduler=args.scheduler)
+    if args.eta is not None:
+        config = config.with_(eta=args.eta)
     steps = config.steps if args.steps is None else args.steps
+    engine = Engine.from_pretrained(args.model, config=config, preset=args.preset)
+    evals = engine.schedule(steps, "full")  # one entry a model evaluation (Heun: about two a step)
     if args.reuse_schedule:
         spec = args.reuse_schedule
-        reuse = reuse_search.late(int(spec[5:]), steps) if spec.startswith("late:") else reuse_search.load(spec)
-        config = config.with_(attention_reuse=reuse)
-    engine = Engine.from_pretrained(args.model, config=config, preset=args.preset)
-    bar = tqdm(total=steps, desc="sampling", unit="step", disable=args.quiet)
+        reuse = reuse_search.late(int(spec[5:]), len(evals)) if spec.startswith("late:") else reuse_search.load(spec)
+        engine = engine.with_config(attention_reuse=reuse)
+    bar = tqdm(total=len(evals), desc="sampling", unit="step", disable=args.quiet)
     image = engine.generate(args.prompt, steps=steps, guidance_scale=args.guidance, seed=args.seed,
                             height=args.height, width=args.width,
                             callback=lambda i, n, latents: bar.update(1))
@@ -68,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--text-dtype", default=None, choices=TEXT_DTYPES,
                      help="text encoder weights: float32 or bfloat16 (half the bytes to read; ~1%% "
                           "embedding error) (default: float32)")
+    gen.add_argument("--scheduler", default=None,
+                     help="sampler: a diffusers class name or a short name (ddim, pndm, euler, euler-a, heun, "
+                          "dpm++2m, dpm++2m-karras, dpm++2m-sde, unipc, lcm, ...; an unknown name lists them), "
+                          "built from the model's scheduler config (default: the model's own)")
+    gen.add_argument("--eta", type=float, default=None, help="DDIM's eta / TCD's gamma in [0, 1] (default: 0)")
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary line")
     gen.set_defaults(run=_generate)
 
@@ -115,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # The engine's one-line notes (e.g. components of a model directory it skips) go to stderr.
+    log = logging.getLogger("clockwork_engine")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("clockwork: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     try:
         return args.run(args)
     except (ValueError, TypeError, FileNotFoundError) as e:

@@ -235,6 +235,7 @@ class Engine:
         return result[0] if isinstance(prompt, str) else result
 
     def _table(self, steps: int) -> sampler.SolverTable:
+        steps = validate.positive_int(steps, "steps", MAX_STEPS)
         if steps not in self._tables:
             if len(self._tables) >= 32:  # a bounded cache: drop the oldest step count
                 self._tables.pop(next(iter(self._tables)))

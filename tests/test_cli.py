@@ -12,7 +12,7 @@ def test_help_explains_every_option(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     for option in ("--output", "--steps", "--seed", "--guidance", "--mode", "--height", "--width", "--model",
-                   "--preset", "--decoder"):
+                   "--preset", "--decoder", "--scheduler", "--eta"):
         assert option in text
     assert "classifier-free guidance" in text
 
@@ -24,6 +24,16 @@ def test_generate_writes_a_png(tiny_dir, tmp_path, capsys):
     assert code == 0
     assert Image.open(out).size == (16, 16)
     assert "wrote" in capsys.readouterr().out
+
+
+def test_generate_with_a_named_scheduler(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "heun.png"
+    assert cli.main(["generate", "a red circle", "-o", str(out), "--model", str(tiny_dir), "--steps", "3",
+                     "--height", "16", "--width", "16", "--scheduler", "heun"]) == 0
+    assert Image.open(out).size == (16, 16)
+    assert cli.main(["generate", "a red circle", "--model", str(tiny_dir), "--scheduler", "eulr"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown scheduler 'eulr'" in err and "euler-a" in err and "dpm++2m-karras" in err
 
 
 def test_bad_input_is_a_clean_error(tiny_dir, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Clock, adaptor, cache and the clockwork sampling path on a tiny random pipeline."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -158,3 +159,34 @@ def test_fingerprint_does_not_depend_on_how_the_unet_was_loaded(tiny_pipe, tiny_
     with torch.no_grad():
         direct.conv_out.bias.add_(1.0)
     assert A.model_fingerprint(direct) != A.model_fingerprint(tiny_pipe.unet)
+
+
+@pytest.mark.parametrize("name", ["dpm++2m", "euler-a", "unipc", "lcm", "heun"])
+def test_clockwork_under_any_scheduler(tiny_pipe, name):
+    """The clock counts model evaluations (Heun's 2 a step included); with no adaptor step the
+    split path equals full mode under the scheduler, and the identity adaptor changes the result."""
+    base = Engine.from_pipeline(tiny_pipe, config=EngineConfig(mode="clockwork", adaptor="identity", scheduler=name))
+    evals = base._table(6).num_steps
+    assert base.schedule(6, "clockwork") == ["clockwork.full", "clockwork.adaptor"] * (evals // 2) + \
+        ["clockwork.full"] * (evals % 2)
+    never = base.with_config(clock_every=0)
+    full = never.generate("a red circle", mode="full", **GOOD)
+    torch.testing.assert_close(never.generate("a red circle", **GOOD), full, atol=1e-5, rtol=1e-5)
+    clocked = base.generate("a red circle", **GOOD)
+    assert torch.isfinite(clocked).all() and not torch.allclose(clocked, full, atol=1e-4)
+
+
+def test_adaptor_fitted_under_another_scheduler_warns(tiny_pipe, tmp_path):
+    from clockwork_engine import schedulers
+
+    split = UNetSplit(tiny_pipe.unet, 1)
+    A.save(str(tmp_path / "a"), A.Adaptor(A.AdaptorConfig.for_split(split, 8)), cut=1,
+           base_fingerprint=A.model_fingerprint(tiny_pipe.unet), scheduler=schedulers.describe(tiny_pipe.scheduler),
+           steps=6, clock={"every": 2, "adaptor_steps": None})
+    config = EngineConfig(mode="clockwork", adaptor=str(tmp_path / "a"))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        Engine.from_pipeline(tiny_pipe, config=config)  # the scheduler it was fitted under: no warning
+    assert not [w for w in seen if "fitted under" in str(w.message)]
+    with pytest.warns(UserWarning, match="fitted under DPMSolverMultistepScheduler.*running EulerAncestral"):
+        Engine.from_pipeline(tiny_pipe, config=config.with_(scheduler="euler-a"))
