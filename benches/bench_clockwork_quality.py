@@ -4,7 +4,7 @@
     # the paper's other ablations, each with its own adaptor (trained by `clockwork distill`):
     python benches/bench_clockwork_quality.py --steps 4 --adaptor runs/adaptor_4 \\
         --extra clockwork_noised_training=runs/adaptor_4_noised --out quality_clockwork_4.json
-    python benches/bench_clockwork_quality.py --scheduler ddim --adaptor runs/adaptor_ddim \\
+    python benches/bench_clockwork_quality.py --scheduler ddim-trailing --adaptor runs/adaptor_ddim \\
         --out quality_clockwork_ddim.json
 
 Variants: full; clockwork (--adaptor: default the committed one); identity adaptor; every
@@ -13,7 +13,8 @@ runs/adaptor_no_rout, if trained). Each adaptor runs on the clock its folder rec
 the 0-based steps after @ (e.g. runs/adaptor@4,5,6,7). With
 --ablations: the adaptor on 0-based steps {4,5,6,7} and {2,3,4,5} (the paper's {5..8} and
 {3..6}) and the noised-trained adaptor (runs/adaptor_noised).
---scheduler ddim runs every variant with DDIM (trailing, eta 0) instead of the model's DPM++.
+--scheduler NAME runs every variant with that scheduler (clockwork generate's names, e.g.
+ddim-trailing, euler-a) instead of the model's DPM++.
 Writes benches/results/<--out>.
 """
 
@@ -35,7 +36,7 @@ def main():
     ap.add_argument("--adaptor", default=None, help="the adaptor of the 'clockwork' variant (default: committed)")
     ap.add_argument("--extra", action="append", default=None, metavar="NAME=FOLDER[@STEPS]",
                     help="another adaptor to compare (repeatable)")
-    ap.add_argument("--scheduler", choices=("model", "ddim"), default="model")
+    ap.add_argument("--scheduler", default="model", help="'model' (the demo's DPM++) or a scheduler name")
     ap.add_argument("--ablations", action="store_true")
     ap.add_argument("--guidance", type=float, default=None,
                     help="CFG scale of every variant (default: the demo's recommended one, its clockwork_engine.json)")
@@ -45,9 +46,9 @@ def main():
     from clockwork_engine import Engine
     from clockwork_engine.adaptor import read_meta
     from clockwork_engine.demo.pipeline import DEMO_DIR
-    from clockwork_engine.distill.progressive import ddim_scheduler
     from clockwork_engine.engine import ADAPTOR_FOLDER
     from clockwork_engine.eval.compare import compare
+    from clockwork_engine.schedulers import describe
 
     def clockwork(folder, **changes):
         """The engine running the adaptor in folder, on the clock it was fitted for (its metadata)."""
@@ -57,8 +58,8 @@ def main():
                                    "adaptor_steps": steps, **changes})
 
     base = Engine.from_pretrained("demo", config="full")
-    if args.scheduler == "ddim":
-        base = base.with_config(scheduler=ddim_scheduler(base.scheduler.config))
+    if args.scheduler != "model":
+        base = base.with_config(scheduler=args.scheduler)
     learned = args.adaptor or os.path.join(DEMO_DIR, ADAPTOR_FOLDER)
     kw = dict(steps=args.steps, mode="clockwork")
     variants = {"full": (base, dict(steps=args.steps, mode="full")),
@@ -82,7 +83,7 @@ def main():
     guidance = base.config.guidance_scale if args.guidance is None else args.guidance
     result = compare(variants, args.singles, args.pairs, guidance=guidance)
     write(args.out, {"command": "python " + " ".join(sys.argv), "steps": args.steps,
-                     "scheduler": type(base.scheduler).__name__, **result})
+                     "scheduler": describe(base.scheduler), **result})
 
 
 if __name__ == "__main__":

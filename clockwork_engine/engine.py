@@ -23,7 +23,7 @@ from functools import partial
 import torch
 
 from . import adaptor as adaptor_io
-from . import attention, loading, sampler, schedulers, tiny_decoder, validate
+from . import attention, images, latents, loading, sampler, schedulers, tiny_decoder, validate
 from .cache import CacheState
 from .compile import MODULE_OPTIONS, compiled
 from .config import MAX_GUIDANCE, MODES, EngineConfig
@@ -73,7 +73,7 @@ class Engine:
         self.size_multiple = self.vae_factor * 2 ** (len(unet.config.block_out_channels) - 1)
         sample_size = unet.config.sample_size
         self.default_size = (sample_size if isinstance(sample_size, int) else sample_size[0]) * self.vae_factor
-        self._tables: dict[int, sampler.SolverTable] = {}
+        self._tables: dict[tuple, sampler.SolverTable] = {}
         self._lock = _model_lock(self.unet)
         grid = self.config.timesteps  # fail now on an unsupported scheduler, or a grid it cannot take
         self._table(len(grid) if grid else self.config.steps)
@@ -188,13 +188,23 @@ class Engine:
     # ----------------------------------------------------------------- generation
     @torch.no_grad()
     def generate(self, prompt, *, steps=None, guidance_scale=None, seed=None, height=None, width=None,
-                 negative_prompt=None, mode=None, output: str = "pil", callback=None):
+                 negative_prompt=None, mode=None, output: str = "pil", callback=None, image=None, mask_image=None,
+                 strength=None):
         """Images for a prompt (str -> one image) or a list of prompts (list -> list).
+
+        image: an edit (diffusers' Img2Img pipeline, SDEdit): the image is encoded, noised to
+        the timestep `strength` in (0, 1] selects (default 0.8) and sampled from there; with
+        mask_image (white = repaint) inpainting (diffusers' Inpaint pipeline; strength default
+        1): a 4-channel UNet keeps the image outside the mask by latent blending, a 9-channel
+        inpainting UNet reads mask and masked image as input channels. Images: PIL, numpy
+        (uint8 or [0, 1] floats) or [B, 3, H, W] tensors in [0, 1], one or one a prompt; the
+        output has the image's size.
 
         steps / guidance_scale / height / width default to the engine's config; seed=None
         draws a random seed. seed and guidance_scale take a list too, one value a prompt: row k
         then depends only on its own prompt, seed and scale (as diffusers' generator=[...]
-        does; one int seed draws the batch from one generator, as diffusers' does). output: "pil" (PIL images), "pt" (float [B,3,H,W] in [0,1])
+        does; one int seed draws the batch from one generator, as diffusers' does).
+        output: "pil" (PIL images), "pt" (float [B,3,H,W] in [0,1])
         or "latent" (the final latents); callback(step, num_steps, latents) runs after
         every step, and an exception raised in it cancels the request. mode: "full" or
         "clockwork" (default: the config's; clockwork needs the engine's adaptor).
@@ -219,8 +229,20 @@ class Engine:
                                     lambda g: validate.finite_float(g, "guidance_scale", 0.0, MAX_GUIDANCE),
                                     "guidance_scale")
         max_side = cfg.max_size_factor * self.default_size
-        height = validate.image_side(height or cfg.height or self.default_size, "height", self.size_multiple, max_side)
-        width = validate.image_side(width or cfg.width or self.default_size, "width", self.size_multiple, max_side)
+        edit = None
+        if image is not None or mask_image is not None:
+            edit = images.edit_inputs(image, mask_image, strength, len(prompts), self.size_multiple, max_side,
+                                      self.unet.config.in_channels, height, width)
+            height, width = edit.height, edit.width
+        elif strength is not None:
+            raise ValueError("strength applies to an edit: pass image= (and mask_image= to inpaint)")
+        elif self.unet.config.in_channels != self.vae.config.latent_channels:
+            raise ValueError(f"this UNet takes {self.unet.config.in_channels} input channels (an inpainting UNet): "
+                             "it needs image= and mask_image=")
+        height = validate.image_side(cfg.height or self.default_size if height is None else height, "height",
+                                     self.size_multiple, max_side)
+        width = validate.image_side(cfg.width or self.default_size if width is None else width, "width",
+                                    self.size_multiple, max_side)
         seeds = validate.per_row(seed, len(prompts), validate.seed, "seed") if isinstance(seed, (list, tuple)) \
             else [validate.seed(seed)]
         seeds = [secrets.randbits(63) if s is None else s for s in seeds]
@@ -230,27 +252,29 @@ class Engine:
             raise TypeError("callback must be callable")
 
         with self._lock:
-            latents = self._sample(prompts, negatives, steps, guidance, seeds, height, width, mode, callback)
+            latents = self._sample(prompts, negatives, steps, guidance, seeds, height, width, mode, callback, edit)
             result = latents if output == "latent" else self._decode(latents, output)
         return result[0] if isinstance(prompt, str) else result
 
-    def _table(self, steps: int) -> sampler.SolverTable:
+    def _table(self, steps: int, start: sampler.Start = sampler.TEXT_TO_IMAGE) -> sampler.SolverTable:
         steps = validate.positive_int(steps, "steps", MAX_STEPS)
-        if steps not in self._tables:
-            if len(self._tables) >= 32:  # a bounded cache: drop the oldest step count
+        key = (steps, start)
+        if key not in self._tables:
+            if len(self._tables) >= 32:  # a bounded cache: drop the oldest
                 self._tables.pop(next(iter(self._tables)))
             grid = self.config.timesteps if self.config.timesteps and len(self.config.timesteps) == steps else None
-            table = sampler.build_table(self.scheduler, steps, grid, self.config.eta)
+            table = sampler.build_table(self.scheduler, steps, grid, self.config.eta, start)
             sampler.verify(self.scheduler, table, grid, self.config.eta)  # refuse what the table would get wrong
-            self._tables[steps] = table.to(self.device)
-        return self._tables[steps]
+            self._tables[key] = table.to(self.device)
+        return self._tables[key]
 
-    def schedule(self, steps: int, mode: str) -> list[str]:
+    def schedule(self, steps: int, mode: str, start: sampler.Start = sampler.TEXT_TO_IMAGE) -> list[str]:
         """The step kinds the loop runs for `steps` inference steps, one a model evaluation
-        (Heun, KDPM2 and PNDM evaluate the model more often than once a step): e.g.
-        clockwork.full, clockwork.adaptor, ..., each with "+compute" / "+reuse" where
-        attention maps are cached / reused. The clock counts model evaluations."""
-        evals = self._table(steps).num_steps
+        (Heun, KDPM2 and PNDM evaluate the model more often than once a step; an edit runs the
+        evaluations its strength leaves): e.g. clockwork.full, clockwork.adaptor, ..., each with
+        "+compute" / "+reuse" where attention maps are cached / reused. The clock counts the
+        evaluations that run, the first one full."""
+        evals = self._table(steps, start).num_steps
         if mode == "full":
             kinds = ["full"] * evals
         else:
@@ -273,7 +297,7 @@ class Engine:
         if action:
             denoise = attention.reuse_denoiser(denoise, self.reuse, action, bufs.maps)
         return partial(sampler.step, denoise, table, text=bufs.text, guidance=bufs.guidance, cfg=cfg_on,
-                       embed_guidance=self.guidance_dim, noise=bufs.noise)
+                       embed_guidance=self.guidance_dim, noise=bufs.noise, extra=bufs.extra, blend=bufs.blend)
 
     def uses_cfg(self, guidance) -> bool:
         """Two model evaluations per step (CFG batch) or one (no guidance, or a distilled model);
@@ -281,19 +305,19 @@ class Engine:
         scales = guidance if isinstance(guidance, (list, tuple)) else [guidance]
         return max(scales) > 1.0 and not self.guidance_dim
 
-    def _sample(self, prompts, negatives, steps, guidance, seeds, height, width, mode, callback):
+    def _sample(self, prompts, negatives, steps, guidance, seeds, height, width, mode, callback, edit=None):
         cfg_on = self.uses_cfg(guidance)
         text = self.prompts.encode(negatives + prompts if cfg_on else prompts).to(self.device, self.unet.dtype)
-        shape = (len(prompts), self.unet.config.in_channels, height // self.vae_factor, width // self.vae_factor)
-        table = self._table(steps)
-        # CPU generators whatever the device (the same seed gives the same image everywhere), drawn
-        # in the model's dtype as diffusers' pipeline draws them.
-        latents, noise = sampler.draw_noise(table, shape, [torch.Generator().manual_seed(s) for s in seeds],
-                                            self.unet.dtype)
-        latents, noise = latents.to(self.device), None if noise is None else noise.to(self.device)
+        shape = (len(prompts), self.vae.config.latent_channels, height // self.vae_factor, width // self.vae_factor)
+        start = latents.start_for(edit, self.unet.config.in_channels)
+        table = self._table(steps, start)
         # Under CFG a row with a scale <= 1 gets scale 1 (its conditional output), as it would alone.
         scales = torch.tensor([g if g > 1.0 or not cfg_on else 1.0 for g in guidance], device=self.device)
-        kinds = self.schedule(steps, mode)
+        # CPU generators whatever the device (the same seed gives the same image everywhere), drawn
+        # in the model's dtype as diffusers' pipeline draws them.
+        inputs = latents.prepare(table, self.vae, shape, [torch.Generator().manual_seed(s) for s in seeds],
+                                 self.unet.dtype, self.device, text, scales, edit)
+        kinds = self.schedule(steps, mode, start)
         trained_steps = self.adaptor_meta.get("steps")
         if mode == "clockwork" and trained_steps not in (None, steps):
             warnings.warn(f"the adaptor was trained for {trained_steps} steps, running {steps}", stacklevel=3)
@@ -307,12 +331,11 @@ class Engine:
         if mode == "clockwork":
             s = self.split.scale
             feature_shape = (text.shape[0], self.split.r_out_channels, shape[2] // s, shape[3] // s)
-        key = (len(prompts), height, width, str(self.unet.dtype), mode, cfg_on, steps)
-        latents = self.graphs.run(key, make_steps, kinds, table, latents, noise, text, scales, feature_shape,
-                                  CacheState(), callback)
-        if not torch.isfinite(latents).all():
+        key = (len(prompts), height, width, str(self.unet.dtype), mode, cfg_on, steps, start)
+        result = self.graphs.run(key, make_steps, kinds, table, inputs, feature_shape, CacheState(), callback)
+        if not torch.isfinite(result).all():
             raise NonFiniteError("the sampler produced NaN/Inf latents (check the model weights and guidance_scale)")
-        return latents
+        return result
 
     def _decode(self, latents, output: str):
         vae_cfg = self.vae.config

@@ -161,9 +161,10 @@ def load_components(path: str, tokenizer=None, text_encoder=None, torch_dtype=No
 
 def check_compatible(unet, vae, text_encoder, where: str):
     """The components must fit together; name the mismatch."""
-    if unet.config.in_channels != vae.config.latent_channels:
+    latent = vae.config.latent_channels
+    if unet.config.in_channels not in (latent, 2 * latent + 1):  # 2C + 1: an inpainting UNet (mask, masked image)
         raise ModelLoadError(f"{where}: unet takes {unet.config.in_channels} latent channels, "
-                             f"vae makes {vae.config.latent_channels}")
+                             f"vae makes {latent}")
     hidden = getattr(text_encoder.config, "hidden_size", None)
     if hidden is not None and unet.config.cross_attention_dim != hidden:
         raise ModelLoadError(f"{where}: unet cross-attends to {unet.config.cross_attention_dim}-d text, "

@@ -12,7 +12,8 @@ _DPM = "DPMSolverMultistepScheduler"
 # short name -> (diffusers class, config overrides)
 ALIASES: dict[str, tuple[str, dict]] = {
     "ddim": ("DDIMScheduler", {}),
-    "ddim-trailing": ("DDIMScheduler", {"timestep_spacing": "trailing", "clip_sample": False, "set_alpha_to_one": True}),
+    "ddim-trailing": ("DDIMScheduler", {"timestep_spacing": "trailing", "clip_sample": False,
+                                        "set_alpha_to_one": True}),
     "ddpm": ("DDPMScheduler", {}),
     "pndm": ("PNDMScheduler", {}),
     "plms": ("PNDMScheduler", {"skip_prk_steps": True}),

@@ -104,6 +104,28 @@ def section_tiny_decoder():
     return render("tiny_decoder.json", "The tiny decoder: what it costs in alignment", _rounds)
 
 
+def section_schedulers():
+    return render("schedulers_demo.json", "Schedulers: parity with diffusers and the sampling loop's latency", _schedulers)
+
+
+def _schedulers(d):
+    keys = ("epsilon/cfg_off", "epsilon/cfg_on", "v_prediction/cfg_off", "v_prediction/cfg_on")
+    rows = [[f"`{r['scheduler']}`", r["class"], r["evaluations"], *(f"{r['max_abs_diff'][k]:.1e}" for k in keys),
+             f"{1e3 * r['latency']['diffusers']['median_s']:.1f}", f"{1e3 * r['latency']['engine']['median_s']:.1f}",
+             f"{r['speedup_median']:.2f}x / {r['speedup_paired']:.2f}x"] for r in d["rows"]]
+    worst = max(v for r in d["rows"] for v in r["max_abs_diff"].values())
+    slowest = min(d["rows"], key=lambda r: r["speedup_paired"])
+    return (f"Command: `{d['command']}`; the demo at {d['steps']} steps (model evaluations: Heun, KDPM2 and PNDM "
+            f"evaluate the model more often than once a step). Parity: max |engine - diffusers| of the final latents "
+            f"(two prompts, one seeded generator a row), CFG off (scale 1) and on (scale {d['guidance']}); the demo "
+            f"UNet is trained for epsilon, so the v_prediction columns check the arithmetic only. Worst: {worst:.1e}. "
+            f"Latency: {d['latency_setup']}, medians of {d['repeats']} interleaved repeats, speed-up = diffusers / "
+            f"engine (medians / paired per round); the least: `{slowest['scheduler']}` "
+            f"{slowest['speedup_paired']:.2f}x.\n\n"
+            + table(["name", "diffusers class", "model evals", "eps, no CFG", "eps, CFG", "v, no CFG", "v, CFG",
+                     "diffusers ms", "engine ms", "speed-up"], rows) + "\n")
+
+
 def section_guidance_sweep():
     return render("alignment_guidance_sweep.json", "Demo model: prompt alignment vs guidance scale and steps", _sweep)
 
@@ -411,6 +433,7 @@ def sections():
         ("flops_demo.json", section_flops),
         ("perturbation.json", section_perturbation),
         ("latency_demo.json", section_latency),
+        ("schedulers_demo.json", section_schedulers),
         ("quality_clockwork_shipped.json", lambda: section_quality(
             "quality_clockwork_shipped.json", "Clockwork quality: the shipped adaptor and the ablations (CFG 3)",
             "`clockwork` is the shipped adaptor: rollout (fitted on the clockwork sampler's own trajectories, the "
@@ -443,6 +466,12 @@ def sections():
             "quality_clockwork_ddim.json", "Clockwork ablation: DDIM instead of DPM++ (8 steps)",
             "The adaptor: fitted on DDIM rollouts, otherwise the ablation recipe (guided loss, pooled text, 8 passes, "
             "12 epochs, on the clock's steps).")),
+        ("quality_clockwork_euler_a.json", lambda: section_quality(
+            "quality_clockwork_euler_a.json", "Clockwork under Euler a (8 steps, CFG 3)",
+            "Every variant samples with Euler a (ancestral: fresh noise every step, the same noise for every "
+            "variant). `clockwork` is the adaptor in benches/adaptors/euler-a/, fitted under Euler a with the shipped "
+            "adaptor's recipe (rollout, guided loss, pooled text, 24 epochs of 256 captions, 8 passes, on the clock's "
+            "steps); `identity_adaptor` reuses r_out unchanged.")),
         ("quality_clockwork_4.json", lambda: section_quality(
             "quality_clockwork_4.json", "Clockwork ablation: 4 steps, unrolled vs noised training",
             "Both adaptors: guided loss, pooled text, on the clock's steps, 12 epochs of 256 captions, 8 optimizer "

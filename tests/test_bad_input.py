@@ -173,7 +173,8 @@ def test_mismatched_components(tiny_dir, tmp_path):
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda cfg: __import__("diffusers").FlowMatchEulerDiscreteScheduler(), "FlowMatchEulerDiscreteScheduler is not supported"),
+    (lambda cfg: __import__("diffusers").FlowMatchEulerDiscreteScheduler(),
+     "FlowMatchEulerDiscreteScheduler is not supported"),
     (lambda cfg: __import__("diffusers").DPMSolverMultistepScheduler.from_config(cfg, thresholding=True),
      "thresholding=True is not supported"),
     (lambda cfg: __import__("diffusers").DDPMScheduler.from_config(cfg, variance_type="learned"),

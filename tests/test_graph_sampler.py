@@ -72,8 +72,8 @@ def test_graph_sampler_refuses_a_syncing_step_function():
     g = GraphSampler("cpu")
     table = sampler.build_table(__import__("clockwork_engine").demo.models.build_scheduler(), 2)
     with pytest.raises(HostSyncError):
-        g.run(("k",), lambda bufs: {"full": syncing_step}, ["full", "full"], table, torch.zeros(1, 4, 2, 2), None,
-              torch.zeros(1, 3, 8), torch.ones(1), None, CacheState())
+        g.run(("k",), lambda bufs: {"full": syncing_step}, ["full", "full"], table,
+              sampler.RequestInputs(torch.zeros(1, 4, 2, 2), torch.zeros(1, 3, 8), torch.ones(1)), None, CacheState())
     assert g.keys() == []  # nothing half-built is kept
 
 

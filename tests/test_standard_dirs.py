@@ -93,7 +93,8 @@ def test_fp16_variant_files_load(tmp_path):
     path = tmp_path / "fp16"
     pipe = sd_pipeline(tmp_path, diffusers.PNDMScheduler(**SD15_SCHEDULER)).to(torch.float16)
     pipe.save_pretrained(path, variant="fp16")
-    assert sorted(p.name for p in (path / "unet").iterdir()) == ["config.json", "diffusion_pytorch_model.fp16.safetensors"]
+    files = sorted(p.name for p in (path / "unet").iterdir())
+    assert files == ["config.json", "diffusion_pytorch_model.fp16.safetensors"]
     assert loading.weights_variant(str(path / "unet")) == "fp16"
     engine, got, ref = latents_both_ways(path, variant="fp16", torch_dtype=torch.float32)
     assert engine.unet.dtype == torch.float32

@@ -1,10 +1,11 @@
 """The graph sampler: each step kind runs as a program over static buffers.
 
 All state of a request lives in static buffers (latents, the solver's history window,
-pre-drawn noise terms, cached r_out, text, per-row guidance, step index). A step program reads them and writes the new state back in place,
-so a CUDA graph captured from it can be replayed step after step; the full program writes
-r_out into the buffer the adaptor program reads. The host only picks, from the step index,
-which program to replay and copies the index in.
+pre-drawn noise terms, cached r_out, text, per-row guidance, step index). A step program
+reads them and writes the new state back in place, so a CUDA graph captured from it can be
+replayed step after step; the full program writes r_out into the buffer the adaptor program
+reads. The host only picks, from the step index, which program to replay and copies the
+index in.
 
 Backends:
   cpu   the programs run eagerly (same functions, same buffers); their first run per key
@@ -36,8 +37,24 @@ from .guard import NoHostSync
 from .solver import SolverTable
 
 # make_steps(buffers) -> {kind: step_fn}; step_fn(i, x, history, features) -> (x_next, history, features)
-# with text, guidance, noise terms and attention maps bound to the static buffers.
+# with text, guidance, noise terms, edit inputs and attention maps bound to the static buffers.
 StepFactory = Callable[["StaticBuffers"], dict]
+
+
+@dataclass
+class RequestInputs:
+    """One request's tensors, copied into the static buffers before its steps run."""
+
+    latents: torch.Tensor  # [B, C, h, w] float32: x_0 (solver.SolverTable.initial)
+    text: torch.Tensor  # [B', L, D]
+    guidance: torch.Tensor  # [B] float32, one scale a row
+    noise: torch.Tensor | None = None  # [E, B, C, h, w] float32 noise terms of a stochastic scheduler
+    extra: torch.Tensor | None = None  # [B, C_x, h, w] 9-channel inpainting: mask and masked-image latents
+    mask: torch.Tensor | None = None  # [B, 1, h, w] 4-channel inpainting: 1 where the prompt repaints
+    kept: torch.Tensor | None = None  # [E, B, C, h, w] float32 4-channel inpainting: what stays outside the mask
+
+
+_OPTIONAL = ("noise", "extra", "mask", "kept")
 
 
 @dataclass
@@ -45,11 +62,19 @@ class StaticBuffers:
     step: torch.Tensor  # [] int64, the step index
     x: torch.Tensor  # [B, C, h, w] float32
     history: torch.Tensor  # [K, V, B, C, h, w] float32, the solver's window (solver.py)
-    noise: torch.Tensor | None  # [E, B, C, h, w] float32 noise terms of a stochastic scheduler, or None
     features: torch.Tensor | None  # [B', C_r, h_r, w_r] cached r_out, or None without clockwork
     text: torch.Tensor  # [B', L, D]
-    guidance: torch.Tensor  # [B] float32, one scale a row
+    guidance: torch.Tensor  # [B] float32
+    noise: torch.Tensor | None = None  # RequestInputs' optional tensors, each as there
+    extra: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    kept: torch.Tensor | None = None
     maps: dict = field(default_factory=dict)  # attention maps of the request (layer -> tensor)
+
+    @property
+    def blend(self):
+        """(mask, kept) for 4-channel inpainting's latent blend, else None."""
+        return None if self.mask is None else (self.mask, self.kept)
 
 
 def _range(name: str):
@@ -134,17 +159,20 @@ class GraphSampler:
     def clear(self):
         self._entries.clear()
 
-    def _build(self, make_steps: StepFactory, kinds: set[str], table: SolverTable, latents, noise, text,
+    def _build(self, make_steps: StepFactory, kinds: set[str], table: SolverTable, inputs: RequestInputs,
                feature_shape) -> _Entry:
+        latents, text = inputs.latents, inputs.text
         device = latents.device
+        optional = {name: None if getattr(inputs, name) is None else torch.zeros_like(getattr(inputs, name))
+                    for name in _OPTIONAL}
         bufs = StaticBuffers(
             step=torch.zeros((), dtype=torch.long, device=device),
             x=torch.zeros(latents.shape, dtype=torch.float32, device=device),
             history=table.empty_history(latents),
-            noise=None if noise is None else torch.zeros_like(noise),
             features=torch.zeros(feature_shape, dtype=text.dtype, device=device) if feature_shape else None,
             text=torch.zeros_like(text),
             guidance=torch.zeros(latents.shape[0], dtype=torch.float32, device=device),
+            **optional,
         )
         step_fns = make_steps(bufs)
         # Programs that compute attention maps run first: their warm-up allocates the map
@@ -168,17 +196,16 @@ class GraphSampler:
                     programs[kind].run()
         return _Entry(bufs, programs)
 
-    def run(self, key: tuple, make_steps: StepFactory, kinds: list[str], table: SolverTable, latents: torch.Tensor,
-            noise: torch.Tensor | None, text: torch.Tensor, guidance: torch.Tensor, feature_shape: tuple | None,
-            cache: CacheState, callback=None) -> torch.Tensor:
-        """Sample x_E for one request from its initial latents (times init_noise_sigma) and noise
-        terms (solver.draw_noise); guidance [B]. Returns a fresh tensor (the buffers stay the sampler's)."""
+    def run(self, key: tuple, make_steps: StepFactory, kinds: list[str], table: SolverTable, inputs: RequestInputs,
+            feature_shape: tuple | None, cache: CacheState, callback=None) -> torch.Tensor:
+        """Sample x_E for one request; the key must fix which optional inputs it has. Returns a
+        fresh tensor (the buffers stay the sampler's)."""
         if len(kinds) != table.num_steps:
             raise ValueError(f"schedule has {len(kinds)} entries for {table.num_steps} steps")
         entry = self._entries.get(key)
         if entry is None:
             self.misses += 1
-            entry = self._build(make_steps, set(kinds), table, latents, noise, text, feature_shape)
+            entry = self._build(make_steps, set(kinds), table, inputs, feature_shape)
             self._entries[key] = entry
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
@@ -188,15 +215,16 @@ class GraphSampler:
             self._entries.move_to_end(key)
         b = entry.bufs
         # Reset every buffer: nothing of an earlier request (or of the guard run) survives.
-        b.x.copy_(latents)
+        b.x.copy_(inputs.latents)
         b.history.zero_()
-        if b.noise is not None:
-            b.noise.copy_(noise)
+        for name in _OPTIONAL:
+            if getattr(b, name) is not None:
+                getattr(b, name).copy_(getattr(inputs, name))
         if b.features is not None:
             b.features.zero_()
-        b.text.copy_(text)
-        b.guidance.copy_(guidance)
-        indices = torch.arange(table.num_steps, device=latents.device)
+        b.text.copy_(inputs.text)
+        b.guidance.copy_(inputs.guidance)
+        indices = torch.arange(table.num_steps, device=b.x.device)
         with _range("clockwork.sample"):
             for i, kind in enumerate(kinds):
                 with _range(f"clockwork.step.{i}.{kind}"):

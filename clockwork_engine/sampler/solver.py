@@ -4,30 +4,32 @@ Every scheduler the engine takes is linear in what it has seen. At model evaluat
 (a step of a one-evaluation scheduler, a stage of Heun / KDPM2 / singlestep DPM-Solver):
 
     model input  = in_scale[i] * x_i                         (scale_model_input)
-    c_i          = clamp(p[i] x_i + q[i] m_i, -r, r)         (x0 clipping; DDIM/LCM/TCD/Heun/DDPM only)
+    c_i          = clamp(p[i] x_i + q[i] m_i, -r, r)         (x0 clipping; DDIM/DDPM/LCM/TCD/Heun only)
     x_{i+1}      = sum_k sum_v coeffs[i, k, v] * V_{i-k}[v]  +  noise_term[i]
 
 where V_j = (x_j, m_j[, c_j]) are the sample, the (guided) model output and the clipped x0
-prediction of evaluation j, k a lag within a window of K evaluations, and noise_term[i] a
-fixed mix of the noise the scheduler draws, pre-drawn per request in diffusers' order.
+prediction of evaluation j, k runs over a window of K evaluations, and noise_term[i] is a
+fixed mix of the noise the scheduler draws, pre-drawn per request in diffusers' order. An
+edit starts from the image: x_0 = start[0] * image latents + start[1] * noise (add_noise at
+the first timestep the strength leaves), and 4-channel inpainting blends after each step:
+x_{i+1} = (1 - mask) * (blend[i, 0] * image latents + blend[i, 1] * noise) + mask * x_{i+1}.
 
-The tables are read off the diffusers scheduler object itself, not re-derived per scheduler:
-its own loop (scale_model_input, step) runs once over coefficient vectors, one variable per
-x_j, m_j, c_j and noise draw, so whatever it computes comes out as coefficients. A config
-whose step is not linear is refused by name (_UNSUPPORTED), and every table is checked
-against the real scheduler on random inputs before it is used (verify()), so a scheduler
-the probe cannot express fails loudly instead of sampling approximately.
+The coefficients are read off the diffusers scheduler object itself (probe.py): the
+pipeline's own loop runs once over coefficient vectors. A config whose step is not linear
+is refused by name (_UNSUPPORTED), and every table is replayed against the real scheduler on
+random inputs before use (verify()), so a scheduler the probe cannot express fails loudly
+instead of sampling approximately.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-import sys
-import threading
 from dataclasses import dataclass
 
 import torch
+
+from .probe import Recorder, install_noise_hook, plain
 
 SUPPORTED = (
     "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
@@ -39,10 +41,22 @@ SUPPORTED = (
 _UNSUPPORTED = {
     "thresholding": (True,),  # dynamic thresholding: a per-image quantile of x0
     "variance_type": ("learned", "learned_range"),  # the model predicts its own variance
-    "use_beta_sigmas": (True,),  # needs scipy's beta ppf: fine, but untested here
 }
-_CLAMPS = {torch.clamp, torch.Tensor.clamp, torch.clip, torch.Tensor.clip}
-_probe = threading.local()  # the recorder of the probe running in this thread, if any
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a trajectory starts. Text-to-image: from noise over the whole grid. An edit:
+    `strength` in (0, 1] picks the first timestep as diffusers' get_timesteps does;
+    from_image: x_0 is the image latents noised to it (img2img, inpainting below strength 1),
+    else noise * init sigma; blend: 4-channel inpainting's latent blend after every step."""
+
+    strength: float | None = None
+    from_image: bool = False
+    blend: bool = False
+
+
+TEXT_TO_IMAGE = Start()
 
 
 @dataclass(frozen=True)
@@ -55,10 +69,14 @@ class SolverTable:
     init_noise_sigma: float
     steps: int  # the num_inference_steps this table was built for
     draws: int = 0  # noise tensors the scheduler draws per request (noise_mix's D)
+    start: Start = TEXT_TO_IMAGE
+    start_mix: tuple[float, float] = (0.0, 1.0)  # x_0 = [0] * image latents + [1] * noise
+    blend_mix: torch.Tensor | None = None  # [E, 2] float64 (image, noise) outside the mask after step i
 
     @property
     def num_steps(self) -> int:
-        """Model evaluations (the engine's steps): len(scheduler.timesteps)."""
+        """Model evaluations that run (the engine's steps): the scheduler's timesteps from the
+        first one the strength leaves."""
         return self.timesteps.numel()
 
     @property
@@ -72,83 +90,35 @@ class SolverTable:
     def to(self, device) -> SolverTable:
         clip = None if self.clip is None else (self.clip[0].to(device), self.clip[1].to(device), self.clip[2])
         return SolverTable(self.timesteps.to(device), self.in_scale.to(device), self.coeffs.to(device), clip,
-                           self.noise_mix, self.init_noise_sigma, self.steps, self.draws)
+                           self.noise_mix, self.init_noise_sigma, self.steps, self.draws, self.start,
+                           self.start_mix, self.blend_mix)
 
     def empty_history(self, x: torch.Tensor) -> torch.Tensor:
         """[K, V, B, C, h, w] zeros: the window of past vectors before the first evaluation."""
         return x.new_zeros((self.window, self.vectors) + tuple(x.shape), dtype=torch.float32)
+
+    def initial(self, noise: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """x_0 [B, C, h, w] float32 from the noise and, for an edit, the image latents."""
+        x = self.start_mix[1] * noise.double()
+        if self.start_mix[0]:
+            x = x + self.start_mix[0] * image.double()
+        return x.float()
 
     def noise_terms(self, draws: list[torch.Tensor]) -> torch.Tensor | None:
         """[E, B, C, h, w] float32 noise term of every evaluation from the scheduler's draws (each
         [B, C, h, w], in the order it draws them), or None for a deterministic scheduler."""
         if self.noise_mix is None:
             return None
-        stacked = torch.stack([d.double() for d in draws])  # [D, B, C, h, w]
-        return torch.einsum("ed,d...->e...", self.noise_mix.to(stacked.device), stacked).float()
+        return _mix(self.noise_mix, draws)
+
+    def blend_terms(self, image: torch.Tensor, noise: torch.Tensor) -> torch.Tensor | None:
+        """[E, B, C, h, w] float32: what 4-channel inpainting keeps outside the mask after each step."""
+        return None if self.blend_mix is None else _mix(self.blend_mix, [image, noise])
 
 
-class _Vec(torch.Tensor):
-    """A coefficient vector over the probe's variables, shaped [V, 1, 1, 1] like a latent batch
-    (a variable a row). Linear ops stay coefficient vectors; clamp() (x0 clipping) is the one
-    nonlinear op a supported scheduler applies, and becomes a fresh variable."""
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if func in _CLAMPS and getattr(_probe, "recorder", None) is not None:
-            return _probe.recorder.clip(args, kwargs or {})
-        return super().__torch_function__(func, types, args, kwargs or {})
-
-
-class _Recorder:
-    def __init__(self, num_evals: int):
-        self.size = 6 * num_evals + 8
-        self.kinds: list[tuple[str, int]] = []  # variable v: (kind, evaluation) with kind in x, m, c, z
-        self.eval = 0
-        self.clips: dict[int, tuple[float, float, float]] = {}  # evaluation -> (p, q, r)
-
-    def var(self, kind: str) -> _Vec:
-        if len(self.kinds) == self.size:
-            raise ValueError("the scheduler uses more variables per step than the engine's solver expresses")
-        v = torch.zeros(self.size, 1, 1, 1, dtype=torch.float64)
-        v[len(self.kinds)] = 1.0
-        self.kinds.append((kind, self.eval))
-        return v.as_subclass(_Vec)
-
-    def coeff(self, vec: torch.Tensor, kind: str, evaluation: int) -> float:
-        return float(vec.view(-1)[self.kinds.index((kind, evaluation))])
-
-    def clip(self, args, kwargs) -> _Vec:
-        x0 = args[0].as_subclass(torch.Tensor).view(-1)
-        lo, hi = (list(args[1:]) + [kwargs.get("min"), kwargs.get("max")])[:2] if len(args) > 1 else \
-            (kwargs.get("min"), kwargs.get("max"))
-        if lo is None or hi is None or float(lo) != -float(hi) or self.eval in self.clips:
-            raise ValueError("the scheduler clips in a way the engine's solver does not express")
-        i = self.eval
-        p, q = self.coeff(x0, "x", i), self.coeff(x0, "m", i)
-        rest = x0.clone()
-        rest[self.kinds.index(("x", i))] = rest[self.kinds.index(("m", i))] = 0
-        if rest.abs().max() > 0:
-            raise ValueError("the scheduler clips an x0 prediction that is not one of the current step's")
-        self.clips[i] = (p, q, float(hi))
-        return self.var("c")
-
-
-def _noise_hook(original):
-    def randn_tensor(shape, *args, **kwargs):
-        rec = getattr(_probe, "recorder", None)
-        return original(shape, *args, **kwargs) if rec is None else rec.var("z")
-
-    randn_tensor.clockwork_probe = True
-    return randn_tensor
-
-
-def _install_noise_hook(scheduler):
-    """The scheduler's module draws noise through randn_tensor; inside a probe (this thread
-    only) a draw becomes a fresh variable, elsewhere it is diffusers' own function."""
-    module = sys.modules[type(scheduler).__module__]
-    fn = getattr(module, "randn_tensor", None)
-    if fn is not None and not getattr(fn, "clockwork_probe", False):
-        module.randn_tensor = _noise_hook(fn)
+def _mix(weights: torch.Tensor, tensors: list[torch.Tensor]) -> torch.Tensor:
+    stacked = torch.stack([t.double() for t in tensors])  # [D, B, C, h, w]
+    return torch.einsum("ed,d...->e...", weights.to(stacked.device), stacked).float()
 
 
 def step_kwargs(scheduler, eta: float) -> dict:
@@ -171,69 +141,86 @@ def check_supported(scheduler, eta: float = 0.0):
         raise ValueError(f"{name} takes no eta; eta={eta} applies to DDIM and TCD only")
 
 
-def _set_timesteps(scheduler, num_steps: int, timesteps):
+def _set_timesteps(scheduler, num_steps: int, timesteps, start: Start) -> int:
+    """Set the scheduler's grid as the pipeline does; returns the index of the first timestep
+    that runs (diffusers' get_timesteps: t_start * order, also set as the scheduler's begin index)."""
     name = type(scheduler).__name__
     if timesteps is None:
         scheduler.set_timesteps(num_steps, device="cpu")
-        return
-    if max(timesteps) >= scheduler.config.num_train_timesteps:
+    elif max(timesteps) >= scheduler.config.num_train_timesteps:
         raise ValueError(f"timesteps {list(timesteps)} go past the scheduler's {scheduler.config.num_train_timesteps}")
-    if "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
+    elif "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
         raise ValueError(f"{name} does not take a custom timestep grid")
-    scheduler.set_timesteps(device="cpu", timesteps=list(timesteps))
+    else:
+        scheduler.set_timesteps(device="cpu", timesteps=list(timesteps))
+    if start.strength is None:
+        return 0
+    n = num_steps
+    t_start = max(n - min(int(n * start.strength), n), 0)
+    if t_start == n:
+        raise ValueError(f"strength {start.strength} at {n} steps runs no step (it needs strength >= {1 / n:.3g})")
+    begin = t_start * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(begin)
+    return begin
 
 
-def build_table(scheduler, num_steps: int, timesteps: list[int] | None = None, eta: float = 0.0) -> SolverTable:
+def build_table(scheduler, num_steps: int, timesteps: list[int] | None = None, eta: float = 0.0,
+                start: Start = TEXT_TO_IMAGE) -> SolverTable:
     """Set a copy of the scheduler to num_steps (or to the given timesteps, for a scheduler whose
-    set_timesteps takes them), run its loop on coefficient vectors and return the table."""
+    set_timesteps takes them), run the pipeline's loop on coefficient vectors, return the table."""
     check_supported(scheduler, eta)
     scheduler = copy.deepcopy(scheduler)
-    _set_timesteps(scheduler, num_steps, timesteps)
-    ts = scheduler.timesteps.clone()
+    begin = _set_timesteps(scheduler, num_steps, timesteps, start)
+    ts = scheduler.timesteps[begin:].clone()
     init_sigma = float(scheduler.init_noise_sigma)
-    _install_noise_hook(scheduler)
-    n = len(ts)
-    rec = _Recorder(n)
-    _probe.recorder = rec
-    try:
+    install_noise_hook(scheduler)
+    rec = Recorder(len(ts))
+    with rec:
+        image, noise = (rec.var("i"), rec.var("n")) if start.from_image or start.blend else (None, None)
+        start_mix = (0.0, init_sigma)
+        if start.from_image:
+            x0 = scheduler.add_noise(image, noise, ts[:1])
+            rec.only(x0, [rec.index("i", 0), rec.index("n", 0)], "add_noise")
+            start_mix = (rec.coeff(x0, "i", 0), rec.coeff(x0, "n", 0))
         x = rec.var("x")
-        outputs, in_scale = [], []
+        outputs, in_scale, blend = [], [], []
         for i, t in enumerate(ts):
             rec.eval = i
-            scaled = scheduler.scale_model_input(x, t).as_subclass(torch.Tensor).view(-1)
+            scaled = plain(scheduler.scale_model_input(x, t))
             s = rec.coeff(scaled, "x", i)
-            if not torch.equal(scaled, s * x.as_subclass(torch.Tensor).view(-1)):
+            if not torch.equal(scaled, s * plain(x)):
                 raise ValueError(f"{type(scheduler).__name__}.scale_model_input is not a scaling of the sample")
             in_scale.append(s)
             m = rec.var("m")
-            out = scheduler.step(m, t, x, return_dict=False, **step_kwargs(scheduler, eta))[0]
-            outputs.append(out.as_subclass(torch.Tensor).view(-1).double())
+            outputs.append(plain(scheduler.step(m, t, x, return_dict=False, **step_kwargs(scheduler, eta))[0]))
+            if start.blend:  # the image noised to the next timestep, as StableDiffusionInpaintPipeline does
+                kept = scheduler.add_noise(image, noise, ts[i + 1 : i + 2]) if i < len(ts) - 1 else image
+                rec.only(kept, [rec.index("i", 0), rec.index("n", 0)], "add_noise")
+                blend.append((rec.coeff(kept, "i", 0), rec.coeff(kept, "n", 0)))
             rec.eval = i + 1
             x = rec.var("x")
-    finally:
-        _probe.recorder = None
-    return _table(rec, outputs, ts, in_scale, init_sigma, num_steps)
+    blend_mix = torch.tensor(blend, dtype=torch.float64) if start.blend else None
+    return _table(rec, outputs, ts, in_scale, init_sigma, num_steps, start, start_mix, blend_mix)
 
 
-def _table(rec: _Recorder, outputs: list[torch.Tensor], ts, in_scale, init_sigma: float, steps: int) -> SolverTable:
+def _table(rec: Recorder, outputs: list[torch.Tensor], ts, in_scale, init_sigma: float, steps: int, start: Start,
+           start_mix, blend_mix) -> SolverTable:
     n = len(outputs)
     if not all(torch.isfinite(out).all() for out in outputs):
         raise ValueError("the scheduler's own step is not finite at this step count (e.g. UniPC bh1 with "
                          "final_sigmas_type='zero' gives NaN in diffusers too)")
     kinds = ("x", "m", "c") if rec.clips else ("x", "m")
     draws = [v for v, (kind, _) in enumerate(rec.kinds) if kind == "z"]
-    window = 1
-    for i, out in enumerate(outputs):
-        for v in torch.nonzero(out).view(-1).tolist():
-            kind, j = rec.kinds[v]
-            if kind != "z":
-                window = max(window, i - j + 1)
+    terms = [[(v, *rec.kinds[v]) for v in torch.nonzero(out).view(-1).tolist()] for out in outputs]
+    if any(kind in ("i", "n") for row in terms for _, kind, _ in row):
+        raise ValueError("the scheduler's step reads the edit's image or initial noise directly")
+    window = max([1] + [i - j + 1 for i, row in enumerate(terms) for _, kind, j in row if kind != "z"])
     coeffs = torch.zeros(n, window, len(kinds), dtype=torch.float64)
-    for i, out in enumerate(outputs):
-        for v in torch.nonzero(out).view(-1).tolist():
-            kind, j = rec.kinds[v]
+    for i, row in enumerate(terms):
+        for v, kind, j in row:
             if kind != "z":
-                coeffs[i, window - 1 - (i - j), kinds.index(kind)] = out[v]  # oldest first, like history
+                coeffs[i, window - 1 - (i - j), kinds.index(kind)] = outputs[i][v]  # oldest first, like history
     noise_mix = torch.stack([out[draws] for out in outputs]) if draws else None
     if noise_mix is not None and not noise_mix.any():
         noise_mix = None  # drawn but unused (e.g. Euler's churn noise at s_churn=0): nothing to add
@@ -245,7 +232,7 @@ def _table(rec: _Recorder, outputs: list[torch.Tensor], ts, in_scale, init_sigma
         pq = torch.tensor([rec.clips[i][:2] for i in range(n)], dtype=torch.float64).T.float()
         clip = (pq[0], pq[1], r.pop())
     return SolverTable(ts, torch.tensor(in_scale, dtype=torch.float32), coeffs.float(), clip, noise_mix,
-                       init_sigma, steps, len(draws) if noise_mix is not None else 0)
+                       init_sigma, steps, len(draws) if noise_mix is not None else 0, start, start_mix, blend_mix)
 
 
 def _at(column: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
@@ -253,9 +240,10 @@ def _at(column: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     return column.index_select(0, i.view(1))
 
 
-def update(table: SolverTable, i: torch.Tensor, x, model_out, history, noise_terms=None):
+def update(table: SolverTable, i: torch.Tensor, x, model_out, history, noise_terms=None, blend=None):
     """(x_{i+1}, history') from the model output of evaluation i: float32 whatever the model
-    dtype. history [K, V, B, C, h, w] holds the vectors of the K - 1 evaluations before i."""
+    dtype. history [K, V, B, C, h, w] holds the vectors of the K - 1 evaluations before i;
+    blend: (mask [B, 1, h, w], blend terms [E, B, C, h, w]) for 4-channel inpainting."""
     m = model_out.float()
     vecs = [x, m]
     if table.clip is not None:
@@ -267,53 +255,68 @@ def update(table: SolverTable, i: torch.Tensor, x, model_out, history, noise_ter
     x_next = (coeffs.view(coeffs.shape + (1,) * x.dim()) * history).sum((0, 1))
     if noise_terms is not None:
         x_next = x_next + _at(noise_terms, i)[0]
+    if blend is not None:
+        mask, kept = blend
+        x_next = (1 - mask) * _at(kept, i)[0] + mask * x_next
     return x_next, history
 
 
-def draw_noise(table: SolverTable, shape, generators: list[torch.Generator], dtype=torch.float32):
-    """(initial latents x_0 [B, ...] float32, noise terms or None) drawn as diffusers' pipeline
-    draws them: the latents, then each of the scheduler's draws, one generator for the batch
-    or one per row (randn_tensor's two cases), in dtype (the model's: diffusers draws in it)."""
-    def randn():
-        if len(generators) == 1:
-            return torch.randn(shape, generator=generators[0], dtype=dtype)
-        return torch.cat([torch.randn((1,) + tuple(shape[1:]), generator=g, dtype=dtype) for g in generators])
+class NoiseStream:
+    """Gaussian draws as diffusers' randn_tensor makes them: one CPU generator for the batch
+    (a [B, ...] draw), or one generator a row (each draws its own [1, ...])."""
 
-    latents = randn().float() * table.init_noise_sigma
-    if table.noise_mix is None:
-        return latents, None
-    return latents, table.noise_terms([randn() for _ in range(table.draws)])
+    def __init__(self, generators: list[torch.Generator], shape):
+        self.generators, self.shape = generators, tuple(shape)
+
+    def draw(self, dtype=torch.float32) -> torch.Tensor:
+        if len(self.generators) == 1:
+            return torch.randn(self.shape, generator=self.generators[0], dtype=dtype)
+        return torch.cat([torch.randn((1,) + self.shape[1:], generator=g, dtype=dtype) for g in self.generators])
+
+
+def draw_noise(table: SolverTable, shape, generators: list[torch.Generator], dtype=torch.float32):
+    """(x_0 [B, ...] float32, noise terms or None) of a text-to-image request, drawn as diffusers'
+    pipeline draws them: the latents, then each of the scheduler's draws, in dtype (the model's)."""
+    stream = NoiseStream(generators, shape)
+    latents = table.initial(stream.draw(dtype))
+    return latents, table.noise_terms([stream.draw(dtype) for _ in range(table.draws)])
 
 
 def verify(scheduler, table: SolverTable, timesteps=None, eta: float = 0.0, seed: int = 0, tol: float = 1e-4):
-    """Replay the table against the real scheduler on random inputs (random model outputs, the
-    same noise draws); refuse the scheduler where they part by more than tol (relative)."""
+    """Replay the table against the pipeline's loop over the real scheduler on random inputs
+    (random model outputs, image latents and mask, the same noise draws); refuse the scheduler
+    where they part by more than tol (relative)."""
     sched = copy.deepcopy(scheduler)
-    _set_timesteps(sched, table.steps, timesteps)
+    begin = _set_timesteps(sched, table.steps, timesteps, table.start)
     shape = (2, 3, 2, 2)
-    outs_gen, real_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
-    x, noise = draw_noise(table, shape, [torch.Generator().manual_seed(seed + 1)])
-    x_ref = torch.randn(shape, generator=real_gen) * sched.init_noise_sigma
-    history = table.empty_history(x)
+    gen = torch.Generator().manual_seed(seed)
+    image, mask = torch.randn(shape, generator=gen), (torch.rand(2, 1, 2, 2, generator=gen) > 0.5).float()
+    real_gen, stream = torch.Generator().manual_seed(seed + 1), NoiseStream([torch.Generator().manual_seed(seed + 1)],
+                                                                             shape)
+    noise_ref, noise = torch.randn(shape, generator=real_gen), stream.draw()
+    ts = sched.timesteps[begin:]
+    x_ref = sched.add_noise(image, noise_ref, ts[:1]) if table.start.from_image else noise_ref * sched.init_noise_sigma
+    x, history = table.initial(noise, image), table.empty_history(noise)
+    terms = table.noise_terms([stream.draw() for _ in range(table.draws)])
+    blend = (mask, table.blend_terms(image, noise)) if table.start.blend else None
     kwargs = step_kwargs(sched, eta)
-    if _takes_generator(sched):
+    if "generator" in inspect.signature(sched.step).parameters:
         kwargs["generator"] = real_gen
-    for i, t in enumerate(sched.timesteps):
-        out = torch.randn(shape, generator=outs_gen)
+    for i, t in enumerate(ts):
+        out = torch.randn(shape, generator=gen)
         what = "input scale"
         ok = torch.allclose(sched.scale_model_input(x_ref, t), x_ref * table.in_scale[i], rtol=tol, atol=0)
         if ok:
             what = "update"
-            x, history = update(table, torch.tensor(i), x, out, history, noise)
+            x, history = update(table, torch.tensor(i), x, out, history, terms, blend)
             x_ref = sched.step(out, t, x_ref, return_dict=False, **kwargs)[0]
+            if blend is not None:
+                kept = sched.add_noise(image, noise_ref, ts[i + 1 : i + 2]) if i < len(ts) - 1 else image
+                x_ref = (1 - mask) * kept + mask * x_ref
             ok = torch.allclose(x, x_ref, rtol=0, atol=tol * max(1.0, float(x_ref.abs().max())))
         if not ok:
             raise ValueError(f"{type(scheduler).__name__} ({_describe(scheduler)}) is not expressible by the "
                              f"engine's solver: the {what} of its step {i} parts from the scheduler's")
-
-
-def _takes_generator(scheduler) -> bool:
-    return "generator" in inspect.signature(scheduler.step).parameters
 
 
 def _describe(scheduler) -> str:

@@ -70,11 +70,16 @@ def adaptor_denoiser(split, adaptor) -> Denoiser:
 
 
 def step(denoise: Denoiser, table: SolverTable, i, x, history, features, text, guidance, cfg: bool,
-         embed_guidance: int = 0, noise=None):
+         embed_guidance: int = 0, noise=None, extra=None, blend=None):
     """One sampler step: classifier-free guidance folded into one batched model call, or
-    (embed_guidance = the embedding size of a guidance-distilled model) one plain call."""
+    (embed_guidance = the embedding size of a guidance-distilled model) one plain call.
+    extra [B, C_x, h, w]: channels appended to the model input (a 9-channel inpainting UNet's
+    mask and masked-image latents); blend: 4-channel inpainting's (mask, kept terms)."""
     t = table.timesteps.index_select(0, i.view(1))[0]
-    model_in = (x * table.in_scale.index_select(0, i.view(1))).to(text.dtype)
+    model_in = x * table.in_scale.index_select(0, i.view(1))
+    if extra is not None:
+        model_in = torch.cat([model_in, extra.to(model_in.dtype)], dim=1)
+    model_in = model_in.to(text.dtype)
     if cfg:
         model_in = torch.cat([model_in, model_in])
     cond = None
@@ -87,5 +92,5 @@ def step(denoise: Denoiser, table: SolverTable, i, x, history, features, text, g
     if cfg:
         uncond, cond_out = out.chunk(2)
         out = uncond + guidance.to(out.dtype).view(-1, 1, 1, 1) * (cond_out - uncond)
-    x_next, history = update(table, i, x, out, history, noise)
+    x_next, history = update(table, i, x, out, history, noise, blend)
     return x_next, history, features
