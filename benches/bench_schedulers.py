@@ -8,10 +8,14 @@ scheduler config) x prediction type (epsilon, v_prediction) x CFG (off: scale 1;
 demo's scale), the max |engine - diffusers| of the final latents of two prompts, each row with
 its own seeded CPU generator. The demo UNet is trained for epsilon: under v_prediction its
 outputs are read as v, which checks the arithmetic, not image quality.
+Float32 floor: diffusers against itself with every initial latent moved by one float32 ulp
+(torch.nextafter; epsilon, CFG on): how far a difference of float32 rounding alone travels to
+the final latents; the engine's difference is to be read against it.
 Latency: full mode, batch 1, CFG on, the prompt's embeddings computed once for both (diffusers
 is given prompt_embeds; the engine's prompt cache holds them), latents out: the sampling loop
 and its model calls, no text encoding and no decode. Medians of interleaved repeats after a
-warm-up, and the ratio diffusers / engine paired per round.
+warm-up, and the ratio diffusers / engine paired per round. Loop only: the same with the UNet
+replaced by a stand-in that costs nothing (x -> x / 2): what each loop itself costs.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import copy
 import sys
 
+import diffusers
 import torch
 from common import interleaved, machine, write
 
@@ -28,6 +33,26 @@ from clockwork_engine.demo.pipeline import assemble
 from clockwork_engine.eval.compare import paired_speedup
 
 PROMPTS = ["a red circle", "a blue square above a green triangle"]
+
+
+class NullUNet(torch.nn.Module):
+    """Stands in for the UNet at no cost (output = input / 2), so that timing measures the loop."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.config, self.anchor = unet.config, torch.nn.Parameter(torch.zeros(()))
+
+    @property
+    def dtype(self):
+        return self.anchor.dtype
+
+    @property
+    def device(self):
+        return self.anchor.device
+
+    def forward(self, x, t, encoder_hidden_states=None, return_dict=True, **kwargs):
+        out = x[:, : self.config.out_channels] * 0.5
+        return (out,) if not return_dict else diffusers.models.unets.unet_2d_condition.UNet2DConditionOutput(out)
 
 
 def scheduler_for(engine, name: str, prediction_type: str):
@@ -43,6 +68,37 @@ def parity(engine, pipe, name: str, prediction_type: str, guidance: float, steps
     got = engine.with_config(scheduler=copy.deepcopy(sched)).generate(
         PROMPTS, steps=steps, guidance_scale=guidance, seed=[1, 2], output="latent")
     return float((got - ref).abs().max())
+
+
+def float32_floor(pipe, engine, name: str, guidance: float, steps: int) -> float:
+    pipe.scheduler = scheduler_for(engine, name, "epsilon")
+    pipe.scheduler.set_timesteps(steps)
+    shape = (1, engine.unet.config.in_channels, engine.default_size // engine.vae_factor,
+             engine.default_size // engine.vae_factor)
+    outs = []
+    for nudge in (False, True):
+        gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+        # the pipeline's own first draws, taken here so that its generators go on to the step noise
+        noise = torch.cat([torch.randn(shape, generator=g) for g in gens]) * pipe.scheduler.init_noise_sigma
+        outs.append(pipe(PROMPTS, num_inference_steps=steps, guidance_scale=guidance, output_type="latent",
+                         latents=torch.nextafter(noise, noise + 1) if nudge else noise, generator=gens).images)
+    return float((outs[0] - outs[1]).abs().max())
+
+
+def loop_timings(base, pipe, sched, steps: int, guidance: float, repeats: int) -> dict:
+    """Interleaved timings of both loops around a UNet stand-in that costs nothing."""
+    null = NullUNet(base.unet)
+    loop_pipe = assemble(null, base.vae, copy.deepcopy(sched), base.prompts.tokenizer, base.text_encoder)
+    loop_pipe.set_progress_bar_config(disable=True)
+    engine = Engine(null, base.vae, base.prompts.tokenizer, base.text_encoder, copy.deepcopy(sched),
+                    config=base.config)
+    embeds, negative = base.prompts.encode([PROMPTS[0]]), base.prompts.encode([""])
+    return interleaved({
+        "diffusers": lambda: loop_pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, guidance_scale=guidance,
+                                       num_inference_steps=steps, output_type="latent",
+                                       generator=torch.Generator().manual_seed(0)),
+        "engine": lambda: engine.generate(PROMPTS[0], steps=steps, guidance_scale=guidance, seed=0, output="latent"),
+    }, repeats, warmup=3)
 
 
 def main(argv=None):
@@ -67,6 +123,7 @@ def main(argv=None):
             for pred in ("epsilon", "v_prediction"):
                 for cfg, scale in (("cfg_off", 1.0), ("cfg_on", g)):
                     row["max_abs_diff"][f"{pred}/{cfg}"] = parity(base, pipe, name, pred, scale, args.steps)
+            row["float32_floor"] = float32_floor(pipe, base, name, g, args.steps)
             rows.append(row)
             print(name, row["max_abs_diff"])
 
@@ -88,12 +145,15 @@ def main(argv=None):
                               for k, v in t.items()}
             row["speedup_median"] = t["diffusers"]["median_s"] / t["engine"]["median_s"]
             row["speedup_paired"] = paired_speedup(t, "diffusers", "engine")
-            print(row["scheduler"], f"{row['speedup_median']:.3f}x")
+            loop = loop_timings(base, pipe, sched, args.steps, g, 3 * args.repeats)
+            row["loop_only_ms"] = {k: 1e3 * v["median_s"] for k, v in loop.items()}
+            print(row["scheduler"], f"{row['speedup_median']:.3f}x", row["loop_only_ms"])
 
     write(args.out, {
         "command": " ".join(["python benches/bench_schedulers.py", *argv]),
         "steps": args.steps, "guidance": g, "repeats": args.repeats, "prompts": PROMPTS,
         "latency_setup": "demo, full mode, batch 1, CFG on, prompt embeddings precomputed for both, latents out",
+        "loop_only_repeats": 3 * args.repeats,
         "rows": rows, "machine": machine(),
     })
 

@@ -137,7 +137,7 @@ def teacher_trajectories(engine, steps: int, count: int, g_min: float, g_max: fl
         x = torch.randn(b, engine.unet.config.in_channels, size, size, generator=noise_gen) * table.init_noise_sigma
         xs, history = [x], table.empty_history(x)
         for i in range(table.num_steps):
-            eps = engine.unet(x * table.in_scale[i], table.timesteps[i], text, timestep_cond=cond).sample
+            eps = engine.unet(x / table.in_div[i], table.timesteps[i], text, timestep_cond=cond).sample
             x, history = update(table, torch.tensor(i), x, eps, history)
             xs.append(x)
         states.append(torch.stack(xs, 1))

@@ -3,7 +3,7 @@
 Every scheduler the engine takes is linear in what it has seen. At model evaluation i
 (a step of a one-evaluation scheduler, a stage of Heun / KDPM2 / singlestep DPM-Solver):
 
-    model input  = in_scale[i] * x_i                         (scale_model_input)
+    model input  = x_i / in_div[i]                           (scale_model_input)
     c_i          = clamp(p[i] x_i + q[i] m_i, -r, r)         (x0 clipping; DDIM/DDPM/LCM/TCD/Heun only)
     x_{i+1}      = sum_k sum_v coeffs[i, k, v] * V_{i-k}[v]  +  noise_term[i]
 
@@ -62,7 +62,7 @@ TEXT_TO_IMAGE = Start()
 @dataclass(frozen=True)
 class SolverTable:
     timesteps: torch.Tensor  # [E] what the model is given at evaluation i (the scheduler's dtype)
-    in_scale: torch.Tensor  # [E] float32
+    in_div: torch.Tensor  # [E] float32 divisor of the model input (its float32 rounding is the scheduler's own)
     coeffs: torch.Tensor  # [E, K, V] float32 over evaluations i - K + 1 .. i (oldest first)
     clip: tuple | None  # (p [E], q [E], r) when the scheduler clips its x0 prediction, else None
     noise_mix: torch.Tensor | None  # [E, D] float64: noise_term[i] = sum_d noise_mix[i, d] * draw_d
@@ -89,7 +89,7 @@ class SolverTable:
 
     def to(self, device) -> SolverTable:
         clip = None if self.clip is None else (self.clip[0].to(device), self.clip[1].to(device), self.clip[2])
-        return SolverTable(self.timesteps.to(device), self.in_scale.to(device), self.coeffs.to(device), clip,
+        return SolverTable(self.timesteps.to(device), self.in_div.to(device), self.coeffs.to(device), clip,
                            self.noise_mix, self.init_noise_sigma, self.steps, self.draws, self.start,
                            self.start_mix, self.blend_mix)
 
@@ -184,14 +184,14 @@ def build_table(scheduler, num_steps: int, timesteps: list[int] | None = None, e
             rec.only(x0, [rec.index("i", 0), rec.index("n", 0)], "add_noise")
             start_mix = (rec.coeff(x0, "i", 0), rec.coeff(x0, "n", 0))
         x = rec.var("x")
-        outputs, in_scale, blend = [], [], []
+        outputs, in_div, blend = [], [], []
         for i, t in enumerate(ts):
             rec.eval = i
             scaled = plain(scheduler.scale_model_input(x, t))
             s = rec.coeff(scaled, "x", i)
-            if not torch.equal(scaled, s * plain(x)):
+            if not torch.equal(scaled, s * plain(x)) or s <= 0:
                 raise ValueError(f"{type(scheduler).__name__}.scale_model_input is not a scaling of the sample")
-            in_scale.append(s)
+            in_div.append(_float32_divisor(s, scheduler.scale_model_input(_PROBE_INPUT, t)))
             m = rec.var("m")
             outputs.append(plain(scheduler.step(m, t, x, return_dict=False, **step_kwargs(scheduler, eta))[0]))
             if start.blend:  # the image noised to the next timestep, as StableDiffusionInpaintPipeline does
@@ -201,10 +201,24 @@ def build_table(scheduler, num_steps: int, timesteps: list[int] | None = None, e
             rec.eval = i + 1
             x = rec.var("x")
     blend_mix = torch.tensor(blend, dtype=torch.float64) if start.blend else None
-    return _table(rec, outputs, ts, in_scale, init_sigma, num_steps, start, start_mix, blend_mix)
+    return _table(rec, outputs, ts, in_div, init_sigma, num_steps, start, start_mix, blend_mix)
 
 
-def _table(rec: Recorder, outputs: list[torch.Tensor], ts, in_scale, init_sigma: float, steps: int, start: Start,
+_PROBE_INPUT = torch.randn(256, generator=torch.Generator().manual_seed(0))
+
+
+def _float32_divisor(scale: float, scaled: torch.Tensor) -> float:
+    """The float32 divisor d with _PROBE_INPUT / d equal, bit for bit, to the scheduler's own
+    float32 scale_model_input of it (it divides by sqrt(sigma^2 + 1) in float32): the nearest
+    float32 values to 1 / scale are tried; else the nearest one (a rounding apart)."""
+    d = torch.tensor(1.0 / scale, dtype=torch.float32)
+    for candidate in (d, torch.nextafter(d, d + 1), torch.nextafter(d, d - 1)):
+        if torch.equal(_PROBE_INPUT / candidate, scaled):
+            return float(candidate)
+    return float(d)
+
+
+def _table(rec: Recorder, outputs: list[torch.Tensor], ts, in_div, init_sigma: float, steps: int, start: Start,
            start_mix, blend_mix) -> SolverTable:
     n = len(outputs)
     if not all(torch.isfinite(out).all() for out in outputs):
@@ -231,7 +245,7 @@ def _table(rec: Recorder, outputs: list[torch.Tensor], ts, in_scale, init_sigma:
             raise ValueError("the scheduler clips on some steps only, or to several ranges")
         pq = torch.tensor([rec.clips[i][:2] for i in range(n)], dtype=torch.float64).T.float()
         clip = (pq[0], pq[1], r.pop())
-    return SolverTable(ts, torch.tensor(in_scale, dtype=torch.float32), coeffs.float(), clip, noise_mix,
+    return SolverTable(ts, torch.tensor(in_div, dtype=torch.float32), coeffs.float(), clip, noise_mix,
                        init_sigma, steps, len(draws) if noise_mix is not None else 0, start, start_mix, blend_mix)
 
 
@@ -305,7 +319,7 @@ def verify(scheduler, table: SolverTable, timesteps=None, eta: float = 0.0, seed
     for i, t in enumerate(ts):
         out = torch.randn(shape, generator=gen)
         what = "input scale"
-        ok = torch.allclose(sched.scale_model_input(x_ref, t), x_ref * table.in_scale[i], rtol=tol, atol=0)
+        ok = torch.allclose(sched.scale_model_input(x_ref, t), x_ref / table.in_div[i], rtol=tol, atol=0)
         if ok:
             what = "update"
             x, history = update(table, torch.tensor(i), x, out, history, terms, blend)

@@ -76,7 +76,7 @@ def step(denoise: Denoiser, table: SolverTable, i, x, history, features, text, g
     extra [B, C_x, h, w]: channels appended to the model input (a 9-channel inpainting UNet's
     mask and masked-image latents); blend: 4-channel inpainting's (mask, kept terms)."""
     t = table.timesteps.index_select(0, i.view(1))[0]
-    model_in = x * table.in_scale.index_select(0, i.view(1))
+    model_in = x / table.in_div.index_select(0, i.view(1))
     if extra is not None:
         model_in = torch.cat([model_in, extra.to(model_in.dtype)], dim=1)
     model_in = model_in.to(text.dtype)
