@@ -8,6 +8,27 @@ import sys
 
 
 def _generate(args) -> int:
+    return _run(args, edit=None)
+
+
+def _edit(args) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    def read(path, what):
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return im
+        except (OSError, UnidentifiedImageError) as e:
+            raise ValueError(f"{what} {path!r} is not a readable image: {e}") from e
+
+    edit = {"image": read(args.input, "input"), "strength": args.strength}
+    if args.mask:
+        edit["mask_image"] = read(args.mask, "mask")
+    return _run(args, edit)
+
+
+def _run(args, edit) -> int:
     from tqdm import tqdm
 
     from . import Engine, reuse_search
@@ -31,9 +52,14 @@ def _generate(args) -> int:
         reuse = reuse_search.late(int(spec[5:]), len(evals)) if spec.startswith("late:") else reuse_search.load(spec)
         engine = engine.with_config(attention_reuse=reuse)
     bar = tqdm(total=len(evals), desc="sampling", unit="step", disable=args.quiet)
+
+    def progress(i, n, latents):
+        bar.total = n  # an edit runs the evaluations its strength leaves
+        bar.update(1)
+
+    size = {} if edit else {"height": args.height, "width": args.width}
     image = engine.generate(args.prompt, steps=steps, guidance_scale=args.guidance, seed=args.seed,
-                            height=args.height, width=args.width,
-                            callback=lambda i, n, latents: bar.update(1))
+                            callback=progress, **size, **(edit or {}))
     bar.close()
     image.save(args.output)
     if not args.quiet:
@@ -41,15 +67,10 @@ def _generate(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _sampling_options(gen):
+    """The options generate and edit share."""
     from .config import MODES, TEXT_DTYPES
 
-    parser = argparse.ArgumentParser(prog="clockwork", description="clockwork-engine: fast text-to-image on "
-                                     "Stable-Diffusion-style models.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="generate one image from a prompt",
-                         description="Generate one image from a text prompt and save it as PNG.")
-    gen.add_argument("prompt", help='the text prompt, e.g. "a red circle above a blue square"')
     gen.add_argument("-o", "--output", default="out.png", help="output image path (default: out.png)")
     gen.add_argument("--model", default="demo",
                      help="'demo' (the embedded demo model) or a local diffusers Stable Diffusion directory")
@@ -62,8 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="classifier-free guidance scale; <= 1 turns guidance off (default: the model's, 5.0 "
                           "unless its clockwork_engine.json says so)")
     gen.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same image (default: 0)")
-    gen.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's size)")
-    gen.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's size)")
     gen.add_argument("--mode", default=None, choices=MODES,
                      help="full (the unmodified model) or clockwork (default: clockwork when the model has an adaptor)")
     gen.add_argument("--reuse-schedule", default=None,
@@ -80,7 +99,31 @@ def build_parser() -> argparse.ArgumentParser:
                           "built from the model's scheduler config (default: the model's own)")
     gen.add_argument("--eta", type=float, default=None, help="DDIM's eta / TCD's gamma in [0, 1] (default: 0)")
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clockwork", description="clockwork-engine: fast text-to-image on "
+                                     "Stable-Diffusion-style models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate one image from a prompt",
+                         description="Generate one image from a text prompt and save it as PNG.")
+    gen.add_argument("prompt", help='the text prompt, e.g. "a red circle above a blue square"')
+    gen.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's size)")
+    gen.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's size)")
+    _sampling_options(gen)
     gen.set_defaults(run=_generate)
+
+    edit = sub.add_parser("edit", help="edit an image with a prompt (image-to-image, or inpainting with --mask)",
+                          description="Image-to-image (SDEdit) or, with --mask, inpainting; saves the result as PNG. "
+                                      "The output has the input's size.")
+    edit.add_argument("input", help="the image to edit (PNG, JPEG, ...); its sides must suit the model")
+    edit.add_argument("prompt", help="what the edited image shows")
+    edit.add_argument("--strength", type=float, default=None,
+                      help="how far the edit may move from the input, in (0, 1]: the share of the steps that run "
+                           "(default: 0.8; 1 with --mask)")
+    edit.add_argument("--mask", default=None, help="a black-and-white mask of the input's size: white is repainted")
+    _sampling_options(edit)
+    edit.set_defaults(run=_edit)
 
     from .distill import adaptor as distill_adaptor
 

@@ -111,19 +111,25 @@ def section_schedulers():
 def _schedulers(d):
     keys = ("epsilon/cfg_off", "epsilon/cfg_on", "v_prediction/cfg_off", "v_prediction/cfg_on")
     rows = [[f"`{r['scheduler']}`", r["class"], r["evaluations"], *(f"{r['max_abs_diff'][k]:.1e}" for k in keys),
-             f"{1e3 * r['latency']['diffusers']['median_s']:.1f}", f"{1e3 * r['latency']['engine']['median_s']:.1f}",
-             f"{r['speedup_median']:.2f}x / {r['speedup_paired']:.2f}x"] for r in d["rows"]]
+             f"{r['float32_floor']:.1e}", f"{1e3 * r['latency']['diffusers']['median_s']:.1f}",
+             f"{1e3 * r['latency']['engine']['median_s']:.1f}", f"{r['speedup_median']:.2f}x / {r['speedup_paired']:.2f}x",
+             f"{r['loop_only_ms']['diffusers']:.2f} / {r['loop_only_ms']['engine']:.2f}"] for r in d["rows"]]
     worst = max(v for r in d["rows"] for v in r["max_abs_diff"].values())
-    slowest = min(d["rows"], key=lambda r: r["speedup_paired"])
+    ratios = [r["speedup_paired"] for r in d["rows"]]
+    loop = [r["loop_only_ms"]["diffusers"] / r["loop_only_ms"]["engine"] for r in d["rows"]]
     return (f"Command: `{d['command']}`; the demo at {d['steps']} steps (model evaluations: Heun, KDPM2 and PNDM "
             f"evaluate the model more often than once a step). Parity: max |engine - diffusers| of the final latents "
             f"(two prompts, one seeded generator a row), CFG off (scale 1) and on (scale {d['guidance']}); the demo "
-            f"UNet is trained for epsilon, so the v_prediction columns check the arithmetic only. Worst: {worst:.1e}. "
-            f"Latency: {d['latency_setup']}, medians of {d['repeats']} interleaved repeats, speed-up = diffusers / "
-            f"engine (medians / paired per round); the least: `{slowest['scheduler']}` "
-            f"{slowest['speedup_paired']:.2f}x.\n\n"
+            f"UNet is trained for epsilon, so the v_prediction columns check the arithmetic only; worst {worst:.1e}. "
+            f"Float32 floor: diffusers against itself with every initial latent one float32 ulp away (epsilon, CFG): "
+            f"how far a rounding difference alone travels. Latency: {d['latency_setup']}, medians of {d['repeats']} "
+            f"interleaved repeats, speed-up = diffusers / engine (medians / paired per round): "
+            f"{min(ratios):.2f}x-{max(ratios):.2f}x, the UNet's time dominating both. Loop alone: the same with the "
+            f"UNet replaced by a stand-in that costs nothing ({d['loop_only_repeats']} repeats, ms per image): the "
+            f"engine's loop costs {min(loop):.1f}x-{max(loop):.1f}x less than diffusers'.\n\n"
             + table(["name", "diffusers class", "model evals", "eps, no CFG", "eps, CFG", "v, no CFG", "v, CFG",
-                     "diffusers ms", "engine ms", "speed-up"], rows) + "\n")
+                     "float32 floor", "diffusers ms", "engine ms", "speed-up", "loop alone: diffusers / engine ms"],
+                    rows) + "\n")
 
 
 def section_guidance_sweep():
