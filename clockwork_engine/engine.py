@@ -1,9 +1,11 @@
 """Engine: from_pretrained / from_pipeline / generate.
 
-Data flow: prompt -> PromptEncoder (LRU) -> sampler loop (the engine's own, step index
-passed down) -> step function -> decoder (the VAE's, or a tiny one) -> image. With every
-acceleration off the result equals diffusers' StableDiffusionPipeline for the same seed,
-steps, scheduler and guidance (tests/test_engine_parity.py).
+Data flow: prompt -> PromptEncoder (LRU); (edit image, mask) -> images.edit_inputs; the
+request's noise and image latents -> latents.prepare; -> sampler loop (the engine's own,
+step index passed down) -> step function -> decoder (the VAE's, or a tiny one) -> image.
+With every acceleration off the result equals diffusers' StableDiffusionPipeline (and its
+Img2Img and Inpaint pipelines) for the same seed, steps, scheduler and guidance
+(tests/test_engine_parity.py, test_schedulers.py, test_edit.py).
 
 Concurrency: one generate() runs at a time per Engine (a lock); the model compute already
 uses every core, so queuing costs little latency and keeps per-request state private.
@@ -252,8 +254,8 @@ class Engine:
             raise TypeError("callback must be callable")
 
         with self._lock:
-            latents = self._sample(prompts, negatives, steps, guidance, seeds, height, width, mode, callback, edit)
-            result = latents if output == "latent" else self._decode(latents, output)
+            final = self._sample(prompts, negatives, steps, guidance, seeds, height, width, mode, callback, edit)
+            result = final if output == "latent" else self._decode(final, output)
         return result[0] if isinstance(prompt, str) else result
 
     def _table(self, steps: int, start: sampler.Start = sampler.TEXT_TO_IMAGE) -> sampler.SolverTable:

@@ -76,3 +76,27 @@ def test_generate_with_a_bf16_text_encoder(tmp_path, capsys):
     assert 0 < np.abs(images["float32"] - images["bfloat16"]).mean() < 8  # 8-bit levels
     with pytest.raises(SystemExit):
         cli.main(["generate", "x", "--text-dtype", "float16"])
+
+
+def test_edit_writes_a_png_of_the_inputs_size(tiny_dir, tmp_path, capsys):
+    import numpy as np
+
+    src, mask, out = tmp_path / "in.png", tmp_path / "mask.png", tmp_path / "edited.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 16, 3), dtype=np.uint8)).save(src)
+    m = np.zeros((24, 16), np.uint8)
+    m[8:16, 4:12] = 255
+    Image.fromarray(m).save(mask)
+    base = ["edit", str(src), "a red circle", "--model", str(tiny_dir), "--steps", "4", "-o", str(out)]
+    assert cli.main([*base, "--strength", "0.5"]) == 0
+    assert Image.open(out).size == (16, 24)
+    assert cli.main([*base, "--mask", str(mask), "--scheduler", "euler-a"]) == 0
+    assert Image.open(out).size == (16, 24)
+    capsys.readouterr()
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    assert cli.main(["edit", str(tmp_path / "bad.png"), "x", "--model", str(tiny_dir)]) == 2
+    assert "is not a readable image" in capsys.readouterr().err
+    assert cli.main([*base, "--strength", "1.5"]) == 2
+    assert "strength must be a number in (0, 1]" in capsys.readouterr().err
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(mask)
+    assert cli.main([*base, "--mask", str(mask)]) == 2
+    assert "mask_image is 8x8, the image 16x24" in capsys.readouterr().err

@@ -160,3 +160,15 @@ def test_clockwork_on_partial_trajectories(parts, scheduler):
                                atol=1e-5, rtol=1e-5)
     clocked = engine.generate("a red circle", **edit)
     assert torch.isfinite(clocked).all() and not torch.allclose(clocked, full, atol=1e-4)
+
+
+def test_attention_reuse_on_an_edit(parts):
+    """Reuse steps count the evaluations the edit runs; beyond them is a clear error."""
+    pipe = pipeline(diffusers.StableDiffusionImg2ImgPipeline, parts)
+    edit = dict(image=images(1), strength=0.5, steps=8, seed=2, output="latent")  # 4 of the 8 steps run
+    plain = Engine.from_pipeline(pipe, config="full")
+    reused = plain.with_config(attention_reuse=(3,))
+    out, ref = reused.generate("a red circle", **edit), plain.generate("a red circle", **edit)
+    assert torch.isfinite(out).all() and not torch.equal(out, ref)
+    with pytest.raises(ValueError, match=r"attention reuse steps \[5\] are beyond the 4 steps"):
+        plain.with_config(attention_reuse=(5,)).generate("a red circle", **edit)
