@@ -50,7 +50,7 @@ def tasks(n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     singles = [s for s in shapes.split_scenes("eval") if not s.is_pair and s.position]
     recolour, inpaint = [], []
-    for k in range(n):
+    while len(recolour) < n:
         scene = singles[rng.integers(0, len(singles))]
         shape = shapes.layout(scene, rng)[0]
         image = torch.from_numpy(shapes.render([shape])).permute(2, 0, 1).float() / 255
@@ -59,9 +59,10 @@ def tasks(n: int, seed: int = 0):
         box = np.zeros((shapes.IMAGE_SIZE,) * 2, bool)
         h = shape.half + 4
         box[max(0, int(shape.cy - h)):int(shape.cy + h) + 1, max(0, int(shape.cx - h)):int(shape.cx + h) + 1] = True
+        free = [(r, c) for r in range(3) for c in range(3) if not box[cell_box(r, c)].any()]  # cells it leaves empty
+        if not free:
+            continue
         recolour.append({"image": image, "prompt": target.caption, "scene": target, "keep": torch.from_numpy(~box)})
-        row, col = shapes.POSITIONS[scene.position]
-        free = [(r, c) for r in range(3) for c in range(3) if abs(r - row) > 1 or abs(c - col) > 1]
         r, c = free[rng.integers(0, len(free))]
         new = shapes.Scene(str(rng.choice(list(shapes.COLOURS))), str(rng.choice(shapes.SHAPES)), "", NAMES[(r, c)])
         mask = torch.zeros(1, shapes.IMAGE_SIZE, shapes.IMAGE_SIZE)
