@@ -14,7 +14,9 @@ Variants: stock diffusers (its Img2Img / Inpaint pipeline on the demo's componen
 reference for speed), the engine in full mode, clockwork (the shipped adaptor, fitted on full
 trajectories, here on partial ones), DeepCache (interval 2; if installed) and the students
 guided-8 and progressive-4 at their own step counts. Same inputs, prompts and seeds for all.
-Latency: one batch-1 edit per call, interleaved repeats after a warm-up, medians.
+Latency: one batch-1 edit per call with a caption no call has used before (so every variant
+pays its text encoding, as a service does for a new prompt), interleaved repeats after a
+warm-up, medians.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from clockwork_engine import Engine
 from clockwork_engine.demo import shapes
 from clockwork_engine.eval import alignment
 from clockwork_engine.eval import classifier as C
+from clockwork_engine.eval.compare import fresh_prompts
 from clockwork_engine.eval.metrics import psnr
 
 CELL = shapes.IMAGE_SIZE // 3
@@ -185,6 +188,7 @@ def main(argv=None):
     guidance = Engine.default_config("demo").guidance_scale
     settings = [(f"recolour@{s}", recolour, float(s)) for s in args.strengths.split(",")] + [("inpaint", inpaint, 1.0)]
     results = {}
+    prompts = iter(fresh_prompts(len(vs) * (args.repeats + 2) * len(settings)))  # a new caption every timed call
     for task, items, strength in settings:
         row = {}
         for name, (variant, steps) in vs.items():
@@ -195,7 +199,7 @@ def main(argv=None):
                          "steps": steps, "strength": strength}
             print(task, name, row[name])
         one = items[0]
-        calls = {name: (lambda v=variant, s=steps: v.edit([one["prompt"]], one["image"][None],
+        calls = {name: (lambda v=variant, s=steps: v.edit([next(prompts)], one["image"][None],
                                                            one["mask"][None] if "mask" in one else None,
                                                            strength, [0], s, guidance))
                  for name, (variant, steps) in vs.items()}

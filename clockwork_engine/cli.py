@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     flops.build_parser(count)
     count.set_defaults(run=lambda args: flops.run(args) and 0)
 
+    from . import bench
+
+    timing = sub.add_parser("bench", help="your model: the engine's variants against stock diffusers, in one run",
+                            description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.build_parser(timing)
+    timing.set_defaults(run=lambda args: bench.run(args) and 0)
+
     from . import profile
 
     prof = sub.add_parser("profile", help="write a torch.profiler trace and a per-step table",

@@ -100,3 +100,21 @@ def test_edit_writes_a_png_of_the_inputs_size(tiny_dir, tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(mask)
     assert cli.main([*base, "--mask", str(mask)]) == 2
     assert "mask_image is 8x8, the image 16x24" in capsys.readouterr().err
+
+
+def test_bench_on_a_model_directory(tiny_dir, tmp_path, capsys):
+    """clockwork bench: every variant timed in one run against stock diffusers; JSON, PNG, a table."""
+    import json
+
+    out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    assert cli.main(["bench", "--model", str(tiny_dir), "--steps", "2", "--size", "16", "--repeats", "2",
+                     "--no-inductor", "--json", str(out), "--plot", str(plot)]) == 0
+    result = json.loads(out.read_text())
+    assert list(result["variants"]) == ["diffusers", "full", "clockwork_identity"]
+    for v in result["variants"].values():
+        assert v["median_s"] > 0 and v["speedup"] > 0 and v["gflops_per_image"] > 0 and len(v["times_s"]) == 2
+    assert result["variants"]["diffusers"]["speedup"] == 1.0
+    # clockwork's adaptor steps skip the low-res middle: fewer FLOPs than full mode
+    assert result["variants"]["clockwork_identity"]["gflops_per_image"] < result["variants"]["full"]["gflops_per_image"]
+    assert Image.open(plot).size[0] > 0
+    assert "clockwork_identity" in capsys.readouterr().out
