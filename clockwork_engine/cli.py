@@ -104,6 +104,8 @@ def _sampling_options(gen):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clockwork", description="clockwork-engine: fast text-to-image on "
                                      "Stable-Diffusion-style models.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the libraries' own warnings and progress bars (transformers, diffusers)")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate one image from a prompt",
                          description="Generate one image from a text prompt and save it as PNG.")
@@ -174,8 +176,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries():
+    """The normal path prints the engine's own lines only: the libraries' loading bars and
+    advisory warnings go (clockwork -v shows them); the engine's warnings stay."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for lib in (diffusers_logging, transformers_logging):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    warnings.filterwarnings("ignore", module=r"(diffusers|transformers|torch|huggingface_hub)(\.|$)")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        _quiet_libraries()
     # The engine's one-line notes (e.g. components of a model directory it skips) go to stderr.
     log = logging.getLogger("clockwork_engine")
     if not log.handlers:

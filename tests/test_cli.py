@@ -118,3 +118,12 @@ def test_bench_on_a_model_directory(tiny_dir, tmp_path, capsys):
     assert result["variants"]["clockwork_identity"]["gflops_per_image"] < result["variants"]["full"]["gflops_per_image"]
     assert Image.open(plot).size[0] > 0
     assert "clockwork_identity" in capsys.readouterr().out
+
+
+def test_normal_output_has_no_library_noise(tiny_dir, tmp_path, capfd):
+    """No loading bars or advisory warnings of transformers/diffusers on the normal path."""
+    assert cli.main(["generate", "a red circle", "-o", str(tmp_path / "q.png"), "--model", str(tiny_dir),
+                     "--steps", "2", "--height", "16", "--width", "16", "-q"]) == 0
+    err = capfd.readouterr().err
+    for noise in ("Loading weights", "accelerate", "safety checker", "deprecated"):
+        assert noise not in err, err
