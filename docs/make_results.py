@@ -47,7 +47,7 @@ CURRENT_DEMO_UNET = _current_demo_unet()
 
 def earlier_unet(name) -> bool:
     """True if benches/results/<name> was measured on an earlier demo UNet than the committed one
-    (benches record the demo UNet's fingerprint since session 6; results without one are older)."""
+    (benches record the demo UNet's fingerprint; results without one are of the earlier UNet)."""
     d = load(name) if name else None
     return bool(d) and d.get("demo_unet", d.get("unet_fingerprint")) != CURRENT_DEMO_UNET
 
@@ -268,7 +268,7 @@ def _inductor(d):
     return (f"Command: `{d['command']}`; batch 1, CFG {d['guidance']} (students take it as their w), a new prompt per "
             f"call, {d['repeats']} interleaved repeats in one run; speed-up against `{d['reference']}`. "
             "`@inductor`: the same engine with `backend=\"inductor\"` (its first call, the untimed warm-up, compiles; "
-            "since session 9 with the weights really frozen in, see the README). "
+            "with the weights frozen in, see docs/design.md). "
             "Speed-ups: ratio of medians / paired (median of per-round ratios). Numerics: the compiled variant's "
             "images against the eager variant's for the same captions and seeds "
             "(largest difference in [0, 1] / images with any 8-bit pixel changed). Colour+shape is the eager "
@@ -340,8 +340,8 @@ def _quality(d):
 def _prompt_note(d) -> str:
     if any(v.get("latency_prompts") == "fresh" for v in d["variants"].values()):
         return "a new prompt per call, so text encoding is timed for every variant"
-    return ("measured before session 4: one prompt repeated, so the engine's prompt cache skipped text encoding "
-            "(~9 ms) while stock diffusers paid it")
+    return ("one prompt repeated (an earlier setup of this bench), so the engine's prompt cache skipped text "
+            "encoding (~9 ms) while stock diffusers paid it")
 
 
 def _latency_ms(v) -> str:
@@ -434,29 +434,29 @@ def _kernels(d):
     return "\n".join(out)
 
 
-PLAIN_LOSS = "Adaptors fitted with the plain L2 loss (session 2, before the guided loss)."
+PLAIN_LOSS = "Adaptors fitted with the plain L2 loss (the recipe before the guided loss)."
 DISTILL_NOTE = ("The committed students, distilled from the committed teacher: guidance distillation 1500 steps "
-                "with w ~ U[1.5, 5] (session 6); guided-8's adaptor fitted at w = 3 with the session-3 recipe "
-                "(unrolled, every step, one pass, 12 epochs). progressive-4 and -2 (session 7): on guided-8's own "
+                "with w ~ U[1.5, 5]; guided-8's adaptor fitted at w = 3 with the unrolled recipe "
+                "(unrolled, every step, one pass, 12 epochs). progressive-4 and -2: on guided-8's own "
                 "sampler trajectories (`--data trajectories`, 8192 trajectories, 3000 steps per halving), each on "
                 "every other timestep of its teacher's grid; the rounds, Meng et al.'s noised data and the "
                 "clockwork adaptors fitted for them (not shipped: 85% and 62%) are in the next table. `+reuse`: "
                 "attention maps reused at the last step; with clockwork that is an adaptor step, which on this UNet "
-                "runs no attention layer, so the images equal those without reuse. `+tiny_decoder` (session 8): the "
-                "demo's tiny decoder (`EngineConfig(decoder=\"tiny\")`; since session 9 the larger one, 0.23 GFLOPs "
+                "runs no attention layer, so the images equal those without reuse. `+tiny_decoder`: the "
+                "demo's tiny decoder (`EngineConfig(decoder=\"tiny\")`; the shipped one, 0.23 GFLOPs "
                 "against the VAE decoder's 0.51) "
-                "in place of the VAE decoder. `+bf16_text` (session 9): also a bfloat16 copy of the text encoder "
+                "in place of the VAE decoder. `+bf16_text`: also a bfloat16 copy of the text encoder "
                 "(`EngineConfig(text_dtype=\"bfloat16\")`, fp32 embeddings to the UNet; the same FLOPs, half the "
-                "weight bytes). `+clockwork_unshipped` (session 9): clockwork on a student that ships no adaptor, with "
+                "weight bytes). `+clockwork_unshipped`: clockwork on a student that ships no adaptor, with "
                 "the one fitted for it in benches/adaptors/ (not shipped: see the alignment). GFLOPs per image: torch.utils.flop_counter over one generate() of a new "
                 "prompt (text encoding, every model evaluation, the decoder; stock diffusers also encodes the empty "
                 "negative prompt every call).")
 
 
-SESSION6 = ("In session 6 the demo UNet was replaced: the session 1-5 UNet had transformer blocks at 16x16 as well, "
-            "the committed one has them at 8x8 only (fine-tuned from the old one without them, see the README). "
-            "Sections measured on the current UNet come first; the results of the old UNet that were not re-run "
-            "follow under their own heading (each result records the demo UNet it ran on).")
+EARLIER_UNET = ("An earlier demo UNet had transformer blocks at 16x16 as well; the committed one has them at 8x8 "
+                "only (fine-tuned from the earlier one without them, see docs/design.md). Sections measured on the "
+                "committed UNet come first; results of the earlier UNet that were not re-run follow under their own "
+                "heading (each result records the demo UNet it ran on).")
 
 
 def sections():
@@ -479,15 +479,15 @@ def sections():
             "`adaptor_without_r_out` (rollout) without r_out(t+1) as input. `clockwork_steps_*` run the shipped adaptor on other 0-based step sets (the paper's {5..8} "
             "and {3..6} are {4..7} and {2..5}).")),
         ("quality_clockwork.json", lambda: section_quality(
-            "quality_clockwork.json", "Clockwork ablations on the demo pipeline (CFG 3, the session-3 recipe)",
-            "`clockwork` is the session-3 adaptor. Every adaptor: 12 epochs of 256 captions, guided "
+            "quality_clockwork.json", "Clockwork ablations on the demo pipeline (CFG 3, the unrolled recipe)",
+            "`clockwork` is the adaptor of the unrolled recipe. Every adaptor: 12 epochs of 256 captions, guided "
             "loss; `unrolled` on the teacher's trajectories, `rollout` on the clockwork sampler's own "
             "(the teacher's L gives the target), `noised` on forward-noised data latents. The step "
             "sets are 0-based (the paper's {5..8} and {3..6} are {4..7} and {2..5}).")),
         ("quality_clockwork_gl.json", lambda: section_quality(
             "quality_clockwork_gl.json", "Adaptor loss: guided mix vs plain L2 (CFG 3)",
             "Same recipe and trajectories, only the loss differs: `clockwork` guided, "
-            "`clockwork_plain_loss` the session-2 adaptor.")),
+            "`clockwork_plain_loss` the plain-loss adaptor.")),
         ("quality_clockwork_rollout.json", lambda: section_quality(
             "quality_clockwork_rollout.json", "Adaptor training data: rollout vs unrolled (CFG 3)",
             "Both with the guided loss; `clockwork` is fitted on rollouts (on its clock's steps), "
@@ -495,8 +495,8 @@ def sections():
         ("quality_clockwork_wide.json", lambda: section_quality(
             "quality_clockwork_wide.json", "Adaptor width: 192 vs 96 hidden channels (CFG 3)",
             "`clockwork` is 192 channels wide (1.79M parameters, rollout, guided loss), "
-            "`clockwork_hidden_96` the session-3 one (0.56M); `adaptor_without_r_out` here is the "
-            "session-2 plain-loss one.")),
+            "`clockwork_hidden_96` the unrolled recipe's (0.56M); `adaptor_without_r_out` here is the "
+            "plain-loss one.")),
         ("quality_clockwork_ddim.json", lambda: section_quality(
             "quality_clockwork_ddim.json", "Clockwork ablation: DDIM instead of DPM++ (8 steps)",
             "The adaptor: fitted on DDIM rollouts, otherwise the ablation recipe (guided loss, pooled text, 8 passes, "
@@ -519,7 +519,7 @@ def sections():
         ("quality_reuse.json", lambda: section_quality(
             "quality_reuse.json", "Attention-map reuse vs fewer steps (demo, 20 steps)",
             "At CFG 5 (`--guidance 5`); the greedy schedule (reuse_greedy_k4.json, `clockwork search-reuse`) was "
-            "searched at CFG 5 on the session 1-5 UNet.")),
+            "searched at CFG 5 on the earlier demo UNet.")),
         ("quality_distill.json", lambda: section_quality(
             "quality_distill.json", "Guidance and progressive distillation (demo, CFG 3)", DISTILL_NOTE)),
         ("progressive_rounds.json", section_progressive_data),
@@ -529,8 +529,8 @@ def sections():
         ("alignment_inductor.json", section_alignment_inductor),
         ("alignment_1200.json", section_alignment_1200),
         ("quality_distill_g3.json", lambda: section_quality(
-            "quality_distill_g3.json", "Session-2 students at CFG 3 (for comparison)",
-            "The session-2 students (guidance distillation 600 steps at w ~ U[2, 8]) at CFG 3.")),
+            "quality_distill_g3.json", "The first students at CFG 3 (for comparison)",
+            "The first students (guidance distillation 600 steps at w ~ U[2, 8]) at CFG 3.")),
         ("e2e_8.json", section_e2e),
         ("overhead_demo.json", section_overhead),
         ("soak_demo.json", section_soak),
@@ -540,19 +540,18 @@ def sections():
 
 def main():
     intro = ("# Results\n\nGenerated by `python docs/make_results.py` from benches/results/*.json. All timings are "
-             "CPU timings on this project's 2-core machine; nothing here ran on a GPU. Since session 3 the adaptors "
-             "are fitted with the guided loss (the uncond rows and the guided mix u + w(c - u)); sections whose "
-             "adaptors were fitted with the earlier plain L2 loss say so. Since session 4 every latency is timed with "
-             "a new prompt per call (text encoding included); sections timed before say so. Since session 5 the "
-             "latency benches keep every call's time and also report paired speed-ups (the median of per-round "
-             "ratios), and the engine has an inductor backend (compiled step programs, text encoder and VAE "
-             "decoder). " + SESSION6 + "\n")
+             "CPU timings on this project's 2-core machine (torch 2.13.0 CPU build, diffusers 0.42.1, Python 3.11); "
+             "nothing here ran on a GPU. The adaptors are fitted with the guided loss (the uncond rows and the "
+             "guided mix u + w(c - u)); sections whose adaptors were fitted with the earlier plain L2 loss say so. "
+             "Latencies are timed with a new prompt per call (text encoding included); sections timed otherwise say "
+             "so. The latency benches keep every call's time and report paired speed-ups too (the median of "
+             "per-round ratios). " + EARLIER_UNET + "\n")
     current, earlier = [], []
     for name, text in sections():
         (earlier if earlier_unet(name) else current).append(text())
     parts = [intro, *current]
     if earlier:
-        parts += ["# Measured on the session 1-5 demo UNet (not re-run)\n",
+        parts += ["# Measured on the earlier demo UNet (not re-run)\n",
                   "These results are of the earlier demo UNet (transformer blocks at 16x16 too) and its adaptors "
                   "and students; they are kept as the record of how the recipes were chosen.\n", *earlier]
     with open(os.path.join(ROOT, "docs", "results.md"), "w") as f:

@@ -85,7 +85,7 @@ def test_committed_unet_has_no_transformer_blocks_at_the_top_level():
 
 
 def test_train_unet_init_drops_the_top_level_transformer_blocks(tmp_path):
-    """--init from a session 1-5 UNet (transformer blocks at 16x16): every weight of the new UNet
+    """--init from the earlier demo UNet (transformer blocks at 16x16): every weight of the new UNet
     is taken over (lr 0: one step changes nothing), only those blocks' weights are dropped."""
     from diffusers import UNet2DConditionModel
 

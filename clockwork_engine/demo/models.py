@@ -33,7 +33,7 @@ UNET_CONFIG = dict(
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
     # Most compute sits at 8x8 and 4x4, in the low-resolution middle that clockwork replaces.
-    # Until session 5 the 16x16 level had transformer blocks too (TOP_ATTENTION): on a CPU
+    # An earlier demo UNet had transformer blocks at 16x16 too (TOP_ATTENTION): on a CPU
     # their many small ops made an adaptor step cost 0.41 of a full step for 0.33 of its FLOPs.
     block_out_channels=(32, 96, 192),
     layers_per_block=1,
@@ -42,7 +42,7 @@ UNET_CONFIG = dict(
     norm_num_groups=32,
 )
 
-# The session 1-5 demo UNet: transformer blocks at 16x16 as well (train_unet --top-attention).
+# The earlier demo UNet: transformer blocks at 16x16 as well (train_unet --top-attention).
 TOP_ATTENTION = dict(down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
                      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
 

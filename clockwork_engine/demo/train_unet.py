@@ -52,7 +52,7 @@ def main(argv=None):
                     help="start from this pipeline directory's unet (e.g. clockwork_engine/demo/weights) "
                          "instead of random weights; a checkpoint in --out still takes precedence")
     ap.add_argument("--top-attention", action="store_true",
-                    help="the session 1-5 architecture: transformer blocks at 16x16 too (models.TOP_ATTENTION)")
+                    help="the earlier demo architecture: transformer blocks at 16x16 too (models.TOP_ATTENTION)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=500)
     args = ap.parse_args(argv)
@@ -72,7 +72,7 @@ def main(argv=None):
         from diffusers import UNet2DConditionModel
 
         # Every weight comes from --init; weights the built UNet has no place for are dropped
-        # (e.g. the 16x16 transformer blocks of a session 1-5 UNet), missing ones are an error.
+        # (e.g. the 16x16 transformer blocks of the earlier demo UNet), missing ones are an error.
         init = UNet2DConditionModel.from_pretrained(args.init, subfolder="unet").state_dict()
         missing, dropped = unet.load_state_dict(init, strict=False)
         if missing:
