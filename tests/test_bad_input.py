@@ -40,6 +40,8 @@ GOOD = dict(steps=2, seed=0, height=16, width=16, output="latent")
     (dict(height=20), ValueError, "height must be a multiple of 8"),
     (dict(width=12), ValueError, "width must be a multiple of 8"),
     (dict(height=16 * 1000), ValueError, r"height must be in \[1, 64\]"),
+    (dict(height=0), ValueError, r"height must be in \[1, 64\]"),  # refused like any bad size, not the default
+    (dict(width=0), ValueError, r"width must be in \[1, 64\]"),
     (dict(seed=-1), ValueError, "seed must be in"),
     (dict(seed=2**64), ValueError, "seed must be in"),
     (dict(seed="0"), TypeError, "seed must be an int"),

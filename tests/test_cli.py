@@ -43,6 +43,8 @@ def test_bad_input_is_a_clean_error(tiny_dir, tmp_path, capsys):
     assert "steps must be in [1, 1000]" in capsys.readouterr().err
     assert cli.main(["generate", "x", "--model", "/missing/dir"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["generate", "x", "--model", str(tiny_dir), "--height", "0"]) == 2
+    assert "height must be in" in capsys.readouterr().err
 
 
 def test_generate_runs_a_shipped_student(tmp_path, capsys):
