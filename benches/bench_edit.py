@@ -77,12 +77,12 @@ def tasks(n: int, seed: int = 0):
 def recolour_ok(model, items, out: torch.Tensor) -> list[bool]:
     _, presence, geometry = alignment.read(model, out)
     return [alignment.score(t["scene"], p, g, im)["colour_and_shape"]
-            for t, p, g, im in zip(items, presence, geometry, out)]
+            for t, p, g, im in zip(items, presence, geometry, out, strict=True)]
 
 
 def inpaint_ok(items, out: torch.Tensor) -> list[bool]:
     ok = []
-    for t, im in zip(items, out):
+    for t, im in zip(items, out, strict=True):
         inside = alignment.colour_mask(im, t["scene"].colour) & (t["mask"][0] > 0)
         ok.append(alignment.shape_of(inside) == t["scene"].shape)
     return ok
@@ -91,7 +91,7 @@ def inpaint_ok(items, out: torch.Tensor) -> list[bool]:
 def preservation(items, out: torch.Tensor) -> float:
     """Mean PSNR to the input over the pixels that should stay (outside the box or mask)."""
     vals = []
-    for t, im in zip(items, out):
+    for t, im in zip(items, out, strict=True):
         keep = t["keep"]
         mse = float((im - t["image"]).pow(2).mean(0)[keep].mean())
         vals.append(10 * np.log10(1.0 / max(mse, 1e-10)))
@@ -199,9 +199,9 @@ def main(argv=None):
                          "steps": steps, "strength": strength}
             print(task, name, row[name])
         one = items[0]
-        calls = {name: (lambda v=variant, s=steps: v.edit([next(prompts)], one["image"][None],
-                                                           one["mask"][None] if "mask" in one else None,
-                                                           strength, [0], s, guidance))
+        calls = {name: (lambda v=variant, s=steps, one=one, strength=strength: v.edit(
+                     [next(prompts)], one["image"][None], one["mask"][None] if "mask" in one else None, strength,
+                     [0], s, guidance))
                  for name, (variant, steps) in vs.items()}
         with torch.no_grad():
             t = interleaved(calls, args.repeats, warmup=2)

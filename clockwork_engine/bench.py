@@ -149,7 +149,7 @@ def _plot(out, path):
     ms = [1e3 * out["variants"][n]["median_s"] for n in names]
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.2))
     ax.barh(names, ms, color=["#888888"] + ["#3366aa"] * (len(names) - 1))
-    for y, (n, v) in enumerate(zip(names, ms)):
+    for y, (n, v) in enumerate(zip(names, ms, strict=True)):
         ax.text(v, y, f" {v:.0f} ms, {out['variants'][n]['speedup']:.2f}x", va="center", fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("latency per image (ms, median)")

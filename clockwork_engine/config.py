@@ -26,6 +26,7 @@ class EngineConfig:
     # name (schedulers.ALIASES: "euler-a", "dpm++2m-karras", "unipc", ...) built from its config.
     scheduler: str | None = None
     eta: float = 0.0  # DDIM's eta / TCD's gamma, as the pipeline's eta= (0: deterministic)
+    guidance_rescale: float = 0.0  # CFG rescale (diffusers' guidance_rescale, in [0, 1]; 0: off)
     height: int | None = None  # None: the UNet's sample size times the VAE factor
     width: int | None = None
     # Clockwork: adaptor on steps i % clock_every == clock_every - 1 (0-based), or on an
@@ -64,6 +65,7 @@ class EngineConfig:
             raise ValueError(f"unknown mode {self.mode!r}; modes: {', '.join(MODES)}")
         validate.finite_float(self.guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE)
         validate.finite_float(self.eta, "eta", 0.0, 1.0)
+        validate.finite_float(self.guidance_rescale, "guidance_rescale", 0.0, 1.0)
         if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler):
             raise ValueError(f"scheduler must be a scheduler name or None, got {self.scheduler!r}")
         if not isinstance(self.decoder, str) or not self.decoder:

@@ -25,12 +25,11 @@ from functools import partial
 import torch
 
 from . import adaptor as adaptor_io
-from . import attention, images, latents, loading, sampler, schedulers, tiny_decoder, validate
+from . import attention, conditioning, images, latents, loading, sampler, schedulers, tiny_decoder, validate
 from .cache import CacheState
 from .compile import MODULE_OPTIONS, compiled
 from .config import MAX_GUIDANCE, MODES, EngineConfig
 from .config import preset as preset_config
-from .text import PromptEncoder
 from .unet_split import UNetSplit
 
 ADAPTOR_FOLDER = "clockwork_adaptor"  # inside a model directory: its default adaptor
@@ -55,19 +54,28 @@ class NonFiniteError(FloatingPointError):
 
 class Engine:
     def __init__(self, unet, vae, tokenizer, text_encoder, scheduler, config: EngineConfig | None = None,
-                 adaptor_dir: str | None = None, decoder_dir: str | None = None):
+                 adaptor_dir: str | None = None, decoder_dir: str | None = None, tokenizer_2=None,
+                 text_encoder_2=None, force_zeros_for_empty_prompt: bool = False):
+        """tokenizer_2 / text_encoder_2 / force_zeros_for_empty_prompt: SDXL's second text encoder
+        and its pipeline's setting (conditioning.py)."""
         self.config = config or EngineConfig()
         self.unet = unet.eval().requires_grad_(False)
         self.vae = vae.eval().requires_grad_(False)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.text_encoder_2 = None if text_encoder_2 is None else text_encoder_2.eval().requires_grad_(False)
+        self._second = dict(tokenizer_2=tokenizer_2, text_encoder_2=self.text_encoder_2,
+                            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
         if self.config.scheduler is not None:
             scheduler = schedulers.from_name(self.config.scheduler, scheduler)
         self.scheduler = scheduler
         self.adaptor_dir, self.decoder_dir = adaptor_dir, decoder_dir
         self.tiny_decoder = self._load_tiny_decoder(self.config.decoder)
         inductor = self.config.backend == "inductor"
-        self.prompts = PromptEncoder(tokenizer, self.text_encoder, self.config.prompt_cache_size, inductor,
-                                     getattr(torch, self.config.text_dtype))
+        self.conditioning = conditioning.for_model(
+            unet, tokenizer, self.text_encoder, tokenizer_2, self.text_encoder_2, force_zeros_for_empty_prompt,
+            capacity=self.config.prompt_cache_size, compile_encoder=inductor,
+            dtype=getattr(torch, self.config.text_dtype))
+        self.prompts = self.conditioning.prompts  # the (first) text encoder's prompt cache
         self._decode_fn = compiled(self._decode_eager, MODULE_OPTIONS, "image decoder", dynamic=None) \
             if inductor else self._decode_eager
         self.vae_factor = tiny_decoder.vae_upscale(vae)
@@ -168,9 +176,12 @@ class Engine:
         for name in ("unet", "vae", "tokenizer", "text_encoder", "scheduler"):
             if getattr(pipe, name, None) is None:
                 raise ValueError(f"pipeline has no {name}; Engine.from_pipeline needs a Stable Diffusion pipeline")
-        loading.check_compatible(pipe.unet, pipe.vae, pipe.text_encoder, type(pipe).__name__)
+        second = dict(tokenizer_2=getattr(pipe, "tokenizer_2", None),
+                      text_encoder_2=getattr(pipe, "text_encoder_2", None),
+                      force_zeros_for_empty_prompt=bool(pipe.config.get("force_zeros_for_empty_prompt", False)))
+        loading.check_compatible(pipe.unet, pipe.vae, pipe.text_encoder, type(pipe).__name__, second["text_encoder_2"])
         scheduler = copy.deepcopy(pipe.scheduler)
-        return cls(pipe.unet, pipe.vae, pipe.tokenizer, pipe.text_encoder, scheduler, config=_config(config))
+        return cls(pipe.unet, pipe.vae, pipe.tokenizer, pipe.text_encoder, scheduler, config=_config(config), **second)
 
     def with_config(self, scheduler=None, **changes) -> Engine:
         """Another engine on the same loaded components (shared weights), its config changed;
@@ -181,7 +192,7 @@ class Engine:
             changes["scheduler"], scheduler = scheduler, None
         return Engine(self.unet, self.vae, self.prompts.tokenizer, self.text_encoder,
                       scheduler or copy.deepcopy(self.scheduler), config=self.config.with_(**changes),
-                      adaptor_dir=self.adaptor_dir, decoder_dir=self.decoder_dir)
+                      adaptor_dir=self.adaptor_dir, decoder_dir=self.decoder_dir, **self._second)
 
     @property
     def device(self) -> torch.device:
@@ -232,6 +243,8 @@ class Engine:
                                     "guidance_scale")
         max_side = cfg.max_size_factor * self.default_size
         edit = None
+        if (image is not None or mask_image is not None) and self.conditioning.sdxl:
+            raise ValueError("image-to-image and inpainting are not supported for SDXL models yet")
         if image is not None or mask_image is not None:
             edit = images.edit_inputs(image, mask_image, strength, len(prompts), self.size_multiple, max_side,
                                       self.unet.config.in_channels, height, width)
@@ -254,7 +267,8 @@ class Engine:
             raise TypeError("callback must be callable")
 
         with self._lock:
-            final = self._sample(prompts, negatives, steps, guidance, seeds, height, width, mode, callback, edit)
+            final = self._sample(prompts, negatives, steps, guidance, seeds, height, width, mode, callback, edit,
+                                 negative_prompt is not None)
             result = final if output == "latent" else self._decode(final, output)
         return result[0] if isinstance(prompt, str) else result
 
@@ -299,7 +313,8 @@ class Engine:
         if action:
             denoise = attention.reuse_denoiser(denoise, self.reuse, action, bufs.maps)
         return partial(sampler.step, denoise, table, text=bufs.text, guidance=bufs.guidance, cfg=cfg_on,
-                       embed_guidance=self.guidance_dim, noise=bufs.noise, extra=bufs.extra, blend=bufs.blend)
+                       embed_guidance=self.guidance_dim, noise=bufs.noise, extra=bufs.extra, blend=bufs.blend,
+                       added=bufs.added, rescale=self.config.guidance_rescale)
 
     def uses_cfg(self, guidance) -> bool:
         """Two model evaluations per step (CFG batch) or one (no guidance, or a distilled model);
@@ -307,9 +322,11 @@ class Engine:
         scales = guidance if isinstance(guidance, (list, tuple)) else [guidance]
         return max(scales) > 1.0 and not self.guidance_dim
 
-    def _sample(self, prompts, negatives, steps, guidance, seeds, height, width, mode, callback, edit=None):
+    def _sample(self, prompts, negatives, steps, guidance, seeds, height, width, mode, callback, edit=None,
+                negative_given=True):
         cfg_on = self.uses_cfg(guidance)
-        text = self.prompts.encode(negatives + prompts if cfg_on else prompts).to(self.device, self.unet.dtype)
+        text, added = self.conditioning.encode(prompts, negatives, cfg_on, height, width, negative_given)
+        text = text.to(self.device, self.unet.dtype)
         shape = (len(prompts), self.vae.config.latent_channels, height // self.vae_factor, width // self.vae_factor)
         start = latents.start_for(edit, self.unet.config.in_channels)
         table = self._table(steps, start)
@@ -319,6 +336,9 @@ class Engine:
         # in the model's dtype as diffusers' pipeline draws them.
         inputs = latents.prepare(table, self.vae, shape, [torch.Generator().manual_seed(s) for s in seeds],
                                  self.unet.dtype, self.device, text, scales, edit)
+        if added is not None:
+            inputs.text_embeds = added["text_embeds"].to(self.device, self.unet.dtype)
+            inputs.time_ids = added["time_ids"].to(self.device, self.unet.dtype)
         kinds = self.schedule(steps, mode, start)
         trained_steps = self.adaptor_meta.get("steps")
         if mode == "clockwork" and trained_steps not in (None, steps):

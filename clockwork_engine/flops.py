@@ -24,6 +24,15 @@ SD15_UNET = dict(  # runwayml/stable-diffusion-v1-5 unet/config.json (the fields
     down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
 )
+SDXL_UNET = dict(  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (the fields that shape compute)
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
+SDXL_POOLED_DIM = 1280  # text_encoder_2's projection: 2816 = 1280 + 6 * 256
 SD15_TEXT_TOKENS = 77
 SD15_ADAPTOR_HIDDEN = 416  # 13.8M parameters: the paper's "about 14M" ResNet adaptor
 ATTENTION_SCORE_OPS = ("aten.baddbmm", "aten.bmm")
@@ -41,11 +50,11 @@ def _conventions(ops: dict[str, int]) -> dict[str, float]:
     return {"full": full, "paper": full - scores}
 
 
-def per_level(unet, x, t, text) -> dict[str, dict[str, float]]:
+def per_level(unet, x, t, text, added=None) -> dict[str, dict[str, float]]:
     """GFLOPs of each top-level UNet module (both conventions), for one forward."""
     by_module: dict[str, dict[str, int]] = defaultdict(dict)
     with FlopCounterMode(display=False) as counter:
-        unet(x, t, text)
+        unet(x, t, text, added_cond_kwargs=added)
     for name, ops in counter.get_flop_counts().items():
         parts = name.split(".")
         # "UNet2DConditionModel.down_blocks.0" is a top-level block; conv_in etc. have 2 parts
@@ -75,17 +84,20 @@ def count_arch(unet_config: dict, text_tokens: int, text_dim: int, adaptor_hidde
         x = torch.randn(cfg_batch, unet_config["in_channels"], size, size)
         text = torch.randn(cfg_batch, text_tokens, text_dim)
         t = torch.tensor(500)
+        added = None  # SDXL's added conditioning: pooled text and the six time ids
+        if unet_config.get("addition_embed_type") == "text_time":
+            added = {"text_embeds": torch.randn(cfg_batch, SDXL_POOLED_DIM), "time_ids": torch.randn(cfg_batch, 6)}
         with torch.no_grad():
-            full_ops = _count(lambda: split(x, t, text))
-            unet_ops = _count(lambda: unet(x, t, text))
+            full_ops = _count(lambda: split(x, t, text, None, added))
+            unet_ops = _count(lambda: unet(x, t, text, added_cond_kwargs=added))
 
             def adaptor_step():
-                hin = split.h_in(x, t, text)
+                hin = split.h_in(x, t, text, None, added)
                 r_prev = torch.empty(cfg_batch, split.r_out_channels, *hin.r_in.shape[-2:])
                 split.h_out(adaptor(hin.r_in, r_prev, hin.emb, text), hin.skips, hin.emb, text)
 
             def always_run():
-                hin = split.h_in(x, t, text)
+                hin = split.h_in(x, t, text, None, added)
                 r_out = torch.empty(cfg_batch, split.r_out_channels, *hin.r_in.shape[-2:])
                 split.h_out(r_out, hin.skips, hin.emb, text)
 
@@ -94,7 +106,8 @@ def count_arch(unet_config: dict, text_tokens: int, text_dim: int, adaptor_hidde
             adaptor_only = _count(lambda: adaptor(torch.empty(cfg_batch, split.r_in_channels, size // 2, size // 2),
                                                   torch.empty(cfg_batch, split.r_out_channels, size // 2, size // 2),
                                                   torch.empty(cfg_batch, split.time_embed_dim), text))
-            levels = per_level(unet, x[:1], t, text[:1])
+            one = None if added is None else {k: v[:1] for k, v in added.items()}
+            levels = per_level(unet, x[:1], t, text[:1], one)
     assert sum(full_ops.values()) == sum(unet_ops.values()), "the split must cost what the UNet costs"
     schedule = Clock(every=clock_every).schedule(steps)
     n_adaptor = sum(schedule)
@@ -126,8 +139,9 @@ def main(argv=None, parser=None):
 
 
 def build_parser(ap):
-    ap.add_argument("--arch", choices=("sd15", "demo"), default="sd15",
-                    help="sd15: the SD v1.5 UNet config at 512x512 with a 14M adaptor; demo: the demo UNet")
+    ap.add_argument("--arch", choices=("sd15", "sdxl", "demo"), default="sd15",
+                    help="sd15: the SD v1.5 UNet config at 512x512 with a 14M adaptor; sdxl: the SDXL base UNet at "
+                         "1024x1024 (cut at 64x64, the adaptor as wide as its r_out); demo: the demo UNet")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--clock", type=int, default=2, help="adaptor on every N-th step")
     ap.add_argument("--json", default=None, help="also write the JSON here")
@@ -155,6 +169,8 @@ def _shipped_demo() -> tuple:
 def run(args) -> dict:
     if args.arch == "sd15":
         result = count_arch(SD15_UNET, SD15_TEXT_TOKENS, 768, SD15_ADAPTOR_HIDDEN, args.steps, args.clock)
+    elif args.arch == "sdxl":
+        result = count_arch(SDXL_UNET, SD15_TEXT_TOKENS, 2048, None, args.steps, args.clock)
     else:
         from .demo.pipeline import fingerprint
 

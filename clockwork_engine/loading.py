@@ -10,7 +10,7 @@ import warnings
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 MODEL_COMPONENTS = ("unet", "vae")
-USED_COMPONENTS = ("unet", "vae", "scheduler", "tokenizer", "text_encoder")
+USED_COMPONENTS = ("unet", "vae", "scheduler", "tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")
 log = logging.getLogger("clockwork_engine")
 
 
@@ -135,19 +135,24 @@ def load_components(path: str, tokenizer=None, text_encoder=None, torch_dtype=No
                       lambda: getattr(diffusers, sched_cls).from_pretrained(path, subfolder="scheduler"))
     if index.get("_class_name", "StableDiffusionPipeline") == "StableDiffusionPipeline":
         scheduler = pipeline_scheduler(scheduler, path)
+    def text_pair(te_name: str, tok_name: str):
+        check_safetensors(os.path.join(path, te_name))
+        te_cls = getattr(transformers, index.get(te_name, [None, "AutoModel"])[1], transformers.AutoModel)
+        tok_cls = getattr(transformers, index.get(tok_name, [None, "AutoTokenizer"])[1], transformers.AutoTokenizer)
+        te_kw = kw(te_name)
+        if "torch_dtype" in te_kw:  # transformers' name for it
+            te_kw["dtype"] = te_kw.pop("torch_dtype")
+        return (_load(f"{tok_name} from {path}", lambda: tok_cls.from_pretrained(path, subfolder=tok_name)),
+                _load(f"{te_name} from {path}", lambda: te_cls.from_pretrained(path, subfolder=te_name, **te_kw)))
+
+    second = dict(tokenizer_2=None, text_encoder_2=None,
+                  force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", False)))
+    if isinstance(index.get("text_encoder_2"), list) and index["text_encoder_2"][0] is not None:  # SDXL
+        second["tokenizer_2"], second["text_encoder_2"] = text_pair("text_encoder_2", "tokenizer_2")
     if tokenizer is None or text_encoder is None:
-        te_dir = os.path.join(path, "text_encoder")
-        if os.path.isdir(te_dir):
-            check_safetensors(te_dir)
-            te_cls = getattr(transformers, index.get("text_encoder", [None, "AutoModel"])[1], transformers.AutoModel)
-            tok_cls = getattr(transformers, index.get("tokenizer", [None, "AutoTokenizer"])[1], transformers.AutoTokenizer)
-            te_kw = kw("text_encoder")
-            if "torch_dtype" in te_kw:  # transformers' name for it
-                te_kw["dtype"] = te_kw.pop("torch_dtype")
-            text_encoder = text_encoder or _load(f"text_encoder from {path}", lambda: te_cls.from_pretrained(
-                path, subfolder="text_encoder", **te_kw))
-            tokenizer = tokenizer or _load(f"tokenizer from {path}",
-                                           lambda: tok_cls.from_pretrained(path, subfolder="tokenizer"))
+        if os.path.isdir(os.path.join(path, "text_encoder")):
+            loaded_tok, loaded_te = text_pair("text_encoder", "tokenizer")
+            tokenizer, text_encoder = tokenizer or loaded_tok, text_encoder or loaded_te
         elif index.get("text_encoder", [None, None])[1] == "BertModel":
             from .demo.models import load_text_encoder
 
@@ -155,17 +160,20 @@ def load_components(path: str, tokenizer=None, text_encoder=None, torch_dtype=No
             tokenizer, text_encoder = tokenizer or demo_tok, text_encoder or demo_te
         else:
             raise ModelLoadError(f"{path!r} has no text_encoder/ folder; pass text_encoder= and tokenizer=")
-    check_compatible(unet, vae, text_encoder, path)
-    return dict(unet=unet, vae=vae, scheduler=scheduler, tokenizer=tokenizer, text_encoder=text_encoder)
+    check_compatible(unet, vae, text_encoder, path, second["text_encoder_2"])
+    return dict(unet=unet, vae=vae, scheduler=scheduler, tokenizer=tokenizer, text_encoder=text_encoder, **second)
 
 
-def check_compatible(unet, vae, text_encoder, where: str):
-    """The components must fit together; name the mismatch."""
+def check_compatible(unet, vae, text_encoder, where: str, text_encoder_2=None):
+    """The components must fit together; name the mismatch (SDXL: both text encoders' widths
+    add up to what the UNet cross-attends to)."""
     latent = vae.config.latent_channels
     if unet.config.in_channels not in (latent, 2 * latent + 1):  # 2C + 1: an inpainting UNet (mask, masked image)
         raise ModelLoadError(f"{where}: unet takes {unet.config.in_channels} latent channels, "
                              f"vae makes {latent}")
     hidden = getattr(text_encoder.config, "hidden_size", None)
+    if hidden is not None and text_encoder_2 is not None:
+        hidden += getattr(text_encoder_2.config, "hidden_size", 0)
     if hidden is not None and unet.config.cross_attention_dim != hidden:
         raise ModelLoadError(f"{where}: unet cross-attends to {unet.config.cross_attention_dim}-d text, "
-                             f"the text encoder gives {hidden}-d")
+                             f"the text encoder{'s give' if text_encoder_2 is not None else ' gives'} {hidden}-d")

@@ -19,10 +19,12 @@ from .compile import MODULE_OPTIONS, compiled
 
 class PromptEncoder:
     def __init__(self, tokenizer, text_encoder, capacity: int = 256, compile_encoder: bool = False,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, penultimate: bool = False):
         """compile_encoder: run the text encoder compiled by TorchInductor (the inductor backend);
         dtype: run a copy of the encoder in this dtype (None: as loaded). Embeddings are returned
-        in the loaded encoder's dtype either way."""
+        in the loaded encoder's dtype either way. penultimate: the hidden states of the layer
+        before the last (SDXL's choice), and the encoder's pooled output kept too when its first
+        output is one (CLIPTextModelWithProjection's text_embeds: encode_pooled)."""
         if capacity < 0:
             raise ValueError(f"prompt cache capacity must be >= 0, got {capacity}")
         self.tokenizer = tokenizer
@@ -30,13 +32,17 @@ class PromptEncoder:
         out_dtype = text_encoder.dtype
         runner = text_encoder if dtype in (None, out_dtype) else copy.deepcopy(text_encoder).to(dtype)
 
-        def forward(ids, mask):  # [N, L] token ids (and mask or None) -> [N, L, D]
-            return runner(ids, attention_mask=mask)[0].to(out_dtype)
+        def forward(ids, mask):  # [N, L] token ids (and mask or None) -> ([N, L, D], [N, P] pooled or None)
+            if not penultimate:
+                return runner(ids, attention_mask=mask)[0].to(out_dtype), None
+            out = runner(ids, attention_mask=mask, output_hidden_states=True)
+            pooled = out[0].to(out_dtype) if out[0].dim() == 2 else None  # as SDXL's encode_prompt picks it
+            return out.hidden_states[-2].to(out_dtype), pooled
 
         self._forward = compiled(forward, MODULE_OPTIONS, "text encoder", dynamic=None) if compile_encoder \
             else forward
         self.capacity = capacity
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # prompt -> [L, D]
+        self._cache: OrderedDict[str, tuple] = OrderedDict()  # prompt -> ([L, D], [P] pooled or None)
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -54,6 +60,16 @@ class PromptEncoder:
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """[len(prompts), L, D] embeddings; cached per prompt string."""
+        return torch.stack([e[0] for e in self._lookup(prompts)])
+
+    def encode_pooled(self, prompts: list[str]) -> torch.Tensor:
+        """[len(prompts), P]: the pooled output (an encoder built with penultimate=True that has one)."""
+        entries = self._lookup(prompts)
+        if entries[0][1] is None:
+            raise ValueError(f"{type(self.text_encoder).__name__} gives no pooled output")
+        return torch.stack([e[1] for e in entries])
+
+    def _lookup(self, prompts: list[str]) -> list[tuple]:
         with self._lock:
             found = {p: self._cache[p] for p in prompts if p in self._cache}
             for p in found:
@@ -62,7 +78,8 @@ class PromptEncoder:
         self.hits += len(prompts) - len(missing)
         self.misses += len(missing)
         if missing:
-            fresh = dict(zip(missing, self._encode_uncached(missing)))
+            hidden, pooled = self._encode_uncached(missing)
+            fresh = {p: (hidden[k], None if pooled is None else pooled[k]) for k, p in enumerate(missing)}
             found.update(fresh)
             with self._lock:
                 for p, e in fresh.items():
@@ -70,10 +87,10 @@ class PromptEncoder:
                     self._cache.move_to_end(p)
                 while len(self._cache) > self.capacity:
                     self._cache.popitem(last=False)
-        return torch.stack([found[p] for p in prompts])
+        return [found[p] for p in prompts]
 
     @torch.no_grad()
-    def _encode_uncached(self, prompts: list[str]) -> torch.Tensor:
+    def _encode_uncached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         tok = self.tokenizer
         ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt")
@@ -82,7 +99,7 @@ class PromptEncoder:
             if n > tok.model_max_length:
                 warnings.warn(
                     f"prompt is {n} tokens, longer than the text encoder's {tok.model_max_length}; "
-                    f"it was truncated: {prompt[:80]!r}", stacklevel=4,
+                    f"it was truncated: {prompt[:80]!r}", stacklevel=5,
                 )
         device = self.text_encoder.device
         use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)

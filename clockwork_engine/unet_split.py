@@ -42,8 +42,9 @@ class UNetSplit(torch.nn.Module):
         if not 1 <= cut < n:
             raise ValueError(f"cut must be in [1, {n - 1}] for a UNet with {n} levels, got {cut}")
         for field in ("class_embed_type", "addition_embed_type", "encoder_hid_dim_type"):
-            if getattr(cfg, field, None) is not None:
-                raise ValueError(f"UNets with {field}={getattr(cfg, field)!r} are not supported by the split")
+            value = getattr(cfg, field, None)
+            if value is not None and not (field == "addition_embed_type" and value == "text_time"):  # SDXL's is
+                raise ValueError(f"UNets with {field}={value!r} are not supported by the split")
         if any(b.downsamplers is None for b in unet.down_blocks[:cut]):
             raise ValueError("every down block before the cut needs a downsampler")
         self.unet = unet
@@ -62,11 +63,15 @@ class UNetSplit(torch.nn.Module):
         self.text_embed_dim = dim if isinstance(dim, int) else dim[0]  # an adaptor's pooled text input
         self.scale = 2**cut  # r_in / r_out are 2^cut times smaller than the latents
 
-    def h_in(self, x, t, text, timestep_cond=None) -> HInOutput:
+    def h_in(self, x, t, text, timestep_cond=None, added=None) -> HInOutput:
+        """added: SDXL's added conditioning (text_embeds, time_ids), folded into the time
+        embedding as the UNet's forward does."""
         u = self.unet
         if u.config.center_input_sample:
             x = 2 * x - 1.0
         emb = u.time_embedding(u.get_time_embed(sample=x, timestep=t), timestep_cond)
+        if u.config.addition_embed_type == "text_time":
+            emb = emb + u.get_aug_embed(emb=emb, encoder_hidden_states=text, added_cond_kwargs=added)
         if u.time_embed_act is not None:
             emb = u.time_embed_act(emb)
         h = u.conv_in(x)
@@ -110,8 +115,8 @@ class UNetSplit(torch.nn.Module):
             h = u.conv_act(u.conv_norm_out(h))
         return u.conv_out(h)
 
-    def forward(self, x, t, text, timestep_cond=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x, t, text, timestep_cond=None, added=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The full model: (eps, r_out)."""
-        hin = self.h_in(x, t, text, timestep_cond)
+        hin = self.h_in(x, t, text, timestep_cond, added)
         r_out = self.low(hin.r_in, hin.emb, text)
         return self.h_out(r_out, hin.skips, hin.emb, text), r_out

@@ -105,14 +105,16 @@ def section_tiny_decoder():
 
 
 def section_schedulers():
-    return render("schedulers_demo.json", "Schedulers: parity with diffusers and the sampling loop's latency", _schedulers)
+    return render("schedulers_demo.json", "Schedulers: parity with diffusers and the sampling loop's latency",
+                  _schedulers)
 
 
 def _schedulers(d):
     keys = ("epsilon/cfg_off", "epsilon/cfg_on", "v_prediction/cfg_off", "v_prediction/cfg_on")
     rows = [[f"`{r['scheduler']}`", r["class"], r["evaluations"], *(f"{r['max_abs_diff'][k]:.1e}" for k in keys),
              f"{r['float32_floor']:.1e}", f"{1e3 * r['latency']['diffusers']['median_s']:.1f}",
-             f"{1e3 * r['latency']['engine']['median_s']:.1f}", f"{r['speedup_median']:.2f}x / {r['speedup_paired']:.2f}x",
+             f"{1e3 * r['latency']['engine']['median_s']:.1f}",
+             f"{r['speedup_median']:.2f}x / {r['speedup_paired']:.2f}x",
              f"{r['loop_only_ms']['diffusers']:.2f} / {r['loop_only_ms']['engine']:.2f}"] for r in d["rows"]]
     worst = max(v for r in d["rows"] for v in r["max_abs_diff"].values())
     ratios = [r["speedup_paired"] for r in d["rows"]]
@@ -178,6 +180,8 @@ def _sweep(d):
 def section_flops():
     out = ["## Clockwork FLOPs (torch.utils.flop_counter, meta tensors)\n"]
     for name, label in (("flops_sd15.json", "SD v1.5 UNet architecture, 512x512, CFG batch 2"),
+                        ("flops_sdxl.json", "SDXL base UNet architecture, 1024x1024, CFG batch 2, cut at 64x64 "
+                                            "(the adaptor as wide as r_out)"),
                         ("flops_demo.json", "demo UNet, 64x64, CFG batch 2")):
         d = load(name)
         if not d:
@@ -193,7 +197,9 @@ def section_flops():
                           "baseline TFLOPs/image", "clockwork TFLOPs/image", "change"], rows) + "\n")
     out.append("`paper` counts what Clockwork's 677.8 GFLOPs counts (no attention-score matmuls); `full` adds "
                "QK^T and P.V (diffusers' plain AttnProcessor: baddbmm + bmm). The paper reports SD v1.5 "
-               "10.8 -> 7.3 TFLOPs (-32%).\n")
+               "10.8 -> 7.3 TFLOPs (-32%); it does not measure SDXL, whose UNet puts most of its compute (10-layer "
+               "transformer blocks) at 32x32, inside the part clockwork replaces. FLOPs only: an SDXL adaptor has "
+               "not been fitted, so what it costs in quality is unmeasured.\n")
     return "\n".join(out)
 
 

@@ -90,8 +90,8 @@ def test_pil_and_numpy_inputs_equal_tensors(parts):
     torch.testing.assert_close(from_pil, from_np, atol=0, rtol=0)
     torch.testing.assert_close(from_pil, from_pt, atol=1e-6, rtol=0)
     ref = pipe("a red circle", image=Image.fromarray(img), mask_image=Image.fromarray(mask), num_inference_steps=3,
-               strength=0.7, guidance_scale=7.5, generator=torch.Generator().manual_seed(1), output_type="latent", height=16,
-               width=16).images[0]
+               strength=0.7, guidance_scale=7.5, generator=torch.Generator().manual_seed(1), output_type="latent",
+               height=16, width=16).images[0]
     torch.testing.assert_close(from_pil, ref, atol=TOL, rtol=0)
 
 

@@ -130,7 +130,7 @@ def test_a_failed_compile_is_a_clear_error_and_keeps_nothing(tiny_pipe, monkeypa
     assert len(engine.prompts) == 0
     # With the prompts encoded (eagerly, by another engine), the step program is next.
     for prompt in ("", "a red circle"):
-        engine.prompts._cache[prompt] = Engine.from_pipeline(tiny_pipe).prompts.encode([prompt])[0]
+        engine.prompts._cache[prompt] = (Engine.from_pipeline(tiny_pipe).prompts.encode([prompt])[0], None)
     with pytest.raises(InductorError, match="failed on the step program 'full'"):
         engine.generate("a red circle", **GOOD)
     assert engine.graphs.keys() == []

@@ -52,9 +52,11 @@ class RequestInputs:
     extra: torch.Tensor | None = None  # [B, C_x, h, w] 9-channel inpainting: mask and masked-image latents
     mask: torch.Tensor | None = None  # [B, 1, h, w] 4-channel inpainting: 1 where the prompt repaints
     kept: torch.Tensor | None = None  # [E, B, C, h, w] float32 4-channel inpainting: what stays outside the mask
+    text_embeds: torch.Tensor | None = None  # [B', P] SDXL's pooled text embedding (added conditioning)
+    time_ids: torch.Tensor | None = None  # [B', 6] SDXL's size and crop conditioning
 
 
-_OPTIONAL = ("noise", "extra", "mask", "kept")
+_OPTIONAL = ("noise", "extra", "mask", "kept", "text_embeds", "time_ids")
 
 
 @dataclass
@@ -69,7 +71,14 @@ class StaticBuffers:
     extra: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     kept: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
     maps: dict = field(default_factory=dict)  # attention maps of the request (layer -> tensor)
+
+    @property
+    def added(self):
+        """The UNet's added_cond_kwargs (SDXL), else None."""
+        return None if self.text_embeds is None else {"text_embeds": self.text_embeds, "time_ids": self.time_ids}
 
     @property
     def blend(self):

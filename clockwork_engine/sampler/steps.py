@@ -47,22 +47,23 @@ def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def unet_denoiser(unet) -> Denoiser:
-    def denoise(x, t, text, features, cond=None):
-        return unet(x, t, encoder_hidden_states=text, timestep_cond=cond, return_dict=False)[0], None
+    def denoise(x, t, text, features, cond=None, added=None):
+        return unet(x, t, encoder_hidden_states=text, timestep_cond=cond, added_cond_kwargs=added,
+                    return_dict=False)[0], None
 
     return denoise
 
 
 def split_denoiser(split) -> Denoiser:
-    def denoise(x, t, text, features, cond=None):
-        return split(x, t, text, cond)
+    def denoise(x, t, text, features, cond=None, added=None):
+        return split(x, t, text, cond, added)
 
     return denoise
 
 
 def adaptor_denoiser(split, adaptor) -> Denoiser:
-    def denoise(x, t, text, r_out_prev, cond=None):
-        hin = split.h_in(x, t, text, cond)
+    def denoise(x, t, text, r_out_prev, cond=None, added=None):
+        hin = split.h_in(x, t, text, cond, added)
         r_out = adaptor(hin.r_in, r_out_prev, hin.emb, text)
         return split.h_out(r_out, hin.skips, hin.emb, text), r_out
 
@@ -70,11 +71,12 @@ def adaptor_denoiser(split, adaptor) -> Denoiser:
 
 
 def step(denoise: Denoiser, table: SolverTable, i, x, history, features, text, guidance, cfg: bool,
-         embed_guidance: int = 0, noise=None, extra=None, blend=None):
+         embed_guidance: int = 0, noise=None, extra=None, blend=None, added=None, rescale: float = 0.0):
     """One sampler step: classifier-free guidance folded into one batched model call, or
     (embed_guidance = the embedding size of a guidance-distilled model) one plain call.
     extra [B, C_x, h, w]: channels appended to the model input (a 9-channel inpainting UNet's
-    mask and masked-image latents); blend: 4-channel inpainting's (mask, kept terms)."""
+    mask and masked-image latents); blend: 4-channel inpainting's (mask, kept terms); added:
+    the UNet's added conditioning (SDXL); rescale: CFG rescale (diffusers' guidance_rescale)."""
     t = table.timesteps.index_select(0, i.view(1))[0]
     model_in = x / table.in_div.index_select(0, i.view(1))
     if extra is not None:
@@ -88,9 +90,13 @@ def step(denoise: Denoiser, table: SolverTable, i, x, history, features, text, g
     # The profile's "model compute" range; a compiled program has no Python ranges inside it.
     model_range = nullcontext() if torch.compiler.is_compiling() else torch.profiler.record_function("clockwork.model")
     with model_range:
-        out, features = denoise(model_in, t, text, features, cond)
+        out, features = denoise(model_in, t, text, features, cond, added)
     if cfg:
         uncond, cond_out = out.chunk(2)
         out = uncond + guidance.to(out.dtype).view(-1, 1, 1, 1) * (cond_out - uncond)
+        if rescale:  # rescale_noise_cfg: the guided output's std brought back towards the cond's
+            dims = list(range(1, out.dim()))
+            rescaled = out * (cond_out.std(dim=dims, keepdim=True) / out.std(dim=dims, keepdim=True))
+            out = rescale * rescaled + (1 - rescale) * out
     x_next, history = update(table, i, x, out, history, noise, blend)
     return x_next, history, features

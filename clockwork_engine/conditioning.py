@@ -1,0 +1,69 @@
+"""Model conditioning: what the UNet is given beside the latents, one class a model family.
+
+  SD 1.x / 2.x  one tokenizer and text encoder; the UNet cross-attends to its last hidden
+                state (StableDiffusionPipeline.encode_prompt).
+  SDXL          two (CLIP ViT-L, OpenCLIP bigG with projection); the UNet cross-attends to
+                both penultimate hidden states concatenated and takes added conditioning:
+                the second encoder's pooled output and the time ids (original size, crop
+                top-left, target size) (StableDiffusionXLPipeline). With
+                force_zeros_for_empty_prompt and no negative prompt, the negative rows are zeros.
+
+encode() returns (text [N, L, D], added or None), N = 2B with CFG (the negative rows first, as
+diffusers orders them); added = {"text_embeds": [N, P], "time_ids": [N, 6]}: the UNet's
+added_cond_kwargs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .text import PromptEncoder
+
+
+class TextConditioning:
+    """SD 1.x / 2.x: one text encoder."""
+
+    sdxl = False
+
+    def __init__(self, prompts: PromptEncoder):
+        self.prompts = prompts
+
+    def encode(self, prompts: list[str], negatives: list[str], cfg: bool, height: int, width: int,
+               negative_given: bool = True):
+        return self.prompts.encode(negatives + prompts if cfg else prompts), None
+
+
+class SDXLConditioning:
+    """SDXL: two text encoders, the pooled output and the time ids as added conditioning."""
+
+    sdxl = True
+
+    def __init__(self, prompts: PromptEncoder, prompts_2: PromptEncoder, force_zeros_for_empty_prompt: bool):
+        self.prompts, self.prompts_2 = prompts, prompts_2
+        self.force_zeros = force_zeros_for_empty_prompt
+
+    def encode(self, prompts: list[str], negatives: list[str], cfg: bool, height: int, width: int,
+               negative_given: bool = True):
+        rows = negatives + prompts if cfg else prompts
+        text = torch.cat([self.prompts.encode(rows), self.prompts_2.encode(rows)], dim=-1)
+        pooled = self.prompts_2.encode_pooled(rows)
+        if cfg and not negative_given and self.force_zeros:
+            text, pooled = text.clone(), pooled.clone()
+            text[: len(prompts)] = 0
+            pooled[: len(prompts)] = 0
+        # original size = target size = the image's, no crop (the pipeline's defaults)
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=text.dtype).repeat(len(rows), 1)
+        return text, {"text_embeds": pooled, "time_ids": time_ids}
+
+
+def for_model(unet, tokenizer, text_encoder, tokenizer_2, text_encoder_2, force_zeros: bool, **encoder_kw):
+    """The conditioning a UNet asks for: SDXL's when its addition_embed_type is "text_time"."""
+    sdxl = unet.config.addition_embed_type == "text_time"
+    if sdxl and (tokenizer_2 is None or text_encoder_2 is None):
+        raise ValueError("an SDXL UNet (addition_embed_type 'text_time') needs tokenizer_2 and text_encoder_2")
+    if not sdxl:
+        if unet.config.addition_embed_type is not None:
+            raise ValueError(f"UNets with addition_embed_type={unet.config.addition_embed_type!r} are not supported")
+        return TextConditioning(PromptEncoder(tokenizer, text_encoder, **encoder_kw))
+    return SDXLConditioning(PromptEncoder(tokenizer, text_encoder, penultimate=True, **encoder_kw),
+                            PromptEncoder(tokenizer_2, text_encoder_2, penultimate=True, **encoder_kw), force_zeros)
