@@ -64,8 +64,8 @@ def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: fl
     records: list[Record] = []
 
     def denoiser(use_adaptor: bool):
-        def denoise(x, t, text, r_out_prev, cond=None):
-            hin = split.h_in(x, t, text, cond)
+        def denoise(x, t, text, r_out_prev, cond=None, added=None):
+            hin = split.h_in(x, t, text, cond, added)
             r_out = split.low(hin.r_in, hin.emb, text)
             phi = adaptor(hin.r_in, r_out_prev, hin.emb, text) if use_adaptor else None
             records.append(Record.from_batch(hin.r_in, hin.emb, r_out, 1 + cfg, r_cached=phi, text=text))
