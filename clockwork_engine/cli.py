@@ -67,6 +67,15 @@ def _run(args, edit) -> int:
     return 0
 
 
+def _exit_zero(run):
+    """A command whose run() returns its results (perhaps empty): success is exit status 0."""
+    def command(args) -> int:
+        run(args)
+        return 0
+
+    return command
+
+
 def _sampling_options(gen):
     """The options generate and edit share."""
     from .config import MODES, TEXT_DTYPES
@@ -132,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill = sub.add_parser("distill", help="train a clockwork adaptor on the teacher's trajectories",
                              description=distill_adaptor.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     distill_adaptor.build_parser(distill)
-    distill.set_defaults(run=lambda args: distill_adaptor.run(args) and 0)
+    distill.set_defaults(run=_exit_zero(distill_adaptor.run))
 
     from .distill import decoder as distill_decoder
     from .distill import guidance as distill_guidance
@@ -151,28 +160,28 @@ def build_parser() -> argparse.ArgumentParser:
     count = sub.add_parser("flops", help="count FLOPs per step type (full vs clockwork)", description=flops.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     flops.build_parser(count)
-    count.set_defaults(run=lambda args: flops.run(args) and 0)
+    count.set_defaults(run=_exit_zero(flops.run))
 
     from . import bench
 
     timing = sub.add_parser("bench", help="your model: the engine's variants against stock diffusers, in one run",
                             description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.build_parser(timing)
-    timing.set_defaults(run=lambda args: bench.run(args) and 0)
+    timing.set_defaults(run=_exit_zero(bench.run))
 
     from . import profile
 
     prof = sub.add_parser("profile", help="write a torch.profiler trace and a per-step table",
                           description=profile.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     profile.build_parser(prof)
-    prof.set_defaults(run=lambda args: profile.run(args) and 0)
+    prof.set_defaults(run=_exit_zero(profile.run))
 
     from . import reuse_search
 
     search = sub.add_parser("search-reuse", help="greedy search of an attention-reuse schedule",
                             description=reuse_search.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     reuse_search.build_parser(search)
-    search.set_defaults(run=lambda args: reuse_search.run(args) and 0)
+    search.set_defaults(run=_exit_zero(reuse_search.run))
     return parser
 
 

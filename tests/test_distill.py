@@ -65,7 +65,7 @@ def test_rollout_follows_the_clockwork_sampler_and_records_the_teachers_target(t
     assert not torch.allclose(records[1].r_out, records[1].cached)  # the target is L at step 1
     _, r_prev, _, text, _ = T.pairs(records, [1, 3])
     assert text.shape == (4, 2, 1, engine.unet.config.cross_attention_dim)  # pooled over the tokens
-    full_text = T._text(engine, ["a red circle", "a blue square"], True)  # [G*B, L, D], uncond rows first
+    full_text, _ = T._conditioning(engine, ["a red circle", "a blue square"], True)  # [G*B, L, D], uncond first
     torch.testing.assert_close(records[1].text[:, :, 0], full_text.mean(1).unflatten(0, (2, -1)).transpose(0, 1))
     torch.testing.assert_close(r_prev, torch.cat([records[0].cached, records[2].cached]))
     # Against the teacher's own trajectory from the same noise: equal until phi first acts.

@@ -107,6 +107,25 @@ def test_clockwork_on_sdxl(sdxl):
     assert torch.isfinite(clocked).all() and not torch.allclose(clocked, full, atol=1e-4)
 
 
+def test_distill_an_adaptor_for_sdxl(sdxl, tmp_path):
+    """clockwork distill on an SDXL directory (its own captions); the engine runs the adaptor."""
+    from clockwork_engine import cli
+
+    sdxl.save_pretrained(tmp_path / "sdxl")
+    (tmp_path / "captions.txt").write_text("a red circle\na blue square\na green triangle\na purple circle\n")
+    out = tmp_path / "adaptor"
+    assert cli.main(["distill", "--model", str(tmp_path / "sdxl"), "--out", str(out), "--prompts",
+                     str(tmp_path / "captions.txt"), "--epochs", "1", "--steps", "4", "--captions-per-epoch", "8",
+                     "--traj-batch", "4", "--batch", "8", "--hidden", "16", "--guidance", "3.0",
+                     "--mode", "rollout", "--pooled-text"]) == 0
+    engine = Engine.from_pretrained(str(tmp_path / "sdxl"), config=EngineConfig(mode="clockwork", adaptor=str(out),
+                                                                                steps=4))
+    out_clock = engine.generate("a red circle", seed=0, height=16, width=16, output="latent", guidance_scale=3.0)
+    out_full = engine.generate("a red circle", seed=0, height=16, width=16, output="latent", guidance_scale=3.0,
+                               mode="full")
+    assert torch.isfinite(out_clock).all() and not torch.equal(out_clock, out_full)
+
+
 def test_sdxl_refuses_what_it_cannot_run_yet(sdxl):
     engine = Engine.from_pipeline(sdxl, config="full")
     with pytest.raises(ValueError, match="not supported for SDXL models yet"):

@@ -45,8 +45,14 @@ class Record:
         return cls(*(grouped(v) for v in (r_in, emb, r_out, r_cached, pooled)))
 
 
-def _text(engine, prompts, cfg: bool):
-    return engine.prompts.encode(([""] * len(prompts) if cfg else []) + list(prompts)).to(engine.device)
+def _conditioning(engine, prompts, cfg: bool):
+    """(text, added or None) as the engine's sampler gets them for these prompts and no negative
+    prompt (the empty one with CFG; SDXL's zeros where its pipeline asks for them)."""
+    size = engine.default_size
+    text, added = engine.conditioning.encode(list(prompts), [""] * len(prompts), cfg, size, size,
+                                             negative_given=False)
+    added = None if added is None else {k: v.to(engine.device, engine.unet.dtype) for k, v in added.items()}
+    return text.to(engine.device, engine.unet.dtype), added
 
 
 def unrolled(engine, split, prompts: list[str], steps: int, guidance: float, generator: torch.Generator):
@@ -76,8 +82,9 @@ def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: fl
 
     size = engine.default_size // engine.vae_factor
     latents, noise = sampler.draw_noise(table, (len(prompts), engine.unet.config.in_channels, size, size), [generator])
-    common = dict(text=_text(engine, prompts, cfg), guidance=torch.full((len(prompts),), float(guidance)), cfg=cfg,
-                  embed_guidance=engine.guidance_dim, noise=noise)
+    text, added = _conditioning(engine, prompts, cfg)
+    common = dict(text=text, guidance=torch.full((len(prompts),), float(guidance)), cfg=cfg,
+                  embed_guidance=engine.guidance_dim, noise=noise, added=added)
     step_fns = {kind: partial(sampler.step, denoiser(kind == "adaptor"), table, **common)
                 for kind in ("full", "adaptor")}  # "adaptor" is never called without adaptor steps
     sampler.run(step_fns, ["adaptor" if a else "full" for a in schedule], table, latents, CacheState())
@@ -90,7 +97,7 @@ def noised(engine, split, prompts: list[str], latents: torch.Tensor, steps: int,
     """latents [B, C, h, w]: clean data latents (already scaled) for the prompts."""
     table = engine._table(steps)
     cfg = engine.uses_cfg(guidance)
-    text = _text(engine, prompts, cfg)
+    text, added = _conditioning(engine, prompts, cfg)
     cond = None
     if engine.guidance_dim:
         cond = sampler.steps.guidance_embedding(torch.full((len(prompts),), guidance), engine.guidance_dim)
@@ -100,7 +107,7 @@ def noised(engine, split, prompts: list[str], latents: torch.Tensor, steps: int,
     for t in table.timesteps:
         x = ac[t].sqrt() * latents + (1 - ac[t]).sqrt() * noise
         x = torch.cat([x, x]) if cfg else x
-        hin = split.h_in(x, t, text, cond)
+        hin = split.h_in(x, t, text, cond, added)
         records.append(Record.from_batch(hin.r_in, hin.emb, split.low(hin.r_in, hin.emb, text), 1 + cfg, text=text))
     return records
 
