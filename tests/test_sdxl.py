@@ -133,3 +133,10 @@ def test_sdxl_refuses_what_it_cannot_run_yet(sdxl):
     parts = dict(sdxl.components)
     with pytest.raises(ValueError, match="needs tokenizer_2 and text_encoder_2"):
         Engine(parts["unet"], parts["vae"], parts["tokenizer"], parts["text_encoder"], parts["scheduler"])
+
+
+def test_attention_reuse_on_sdxl(sdxl):
+    engine = Engine.from_pipeline(sdxl, config="full")
+    kw = dict(steps=6, seed=3, height=16, width=16, output="latent", guidance_scale=5.0)
+    reused = engine.with_config(attention_reuse=(4, 5)).generate("a red circle", **kw)
+    assert torch.isfinite(reused).all() and not torch.equal(reused, engine.generate("a red circle", **kw))
