@@ -77,17 +77,8 @@ def _call(pipe, engine, kw, prompt, seed=0, output="pt"):
     return engine.generate(prompt, seed=seed, output=output, **kw)
 
 
-def _gflops(pipe, engine, kw, prompt) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    _call(pipe, engine, kw, prompt + " 0")
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        _call(pipe, engine, kw, prompt)
-    return counter.get_total_flops() / 1e9
-
-
 def run(args) -> dict:
-    from .eval.compare import interleaved
+    from .eval.compare import gflops_of, interleaved
     from .eval.metrics import psnr
 
     base, pipe, variants, trained = _variants(args)
@@ -114,7 +105,9 @@ def run(args) -> dict:
         results[name] = {"steps": kw["steps"], "guidance_scale": kw["guidance_scale"],
                          **{k: t[k] for k in ("median_s", "p25_s", "p75_s", "times_s")}, "speedup": ref / t["median_s"]}
         if name != "full_inductor":  # counting under the flop counter would retrace the compiled programs
-            results[name]["gflops_per_image"] = _gflops(pipe, engine, kw, f"{PROMPTS[1]} {next(counter)}")
+            prompt = f"{PROMPTS[1]} {next(counter)}"
+            results[name]["gflops_per_image"] = gflops_of(lambda p, e=engine, k=kw: _call(pipe, e, k, p),
+                                                          prompt, prompt + " 0")
     if trained:
         full, clock = variants["full"], variants["clockwork"]
         a = torch.stack([_call(pipe, full[0], full[1], p, seed=k) for k, p in enumerate(PROMPTS)])

@@ -45,8 +45,8 @@ class SDXLConditioning:
     def encode(self, prompts: list[str], negatives: list[str], cfg: bool, height: int, width: int,
                negative_given: bool = True):
         rows = negatives + prompts if cfg else prompts
-        text = torch.cat([self.prompts.encode(rows), self.prompts_2.encode(rows)], dim=-1)
-        pooled = self.prompts_2.encode_pooled(rows)
+        text_2, pooled = self.prompts_2.encode_with_pooled(rows)
+        text = torch.cat([self.prompts.encode(rows), text_2], dim=-1)
         if cfg and not negative_given and self.force_zeros:
             text, pooled = text.clone(), pooled.clone()
             text[: len(prompts)] = 0

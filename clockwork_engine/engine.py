@@ -334,11 +334,10 @@ class Engine:
         scales = torch.tensor([g if g > 1.0 or not cfg_on else 1.0 for g in guidance], device=self.device)
         # CPU generators whatever the device (the same seed gives the same image everywhere), drawn
         # in the model's dtype as diffusers' pipeline draws them.
-        inputs = latents.prepare(table, self.vae, shape, [torch.Generator().manual_seed(s) for s in seeds],
-                                 self.unet.dtype, self.device, text, scales, edit)
         if added is not None:
-            inputs.text_embeds = added["text_embeds"].to(self.device, self.unet.dtype)
-            inputs.time_ids = added["time_ids"].to(self.device, self.unet.dtype)
+            added = {k: v.to(self.device, self.unet.dtype) for k, v in added.items()}
+        inputs = latents.prepare(table, self.vae, shape, [torch.Generator().manual_seed(s) for s in seeds],
+                                 self.unet.dtype, self.device, text, scales, edit, added)
         kinds = self.schedule(steps, mode, start)
         trained_steps = self.adaptor_meta.get("steps")
         if mode == "clockwork" and trained_steps not in (None, steps):

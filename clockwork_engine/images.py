@@ -32,45 +32,44 @@ class EditInputs:
         return self.pixels.shape[3]
 
 
-def _as_batch(value, name: str, channels: tuple[int, ...]) -> torch.Tensor:
-    """PIL image(s), a numpy array ([H, W(, C)] or [B, H, W, C]) or a tensor ([C, H, W] or
-    [B, C, H, W]) in [0, 1] (uint8 arrays in [0, 255]) -> [B, C, H, W] float32 in [0, 1]."""
+def _as_tensor(item, where: str) -> torch.Tensor:
+    """One PIL image, numpy array ([H, W(, C)] or [B, H, W, C]) or tensor ([C, H, W] or
+    [B, C, H, W]) -> [B, C, H, W] float32 (uint8 scaled to [0, 1]; a PIL image goes the numpy way)."""
     from PIL import Image
 
+    if isinstance(item, Image.Image):
+        item = np.array(item.convert("RGB" if item.mode in ("RGBA", "P", "CMYK", "YCbCr") else item.mode))
+    if isinstance(item, torch.Tensor):
+        if item.dim() not in (3, 4):
+            raise ValueError(f"{where} must be [C, H, W] or [B, C, H, W], got shape {tuple(item.shape)}")
+        return (item[None] if item.dim() == 3 else item).detach().float().cpu()
+    if not isinstance(item, np.ndarray):
+        raise TypeError(f"{where} must be a PIL image, a numpy array or a tensor, got {type(item).__name__}")
+    if item.dtype == np.uint8:
+        t = torch.from_numpy(item.astype(np.float32) / 255.0)
+    elif np.issubdtype(item.dtype, np.floating) or item.dtype == bool:
+        t = torch.from_numpy(item.astype(np.float32))
+    else:
+        raise TypeError(f"{where} has dtype {item.dtype}; use uint8 (0-255) or float (0-1)")
+    if t.dim() == 2:
+        return t[None, None]
+    if t.dim() == 3:
+        return t.permute(2, 0, 1)[None]
+    if t.dim() == 4:
+        return t.permute(0, 3, 1, 2)
+    raise ValueError(f"{where} must be [H, W], [H, W, C] or [B, H, W, C], got shape {tuple(item.shape)}")
+
+
+def _as_batch(value, name: str, channels: tuple[int, ...]) -> torch.Tensor:
+    """PIL image(s), numpy arrays or tensors in [0, 1] (uint8 in [0, 255]), one or a list ->
+    [B, C, H, W] float32 in [0, 1], each checked."""
     items = value if isinstance(value, (list, tuple)) else [value]
     if not items:
         raise ValueError(f"{name} list is empty")
     out = []
     for k, item in enumerate(items):
         where = f"{name}[{k}]" if isinstance(value, (list, tuple)) else name
-        if isinstance(item, Image.Image):
-            arr = np.array(item.convert("RGB" if item.mode in ("RGBA", "P", "CMYK", "YCbCr") else item.mode))
-            if arr.dtype == bool:
-                arr = arr.astype(np.float32)
-            t = torch.from_numpy(arr).float()
-            t = (t / 255.0 if arr.dtype == np.uint8 else t)
-            t = t[None, None] if t.dim() == 2 else t.permute(2, 0, 1)[None]
-        elif isinstance(item, np.ndarray):
-            if item.dtype == np.uint8:
-                t = torch.from_numpy(item.astype(np.float32) / 255.0)
-            elif np.issubdtype(item.dtype, np.floating) or item.dtype == bool:
-                t = torch.from_numpy(item.astype(np.float32))
-            else:
-                raise TypeError(f"{where} has dtype {item.dtype}; use uint8 (0-255) or float (0-1)")
-            if t.dim() == 2:
-                t = t[None, None]
-            elif t.dim() == 3:
-                t = t.permute(2, 0, 1)[None]
-            elif t.dim() == 4:
-                t = t.permute(0, 3, 1, 2)
-            else:
-                raise ValueError(f"{where} must be [H, W], [H, W, C] or [B, H, W, C], got shape {tuple(item.shape)}")
-        elif isinstance(item, torch.Tensor):
-            if item.dim() not in (3, 4):
-                raise ValueError(f"{where} must be [C, H, W] or [B, C, H, W], got shape {tuple(item.shape)}")
-            t = (item[None] if item.dim() == 3 else item).detach().float().cpu()
-        else:
-            raise TypeError(f"{where} must be a PIL image, a numpy array or a tensor, got {type(item).__name__}")
+        t = _as_tensor(item, where)
         if t.shape[1] not in channels:
             raise ValueError(f"{where} has {t.shape[1]} channels; expected {' or '.join(map(str, channels))}")
         if not torch.isfinite(t).all():

@@ -24,7 +24,7 @@ class PromptEncoder:
         dtype: run a copy of the encoder in this dtype (None: as loaded). Embeddings are returned
         in the loaded encoder's dtype either way. penultimate: the hidden states of the layer
         before the last (SDXL's choice), and the encoder's pooled output kept too when its first
-        output is one (CLIPTextModelWithProjection's text_embeds: encode_pooled)."""
+        output is one (CLIPTextModelWithProjection's text_embeds: encode_with_pooled)."""
         if capacity < 0:
             raise ValueError(f"prompt cache capacity must be >= 0, got {capacity}")
         self.tokenizer = tokenizer
@@ -62,12 +62,13 @@ class PromptEncoder:
         """[len(prompts), L, D] embeddings; cached per prompt string."""
         return torch.stack([e[0] for e in self._lookup(prompts)])
 
-    def encode_pooled(self, prompts: list[str]) -> torch.Tensor:
-        """[len(prompts), P]: the pooled output (an encoder built with penultimate=True that has one)."""
+    def encode_with_pooled(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """([len(prompts), L, D], [len(prompts), P]): the embeddings and the pooled output, one
+        cache lookup (an encoder built with penultimate=True that has a pooled output)."""
         entries = self._lookup(prompts)
         if entries[0][1] is None:
             raise ValueError(f"{type(self.text_encoder).__name__} gives no pooled output")
-        return torch.stack([e[1] for e in entries])
+        return torch.stack([e[0] for e in entries]), torch.stack([e[1] for e in entries])
 
     def _lookup(self, prompts: list[str]) -> list[tuple]:
         with self._lock:

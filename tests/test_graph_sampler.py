@@ -5,7 +5,7 @@ from functools import partial
 import pytest
 import torch
 
-from clockwork_engine import Engine, EngineConfig, sampler
+from clockwork_engine import Engine, EngineConfig, latents, sampler
 from clockwork_engine.cache import CacheState
 from clockwork_engine.sampler import GraphSampler, HostSyncError, NoHostSync
 
@@ -22,9 +22,10 @@ def test_graph_sampler_equals_the_plain_loop(tiny_pipe, mode):
     kinds = engine.schedule(5, mode)
     fns = {k: partial(sampler.step, engine.denoisers[k], table, text=text, guidance=torch.full((2,), 4.0), cfg=True)
            for k in set(kinds)}
-    latents, noise = sampler.draw_noise(table, (2, 4, 8, 8), [torch.Generator().manual_seed(0)])
-    assert noise is None  # DPM-Solver++ draws nothing after the initial latents
-    ref = sampler.run(fns, kinds, table, latents, CacheState())
+    inputs = latents.prepare(table, engine.vae, (2, 4, 8, 8), [torch.Generator().manual_seed(0)], torch.float32,
+                             engine.device, text, torch.full((2,), 4.0))
+    assert inputs.noise is None  # DPM-Solver++ draws nothing after the initial latents
+    ref = sampler.run(fns, kinds, table, inputs.latents, CacheState())
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
 
 

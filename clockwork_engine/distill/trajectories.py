@@ -20,6 +20,7 @@ import torch
 
 from .. import sampler
 from ..cache import CacheState
+from ..latents import prepare as request_inputs
 
 
 @dataclass
@@ -81,13 +82,15 @@ def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: fl
         return denoise
 
     size = engine.default_size // engine.vae_factor
-    latents, noise = sampler.draw_noise(table, (len(prompts), engine.unet.config.in_channels, size, size), [generator])
     text, added = _conditioning(engine, prompts, cfg)
-    common = dict(text=text, guidance=torch.full((len(prompts),), float(guidance)), cfg=cfg,
-                  embed_guidance=engine.guidance_dim, noise=noise, added=added)
+    guidance = torch.full((len(prompts),), float(guidance))
+    inputs = request_inputs(table, engine.vae, (len(prompts), engine.unet.config.in_channels, size, size),
+                             [generator], torch.float32, engine.device, text, guidance)
+    common = dict(text=text, guidance=guidance, cfg=cfg, embed_guidance=engine.guidance_dim, noise=inputs.noise,
+                  added=added)
     step_fns = {kind: partial(sampler.step, denoiser(kind == "adaptor"), table, **common)
                 for kind in ("full", "adaptor")}  # "adaptor" is never called without adaptor steps
-    sampler.run(step_fns, ["adaptor" if a else "full" for a in schedule], table, latents, CacheState())
+    sampler.run(step_fns, ["adaptor" if a else "full" for a in schedule], table, inputs.latents, CacheState())
     return records
 
 

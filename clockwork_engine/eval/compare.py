@@ -69,17 +69,23 @@ def latency(variants: dict, repeats: int = 5, warmup: int = 1) -> dict[str, dict
     return interleaved(fresh_prompt_calls(variants, repeats + warmup), repeats, warmup)
 
 
-def gflops_per_image(engine, kw: dict, prompt: str) -> float:
-    """FLOPs (torch.utils.flop_counter) of one generate() with a prompt not in the prompt cache:
-    text encoding, every model evaluation and the decoder, as a request for a new prompt pays.
-    A first call of another prompt builds the step programs of the request's key (building
-    runs a step once more) outside the count."""
+def gflops_of(generate_one, prompt: str, warmup_prompt: str) -> float:
+    """GFLOPs (torch.utils.flop_counter) of generate_one(prompt), one image, after an uncounted
+    call with another prompt (which builds what the first call of a request's key builds)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    engine.generate(prompt + " (warm-up)", seed=0, **kw)
+    generate_one(warmup_prompt)
     with FlopCounterMode(display=False) as counter:
-        engine.generate(prompt, seed=0, **kw)
+        generate_one(prompt)
     return counter.get_total_flops() / 1e9
+
+
+def gflops_per_image(engine, kw: dict, prompt: str) -> float:
+    """FLOPs of one generate() with a prompt not in the prompt cache: text encoding, every model
+    evaluation and the decoder, as a request for a new prompt pays. A first call of another
+    prompt builds the step programs of the request's key (building runs a step once more)
+    outside the count."""
+    return gflops_of(lambda p: engine.generate(p, seed=0, **kw), prompt, prompt + " (warm-up)")
 
 
 def compare(variants: dict, singles: int, pairs: int, guidance: float, latency_repeats: int = 5,

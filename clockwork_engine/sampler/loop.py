@@ -16,7 +16,7 @@ StepCallback = Callable[[int, int, torch.Tensor], None]
 
 def run(step_fns: dict, kinds: list[str], table: SolverTable, latents: torch.Tensor, cache: CacheState,
         callback: StepCallback | None = None) -> torch.Tensor:
-    """x_E from the initial latents (already times init_noise_sigma, see solver.draw_noise).
+    """x_E from the initial latents (already times init_noise_sigma, see latents.prepare).
     step_fns[kind](i, x, history, features) -> (x, history, features)."""
     if len(kinds) != table.num_steps:
         raise ValueError(f"schedule has {len(kinds)} entries for {table.num_steps} steps")

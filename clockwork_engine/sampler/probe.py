@@ -75,7 +75,8 @@ class Recorder:
 
     def clip(self, args, kwargs) -> Vec:
         x0 = args[0]
-        lo, hi = (list(args[1:3]) + [None, None])[:2] if len(args) > 1 else (kwargs.get("min"), kwargs.get("max"))
+        lo = args[1] if len(args) > 1 else kwargs.get("min")
+        hi = args[2] if len(args) > 2 else kwargs.get("max")
         if lo is None or hi is None or float(lo) != -float(hi) or self.eval in self.clips:
             raise ValueError("the scheduler clips in a way the engine's solver does not express")
         i = self.eval

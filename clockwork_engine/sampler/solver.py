@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -88,10 +88,10 @@ class SolverTable:
         return self.coeffs.shape[2]
 
     def to(self, device) -> SolverTable:
+        """The tensors the step reads on the device (the host-side mixes stay where they are)."""
         clip = None if self.clip is None else (self.clip[0].to(device), self.clip[1].to(device), self.clip[2])
-        return SolverTable(self.timesteps.to(device), self.in_div.to(device), self.coeffs.to(device), clip,
-                           self.noise_mix, self.init_noise_sigma, self.steps, self.draws, self.start,
-                           self.start_mix, self.blend_mix)
+        return replace(self, timesteps=self.timesteps.to(device), in_div=self.in_div.to(device),
+                       coeffs=self.coeffs.to(device), clip=clip)
 
     def empty_history(self, x: torch.Tensor) -> torch.Tensor:
         """[K, V, B, C, h, w] zeros: the window of past vectors before the first evaluation."""
@@ -286,14 +286,6 @@ class NoiseStream:
         if len(self.generators) == 1:
             return torch.randn(self.shape, generator=self.generators[0], dtype=dtype)
         return torch.cat([torch.randn((1,) + self.shape[1:], generator=g, dtype=dtype) for g in self.generators])
-
-
-def draw_noise(table: SolverTable, shape, generators: list[torch.Generator], dtype=torch.float32):
-    """(x_0 [B, ...] float32, noise terms or None) of a text-to-image request, drawn as diffusers'
-    pipeline draws them: the latents, then each of the scheduler's draws, in dtype (the model's)."""
-    stream = NoiseStream(generators, shape)
-    latents = table.initial(stream.draw(dtype))
-    return latents, table.noise_terms([stream.draw(dtype) for _ in range(table.draws)])
 
 
 def verify(scheduler, table: SolverTable, timesteps=None, eta: float = 0.0, seed: int = 0, tol: float = 1e-4):
