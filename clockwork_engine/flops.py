@@ -64,29 +64,50 @@ def per_level(unet, x, t, text, added=None) -> dict[str, dict[str, float]]:
     return {m: {c: v / 1e9 for c, v in _conventions(ops).items()} for m, ops in by_module.items()}
 
 
+def build(unet_config: dict, cut: int = 1, adaptor_hidden: int | None = None, adaptor_text: bool = False):
+    """(unet, split, adaptor) of an architecture with random weights, on torch's current device
+    (meta for counting: no memory): the UNet from its config, the split at `cut`, the ResNet
+    adaptor `adaptor_hidden` wide (None: as wide as the split's r_out; adaptor_text: it reads the
+    pooled text too)."""
+    from diffusers import UNet2DConditionModel
+
+    from .adaptor import Adaptor, AdaptorConfig
+    from .unet_split import UNetSplit
+
+    unet = UNet2DConditionModel(**unet_config).eval()
+    split = UNetSplit(unet, cut)
+    text_embed_dim = split.text_embed_dim if adaptor_text else 0  # the pooled-text input
+    adaptor = Adaptor(AdaptorConfig.for_split(split, adaptor_hidden, text_embed_dim=text_embed_dim)).eval()
+    return unet, split, adaptor
+
+
+def example_inputs(unet_config: dict, batch: int, text_tokens: int, text_dim: int, latent: int | None = None):
+    """(x, t, text, added or None) for one UNet call: random latents, timestep 500, text states,
+    and for SDXL its added conditioning (pooled text and the six time ids)."""
+    size = latent or unet_config["sample_size"]
+    x = torch.randn(batch, unet_config["in_channels"], size, size)
+    text = torch.randn(batch, text_tokens, text_dim)
+    added = None
+    if unet_config.get("addition_embed_type") == "text_time":
+        side = float(size * 8)  # the image side the time ids name (a VAE factor of 8)
+        added = {"text_embeds": torch.randn(batch, SDXL_POOLED_DIM),
+                 "time_ids": torch.tensor([[side, side, 0.0, 0.0, side, side]]).repeat(batch, 1)}
+    return x, torch.tensor(500), text, added
+
+
 def count_arch(unet_config: dict, text_tokens: int, text_dim: int, adaptor_hidden: int | None, steps: int,
                clock_every: int, cfg_batch: int = 2, cut: int = 1, latent: int | None = None,
                adaptor_text: bool = False) -> dict:
-    from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor
 
-    from .adaptor import Adaptor, AdaptorConfig, num_parameters
+    from .adaptor import num_parameters
     from .clock import Clock
-    from .unet_split import UNetSplit
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**unet_config).eval()
+        unet, split, adaptor = build(unet_config, cut, adaptor_hidden, adaptor_text)
         unet.set_attn_processor(AttnProcessor())  # plain bmm attention: every matmul is counted
-        split = UNetSplit(unet, cut)
-        text_embed_dim = split.text_embed_dim if adaptor_text else 0  # the pooled-text input
-        adaptor = Adaptor(AdaptorConfig.for_split(split, adaptor_hidden, text_embed_dim=text_embed_dim)).eval()
         size = latent or unet_config["sample_size"]
-        x = torch.randn(cfg_batch, unet_config["in_channels"], size, size)
-        text = torch.randn(cfg_batch, text_tokens, text_dim)
-        t = torch.tensor(500)
-        added = None  # SDXL's added conditioning: pooled text and the six time ids
-        if unet_config.get("addition_embed_type") == "text_time":
-            added = {"text_embeds": torch.randn(cfg_batch, SDXL_POOLED_DIM), "time_ids": torch.randn(cfg_batch, 6)}
+        x, t, text, added = example_inputs(unet_config, cfg_batch, text_tokens, text_dim, latent)
         with torch.no_grad():
             full_ops = _count(lambda: split(x, t, text, None, added))
             unet_ops = _count(lambda: unet(x, t, text, added_cond_kwargs=added))
