@@ -12,6 +12,7 @@ MODES = ("full", "clockwork")
 # Guidance scales in use are 1-20; far larger ones overflow fp32 latents (NaN) instead of making an image.
 MAX_GUIDANCE = 100.0
 TEXT_DTYPES = ("float32", "bfloat16")
+BATCHING = ("off", "request", "step")
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,19 @@ class EngineConfig:
     backend: str = "auto"
     max_graphs: int = 8  # (batch, size, dtype, mode, cfg, steps) program sets kept (LRU)
     max_batch_size: int = 16  # prompts per generate() call
+    # Concurrent generate() calls (threads, the HTTP server): "off" = one call at a time per
+    # UNet; "request" = calls waiting together start together as one batch; "step" = step-level
+    # continuous batching (a call joins the running batch at a step boundary). serving/scheduler.py
+    batching: str = "off"
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16)  # batch sizes the step programs are built for
+    max_queue: int = 64  # images waiting to start (batching on): more is refused at once (QueueFull)
+    request_timeout: float | None = None  # seconds a call may take; past it, dropped (DeadlineExceeded)
     prompt_cache_size: int = 256  # prompt embeddings kept (LRU)
     max_size_factor: int = 4  # largest height/width = this x the default size
 
     def __post_init__(self):
         # JSON settings give lists: keep the config hashable
-        for name in ("adaptor_steps", "attention_reuse", "timesteps"):
+        for name in ("adaptor_steps", "attention_reuse", "timesteps", "batch_buckets"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.mode not in MODES:
@@ -78,6 +86,16 @@ class EngineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.batching not in BATCHING:
+            raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {self.batching!r}")
+        buckets = self.batch_buckets
+        if not buckets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in buckets) or \
+                list(buckets) != sorted(set(buckets)):
+            raise ValueError(f"batch_buckets must be increasing positive ints, got {buckets!r}")
+        if isinstance(self.max_queue, bool) or not isinstance(self.max_queue, int) or self.max_queue < 1:
+            raise ValueError(f"max_queue must be a positive int, got {self.max_queue!r}")
+        if self.request_timeout is not None:
+            validate.finite_float(self.request_timeout, "request_timeout", 0.0)
         if not isinstance(self.prompt_cache_size, int) or self.prompt_cache_size < 0:
             raise ValueError(f"prompt_cache_size must be an int >= 0, got {self.prompt_cache_size!r}")
         if self.timesteps is not None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import copy
 import json
 import os
-import secrets
 import threading
+import time
 import warnings
 import weakref
 from functools import partial
@@ -25,10 +25,10 @@ from functools import partial
 import torch
 
 from . import adaptor as adaptor_io
-from . import attention, conditioning, images, latents, loading, sampler, schedulers, tiny_decoder, validate
+from . import attention, conditioning, latents, loading, request, sampler, schedulers, tiny_decoder, validate
 from .cache import CacheState
 from .compile import MODULE_OPTIONS, compiled
-from .config import MAX_GUIDANCE, MODES, EngineConfig
+from .config import EngineConfig
 from .config import preset as preset_config
 from .unet_split import UNetSplit
 
@@ -44,8 +44,7 @@ def _model_lock(unet) -> threading.RLock:
     with _MODEL_LOCKS_GUARD:
         return _MODEL_LOCKS.setdefault(unet, threading.RLock())
 
-OUTPUT_TYPES = ("pil", "pt", "latent")
-MAX_STEPS = 1000
+OUTPUT_TYPES, MAX_STEPS, DeadlineExceeded = request.OUTPUT_TYPES, request.MAX_STEPS, request.DeadlineExceeded
 
 
 class NonFiniteError(FloatingPointError):
@@ -85,6 +84,7 @@ class Engine:
         self.default_size = (sample_size if isinstance(sample_size, int) else sample_size[0]) * self.vae_factor
         self._tables: dict[tuple, sampler.SolverTable] = {}
         self._lock = _model_lock(self.unet)
+        self._batcher, self._batcher_guard = None, threading.Lock()
         grid = self.config.timesteps  # fail now on an unsupported scheduler, or a grid it cannot take
         self._table(len(grid) if grid else self.config.steps)
         # A guidance-distilled UNet embeds the guidance scale (time_cond_proj_dim) instead of CFG.
@@ -118,6 +118,8 @@ class Engine:
             self.split = UNetSplit(self.unet, self.config.cut)
             self.adaptor = adaptor_io.IdentityAdaptor()
         else:
+            if source == self.adaptor_dir and self.config.adaptor is None:  # the model's: the one fitted for these steps
+                source = adaptor_io.for_steps(source, self.config.steps)
             self.adaptor, self.adaptor_meta = adaptor_io.load(source)
             self.split = UNetSplit(self.unet, self.adaptor_meta["cut"])
             adaptor_io.check_compatible(self.adaptor_meta, source, self.split, adaptor_io.model_fingerprint(self.unet))
@@ -202,7 +204,7 @@ class Engine:
     @torch.no_grad()
     def generate(self, prompt, *, steps=None, guidance_scale=None, seed=None, height=None, width=None,
                  negative_prompt=None, mode=None, output: str = "pil", callback=None, image=None, mask_image=None,
-                 strength=None):
+                 strength=None, timeout=None):
         """Images for a prompt (str -> one image) or a list of prompts (list -> list).
 
         image: an edit (diffusers' Img2Img pipeline, SDEdit): the image is encoded, noised to
@@ -221,56 +223,50 @@ class Engine:
         or "latent" (the final latents); callback(step, num_steps, latents) runs after
         every step, and an exception raised in it cancels the request. mode: "full" or
         "clockwork" (default: the config's; clockwork needs the engine's adaptor).
-        """
-        cfg = self.config
-        mode = cfg.mode if mode is None else mode
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
-        if mode == "clockwork" and self.adaptor is None:
-            raise ValueError("mode 'clockwork' needs an adaptor; build the engine with a clockwork config")
-        prompts = validate.prompts(prompt, cfg.max_batch_size)
-        negatives = validate.prompts(negative_prompt, cfg.max_batch_size, "negative_prompt") \
-            if negative_prompt is not None else [""]
-        if negative_prompt is not None and unet_is_distilled(self.unet):
-            raise ValueError("negative_prompt needs classifier-free guidance; this model is guidance-distilled")
-        if len(negatives) == 1:
-            negatives = negatives * len(prompts)
-        elif len(negatives) != len(prompts):
-            raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts")
-        steps = validate.positive_int(cfg.steps if steps is None else steps, "steps", MAX_STEPS)
-        guidance = validate.per_row(cfg.guidance_scale if guidance_scale is None else guidance_scale, len(prompts),
-                                    lambda g: validate.finite_float(g, "guidance_scale", 0.0, MAX_GUIDANCE),
-                                    "guidance_scale")
-        max_side = cfg.max_size_factor * self.default_size
-        edit = None
-        if (image is not None or mask_image is not None) and self.conditioning.sdxl:
-            raise ValueError("image-to-image and inpainting are not supported for SDXL models yet")
-        if image is not None or mask_image is not None:
-            edit = images.edit_inputs(image, mask_image, strength, len(prompts), self.size_multiple, max_side,
-                                      self.unet.config.in_channels, height, width)
-            height, width = edit.height, edit.width
-        elif strength is not None:
-            raise ValueError("strength applies to an edit: pass image= (and mask_image= to inpaint)")
-        elif self.unet.config.in_channels != self.vae.config.latent_channels:
-            raise ValueError(f"this UNet takes {self.unet.config.in_channels} input channels (an inpainting UNet): "
-                             "it needs image= and mask_image=")
-        height = validate.image_side(cfg.height or self.default_size if height is None else height, "height",
-                                     self.size_multiple, max_side)
-        width = validate.image_side(cfg.width or self.default_size if width is None else width, "width",
-                                    self.size_multiple, max_side)
-        seeds = validate.per_row(seed, len(prompts), validate.seed, "seed") if isinstance(seed, (list, tuple)) \
-            else [validate.seed(seed)]
-        seeds = [secrets.randbits(63) if s is None else s for s in seeds]
-        if output not in OUTPUT_TYPES:
-            raise ValueError(f"output must be one of {OUTPUT_TYPES}, got {output!r}")
-        if callback is not None and not callable(callback):
-            raise TypeError("callback must be callable")
+        timeout: seconds (default config.request_timeout; None: no limit); past it the request
+        is dropped at the next step boundary with DeadlineExceeded (a TimeoutError).
 
-        with self._lock:
-            final = self._sample(prompts, negatives, steps, guidance, seeds, height, width, mode, callback, edit,
-                                 negative_prompt is not None)
-            result = final if output == "latent" else self._decode(final, output)
-        return result[0] if isinstance(prompt, str) else result
+        With config.batching on, concurrent text-to-image calls share model calls
+        (serving/scheduler.py: step-level continuous batching); each row's image stays its own.
+        """
+        req = request.parse(self, prompt, steps=steps, guidance_scale=guidance_scale, seed=seed, height=height,
+                            width=width, negative_prompt=negative_prompt, mode=mode, output=output,
+                            callback=callback, image=image, mask_image=mask_image, strength=strength,
+                            timeout=timeout)
+        if self.batcher is not None and self.batcher.accepts(req):
+            return self.batcher.submit(req).result()
+        return self.run_alone(req)
+
+    def run_alone(self, req: request.GenerationRequest):
+        """One checked request through the engine's own loop, holding the UNet's lock."""
+        remaining = None if req.deadline is None else max(0.0, req.deadline - time.monotonic())
+        if not self._lock.acquire(timeout=-1 if remaining is None else remaining):
+            raise request.DeadlineExceeded("the request ran past its time limit waiting for the model")
+        try:
+            callback = req.callback
+            if req.deadline is not None:
+                def callback(i, n, x, user=req.callback):  # the deadline is checked at each step boundary
+                    req.check_deadline()
+                    if user is not None:
+                        user(i, n, x)
+            final = self._sample(req.prompts, req.negatives, req.steps, req.guidance, req.seeds, req.height,
+                                 req.width, req.mode, callback, req.edit, req.negative_given)
+            result = final if req.output == "latent" else self.decode(final, req.output)
+        finally:
+            self._lock.release()
+        return req.result(result)
+
+    @property
+    def batcher(self):
+        """The request scheduler of this engine (config.batching), started on first use; None when off."""
+        if self.config.batching == "off":
+            return None
+        with self._batcher_guard:
+            if self._batcher is None:
+                from .serving.scheduler import BatchScheduler
+
+                self._batcher = BatchScheduler(self)
+            return self._batcher
 
     def _table(self, steps: int, start: sampler.Start = sampler.TEXT_TO_IMAGE) -> sampler.SolverTable:
         steps = validate.positive_int(steps, "steps", MAX_STEPS)
@@ -307,6 +303,16 @@ class Engine:
                     actions[full[-1]] = "compute"
         return [k if a == "off" else f"{k}+{a}" for k, a in zip(kinds, actions)]
 
+    def warn_off_operating_point(self, steps: int, mode: str):
+        """Warn when clockwork runs its adaptor at another step count or clock than it was fitted for."""
+        if mode != "clockwork":
+            return
+        trained_steps = self.adaptor_meta.get("steps")
+        if trained_steps not in (None, steps):
+            warnings.warn(f"the adaptor was trained for {trained_steps} steps, running {steps}", stacklevel=4)
+        if self._clock_mismatch:
+            warnings.warn(self._clock_mismatch, stacklevel=4)
+
     def _step_fn(self, kind: str, table, bufs, cfg_on: bool):
         base, _, action = kind.partition("+")
         denoise = self.denoisers[base]
@@ -339,11 +345,7 @@ class Engine:
         inputs = latents.prepare(table, self.vae, shape, [torch.Generator().manual_seed(s) for s in seeds],
                                  self.unet.dtype, self.device, text, scales, edit, added)
         kinds = self.schedule(steps, mode, start)
-        trained_steps = self.adaptor_meta.get("steps")
-        if mode == "clockwork" and trained_steps not in (None, steps):
-            warnings.warn(f"the adaptor was trained for {trained_steps} steps, running {steps}", stacklevel=3)
-        if mode == "clockwork" and self._clock_mismatch:
-            warnings.warn(self._clock_mismatch, stacklevel=3)
+        self.warn_off_operating_point(steps, mode)
 
         def make_steps(bufs):
             return {kind: self._step_fn(kind, table, bufs, cfg_on) for kind in set(kinds)}
@@ -358,7 +360,8 @@ class Engine:
             raise NonFiniteError("the sampler produced NaN/Inf latents (check the model weights and guidance_scale)")
         return result
 
-    def _decode(self, latents, output: str):
+    def decode(self, latents, output: str):
+        """Final latents [B, C, h, w] -> PIL images or [B, 3, H, W] in [0, 1] (output 'pt')."""
         vae_cfg = self.vae.config
         z = latents / vae_cfg.scaling_factor
         if getattr(vae_cfg, "shift_factor", None):
@@ -375,10 +378,6 @@ class Engine:
         if self.tiny_decoder is not None:
             return self.tiny_decoder(z)
         return self.vae.decode(z, return_dict=False)[0]
-
-
-def unet_is_distilled(unet) -> bool:
-    return bool(unet.config.time_cond_proj_dim)
 
 
 def student_presets(model: str = "demo") -> list[str]:

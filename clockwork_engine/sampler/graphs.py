@@ -146,6 +146,32 @@ class _Entry:
         self.bufs, self.programs = bufs, programs
 
 
+def build_programs(backend: str, pool, step_fns: dict, bufs: StaticBuffers, kinds, text: torch.Tensor) -> dict:
+    """{kind: program} over the buffers: CUDA graphs captured, or eager programs whose first run
+    is checked for host syncs (compiled by inductor after it). text: what bufs.text holds during
+    warm-up. The programs' dry runs leave garbage in the buffers: reset them before sampling."""
+    # Programs that compute attention maps run first: their warm-up allocates the map
+    # buffers the reuse programs read.
+    kinds = sorted(kinds, key=lambda k: (k.endswith("+reuse"), k))
+    programs = {}
+    if backend == "cuda":
+        stream = torch.cuda.Stream()
+        bufs.text.copy_(text)
+        for kind in kinds:
+            programs[kind] = _CudaGraphProgram(step_fns[kind], bufs, pool, stream)
+        return programs
+    for kind in kinds:
+        programs[kind] = _Program(step_fns[kind], bufs)
+        bufs.text.copy_(text)
+        bufs.step.fill_(0)  # a dry run at evaluation 0
+        with NoHostSync():  # fail now, not on a GPU, if a step syncs with the host
+            programs[kind].run()
+        if backend == "inductor":  # compile now; an error keeps nothing of this key
+            programs[kind] = _CompiledProgram(kind, step_fns[kind], bufs)
+            programs[kind].run()
+    return programs
+
+
 class GraphSampler:
     def __init__(self, backend: str = "auto", max_entries: int = 8):
         if backend == "auto":
@@ -183,27 +209,7 @@ class GraphSampler:
             guidance=torch.zeros(latents.shape[0], dtype=torch.float32, device=device),
             **optional,
         )
-        step_fns = make_steps(bufs)
-        # Programs that compute attention maps run first: their warm-up allocates the map
-        # buffers the reuse programs read.
-        kinds = sorted(kinds, key=lambda k: (k.endswith("+reuse"), k))
-        programs = {}
-        if self.backend == "cuda":
-            stream = torch.cuda.Stream()
-            bufs.text.copy_(text)
-            for kind in kinds:
-                programs[kind] = _CudaGraphProgram(step_fns[kind], bufs, self._pool, stream)
-        else:
-            for kind in kinds:
-                programs[kind] = _Program(step_fns[kind], bufs)
-                bufs.text.copy_(text)
-                bufs.step.fill_(0)  # a dry run: its results are reset before every request
-                with NoHostSync():  # fail now, not on a GPU, if a step syncs with the host
-                    programs[kind].run()
-                if self.backend == "inductor":  # compile now; an error keeps nothing of this key
-                    programs[kind] = _CompiledProgram(kind, step_fns[kind], bufs)
-                    programs[kind].run()
-        return _Entry(bufs, programs)
+        return _Entry(bufs, build_programs(self.backend, self._pool, make_steps(bufs), bufs, kinds, text))
 
     def run(self, key: tuple, make_steps: StepFactory, kinds: list[str], table: SolverTable, inputs: RequestInputs,
             feature_shape: tuple | None, cache: CacheState, callback=None) -> torch.Tensor:

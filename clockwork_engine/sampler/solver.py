@@ -254,21 +254,31 @@ def _at(column: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     return column.index_select(0, i.view(1))
 
 
-def update(table: SolverTable, i: torch.Tensor, x, model_out, history, noise_terms=None, blend=None):
+def per_row(column: torch.Tensor, i: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """column[i] shaped to broadcast over like [B, ...]: [1, 1, ...] for one index, [B, 1, ...]
+    for one index a row."""
+    return column.index_select(0, i.view(-1)).view((-1,) + (1,) * (like.dim() - 1))
+
+
+def update(table: SolverTable, i: torch.Tensor, x, model_out, history, noise=None, blend=None):
     """(x_{i+1}, history') from the model output of evaluation i: float32 whatever the model
-    dtype. history [K, V, B, C, h, w] holds the vectors of the K - 1 evaluations before i;
-    blend: (mask [B, 1, h, w], blend terms [E, B, C, h, w]) for 4-channel inpainting."""
+    dtype. history [K, V, B, C, h, w] holds the vectors of the K - 1 evaluations before i.
+    i: 0-d (the batch at one evaluation; noise: the request's terms [E, B, C, h, w]) or [B]
+    (one evaluation a row; noise: this evaluation's terms [B, C, h, w], the host copies them
+    in). blend: (mask [B, 1, h, w], blend terms [E, B, C, h, w]) for 4-channel inpainting
+    (one index only)."""
     m = model_out.float()
     vecs = [x, m]
     if table.clip is not None:
         p, q, r = table.clip
-        vecs.append((_at(p, i) * x + _at(q, i) * m).clamp(-r, r))
+        vecs.append((per_row(p, i, x) * x + per_row(q, i, x) * m).clamp(-r, r))
     history = torch.cat([history[1:], torch.stack(vecs)[None]])
-    coeffs = _at(table.coeffs, i)[0]  # [K, V]
+    coeffs = table.coeffs.index_select(0, i.view(-1))  # [1 or B, K, V]
     # A weighted sum of K * V latents (elementwise: a few latents' worth of work, not a matmul)
-    x_next = (coeffs.view(coeffs.shape + (1,) * x.dim()) * history).sum((0, 1))
-    if noise_terms is not None:
-        x_next = x_next + _at(noise_terms, i)[0]
+    coeffs = coeffs.permute(1, 2, 0).reshape(coeffs.shape[1:] + (-1,) + (1,) * (x.dim() - 1))
+    x_next = (coeffs * history).sum((0, 1))
+    if noise is not None:
+        x_next = x_next + (_at(noise, i)[0] if i.dim() == 0 else noise)
     if blend is not None:
         mask, kept = blend
         x_next = (1 - mask) * _at(kept, i)[0] + mask * x_next

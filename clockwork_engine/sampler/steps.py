@@ -1,6 +1,7 @@
 """The per-step functions: small, pure and free of host syncs (what a CUDA graph captures).
 
-A step takes the step index (0-d int64 tensor: the model evaluation, see solver.py), the
+A step takes the step index (0-d int64 tensor: the model evaluation, see solver.py; or one
+index a row, [B] int64, when rows at different evaluations share the call: serving/), the
 latents x_i [B, C, h, w], the solver's window of past vectors (history [K, V, B, C, h, w]),
 the cached features of the previous step (r_out [B', C_r, h_r, w_r] or None), the text
 embeddings ([2B, L, D] with CFG, uncond first as diffusers orders them; else [B, L, D]), the
@@ -29,7 +30,7 @@ from typing import Optional
 
 import torch
 
-from .solver import SolverTable, update
+from .solver import SolverTable, per_row, update
 
 Features = Optional[torch.Tensor]
 Denoiser = Callable[..., tuple[torch.Tensor, Features]]
@@ -77,8 +78,10 @@ def step(denoise: Denoiser, table: SolverTable, i, x, history, features, text, g
     extra [B, C_x, h, w]: channels appended to the model input (a 9-channel inpainting UNet's
     mask and masked-image latents); blend: 4-channel inpainting's (mask, kept terms); added:
     the UNet's added conditioning (SDXL); rescale: CFG rescale (diffusers' guidance_rescale)."""
-    t = table.timesteps.index_select(0, i.view(1))[0]
-    model_in = x / table.in_div.index_select(0, i.view(1))
+    rows = i.dim() == 1  # one evaluation index a row (continuous batching; table: a TableBank's)
+    t = table.timesteps.index_select(0, i.view(-1))  # [1] or [B]
+    t = (t.repeat(2) if cfg else t) if rows else t[0]
+    model_in = x / per_row(table.in_div, i, x)
     if extra is not None:
         model_in = torch.cat([model_in, extra.to(model_in.dtype)], dim=1)
     model_in = model_in.to(text.dtype)

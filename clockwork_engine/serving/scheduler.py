@@ -1,0 +1,303 @@
+"""The request scheduler: owns the waiting requests, the lanes and the batching policy; a
+lane (runner.py) executes one batch step.
+
+  policy "step"     step-level continuous batching: at every step boundary a waiting request
+                    joins the running batch of its lane when its rows fit and its step kinds
+                    line up with the lane's (clockwork: only at the clock's full ticks), and
+                    leaves when its last step is done. Step counts may differ within a lane.
+  policy "request"  request-level batching: requests waiting together start together; a
+                    lane takes no one new until it is empty.
+
+Compatible requests (a lane): same height, width, mode and CFG on or off. FIFO within a lane
+(a request that cannot join yet holds back those behind it). Lanes take turns, one tick each.
+The queue holds at most config.max_queue waiting images: beyond that submit() raises QueueFull
+at once. A request past its deadline, or cancelled by its caller (Future.cancel()), is dropped
+at the next step boundary and frees its rows. Prompts of the requests joining at a boundary
+are encoded in one call, and the rows finishing at a tick are decoded in one call.
+
+A row's image does not depend on its neighbours: every op in the step is per row (the UNet's
+GroupNorm and attention are per sample); what differs from the request alone is the float
+summation order of a larger batch (tests/test_serving_scheduler.py checks 1e-4).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import latents
+from ..request import DeadlineExceeded, GenerationRequest
+from .runner import Lane, Row
+
+
+class QueueFull(RuntimeError):
+    """The engine's queue is full: the request was refused at once (retry later)."""
+
+
+@dataclass
+class Job:
+    request: GenerationRequest
+    future: Future
+    lane_key: tuple
+    cfg: bool
+    submitted: float = field(default_factory=time.monotonic)
+    images: list = field(default_factory=list)
+    rows_left: int = 0
+
+    def fail(self, error: BaseException):
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+class BatchScheduler:
+    def __init__(self, engine, policy: str | None = None):
+        cfg = engine.config
+        self.engine = engine
+        self.policy = policy or cfg.batching
+        if self.policy not in ("request", "step"):
+            raise ValueError(f"policy must be 'request' or 'step', got {self.policy!r}")
+        self.buckets = tuple(cfg.batch_buckets)
+        self.max_queue = cfg.max_queue
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._lanes: dict[tuple, Lane] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+        self.tick_hooks: list = []  # each called with the rows of every batch step (metrics)
+        self.counts = collections.Counter()  # outcome -> requests
+        self._thread = threading.Thread(target=self._loop, name="clockwork-batcher", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ the callers' side
+    def accepts(self, req: GenerationRequest) -> bool:
+        """Text-to-image without a step callback, on an engine without attention reuse, and no
+        more images than the largest bucket; anything else runs alone (Engine.run_alone)."""
+        return (req.edit is None and req.callback is None and self.engine.reuse is None
+                and req.rows <= self.buckets[-1])
+
+    def submit(self, req: GenerationRequest) -> Future:
+        """Queue a checked request; the Future gives what generate() returns. Raises QueueFull."""
+        if not self.accepts(req):
+            raise ValueError("this request is not batched (an edit, a callback or attention reuse): "
+                             "run it with Engine.run_alone")
+        cfg = self.engine.uses_cfg(req.guidance)
+        job = Job(req, Future(), (req.height, req.width, req.mode, cfg), cfg, rows_left=req.rows)
+        job.images = [None] * req.rows
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the scheduler is closed")
+            if self.queue_depth() + req.rows > self.max_queue:
+                self.counts["queue_full"] += 1
+                raise QueueFull(f"the queue is full ({self.max_queue} images waiting); retry later")
+            self._waiting.append(job)
+            self._cond.notify()
+        return job.future
+
+    def queue_depth(self) -> int:
+        """Images waiting to start."""
+        return sum(job.request.rows for job in self._waiting)
+
+    def running(self) -> int:
+        """Images being sampled."""
+        return sum(len(lane.rows) for lane in list(self._lanes.values()))
+
+    def close(self):
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+    # ------------------------------------------------------------------ the scheduler thread
+    def _loop(self):
+        while True:
+            with self._cond:
+                while not self._closed and not self._waiting and not self.running():
+                    self._cond.wait()
+                if self._closed:
+                    self._fail_all(RuntimeError("the scheduler was closed"))
+                    return
+                self._expire_waiting()
+                joining = self._take_joining()
+            for lane, jobs in joining.items():
+                self._join(lane, jobs)
+            for lane in list(self._lanes.values()):
+                if lane.rows:
+                    self._tick(lane)
+                self._drop_gone(lane)
+            self._forget_idle_lanes()
+
+    def _forget_idle_lanes(self, keep: int = 4):
+        """Empty lanes keep their program sets for the next request of their shape; the oldest
+        beyond `keep` are dropped (every new image size would otherwise hold memory)."""
+        with self._cond:
+            idle = [key for key, lane in self._lanes.items() if not lane.rows
+                    and not any(j.lane_key == key for j in self._waiting)]
+            for key in idle[: max(0, len(idle) - keep)]:
+                del self._lanes[key]
+
+    def _expire_waiting(self):
+        now = time.monotonic()
+        for job in [j for j in self._waiting if j.future.cancelled() or j.request.expired(now)]:
+            self._waiting.remove(job)
+            self._fail(job, None)
+
+    def _take_joining(self) -> dict[Lane, list[Job]]:
+        """The waiting jobs that join their lanes at this boundary (FIFO within a lane)."""
+        joining: dict[Lane, list[Job]] = {}
+        held: set[tuple] = set()
+        for job in list(self._waiting):
+            if job.lane_key in held:
+                continue
+            lane = self._lanes.get(job.lane_key)
+            if lane is None:
+                lane = self._lanes[job.lane_key] = Lane(self.engine, job.lane_key, self.buckets, job.cfg,
+                                                        job.request.mode)
+            taken = sum(j.request.rows for j in joining.get(lane, []))
+            fits = len(lane.rows) + taken + job.request.rows <= lane.capacity
+            free = not lane.rows or self.policy == "step"
+            if fits and free and lane.can_join(self.engine.schedule(job.request.steps, job.request.mode)):
+                self._waiting.remove(job)
+                joining.setdefault(lane, []).append(job)
+            else:
+                held.add(job.lane_key)
+        return joining
+
+    def _join(self, lane: Lane, jobs: list[Job]):
+        """Encode the joining prompts together, draw each request's noise, place the rows."""
+        engine = self.engine
+        rows, tables = [], {}
+        for negative_given in (False, True):
+            group = [j for j in jobs if j.request.negative_given == negative_given]
+            if not group:
+                continue
+            try:
+                prompts = [p for j in group for p in j.request.prompts]
+                negatives = [n for j in group for n in j.request.negatives]
+                first = group[0].request
+                text, added = engine.conditioning.encode(prompts, negatives, lane.cfg, first.height, first.width,
+                                                         negative_given)
+            except Exception as e:  # noqa: BLE001  (a failure of these requests, not of the service)
+                for job in group:
+                    self._fail(job, e)
+                continue
+            total, start = len(prompts), 0
+            for job in group:
+                n = job.request.rows
+                picks = list(range(start, start + n))
+                if lane.cfg:
+                    picks = picks + [total + p for p in picks]
+                start += n
+                try:
+                    rows += self._rows(job, lane, text[picks], {k: v[picks] for k, v in (added or {}).items()},
+                                       tables)
+                except Exception as e:  # noqa: BLE001
+                    self._fail(job, e)
+        if rows:
+            try:
+                with engine._lock:
+                    lane.admit(rows, tables)
+            except Exception as e:  # noqa: BLE001
+                for job in {id(r.job): r.job for r in rows}.values():
+                    self._fail(job, e)
+
+    def _rows(self, job: Job, lane: Lane, text, added, tables) -> list[Row]:
+        engine, req = self.engine, job.request
+        table = engine._table(req.steps)
+        tables[(req.steps,)] = table
+        engine.warn_off_operating_point(req.steps, req.mode)
+        device, dtype = engine.device, engine.unet.dtype
+        text = text.to(device, dtype)
+        added = {k: v.to(device, dtype) for k, v in added.items()}
+        shape = (req.rows, engine.vae.config.latent_channels, req.height // engine.vae_factor,
+                 req.width // engine.vae_factor)
+        scales = [g if g > 1.0 or not lane.cfg else 1.0 for g in req.guidance]
+        inputs = latents.prepare(table, engine.vae, shape, [torch.Generator().manual_seed(s) for s in req.seeds],
+                                 dtype, device, text, torch.tensor(scales), None, added)
+        kinds = engine.schedule(req.steps, req.mode)
+        n = req.rows
+        picks = (lambda j: [j, n + j]) if lane.cfg else (lambda j: [j])
+        return [Row(job, j, (req.steps,), kinds, inputs.latents[j], inputs.text[picks(j)], scales[j],
+                    None if inputs.noise is None else inputs.noise[:, j],
+                    {k: v[picks(j)] for k, v in added.items()}) for j in range(n)]
+
+    def _tick(self, lane: Lane):
+        try:
+            with self.engine._lock, torch.no_grad():
+                n = len(lane.rows)
+                finished = lane.step()
+        except Exception as e:  # noqa: BLE001  (fail this lane's requests; the service goes on)
+            for job in {id(r.job): r.job for r in lane.rows}.values():
+                self._fail(job, e)
+            lane.clear()
+            return
+        for hook in self.tick_hooks:
+            hook(n)
+        self._finish(finished)
+
+    def _finish(self, finished: list[tuple[Row, torch.Tensor]]):
+        from ..engine import NonFiniteError
+
+        by_output: dict[str, list] = {}
+        for row, x in finished:
+            if row.job.future.done():
+                continue
+            if not torch.isfinite(x).all():
+                self._fail(row.job, NonFiniteError("the sampler produced NaN/Inf latents (check the model weights "
+                                                   "and guidance_scale)"))
+                continue
+            by_output.setdefault(row.job.request.output, []).append((row, x))
+        for output, items in by_output.items():
+            final = torch.stack([x for _, x in items])
+            try:
+                images = final if output == "latent" else self.engine.decode(final, output)
+            except Exception as e:  # noqa: BLE001
+                for row, _ in items:
+                    self._fail(row.job, e)
+                continue
+            for (row, _), image in zip(items, images):
+                job = row.job
+                job.images[row.index] = image
+                job.rows_left -= 1
+                if job.rows_left == 0 and not job.future.done():
+                    out = job.images if output == "pil" else torch.stack(job.images)
+                    job.future.set_result(job.request.result(out))
+                    self.counts["ok"] += 1
+
+    def _drop_gone(self, lane: Lane):
+        """Rows of requests that failed, were cancelled or ran past their deadline leave."""
+        now = time.monotonic()
+        gone = set()
+        for s, row in enumerate(lane.rows):
+            job = row.job
+            if not job.future.done() and job.request.expired(now):
+                self._fail(job, None)
+            if job.future.done():
+                gone.add(s)
+        if gone:
+            with self.engine._lock:
+                lane.drop(gone)
+
+    def _fail(self, job: Job, error: BaseException | None):
+        """error None: cancelled or past its deadline, whichever it is."""
+        if job.future.cancelled():
+            self.counts["cancelled"] += 1
+            return
+        if error is None:
+            error = DeadlineExceeded("the request ran past its time limit and was dropped")
+            self.counts["timeout"] += 1
+        else:
+            self.counts["error"] += 1
+        job.fail(error)
+
+    def _fail_all(self, error: BaseException):
+        for job in list(self._waiting):
+            job.fail(error)
+        self._waiting.clear()
+        for lane in self._lanes.values():
+            for row in lane.rows:
+                row.job.fail(error)
+            lane.clear()
