@@ -31,9 +31,14 @@ def _edit(args) -> int:
 def _run(args, edit) -> int:
     from tqdm import tqdm
 
-    from . import Engine, reuse_search
+    from . import Engine, clock_search, reuse_search
 
     config = Engine.default_config(args.model, args.preset)
+    if args.clock_schedule:  # clockwork on its clock, at its step count
+        config = clock_search.with_schedule(config, args.clock_schedule)
+        if args.steps is not None and args.steps != config.steps:
+            raise ValueError(f"--clock-schedule {args.clock_schedule} is a clock for {config.steps} steps, "
+                             f"not --steps {args.steps}")
     if args.mode:
         config = config.with_(mode=args.mode)
     if args.decoder:
@@ -45,6 +50,7 @@ def _run(args, edit) -> int:
     if args.eta is not None:
         config = config.with_(eta=args.eta)
     steps = config.steps if args.steps is None else args.steps
+    config = config.with_(steps=steps)  # the adaptor fitted for these steps, where the model has several
     engine = Engine.from_pretrained(args.model, config=config, preset=args.preset)
     evals = engine.schedule(steps, "full")  # one entry a model evaluation (Heun: about two a step)
     if args.reuse_schedule:
@@ -96,6 +102,8 @@ def _sampling_options(gen):
                      help="full (the unmodified model) or clockwork (default: clockwork when the model has an adaptor)")
     gen.add_argument("--reuse-schedule", default=None,
                      help="attention-map reuse: a schedule JSON (from search-reuse) or 'late:K' (the last K steps)")
+    gen.add_argument("--clock-schedule", default=None,
+                     help="clockwork: a clock schedule JSON (from search-clock): its adaptor steps, at its step count")
     gen.add_argument("--decoder", default=None, choices=("vae", "tiny"),
                      help="vae (the model's VAE decoder) or tiny (its distilled tiny decoder, "
                           "tiny_decoder/; cheaper, close to the VAE's image) (default: vae)")
@@ -182,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
                             description=reuse_search.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     reuse_search.build_parser(search)
     search.set_defaults(run=_exit_zero(reuse_search.run))
+
+    from . import clock_search
+
+    clock = sub.add_parser("search-clock", help="greedy search of a clockwork clock (which steps run the adaptor)",
+                           description=clock_search.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    clock_search.build_parser(clock)
+    clock.set_defaults(run=_exit_zero(clock_search.run))
+
+    from .serving import server
+
+    serve = sub.add_parser("serve", help="the HTTP API (OpenAI images API, /healthz, /metrics) with batching",
+                           description=server.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    server.build_parser(serve)
+    serve.set_defaults(run=server.run)
     return parser
 
 
