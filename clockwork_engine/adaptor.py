@@ -25,6 +25,9 @@ from . import checkpoint
 from .ops import group_norm_act
 
 FORMAT_VERSION = 1
+# Inside a model directory, beside its default clockwork_adaptor/: adaptors fitted for other
+# operating points (step counts), one folder each (for_steps picks one for a request).
+OPERATING_POINTS_FOLDER = "clockwork_adaptors"
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,31 @@ def load(folder: str) -> tuple[Adaptor, dict]:
     meta = read_meta(folder)
     adaptor = checkpoint.load_weights(Adaptor(AdaptorConfig(**meta["adaptor"])), folder, "adaptor", AdaptorLoadError)
     return adaptor, meta
+
+
+def for_steps(folder: str, steps: int) -> str:
+    """The adaptor folder a model directory runs at `steps` sampler steps. `folder` is its
+    default adaptor (clockwork_adaptor/); adaptors fitted for other operating points sit beside
+    it in clockwork_adaptors/<name>/, each with its step count in its metadata. The default
+    wins when it was fitted for `steps` or when no other was; else the first (by name) of
+    clockwork_adaptors/ that was. Reads metadata only; an unreadable folder there is skipped."""
+    import os
+
+    others = os.path.join(os.path.dirname(os.path.abspath(folder)), OPERATING_POINTS_FOLDER)
+    if not os.path.isdir(others) or _fitted_steps(folder) == steps:
+        return folder
+    for name in sorted(os.listdir(others)):
+        candidate = os.path.join(others, name)
+        if os.path.isdir(candidate) and _fitted_steps(candidate) == steps:
+            return candidate
+    return folder
+
+
+def _fitted_steps(folder: str) -> int | None:
+    try:
+        return read_meta(folder).get("steps")
+    except (AdaptorLoadError, OSError):
+        return None
 
 
 def check_compatible(meta: dict, folder: str, split, base_fingerprint: str):

@@ -1,0 +1,279 @@
+"""Clock search: which steps run the adaptor, found by a greedy, perturbation-guided search.
+
+    clockwork search-clock --model demo --steps 20 --budget 11,14,17 --out 'clock_20_{budget}.json'
+    clockwork generate "a red circle" --clock-schedule clock_20_14.json
+
+On calibration captions (the demo's training split; never the held-out captions the benches
+score) and one fixed noise draw, the distance of a clock's final latents from the full model's
+(mean squared error) is the score; a perturbation made late travels least (the ODE argument),
+one made where consecutive low-res features differ most travels furthest, and the score sees
+both. Greedy, one step a round:
+
+- forward: from no adaptor step, add the step whose adaptor keeps the latents closest;
+- backward: from the adaptor on every step > 0, give back to the full model the step whose
+  full run brings them closest (fewer rounds when most steps run the adaptor, as they must
+  to beat a cache that skips most of the UNet on most steps);
+- auto (default): the direction with fewer rounds for the budgets asked.
+
+Round 1 evaluates every step (the perturbation profile: each step alone moved); later
+rounds evaluate only the `candidates` steps that scored best when last measured
+(--candidates 0: every remaining step, the exact greedy, as search-reuse). Runs of
+consecutive adaptor steps are allowed wherever they pay. Several budgets (--budget 11,14,17)
+come from one search: each is the round that left that many adaptor steps.
+
+The budget counts adaptor steps (each saves about the same: the UNet's low-res middle L
+instead of the adaptor); the file records the UNet FLOP fraction the schedule runs too. The
+schedule file (JSON) holds the steps, the chosen adaptor_steps, the budget, the adaptor it
+was searched with, the search's wall-clock cost and number of sampler runs, the calibration
+captions and the command; EngineConfig takes it through `with_schedule(config, path)` and
+the CLI through `--clock-schedule FILE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import time
+import warnings
+
+import torch
+
+FORMAT = "clockwork-clock-schedule/1"
+
+
+def load(path: str) -> dict:
+    """A schedule file's contents, checked: {"steps", "adaptor_steps", "adaptor", ...}."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        steps = int(data["steps"])
+        adaptor_steps = [int(i) for i in data["adaptor_steps"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a clock schedule file: {type(e).__name__}: {e}") from e
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a clock schedule file (format {data.get('format')!r}, want {FORMAT!r})")
+    if steps < 1 or any(not 0 < i < steps for i in adaptor_steps):
+        raise ValueError(f"{path}: adaptor steps {adaptor_steps} must lie in [1, {steps - 1}]")
+    return {**data, "steps": steps, "adaptor_steps": sorted(adaptor_steps)}
+
+
+def with_schedule(config, path: str):
+    """config (an EngineConfig) running the schedule file's clock at its step count, clockwork on;
+    a schedule searched with the identity adaptor also sets adaptor="identity"."""
+    data = load(path)
+    changes = dict(mode="clockwork", steps=data["steps"], adaptor_steps=tuple(data["adaptor_steps"]))
+    if data.get("adaptor") == "identity":
+        changes["adaptor"] = "identity"
+    return config.with_(**changes)
+
+
+def flop_fraction(adaptor_step_cost: float, steps: int, adaptor_steps) -> float:
+    """UNet cost of the schedule over the full model's, an adaptor step costing adaptor_step_cost
+    of a full step."""
+    k = len(set(adaptor_steps))
+    return (steps - k + k * adaptor_step_cost) / steps
+
+
+def adaptor_step_cost(engine, steps: int, guidance: float) -> float:
+    """FLOPs of an adaptor step over a full step's, for this engine's adaptor (one image, CFG
+    batch as guidance asks), from torch.utils.flop_counter on one short request per mode."""
+    from .eval.compare import gflops_of
+
+    n = 2  # step 0 full, step 1 the adaptor: clockwork - full = adaptor step - full step
+    kw = dict(steps=n, guidance_scale=guidance, seed=0, output="latent")
+    clock = engine.with_config(mode="clockwork", adaptor_steps=(1,))
+    # a prompt of its own per count (a cached prompt would leave its text encoding out of one of them)
+    full_steps = gflops_of(lambda p: clock.generate(p, mode="full", **kw), "a red circle", "a blue square")
+    one_adaptor = gflops_of(lambda p: clock.generate(p, mode="clockwork", **kw), "a green circle", "a pink square")
+    one_full = full_steps / n  # per step (text encoding is a small share here and equal in both)
+    return max(0.0, (one_adaptor - (full_steps - one_full)) / one_full)
+
+
+def search(engine, captions: list[str], steps: int, budget: int, guidance: float, seed: int = 0,
+           candidates: int = 6, direction: str = "forward", progress=None) -> dict:
+    """The greedy clock for `budget` adaptor steps of `steps`; engine: a clockwork engine (its
+    adaptor is the one searched with). Returns {"adaptor_steps", "profile", "rounds",
+    "evaluations", "direction"}; rounds[k] holds the step the round moved ("step"), the adaptor
+    steps after it ("adaptor_steps") and their calibration MSE.
+
+    forward: from no adaptor step, add the step whose adaptor keeps the final latents closest
+    to the full model's; the profile is round 1 (each step alone). backward: from every step
+    > 0 on the adaptor, give back to the full model the step whose full run brings them closest;
+    the profile is round 1 (each step alone full). A round evaluates the `candidates` steps
+    that scored best when last measured (0: all). backward takes steps - 1 - budget rounds:
+    fewer than forward's `budget` when most steps run the adaptor."""
+    if not 0 < budget < steps:
+        raise ValueError(f"budget must be in [1, {steps - 1}], got {budget}")
+    if candidates < 0:
+        raise ValueError(f"candidates must be >= 0 (0: every remaining step), got {candidates}")
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    kw = dict(steps=steps, guidance_scale=guidance, seed=seed, output="latent")
+    reference = engine.generate(list(captions), mode="full", **kw)
+    evaluations = 1
+
+    def mse(adaptor_steps) -> float:
+        nonlocal evaluations
+        run = engine.with_config(mode="clockwork", adaptor_steps=tuple(sorted(adaptor_steps)))
+        with warnings.catch_warnings():  # the fitted-for-another-clock/steps warnings: known here
+            warnings.simplefilter("ignore")
+            out = run.generate(list(captions), mode="clockwork", **kw)
+        evaluations += 1
+        if progress:
+            progress()
+        return float(out.sub(reference).pow(2).mean())
+
+    every = set(range(1, steps))
+    forward = direction == "forward"
+    chosen: set[int] = set() if forward else set(every)
+    rounds = [] if forward else [{"step": None, "adaptor_steps": sorted(chosen), "mse": mse(chosen)}]
+    move = (lambda c: chosen | {c}) if forward else (lambda c: chosen - {c})
+    score: dict[int, float] = {}  # each step's MSE when last measured
+    profile = None
+    for _ in range(budget if forward else steps - 1 - budget):
+        pool = sorted((every - chosen) if forward else chosen, key=lambda i: (score.get(i, 0.0), i))
+        if candidates and profile is not None:
+            pool = pool[:candidates]
+        measured = {c: mse(move(c)) for c in pool}
+        score.update(measured)
+        profile = profile or [{"step": i, "mse": v} for i, v in sorted(measured.items())]
+        best = min(measured, key=lambda c: (measured[c], c))
+        chosen = move(best)
+        rounds.append({"step": best, "adaptor_steps": sorted(chosen), "mse": measured[best],
+                       "evaluated": sorted(measured)})
+    return {"adaptor_steps": sorted(chosen), "profile": profile or [], "rounds": rounds,
+            "evaluations": evaluations, "direction": direction}
+
+
+def schedule_for(found: dict, budget: int) -> tuple[list[int], float]:
+    """(adaptor steps, calibration MSE) of a search's round that left `budget` adaptor steps: a
+    forward search to budget B holds every smaller budget's, a backward one every larger."""
+    for r in found["rounds"]:
+        if len(r["adaptor_steps"]) == budget:
+            return r["adaptor_steps"], r["mse"]
+    raise ValueError(f"the {found['direction']} search passed no schedule of {budget} adaptor steps")
+
+
+def calibration_captions(n: int, seed: int = 0) -> list[str]:
+    """n captions of the demo's training split (never the held-out captions the benches score)."""
+    import numpy as np
+
+    from .demo import shapes
+
+    scenes = shapes.split_scenes("train")
+    rng = np.random.default_rng(seed)
+    return [scenes[i].caption for i in rng.integers(0, len(scenes), n)]
+
+
+_OPTIONS = ("model", "steps", "budget", "adaptor", "captions", "candidates", "direction", "guidance", "scheduler",
+            "seed", "out")
+
+
+def build_parser(ap):
+    ap.add_argument("--model", default="demo")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--budget", required=True,
+                    help="number of adaptor steps, or several (11,14,17): one search to the largest, one file each")
+    ap.add_argument("--adaptor", default="model",
+                    help="the adaptor searched with: 'model' (the model directory's, the one fitted for --steps "
+                         "where it has several), 'identity', or an adaptor folder")
+    ap.add_argument("--captions", type=int, default=16, help="calibration captions (demo training split)")
+    ap.add_argument("--candidates", type=int, default=6,
+                    help="steps evaluated per greedy round, the best-scoring ones (0: every remaining step)")
+    ap.add_argument("--direction", choices=("auto", "forward", "backward"), default="auto",
+                    help="forward: add adaptor steps from none; backward: give steps back to the full model "
+                         "from all; auto: whichever takes fewer rounds for the budgets")
+    ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's)")
+    ap.add_argument("--scheduler", default=None, help="sampler (default: the model's own)")
+    ap.add_argument("--seed", type=int, default=0, help="noise seed of the calibration batch")
+    ap.add_argument("--out", required=True, help="schedule JSON to write ({budget} in it: one file a budget)")
+    return ap
+
+
+def _budgets(spec) -> list[int]:
+    try:
+        budgets = sorted({int(b) for b in str(spec).split(",")})
+    except ValueError as e:
+        raise ValueError(f"--budget takes adaptor-step counts, e.g. 12 or 11,14,17; got {spec!r}") from e
+    return budgets
+
+
+def run(args) -> list[dict]:
+    from tqdm import tqdm
+
+    from . import Engine
+
+    budgets = _budgets(args.budget)
+    if len(budgets) > 1 and "{budget}" not in args.out:
+        raise ValueError("several budgets write one file each: put {budget} in --out, e.g. clock_{budget}.json")
+    start = time.perf_counter()
+    config = Engine.default_config(args.model).with_(mode="clockwork", steps=args.steps)
+    if args.adaptor != "model":
+        config = config.with_(adaptor=args.adaptor)
+    if args.scheduler:
+        config = config.with_(scheduler=args.scheduler)
+    engine = Engine.from_pretrained(args.model, config=config)
+    guidance = engine.config.guidance_scale if args.guidance is None else args.guidance
+    captions = calibration_captions(args.captions, args.seed)
+    direction = args.direction
+    if direction == "auto":  # the fewer rounds
+        direction = "forward" if budgets[-1] <= args.steps - 1 - budgets[0] else "backward"
+    target = budgets[-1] if direction == "forward" else budgets[0]
+    rounds = target if direction == "forward" else args.steps - 1 - target
+    pool = args.steps - 1 if args.candidates == 0 else args.candidates
+    total = (direction == "backward") + sum(args.steps - 1 - r if r == 0 else min(pool, args.steps - 1 - r)
+                                            for r in range(rounds))
+    with tqdm(total=total, desc=f"clock search ({direction})") as bar:
+        found = search(engine, captions, args.steps, target, guidance, args.seed, args.candidates, direction,
+                       progress=lambda: bar.update(1))
+    seconds = round(time.perf_counter() - start, 1)
+    cost = adaptor_step_cost(engine, args.steps, guidance)
+    folder = args.adaptor
+    if args.adaptor == "model":
+        from . import adaptor as adaptor_io
+        from . import loading
+        from .engine import ADAPTOR_FOLDER
+
+        model_dir = loading.resolve(args.model)
+        folder = os.path.relpath(adaptor_io.for_steps(os.path.join(model_dir, ADAPTOR_FOLDER), args.steps), model_dir)
+    command = "clockwork search-clock " + " ".join(  # every option spelled out, defaults too
+        f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(args).items()
+        if k in _OPTIONS and v is not None)
+    results = []
+    for budget in budgets:
+        chosen, calibration_mse = schedule_for(found, budget)
+        result = {
+            "format": FORMAT, "steps": args.steps, "adaptor_steps": chosen, "budget": budget,
+            "budget_unit": "adaptor steps", "adaptor": args.adaptor, "adaptor_folder": folder,
+            "scheduler": type(engine.scheduler).__name__, "guidance": guidance,
+            "adaptor_step_flops_over_full": cost, "unet_flop_fraction": flop_fraction(cost, args.steps, chosen),
+            "calibration_mse": calibration_mse,
+            "search": {"seconds": seconds, "sampler_runs": found["evaluations"], "budgets": budgets,
+                       "direction": direction,
+                       "note": "one greedy run over every budget listed; this file is its round that left `budget`",
+                       "candidates_per_round": args.candidates, "profile": found["profile"],
+                       "rounds": found["rounds"]},
+            "calibration": {"split": "demo train", "captions": captions, "seed": args.seed},
+            "command": command,
+        }
+        out = args.out.replace("{budget}", str(budget))
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
+        print(json.dumps({k: v for k, v in result.items() if k not in ("search", "calibration")}))
+        print(f"wrote {out}")
+        results.append(result)
+    print(f"search: {seconds} s, {found['evaluations']} sampler runs")
+    return results
+
+
+def main(argv=None):
+    ap = build_parser(argparse.ArgumentParser(prog="clockwork search-clock", description=__doc__,
+                                              formatter_class=argparse.RawDescriptionHelpFormatter))
+    return run(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()

@@ -1,0 +1,215 @@
+"""search-clock (clock_search.py), clock schedule files, and the adaptor a model directory runs
+at a request's step count (adaptor.for_steps, clockwork_adaptors/)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from clockwork_engine import Engine, EngineConfig
+from clockwork_engine import adaptor as A
+from clockwork_engine import clock_search
+from clockwork_engine.cli import main as cli
+from clockwork_engine.unet_split import UNetSplit
+
+CAPTIONS = ["a red circle", "a large blue square"]
+
+
+@pytest.fixture(scope="module")
+def identity_engine(tiny_pipe):
+    return Engine.from_pipeline(tiny_pipe, config=EngineConfig(mode="clockwork", adaptor="identity"))
+
+
+def _mse(engine, adaptor_steps, steps=5):
+    kw = dict(steps=steps, guidance_scale=3.0, seed=0, output="latent")
+    ref = engine.generate(CAPTIONS, mode="full", **kw)
+    out = engine.with_config(adaptor_steps=tuple(adaptor_steps)).generate(CAPTIONS, mode="clockwork", **kw)
+    return float((out - ref).pow(2).mean())
+
+
+def test_exact_greedy_picks_the_least_perturbing_step_each_round(identity_engine):
+    found = clock_search.search(identity_engine, CAPTIONS, steps=5, budget=2, guidance=3.0, candidates=0)
+    profile = {p["step"]: p["mse"] for p in found["profile"]}
+    assert sorted(profile) == [1, 2, 3, 4]
+    first, second = found["rounds"]
+    # round 1 with nothing chosen is the profile: its minimum, and the MSE is what a run gives
+    assert first["step"] == min(profile, key=profile.get) and first["adaptor_steps"] == [first["step"]]
+    assert first["mse"] == pytest.approx(_mse(identity_engine, [first["step"]]), rel=1e-5)
+    assert first["evaluated"] == [1, 2, 3, 4] and len(second["evaluated"]) == 3
+    assert found["adaptor_steps"] == second["adaptor_steps"] == sorted([first["step"], second["step"]])
+    # the chosen pair is the best pair containing the first choice
+    pairs = {c: _mse(identity_engine, sorted({first["step"], c})) for c in range(1, 5) if c != first["step"]}
+    assert second["step"] == min(pairs, key=pairs.get)
+    assert second["mse"] == pytest.approx(pairs[second["step"]], rel=1e-5)
+    # 1 reference + 4 + 3 greedy runs (round 1 is the profile)
+    assert found["evaluations"] == 1 + 4 + 3
+
+
+def test_candidates_limit_the_runs_per_round(identity_engine):
+    found = clock_search.search(identity_engine, CAPTIONS, steps=5, budget=2, guidance=3.0, candidates=1)
+    profile = {p["step"]: p["mse"] for p in found["profile"]}
+    assert found["evaluations"] == 1 + 4 + 1
+    first, second = found["rounds"]
+    assert len(first["evaluated"]) == 4  # round 1: the profile
+    # round 2: only the best-scoring remaining step of the profile
+    assert second["evaluated"] == [min(set(profile) - {first["step"]}, key=profile.get)]
+    assert found["rounds"][0]["step"] == min(profile, key=profile.get)
+    assert len(found["adaptor_steps"]) == 2 and 0 not in found["adaptor_steps"]
+
+
+def test_backward_gives_back_the_step_that_helps_most(identity_engine):
+    found = clock_search.search(identity_engine, CAPTIONS, steps=5, budget=2, guidance=3.0, candidates=0,
+                                direction="backward")
+    start, first, second = found["rounds"]
+    assert start["adaptor_steps"] == [1, 2, 3, 4] and start["mse"] == pytest.approx(
+        _mse(identity_engine, [1, 2, 3, 4]), rel=1e-5)
+    singles = {c: _mse(identity_engine, sorted({1, 2, 3, 4} - {c})) for c in range(1, 5)}
+    assert first["step"] == min(singles, key=singles.get)
+    assert found["adaptor_steps"] == second["adaptor_steps"] and len(found["adaptor_steps"]) == 2
+    assert first["step"] not in found["adaptor_steps"] and second["step"] not in found["adaptor_steps"]
+    assert found["evaluations"] == 1 + 1 + 4 + 3  # reference, every step on the adaptor, rounds
+    assert clock_search.schedule_for(found, 3) == (first["adaptor_steps"], first["mse"])
+    with pytest.raises(ValueError, match="no schedule of 1"):
+        clock_search.schedule_for(found, 1)
+
+
+@pytest.mark.parametrize("budget", [0, 5])
+def test_budget_out_of_range(identity_engine, budget):
+    with pytest.raises(ValueError, match="budget"):
+        clock_search.search(identity_engine, CAPTIONS, steps=5, budget=budget, guidance=3.0)
+
+
+def test_flop_fraction():
+    assert clock_search.flop_fraction(0.25, 8, [1, 3, 5, 7]) == pytest.approx((4 + 4 * 0.25) / 8)
+    assert clock_search.flop_fraction(0.25, 8, []) == 1.0
+
+
+def _write_schedule(path, steps, adaptor_steps, **extra):
+    path.write_text(json.dumps({"format": clock_search.FORMAT, "steps": steps, "adaptor_steps": adaptor_steps,
+                                **extra}))
+    return str(path)
+
+
+def test_schedule_file_sets_the_config(tmp_path):
+    path = _write_schedule(tmp_path / "s.json", 20, [5, 3, 19], adaptor="identity")
+    config = clock_search.with_schedule(EngineConfig(), path)
+    assert (config.mode, config.steps, config.adaptor_steps, config.adaptor) == ("clockwork", 20, (3, 5, 19),
+                                                                                 "identity")
+    assert config.clock().schedule(20).count(True) == 3
+    learned = clock_search.with_schedule(EngineConfig(), _write_schedule(tmp_path / "l.json", 8, [1, 2]))
+    assert learned.adaptor is None and learned.adaptor_steps == (1, 2)
+
+
+@pytest.mark.parametrize("content, match", [
+    ("not json", "not a clock schedule"),
+    (json.dumps({"steps": 8, "adaptor_steps": [1]}), "format"),
+    (json.dumps({"format": clock_search.FORMAT, "steps": 8, "adaptor_steps": [0, 1]}), r"\[1, 7\]"),
+    (json.dumps({"format": clock_search.FORMAT, "steps": 8, "adaptor_steps": [8]}), r"\[1, 7\]"),
+    (json.dumps({"format": clock_search.FORMAT, "steps": 8}), "KeyError"),
+])
+def test_bad_schedule_files(tmp_path, content, match):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        clock_search.load(str(path))
+
+
+def test_search_clock_cli_writes_one_file_a_budget(tiny_dir, tmp_path):
+    out = tmp_path / "clock_{budget}.json"
+    assert cli(["search-clock", "--model", str(tiny_dir), "--steps", "4", "--budget", "1,2", "--captions", "2",
+                "--candidates", "0", "--adaptor", "identity", "--guidance", "3", "--direction", "forward",
+                "--out", str(out)]) == 0
+    one, two = (json.loads((tmp_path / f"clock_{b}.json").read_text()) for b in (1, 2))
+    assert one["budget"] == 1 and two["budget"] == 2
+    assert set(one["adaptor_steps"]) < set(two["adaptor_steps"])  # the larger search's first addition
+    assert one["adaptor_steps"] == [two["search"]["rounds"][0]["step"]]
+    assert one["search"]["direction"] == "forward"
+    for d in (one, two):
+        assert d["steps"] == 4 and d["adaptor"] == "identity" and len(d["calibration"]["captions"]) == 2
+        assert d["search"]["sampler_runs"] == 1 + 3 + 2 and d["search"]["seconds"] > 0
+        assert d["command"].startswith("clockwork search-clock --model")
+        assert 0 < d["unet_flop_fraction"] < 1
+    # the file runs: generate takes it (its step count, identity adaptor)
+    image = tmp_path / "out.png"
+    assert cli(["generate", "a red circle", "--model", str(tiny_dir), "--clock-schedule",
+                str(tmp_path / "clock_2.json"), "-o", str(image), "-q"]) == 0
+    assert image.exists()
+    # a schedule is for its own step count
+    assert cli(["generate", "a red circle", "--model", str(tiny_dir), "--clock-schedule",
+                str(tmp_path / "clock_2.json"), "--steps", "8", "-o", str(image), "-q"]) == 2
+
+
+def test_several_budgets_need_a_placeholder(tiny_dir, tmp_path):
+    assert cli(["search-clock", "--model", str(tiny_dir), "--steps", "4", "--budget", "1,2",
+                "--out", str(tmp_path / "c.json")]) == 2
+
+
+# ------------------------------------------------------------------ adaptors per operating point
+def _save_adaptor(folder, unet, steps, seed):
+    torch.manual_seed(seed)
+    split = UNetSplit(unet, 1)
+    adaptor = A.Adaptor(A.AdaptorConfig.for_split(split))
+    torch.nn.init.normal_(adaptor.up.weight, std=0.01)  # not the identity: the choice shows in the output
+    A.save(str(folder), adaptor, cut=1, base_fingerprint=A.model_fingerprint(unet),
+           scheduler="DPMSolverMultistepScheduler", steps=steps, clock={"every": 2, "adaptor_steps": None})
+
+
+@pytest.fixture
+def model_with_operating_points(tiny_pipe, tiny_dir, tmp_path):
+    """The tiny model with a default adaptor fitted for 8 steps and others for 20 and 50 steps."""
+    path = tmp_path / "model"
+    shutil.copytree(tiny_dir, path)
+    _save_adaptor(path / "clockwork_adaptor", tiny_pipe.unet, 8, 0)
+    _save_adaptor(path / A.OPERATING_POINTS_FOLDER / "20-steps", tiny_pipe.unet, 20, 1)
+    _save_adaptor(path / A.OPERATING_POINTS_FOLDER / "50-steps", tiny_pipe.unet, 50, 2)
+    (path / A.OPERATING_POINTS_FOLDER / "broken").mkdir()  # unreadable: skipped
+    return path
+
+
+def test_for_steps_picks_by_fitted_steps(model_with_operating_points):
+    path = model_with_operating_points
+    default = str(path / "clockwork_adaptor")
+    assert A.for_steps(default, 8) == default
+    assert A.for_steps(default, 20) == str(path / A.OPERATING_POINTS_FOLDER / "20-steps")
+    assert A.for_steps(default, 50) == str(path / A.OPERATING_POINTS_FOLDER / "50-steps")
+    assert A.for_steps(default, 30) == default  # none fitted for 30: the default (the engine warns)
+
+
+def test_for_steps_without_operating_points_is_the_default(tmp_path, tiny_pipe):
+    _save_adaptor(tmp_path / "clockwork_adaptor", tiny_pipe.unet, 8, 0)
+    assert A.for_steps(str(tmp_path / "clockwork_adaptor"), 20) == str(tmp_path / "clockwork_adaptor")
+
+
+def test_engine_runs_the_adaptor_fitted_for_its_steps(model_with_operating_points):
+    path = str(model_with_operating_points)
+    kw = dict(guidance_scale=3.0, seed=0, output="latent", mode="clockwork")
+    for steps in (8, 20, 50):
+        engine = Engine.from_pretrained(path, config=EngineConfig(mode="clockwork", steps=steps))
+        assert engine.adaptor_meta["steps"] == steps
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # fitted for these steps: no warning
+            engine.generate("a red circle", steps=steps, **kw)
+    twenty = Engine.from_pretrained(path, config=EngineConfig(mode="clockwork", steps=20))
+    assert twenty.with_config(steps=8).adaptor_meta["steps"] == 8  # with_config picks again
+    # the same request with the 50-step adaptor forced gives another image: the choice matters
+    forced = twenty.with_config(adaptor=str(model_with_operating_points / A.OPERATING_POINTS_FOLDER / "50-steps"))
+    assert not torch.equal(twenty.generate("a red circle", steps=20, **kw),
+                           forced.generate("a red circle", steps=20, **kw))
+    # none fitted for 12 steps: the default, and the warning as before
+    engine = Engine.from_pretrained(path, config=EngineConfig(mode="clockwork", steps=12))
+    assert engine.adaptor_meta["steps"] == 8
+    with pytest.warns(UserWarning, match="trained for 8 steps, running 12"):
+        engine.generate("a red circle", steps=12, **kw)
+
+
+def test_cli_generate_takes_the_adaptor_for_its_steps(model_with_operating_points, tmp_path, monkeypatch):
+    chosen = []
+    real = A.load
+    monkeypatch.setattr(A, "load", lambda folder: chosen.append(folder) or real(folder))
+    assert cli(["generate", "a red circle", "--model", str(model_with_operating_points), "--steps", "20",
+                "--mode", "clockwork", "-o", str(tmp_path / "x.png"), "-q"]) == 0
+    assert chosen and chosen[-1].endswith("20-steps")
