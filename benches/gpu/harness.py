@@ -63,7 +63,7 @@ GPU = Settings("cuda", "float16", False, 512, 1024, warmup=2, min_repeats=3, rep
                sd15_timing_s=40, overhead_timing_s=10, sdxl_timing_s=30, compile_timing_s=20, compile_warmup=3,
                compile_options=({"mode": "reduce-overhead", "fullgraph": True}, {"fullgraph": True}))
 # The same phases on a CPU at test sizes; torch.compile only traces (backend "eager": no codegen).
-DRY = Settings("cpu", "float32", True, 64, 64, warmup=1, min_repeats=2, repeats=2, sdxl_repeats=2,
+DRY = Settings("cpu", "float32", True, 64, 64, warmup=1, min_repeats=1, repeats=1, sdxl_repeats=1,
                sd15_timing_s=1, overhead_timing_s=1, sdxl_timing_s=1, compile_timing_s=1, compile_warmup=1,
                compile_options=({"backend": "eager", "fullgraph": True},))
 

@@ -81,9 +81,9 @@ def _scheduler():
 
 def _on(device, dtype, build):
     """Build modules directly on the device (random init of 2.6B parameters on a CPU takes
-    minutes, on a GPU a second), then cast."""
+    minutes, on a GPU a second), then cast (and move whatever a constructor put elsewhere)."""
     with torch.device(device):
-        return build().to(dtype).eval()
+        return build().to(device=device, dtype=dtype).eval()
 
 
 def sd15_pipeline(folder, device="cuda", dtype=torch.float16, tiny=False, seed=0):

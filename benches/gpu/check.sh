@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The GPU check: one command that proves the CUDA path and measures it (benches/gpu/README.md).
+#
+#   bash benches/gpu/check.sh              on the CUDA machine: carried wheels, the CUDA build,
+#                                          pytest -m gpu, then the harness's measured phases
+#   bash benches/gpu/check.sh --dry-run    on a CPU: the same harness at tiny sizes (CI runs it)
+#   options: --budget SECONDS (default 450, from the start), --skip-tests, --phases a,b
+#
+# Writes into $OUT (default /tmp/gpu_check_out): gpu_check.json, steps.txt, pytest_gpu.xml,
+# trace_clockwork_sd15.json.gz. A failed step is recorded in steps.txt and the next runs.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+DRY=0 BUDGET=450 TESTS=1 PHASES=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY=1 ;;
+    --budget) BUDGET=$2; shift ;;
+    --skip-tests) TESTS=0 ;;
+    --phases) PHASES=(--phases "$2"); shift ;;
+    *) echo "check.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+OUT=${OUT:-/tmp/gpu_check_out}
+mkdir -p "$OUT"
+: > "$OUT/steps.txt"
+START=$(date +%s)
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+
+step() {  # step NAME CMD...: run it, append "NAME rc seconds" to steps.txt
+  local name=$1 t0 rc
+  shift
+  t0=$(date +%s)
+  echo "== $name: $*"
+  "$@"
+  rc=$?
+  echo "$name $rc $(( $(date +%s) - t0 ))" >> "$OUT/steps.txt"
+  echo "== $name: rc $rc after $(( $(date +%s) - t0 )) s"
+  return $rc
+}
+
+if [ "$DRY" = 0 ]; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
+  # diffusers is not on that machine: its wheel travels in .whl/ (fetch_wheels.sh).
+  step wheels python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  # The engine with its extension built for this GPU (sm_90) with the CUDA kernels in it.
+  step build env CLOCKWORK_CUDA=1 CLOCKWORK_CUDA_ARCHS=9.0 MAX_JOBS=16 python3 -m pip install -q --no-index \
+    --no-deps --no-build-isolation -e . || exit 1
+  if [ "$TESTS" = 1 ]; then
+    # TRITON_INTERPRET=0: conftest.py turns the interpreter on for the CPU tests, and only
+    # this file runs, so no CPU kernel test imports triton first.
+    step gpu_tests env TRITON_INTERPRET=0 timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider \
+      --junitxml="$OUT/pytest_gpu.xml" tests/test_gpu_cuda.py
+  fi
+  DRYFLAG=()
+else
+  DRYFLAG=(--dry-run)
+fi
+LEFT=$(( BUDGET - ($(date +%s) - START) ))
+step harness python3 benches/gpu/harness.py --out "$OUT" --budget "$LEFT" "${DRYFLAG[@]}" "${PHASES[@]}"
+rc=$?
+echo "== done in $(( $(date +%s) - START )) s; results in $OUT"
+exit $rc
