@@ -465,6 +465,101 @@ EARLIER_UNET = ("An earlier demo UNet had transformer blocks at 16x16 as well; t
                 "heading (each result records the demo UNet it ran on).")
 
 
+GPU_VARIANTS = {  # gpu_check.json's variant names -> what they are
+    "diffusers": "stock diffusers (SDPA)", "diffusers_compiled": "diffusers, torch.compile on its UNet",
+    "engine_full_eager": "engine, full, eager step programs", "engine_full": "engine, full, CUDA graphs",
+    "clockwork_identity": "clockwork, identity adaptor", "clockwork_adaptor": "clockwork, untrained 13.8M adaptor",
+    "clockwork_reuse": "clockwork (identity) + attention reuse",
+}
+
+
+def section_gpu():
+    title = "## GPU check (the CUDA path on a GPU)\n\n"
+    d = load("gpu_check.json")
+    if d is None or d.get("dry_run"):
+        why = "benches/results/gpu_check.json is missing" if d is None else \
+            "benches/results/gpu_check.json is a dry run's (CPU, tiny models)"
+        return title + (f"_Not run on a GPU: {why}._ The prepared check is `bash benches/gpu/check.sh` "
+                        "(benches/gpu/README.md: the device call, what it carries, its time limit); CI runs its "
+                        "dry run (tests/test_gpu_check.py). Until it runs on a GPU, the Triton kernels have run "
+                        "only under Triton's interpreter, the CUDA kernels have only been compiled, and the "
+                        "CUDA-graph backend has not executed.\n")
+    return title + _gpu(d)
+
+
+def _gpu_timings(p, baseline="diffusers"):
+    rows = []
+    for name, t in p["timings"].items():
+        speed = "1.00x" if name == baseline else f"{p['speedup_vs_diffusers'][name]['paired']:.2f}x"
+        rows.append([GPU_VARIANTS.get(name, name), f"{t['median_s'] * 1e3:.1f}",
+                     f"{t['p25_s'] * 1e3:.1f}-{t['p75_s'] * 1e3:.1f}", speed, f"{t['warmup_s'][0]:.2f}",
+                     t["repeats"]])
+    return table(["variant", "median ms", "p25-p75 ms", "vs stock (paired)", "first call s", "repeats"], rows)
+
+
+def _gpu(d):
+    dev = d["device"]
+    out = [f"Command: `bash benches/gpu/check.sh` ({d['started_utc']}, {d['elapsed_s']:.0f} s of its "
+           f"{d['budget_s']:.0f} s budget after set-up) on {dev.get('gpu')} (compute capability "
+           f"{dev.get('capability')}), torch {dev['torch']} (CUDA {dev['cuda']}), triton {dev['triton']}, "
+           f"diffusers {dev['diffusers']}. Random weights: honest for latency and parity, not for images.\n"]
+    setup = ", ".join(f"{s['step']} rc {s['rc']} ({s['seconds']} s)" for s in d.get("setup", []))
+    if setup:
+        out.append(f"Set-up steps: {setup}.\n")
+    tests = d.get("gpu_tests")
+    if tests:
+        out.append(f"GPU tests (`pytest -m gpu tests/test_gpu_cuda.py`): {tests['passed']} passed, "
+                   f"{tests['failures'] + tests['errors']} failed, {tests['skipped']} skipped "
+                   f"({tests['seconds']:.0f} s).\n")
+        out += [f"- failed: `{f['test']}`: {f['message'][:200]}" for f in tests["failed"]]
+    else:
+        out.append("GPU tests: not run in this check.\n")
+    phases = d["phases"]
+    for name, p in phases.items():
+        if p["status"] != "ok":
+            out.append(f"Phase {name}: {p['status']} ({p.get('reason') or p.get('error', '')[:300]}).\n")
+    sd15 = phases.get("sd15", {})
+    if "timings" in sd15:
+        out.append(f"\n### {sd15['what']}\n")
+        out.append(_gpu_timings(sd15))
+        r = sd15.get("reuse")
+        if r:
+            out.append(f"\nAttention reuse at steps {r['steps']}: {r['layers_cached']} layers' maps cached "
+                       f"({r['cached_bytes'] / 2**20:.0f} MiB), {r['layers_over_cap']} over the cap.")
+        par = sd15.get("parity")
+        if par:
+            out.append(f"Final latents (max |x| {par['latents_max_abs']:.2f}): CUDA graphs vs eager programs "
+                       f"{par['graphs_vs_eager_max_abs']:.2e}, engine vs stock diffusers "
+                       f"{par['engine_vs_diffusers_max_abs']:.2e} (fp16).")
+        o = sd15.get("overhead")
+        if o:
+            t = o["timings"]
+            out.append(f"Sampling alone (cached prompt, latents out): engine {t['engine_full']['median_s'] * 1e3:.1f} "
+                       f"ms, diffusers {t['diffusers']['median_s'] * 1e3:.1f} ms; one full step's graph replay "
+                       f"{o['full_step_replay_ms']:.2f} ms, diffusers' eager UNet forward "
+                       f"{o['unet_forward_eager_ms']:.2f} ms; beyond those, the engine costs "
+                       f"{o['engine_ms_per_step_beyond_replays']:.2f} ms per step, diffusers "
+                       f"{o['diffusers_ms_per_step_beyond_unet']:.2f} ms.\n")
+    comp = phases.get("sd15_compile", {})
+    if "timings" in comp:
+        out.append(f"\n### torch.compile on diffusers' UNet ({comp['compile_options']}; first call "
+                   f"{comp['compile_first_call_s']:.0f} s)\n")
+        out.append(_gpu_timings(comp))
+    sdxl = phases.get("sdxl", {})
+    if "timings" in sdxl:
+        out.append(f"\n### {sdxl['what']}\n")
+        out.append(_gpu_timings(sdxl))
+        if sdxl.get("parity"):
+            out.append(f"\nEngine vs stock diffusers, final latents: "
+                       f"{sdxl['parity']['engine_vs_diffusers_max_abs']:.2e}.")
+    prof = phases.get("profile", {})
+    if prof.get("steps"):
+        steps = ", ".join(f"{s['step']} {s['kind']} {s['ms']:.2f}" for s in prof["steps"])
+        out.append(f"\n### Profile of one clockwork request\n\n{prof['what']}. Trace: {prof['trace']} (in the "
+                   f"check's output). Sampling {prof['sample_ms']:.1f} ms; per step (ms): {steps}.\n")
+    return "\n".join(out) + "\n"
+
+
 def sections():
     """(the JSON that decides which UNet a section was measured on, its text); None: no demo UNet involved."""
     return [
@@ -541,6 +636,7 @@ def sections():
         ("overhead_demo.json", section_overhead),
         ("soak_demo.json", section_soak),
         (None, section_kernels),
+        (None, section_gpu),
     ]
 
 
