@@ -7,19 +7,23 @@ On calibration captions (the demo's training split; never the held-out captions 
 score) and one fixed noise draw, the distance of a clock's final latents from the full model's
 (mean squared error) is the score; a perturbation made late travels least (the ODE argument),
 one made where consecutive low-res features differ most travels furthest, and the score sees
-both. Greedy, one step a round:
+both. Two searches:
 
-- forward: from no adaptor step, add the step whose adaptor keeps the latents closest;
-- backward: from the adaptor on every step > 0, give back to the full model the step whose
-  full run brings them closest (fewer rounds when most steps run the adaptor, as they must
-  to beat a cache that skips most of the UNet on most steps);
-- auto (default): the direction with fewer rounds for the budgets asked.
+- local (default): start from the clock with the full steps spread evenly (the alternating
+  clock 2 at half the steps adaptor, DeepCache's interval pattern where it divides the
+  steps) and move one full step to a neighbouring adaptor step while the best such move
+  lowers the score (at most --rounds moves; every move evaluated each round);
+- forward: from no adaptor step, add one a round, the step whose adaptor keeps the latents
+  closest. Round 1 evaluates every step (the perturbation profile: each step alone on the
+  adaptor); later rounds only the `candidates` steps that scored best when last measured
+  (--candidates 0: every remaining step, the exact greedy, as search-reuse). One search
+  serves several budgets (--budget 11,14,17: each is the round that left that many).
 
-Round 1 evaluates every step (the perturbation profile: each step alone moved); later
-rounds evaluate only the `candidates` steps that scored best when last measured
-(--candidates 0: every remaining step, the exact greedy, as search-reuse). Runs of
-consecutive adaptor steps are allowed wherever they pay. Several budgets (--budget 11,14,17)
-come from one search: each is the round that left that many adaptor steps.
+Greedy growth is myopic here: adaptor steps in a row compound (each reuses the last one's
+estimate), and a clock grown one step at a time fills runs the evenly spread clock avoids. At
+20 steps with the identity adaptor, greedy removal from an all-adaptor clock gave 11 adaptor
+steps 16x the calibration error of the alternating clock's 10 (0.138 vs 0.0088), which is why
+local search starts from the spread clock.
 
 The budget counts adaptor steps (each saves about the same: the UNet's low-res middle L
 instead of the adaptor); the file records the UNet FLOP fraction the schedule runs too. The
@@ -78,38 +82,52 @@ def flop_fraction(adaptor_step_cost: float, steps: int, adaptor_steps) -> float:
 
 def adaptor_step_cost(engine, steps: int, guidance: float) -> float:
     """FLOPs of an adaptor step over a full step's, for this engine's adaptor (one image, CFG
-    batch as guidance asks), from torch.utils.flop_counter on one short request per mode."""
-    from .eval.compare import gflops_of
+    batch as guidance asks), from torch.utils.flop_counter on two 2-step requests (step 0 full,
+    step 1 full or the adaptor) for a prompt already encoded (text encoding counted in neither)."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-    n = 2  # step 0 full, step 1 the adaptor: clockwork - full = adaptor step - full step
-    kw = dict(steps=n, guidance_scale=guidance, seed=0, output="latent")
+    kw = dict(steps=2, guidance_scale=guidance, seed=0, output="latent")
     clock = engine.with_config(mode="clockwork", adaptor_steps=(1,))
-    # a prompt of its own per count (a cached prompt would leave its text encoding out of one of them)
-    full_steps = gflops_of(lambda p: clock.generate(p, mode="full", **kw), "a red circle", "a blue square")
-    one_adaptor = gflops_of(lambda p: clock.generate(p, mode="clockwork", **kw), "a green circle", "a pink square")
-    one_full = full_steps / n  # per step (text encoding is a small share here and equal in both)
-    return max(0.0, (one_adaptor - (full_steps - one_full)) / one_full)
+
+    def flops(mode):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clock.generate("a red circle", mode=mode, **kw)  # encodes the prompt, builds the programs
+            with FlopCounterMode(display=False) as counter:
+                clock.generate("a red circle", mode=mode, **kw)
+        return counter.get_total_flops()
+
+    full_step = flops("full") / 2
+    return max(0.0, (flops("clockwork") - full_step) / full_step)
+
+
+def spread(steps: int, budget: int) -> list[int]:
+    """`budget` adaptor steps of `steps` with the full steps spread evenly (step 0 among them): the
+    alternating clock 2 for budget steps // 2, DeepCache's interval pattern where the interval
+    divides the steps."""
+    full = steps - budget
+    keep = {round(k * steps / full) for k in range(full)}
+    return sorted(set(range(1, steps)) - keep)
 
 
 def search(engine, captions: list[str], steps: int, budget: int, guidance: float, seed: int = 0,
-           candidates: int = 6, direction: str = "forward", progress=None) -> dict:
+           candidates: int = 6, direction: str = "local", progress=None, max_rounds: int = 8) -> dict:
     """The greedy clock for `budget` adaptor steps of `steps`; engine: a clockwork engine (its
     adaptor is the one searched with). Returns {"adaptor_steps", "profile", "rounds",
     "evaluations", "direction"}; rounds[k] holds the step the round moved ("step"), the adaptor
     steps after it ("adaptor_steps") and their calibration MSE.
 
     forward: from no adaptor step, add the step whose adaptor keeps the final latents closest
-    to the full model's; the profile is round 1 (each step alone). backward: from every step
-    > 0 on the adaptor, give back to the full model the step whose full run brings them closest;
-    the profile is round 1 (each step alone full). A round evaluates the `candidates` steps
-    that scored best when last measured (0: all). backward takes steps - 1 - budget rounds:
-    fewer than forward's `budget` when most steps run the adaptor."""
+    to the full model's; the profile is round 1 (each step alone); a round evaluates the
+    `candidates` steps that scored best when last measured (0: all). local: from the evenly
+    spread clock (spread()), move one full step to a neighbouring adaptor step (a swap) while
+    the best such move lowers the MSE, at most max_rounds moves; every move is evaluated."""
     if not 0 < budget < steps:
         raise ValueError(f"budget must be in [1, {steps - 1}], got {budget}")
     if candidates < 0:
         raise ValueError(f"candidates must be >= 0 (0: every remaining step), got {candidates}")
-    if direction not in ("forward", "backward"):
-        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    if direction not in ("forward", "local"):
+        raise ValueError(f"direction must be 'forward' or 'local', got {direction!r}")
     kw = dict(steps=steps, guidance_scale=guidance, seed=seed, output="latent")
     reference = engine.generate(list(captions), mode="full", **kw)
     evaluations = 1
@@ -126,30 +144,48 @@ def search(engine, captions: list[str], steps: int, budget: int, guidance: float
         return float(out.sub(reference).pow(2).mean())
 
     every = set(range(1, steps))
-    forward = direction == "forward"
-    chosen: set[int] = set() if forward else set(every)
-    rounds = [] if forward else [{"step": None, "adaptor_steps": sorted(chosen), "mse": mse(chosen)}]
-    move = (lambda c: chosen | {c}) if forward else (lambda c: chosen - {c})
+    rounds, profile = [], []
+    if direction == "local":
+        chosen = set(spread(steps, budget))
+        current = mse(chosen)
+        rounds.append({"step": None, "adaptor_steps": sorted(chosen), "mse": current, "start": "spread"})
+        for _ in range(max_rounds):
+            moves = {}  # (full step made adaptor, adaptor step made full) -> the set
+            for f in sorted(every - chosen):
+                for a in (f - 1, f + 1):
+                    if a in chosen:
+                        moves[(f, a)] = (chosen - {a}) | {f}
+            measured = {m: mse(v) for m, v in moves.items()}
+            if not measured:
+                break
+            best = min(measured, key=lambda m: (measured[m], m))
+            if measured[best] >= current:
+                break
+            chosen, current = moves[best], measured[best]
+            rounds.append({"step": list(best), "adaptor_steps": sorted(chosen), "mse": current,
+                           "evaluated": len(measured)})
+        return {"adaptor_steps": sorted(chosen), "profile": profile, "rounds": rounds,
+                "evaluations": evaluations, "direction": direction}
+    chosen = set()
     score: dict[int, float] = {}  # each step's MSE when last measured
-    profile = None
-    for _ in range(budget if forward else steps - 1 - budget):
-        pool = sorted((every - chosen) if forward else chosen, key=lambda i: (score.get(i, 0.0), i))
-        if candidates and profile is not None:
+    for _ in range(budget):
+        pool = sorted(every - chosen, key=lambda i: (score.get(i, 0.0), i))
+        if candidates and profile:
             pool = pool[:candidates]
-        measured = {c: mse(move(c)) for c in pool}
+        measured = {c: mse(chosen | {c}) for c in pool}
         score.update(measured)
         profile = profile or [{"step": i, "mse": v} for i, v in sorted(measured.items())]
         best = min(measured, key=lambda c: (measured[c], c))
-        chosen = move(best)
+        chosen = chosen | {best}
         rounds.append({"step": best, "adaptor_steps": sorted(chosen), "mse": measured[best],
                        "evaluated": sorted(measured)})
-    return {"adaptor_steps": sorted(chosen), "profile": profile or [], "rounds": rounds,
+    return {"adaptor_steps": sorted(chosen), "profile": profile, "rounds": rounds,
             "evaluations": evaluations, "direction": direction}
 
 
 def schedule_for(found: dict, budget: int) -> tuple[list[int], float]:
-    """(adaptor steps, calibration MSE) of a search's round that left `budget` adaptor steps: a
-    forward search to budget B holds every smaller budget's, a backward one every larger."""
+    """(adaptor steps, calibration MSE) of a forward search's round that left `budget` adaptor
+    steps: a forward search to budget B holds every smaller budget's."""
     for r in found["rounds"]:
         if len(r["adaptor_steps"]) == budget:
             return r["adaptor_steps"], r["mse"]
@@ -167,8 +203,8 @@ def calibration_captions(n: int, seed: int = 0) -> list[str]:
     return [scenes[i].caption for i in rng.integers(0, len(scenes), n)]
 
 
-_OPTIONS = ("model", "steps", "budget", "adaptor", "captions", "candidates", "direction", "guidance", "scheduler",
-            "seed", "out")
+_OPTIONS = ("model", "steps", "budget", "adaptor", "captions", "candidates", "direction", "rounds", "guidance",
+            "scheduler", "seed", "out")
 
 
 def build_parser(ap):
@@ -182,9 +218,10 @@ def build_parser(ap):
     ap.add_argument("--captions", type=int, default=16, help="calibration captions (demo training split)")
     ap.add_argument("--candidates", type=int, default=6,
                     help="steps evaluated per greedy round, the best-scoring ones (0: every remaining step)")
-    ap.add_argument("--direction", choices=("auto", "forward", "backward"), default="auto",
-                    help="forward: add adaptor steps from none; backward: give steps back to the full model "
-                         "from all; auto: whichever takes fewer rounds for the budgets")
+    ap.add_argument("--direction", choices=("local", "forward"), default="local",
+                    help="local: from the evenly spread clock, move full steps while it pays (default); "
+                         "forward: add adaptor steps greedily from none")
+    ap.add_argument("--rounds", type=int, default=8, help="local: at most this many moves")
     ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's)")
     ap.add_argument("--scheduler", default=None, help="sampler (default: the model's own)")
     ap.add_argument("--seed", type=int, default=0, help="noise seed of the calibration batch")
@@ -217,17 +254,20 @@ def run(args) -> list[dict]:
     engine = Engine.from_pretrained(args.model, config=config)
     guidance = engine.config.guidance_scale if args.guidance is None else args.guidance
     captions = calibration_captions(args.captions, args.seed)
-    direction = args.direction
-    if direction == "auto":  # the fewer rounds
-        direction = "forward" if budgets[-1] <= args.steps - 1 - budgets[0] else "backward"
-    target = budgets[-1] if direction == "forward" else budgets[0]
-    rounds = target if direction == "forward" else args.steps - 1 - target
-    pool = args.steps - 1 if args.candidates == 0 else args.candidates
-    total = (direction == "backward") + sum(args.steps - 1 - r if r == 0 else min(pool, args.steps - 1 - r)
-                                            for r in range(rounds))
-    with tqdm(total=total, desc=f"clock search ({direction})") as bar:
-        found = search(engine, captions, args.steps, target, guidance, args.seed, args.candidates, direction,
-                       progress=lambda: bar.update(1))
+    if args.direction == "forward":
+        pool = args.steps - 1 if args.candidates == 0 else args.candidates
+        total = sum(args.steps - 1 - r if r == 0 else min(pool, args.steps - 1 - r) for r in range(budgets[-1]))
+        with tqdm(total=total, desc="clock search (forward)") as bar:
+            found = search(engine, captions, args.steps, budgets[-1], guidance, args.seed, args.candidates,
+                           "forward", progress=lambda: bar.update(1))
+        per_budget = {b: (*schedule_for(found, b), found) for b in budgets}
+    else:  # one local search a budget
+        per_budget, found = {}, None
+        for b in budgets:
+            with tqdm(desc=f"clock search (local, budget {b})") as bar:
+                one = search(engine, captions, args.steps, b, guidance, args.seed, direction="local",
+                             progress=lambda: bar.update(1), max_rounds=args.rounds)
+            per_budget[b] = (one["adaptor_steps"], one["rounds"][-1]["mse"], one)
     seconds = round(time.perf_counter() - start, 1)
     cost = adaptor_step_cost(engine, args.steps, guidance)
     folder = args.adaptor
@@ -242,19 +282,21 @@ def run(args) -> list[dict]:
         f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(args).items()
         if k in _OPTIONS and v is not None)
     results = []
+    runs = sum(one["evaluations"] for one in {id(v[2]): v[2] for v in per_budget.values()}.values())
     for budget in budgets:
-        chosen, calibration_mse = schedule_for(found, budget)
+        chosen, calibration_mse, one = per_budget[budget]
         result = {
             "format": FORMAT, "steps": args.steps, "adaptor_steps": chosen, "budget": budget,
             "budget_unit": "adaptor steps", "adaptor": args.adaptor, "adaptor_folder": folder,
             "scheduler": type(engine.scheduler).__name__, "guidance": guidance,
             "adaptor_step_flops_over_full": cost, "unet_flop_fraction": flop_fraction(cost, args.steps, chosen),
             "calibration_mse": calibration_mse,
-            "search": {"seconds": seconds, "sampler_runs": found["evaluations"], "budgets": budgets,
-                       "direction": direction,
-                       "note": "one greedy run over every budget listed; this file is its round that left `budget`",
-                       "candidates_per_round": args.candidates, "profile": found["profile"],
-                       "rounds": found["rounds"]},
+            "calibration_mse_spread": one["rounds"][0]["mse"] if args.direction == "local" else None,
+            "search": {"seconds": seconds, "sampler_runs": runs, "budgets": budgets, "direction": args.direction,
+                       "note": "the cost of the whole command (every budget listed); forward: one greedy run, "
+                               "this file its round that left `budget`; local: one search a budget",
+                       "candidates_per_round": args.candidates, "profile": one["profile"],
+                       "rounds": one["rounds"]},
             "calibration": {"split": "demo train", "captions": captions, "seed": args.seed},
             "command": command,
         }
@@ -264,7 +306,7 @@ def run(args) -> list[dict]:
         print(json.dumps({k: v for k, v in result.items() if k not in ("search", "calibration")}))
         print(f"wrote {out}")
         results.append(result)
-    print(f"search: {seconds} s, {found['evaluations']} sampler runs")
+    print(f"search: {seconds} s, {runs} sampler runs")
     return results
 
 

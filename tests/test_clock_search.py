@@ -32,7 +32,8 @@ def _mse(engine, adaptor_steps, steps=5):
 
 
 def test_exact_greedy_picks_the_least_perturbing_step_each_round(identity_engine):
-    found = clock_search.search(identity_engine, CAPTIONS, steps=5, budget=2, guidance=3.0, candidates=0)
+    found = clock_search.search(identity_engine, CAPTIONS, steps=5, budget=2, guidance=3.0, candidates=0,
+                                direction="forward")
     profile = {p["step"]: p["mse"] for p in found["profile"]}
     assert sorted(profile) == [1, 2, 3, 4]
     first, second = found["rounds"]
@@ -50,7 +51,8 @@ def test_exact_greedy_picks_the_least_perturbing_step_each_round(identity_engine
 
 
 def test_candidates_limit_the_runs_per_round(identity_engine):
-    found = clock_search.search(identity_engine, CAPTIONS, steps=5, budget=2, guidance=3.0, candidates=1)
+    found = clock_search.search(identity_engine, CAPTIONS, steps=5, budget=2, guidance=3.0, candidates=1,
+                                direction="forward")
     profile = {p["step"]: p["mse"] for p in found["profile"]}
     assert found["evaluations"] == 1 + 4 + 1
     first, second = found["rounds"]
@@ -61,20 +63,38 @@ def test_candidates_limit_the_runs_per_round(identity_engine):
     assert len(found["adaptor_steps"]) == 2 and 0 not in found["adaptor_steps"]
 
 
-def test_backward_gives_back_the_step_that_helps_most(identity_engine):
-    found = clock_search.search(identity_engine, CAPTIONS, steps=5, budget=2, guidance=3.0, candidates=0,
-                                direction="backward")
-    start, first, second = found["rounds"]
-    assert start["adaptor_steps"] == [1, 2, 3, 4] and start["mse"] == pytest.approx(
-        _mse(identity_engine, [1, 2, 3, 4]), rel=1e-5)
-    singles = {c: _mse(identity_engine, sorted({1, 2, 3, 4} - {c})) for c in range(1, 5)}
-    assert first["step"] == min(singles, key=singles.get)
-    assert found["adaptor_steps"] == second["adaptor_steps"] and len(found["adaptor_steps"]) == 2
-    assert first["step"] not in found["adaptor_steps"] and second["step"] not in found["adaptor_steps"]
-    assert found["evaluations"] == 1 + 1 + 4 + 3  # reference, every step on the adaptor, rounds
-    assert clock_search.schedule_for(found, 3) == (first["adaptor_steps"], first["mse"])
-    with pytest.raises(ValueError, match="no schedule of 1"):
-        clock_search.schedule_for(found, 1)
+def test_spread_clock():
+    assert clock_search.spread(20, 10) == list(range(1, 20, 2))  # the alternating clock 2
+    assert clock_search.spread(20, 15) == [i for i in range(1, 20) if i % 4]  # DeepCache interval 4's pattern
+    assert clock_search.spread(8, 7) == list(range(1, 8))
+    for steps, budget in ((20, 14), (50, 37), (8, 5)):
+        clock = clock_search.spread(steps, budget)
+        assert len(clock) == budget and 0 not in clock and max(clock) < steps
+
+
+def test_local_search_only_moves_while_it_pays(identity_engine):
+    found = clock_search.search(identity_engine, CAPTIONS, steps=6, budget=3, guidance=3.0, direction="local")
+    start, *moves = found["rounds"]
+    assert start["adaptor_steps"] == clock_search.spread(6, 3)
+    assert start["mse"] == pytest.approx(_mse(identity_engine, start["adaptor_steps"], steps=6), rel=1e-5)
+    mses = [r["mse"] for r in found["rounds"]]
+    assert mses == sorted(mses, reverse=True) and len(set(mses)) == len(mses)  # each move strictly better
+    for before, after in zip(found["rounds"], moves):
+        made_adaptor, made_full = after["step"]
+        assert set(after["adaptor_steps"]) == set(before["adaptor_steps"]) - {made_full} | {made_adaptor}
+        assert abs(made_adaptor - made_full) == 1 and len(after["adaptor_steps"]) == 3
+    # where it stopped, no single move is better
+    final = set(found["adaptor_steps"])
+    for f in set(range(1, 6)) - final:
+        for a in (f - 1, f + 1):
+            if a in final:
+                assert _mse(identity_engine, sorted(final - {a} | {f}), steps=6) >= mses[-1] - 1e-12
+    assert found["evaluations"] == 1 + 1 + sum(r["evaluated"] for r in moves) + (
+        0 if len(moves) == 8 else _moves(final))
+
+
+def _moves(chosen) -> int:  # the moves of the last, unaccepted round
+    return sum(a in chosen for f in set(range(1, 6)) - chosen for a in (f - 1, f + 1))
 
 
 @pytest.mark.parametrize("budget", [0, 5])
@@ -128,6 +148,12 @@ def test_search_clock_cli_writes_one_file_a_budget(tiny_dir, tmp_path):
     assert set(one["adaptor_steps"]) < set(two["adaptor_steps"])  # the larger search's first addition
     assert one["adaptor_steps"] == [two["search"]["rounds"][0]["step"]]
     assert one["search"]["direction"] == "forward"
+    # the default: a local search a budget, from the spread clock
+    assert cli(["search-clock", "--model", str(tiny_dir), "--steps", "4", "--budget", "2", "--captions", "2",
+                "--adaptor", "identity", "--guidance", "3", "--out", str(tmp_path / "local.json")]) == 0
+    local = json.loads((tmp_path / "local.json").read_text())
+    assert local["search"]["direction"] == "local" and local["search"]["rounds"][0]["adaptor_steps"] == [1, 3]
+    assert local["calibration_mse"] <= local["calibration_mse_spread"]
     for d in (one, two):
         assert d["steps"] == 4 and d["adaptor"] == "identity" and len(d["calibration"]["captions"]) == 2
         assert d["search"]["sampler_runs"] == 1 + 3 + 2 and d["search"]["seconds"] > 0
