@@ -275,7 +275,11 @@ class Engine:
             if len(self._tables) >= 32:  # a bounded cache: drop the oldest
                 self._tables.pop(next(iter(self._tables)))
             grid = self.config.timesteps if self.config.timesteps and len(self.config.timesteps) == steps else None
-            table = sampler.build_table(self.scheduler, steps, grid, self.config.eta, start)
+            try:
+                table = sampler.build_table(self.scheduler, steps, grid, self.config.eta, start)
+            except (IndexError, RuntimeError, ZeroDivisionError) as e:  # the scheduler's own step failed
+                raise ValueError(f"{schedulers.describe(self.scheduler)} cannot run {steps} steps: "
+                                 f"{type(e).__name__}: {e}") from e
             sampler.verify(self.scheduler, table, grid, self.config.eta)  # refuse what the table would get wrong
             self._tables[key] = table.to(self.device)
         return self._tables[key]

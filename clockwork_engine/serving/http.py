@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import request as requests
 from ..engine import NonFiniteError
@@ -124,6 +125,24 @@ class _TooLarge(Exception):
     pass
 
 
+class _ReplicaHeader:
+    """ASGI middleware: x-clockwork-replica (host:pid) names the server that answered (Ray Serve:
+    the replica). Plain ASGI, not BaseHTTPMiddleware, so a dropped connection still reaches
+    the endpoint as http.disconnect."""
+
+    def __init__(self, app):
+        self.app = app
+        self.name = f"{socket.gethostname()}:{os.getpid()}".encode()
+
+    async def __call__(self, scope, receive, send):
+        async def named(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-clockwork-replica", self.name)]}
+            await send(message)
+
+        await self.app(scope, receive, named if scope["type"] == "http" else send)
+
+
 def make_app(engine, *, api_key: str | None = None, model_name: str = "demo",
              max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The API over one engine (config.batching "step" for continuous batching; "off" runs the
@@ -150,13 +169,11 @@ def make_app(engine, *, api_key: str | None = None, model_name: str = "demo",
 
     app = FastAPI(title="clockwork-engine", version="1", description="OpenAI-compatible image generation")
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
-    replica = f"{socket.gethostname()}:{os.getpid()}"
+    app.add_middleware(_ReplicaHeader)
 
-    @app.middleware("http")
-    async def name_replica(request: Request, call_next):  # which server answered (Ray Serve: which replica)
-        response = await call_next(request)
-        response.headers["x-clockwork-replica"] = replica
-        return response
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_, exc: StarletteHTTPException):  # 404, 405, ...: OpenAI's error shape too
+        return _error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_, exc: RequestValidationError):
@@ -202,7 +219,7 @@ def make_app(engine, *, api_key: str | None = None, model_name: str = "demo",
         except requests.DeadlineExceeded as e:
             metrics.requests.labels("timeout").inc()
             return _error(504, str(e), "timeout_error", "deadline_exceeded")
-        except NonFiniteError as e:
+        except (NonFiniteError, ValueError, TypeError) as e:  # what the engine refuses to run
             metrics.requests.labels("bad_request").inc()
             return _error(400, str(e))
         except Exception as e:  # noqa: BLE001  (the service stays up; the caller gets the message)

@@ -23,6 +23,7 @@ summation order of a larger batch (tests/test_serving_scheduler.py checks 1e-4).
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from concurrent.futures import Future
@@ -33,6 +34,8 @@ import torch
 from .. import latents
 from ..request import DeadlineExceeded, GenerationRequest
 from .runner import Lane, Row
+
+log = logging.getLogger("clockwork_engine.serving")
 
 
 class QueueFull(RuntimeError):
@@ -45,9 +48,11 @@ class Job:
     future: Future
     lane_key: tuple
     cfg: bool
+    kinds: list[str]  # the step kinds of each of its rows (Engine.schedule)
     submitted: float = field(default_factory=time.monotonic)
     images: list = field(default_factory=list)
     rows_left: int = 0
+    ended: bool = False  # answered, failed or cancelled, and counted
 
     def fail(self, error: BaseException):
         if not self.future.done():
@@ -85,7 +90,8 @@ class BatchScheduler:
             raise ValueError("this request is not batched (an edit, a callback or attention reuse): "
                              "run it with Engine.run_alone")
         cfg = self.engine.uses_cfg(req.guidance)
-        job = Job(req, Future(), (req.height, req.width, req.mode, cfg), cfg, rows_left=req.rows)
+        kinds = self.engine.schedule(req.steps, req.mode)  # builds the table: a scheduler's error is the caller's
+        job = Job(req, Future(), (req.height, req.width, req.mode, cfg), cfg, kinds, rows_left=req.rows)
         job.images = [None] * req.rows
         with self._cond:
             if self._closed:
@@ -114,21 +120,35 @@ class BatchScheduler:
     # ------------------------------------------------------------------ the scheduler thread
     def _loop(self):
         while True:
-            with self._cond:
-                while not self._closed and not self._waiting and not self.running():
-                    self._cond.wait()
-                if self._closed:
-                    self._fail_all(RuntimeError("the scheduler was closed"))
+            try:
+                if not self._serve_once():
                     return
-                self._expire_waiting()
-                joining = self._take_joining()
-            for lane, jobs in joining.items():
-                self._join(lane, jobs)
-            for lane in list(self._lanes.values()):
-                if lane.rows:
-                    self._tick(lane)
-                self._drop_gone(lane)
-            self._forget_idle_lanes()
+            except Exception as e:  # noqa: BLE001  (a bug of ours must not stop the service)
+                log.exception("the batch scheduler failed; its running requests get the error")
+                with self._cond:
+                    for lane in self._lanes.values():
+                        for job in {id(r.job): r.job for r in lane.rows}.values():
+                            self._fail(job, e)
+                        lane.clear()
+
+    def _serve_once(self) -> bool:
+        """One pass: expire, admit, one tick of every lane. False once closed."""
+        with self._cond:
+            while not self._closed and not self._waiting and not self.running():
+                self._cond.wait()
+            if self._closed:
+                self._fail_all(RuntimeError("the scheduler was closed"))
+                return False
+            self._expire_waiting()
+            joining = self._take_joining()
+        for lane, jobs in joining.items():
+            self._join(lane, jobs)
+        for lane in list(self._lanes.values()):
+            if lane.rows:
+                self._tick(lane)
+            self._drop_gone(lane)
+        self._forget_idle_lanes()
+        return True
 
     def _forget_idle_lanes(self, keep: int = 4):
         """Empty lanes keep their program sets for the next request of their shape; the oldest
@@ -159,7 +179,7 @@ class BatchScheduler:
             taken = sum(j.request.rows for j in joining.get(lane, []))
             fits = len(lane.rows) + taken + job.request.rows <= lane.capacity
             free = not lane.rows or self.policy == "step"
-            if fits and free and lane.can_join(self.engine.schedule(job.request.steps, job.request.mode)):
+            if fits and free and lane.can_join(job.kinds):
                 self._waiting.remove(job)
                 joining.setdefault(lane, []).append(job)
             else:
@@ -217,8 +237,7 @@ class BatchScheduler:
         scales = [g if g > 1.0 or not lane.cfg else 1.0 for g in req.guidance]
         inputs = latents.prepare(table, engine.vae, shape, [torch.Generator().manual_seed(s) for s in req.seeds],
                                  dtype, device, text, torch.tensor(scales), None, added)
-        kinds = engine.schedule(req.steps, req.mode)
-        n = req.rows
+        kinds, n = job.kinds, req.rows
         picks = (lambda j: [j, n + j]) if lane.cfg else (lambda j: [j])
         return [Row(job, j, (req.steps,), kinds, inputs.latents[j], inputs.text[picks(j)], scales[j],
                     None if inputs.noise is None else inputs.noise[:, j],
@@ -265,6 +284,7 @@ class BatchScheduler:
                 if job.rows_left == 0 and not job.future.done():
                     out = job.images if output == "pil" else torch.stack(job.images)
                     job.future.set_result(job.request.result(out))
+                    job.ended = True
                     self.counts["ok"] += 1
 
     def _drop_gone(self, lane: Lane):
@@ -273,7 +293,7 @@ class BatchScheduler:
         gone = set()
         for s, row in enumerate(lane.rows):
             job = row.job
-            if not job.future.done() and job.request.expired(now):
+            if job.future.cancelled() or (not job.future.done() and job.request.expired(now)):
                 self._fail(job, None)
             if job.future.done():
                 gone.add(s)
@@ -283,6 +303,9 @@ class BatchScheduler:
 
     def _fail(self, job: Job, error: BaseException | None):
         """error None: cancelled or past its deadline, whichever it is."""
+        if job.ended:
+            return
+        job.ended = True
         if job.future.cancelled():
             self.counts["cancelled"] += 1
             return
