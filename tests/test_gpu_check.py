@@ -131,3 +131,19 @@ def test_gpu_tests_skip_cleanly_without_cuda():
                            "tests/test_gpu_cuda.py"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     summary = proc.stdout.strip().splitlines()[-1]
     assert proc.returncode == 0 and re.fullmatch(r"\d+ skipped in [\d.]+s", summary), proc.stdout[-2000:]
+
+
+def test_a_resumed_harness_marks_the_phase_it_died_in_and_runs_the_rest(tmp_path):
+    """check.sh reruns the harness with --resume when its process dies (a signal, not a failed phase)."""
+    import harness
+
+    (tmp_path / "gpu_check.json").write_text(json.dumps({"started_utc": "then", "elapsed_s": 5.0, "phases": {
+        "sd15": {"status": "ok"}, "profile": {"status": "running"}}}))
+    threads = torch.get_num_threads()
+    try:
+        rc = harness.main(["--out", str(tmp_path), "--dry-run", "--resume", "--phases", "sd15,profile"])
+    finally:
+        torch.set_num_threads(threads)
+    d = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert rc == 1 and d["resumed_after"] == {"started_utc": "then", "elapsed_s": 5.0}
+    assert d["phases"]["sd15"] == {"status": "ok"} and d["phases"]["profile"]["status"] == "crashed"

@@ -31,7 +31,8 @@ import phases  # noqa: E402
 from timing import Deadline  # noqa: E402
 
 # (name, function, seconds it needs at least to start). Ordered so that what matters most
-# runs first and the riskiest (compiling) runs last.
+# runs first and the riskiest (compiling) runs last. profile and sd15_compile reuse the sd15
+# phase's pipeline (and build it when a resumed run starts after it).
 PHASES = (("sd15", phases.sd15, 60), ("profile", phases.profile, 20), ("sdxl", phases.sdxl, 60),
           ("sd15_compile", phases.sd15_compile, 150))
 
@@ -137,6 +138,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=300, help="seconds this harness may take")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny models (what CI runs)")
     ap.add_argument("--phases", default=",".join(name for name, _, _ in PHASES))
+    ap.add_argument("--resume", action="store_true",
+                    help="keep OUT/gpu_check.json's phases (after a crash: the one running is marked crashed) "
+                         "and run the rest")
     args = ap.parse_args(argv)
     wanted = args.phases.split(",")
     unknown = set(wanted) - {name for name, _, _ in PHASES}
@@ -154,6 +158,14 @@ def main(argv=None) -> int:
               "budget_s": args.budget, "settings": asdict(settings), "device": device_facts(),
               "setup": setup_steps(args.out), "gpu_tests": gpu_tests(args.out), "phases": {}}
     path = os.path.join(args.out, "gpu_check.json")
+    if args.resume and os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        report.update(phases=previous["phases"], resumed_after={"started_utc": previous["started_utc"],
+                                                                "elapsed_s": previous.get("elapsed_s")})
+        for p in report["phases"].values():
+            if p["status"] == "running":
+                p.update(status="crashed", reason="the process died in this phase; the resumed run went on")
 
     def save():
         report["elapsed_s"] = round(time.time() - started, 1)
@@ -166,14 +178,16 @@ def main(argv=None) -> int:
     for name, run, need_s in PHASES:
         if name not in wanted:
             continue
+        if name in report["phases"]:  # done (or crashed) before a resumed run
+            continue
         result = report["phases"][name] = {}
-        if name != "sd15" and ctx.sd15 is None and name in ("profile", "sd15_compile"):
-            result.update(status="skipped", reason="needs the sd15 phase")
-        elif deadline.left() < need_s and not args.dry_run:
+        if deadline.left() < need_s and not args.dry_run:
             result.update(status="skipped", reason=f"{deadline.left():.0f} s left, needs {need_s}")
         else:
             t0 = time.time()
             print(f"== phase {name} ({deadline.left():.0f} s left)", flush=True)
+            result["status"] = "running"  # what a resumed run finds if this process dies here
+            save()
             try:
                 run(ctx, result)
                 result["status"] = "ok"

@@ -60,24 +60,33 @@ def speedups(timings: dict, baseline: str = "diffusers") -> dict:
             for name, t in timings.items() if name != baseline}
 
 
+def sd15_objects(ctx):
+    """The SD v1.5 pipeline and its engines, built once per process: sd15 times them, profile
+    and sd15_compile reuse them (and build them when a resumed run starts after sd15)."""
+    if ctx.sd15 is None:
+        s = ctx.settings
+        pipe = models.sd15_pipeline(ctx.tmp, s.device, s.dtype, s.tiny)
+        pipe.set_progress_bar_config(disable=True)
+        full = Engine.from_pipeline(pipe, config=EngineConfig(steps=STEPS, guidance_scale=GUIDANCE, backend="auto"))
+        adaptor = models.untrained_adaptor(pipe.unet, ctx.tmp, STEPS, s.tiny)
+        engines = {
+            "engine_full_eager": full.with_config(backend="cpu"),  # the same step programs run eagerly, on the GPU
+            "engine_full": full,  # CUDA graphs on a GPU
+            "clockwork_identity": full.with_config(mode="clockwork", adaptor="identity"),
+            "clockwork_adaptor": full.with_config(mode="clockwork", adaptor=adaptor),
+            # Installs the reuse processors on the shared UNet; with no reuse action they call the
+            # original (SDPA) processor, so the other variants compute as before.
+            "clockwork_reuse": full.with_config(mode="clockwork", adaptor="identity", attention_reuse=REUSE_STEPS,
+                                                max_attention_bytes=REUSE_BYTES),
+        }
+        ctx.sd15 = dict(pipe=pipe, engines=engines)
+    return ctx.sd15["pipe"], ctx.sd15["engines"]
+
+
 def sd15(ctx, result: dict):
     s = ctx.settings
-    pipe = models.sd15_pipeline(ctx.tmp, s.device, s.dtype, s.tiny)
-    pipe.set_progress_bar_config(disable=True)
-    size = s.sd15_size
-    full = Engine.from_pipeline(pipe, config=EngineConfig(steps=STEPS, guidance_scale=GUIDANCE, backend="auto"))
-    engines = {
-        "engine_full_eager": full.with_config(backend="cpu"),  # the same step programs run eagerly, on the GPU
-        "engine_full": full,  # CUDA graphs on a GPU
-        "clockwork_identity": full.with_config(mode="clockwork", adaptor="identity"),
-        "clockwork_adaptor": full.with_config(mode="clockwork",
-                                              adaptor=models.untrained_adaptor(pipe.unet, ctx.tmp, STEPS, s.tiny)),
-        # Installs the reuse processors on the shared UNet; with no reuse action they call the
-        # original (SDPA) processor, so the other variants compute as before.
-        "clockwork_reuse": full.with_config(mode="clockwork", adaptor="identity", attention_reuse=REUSE_STEPS,
-                                            max_attention_bytes=REUSE_BYTES),
-    }
-    ctx.sd15 = dict(pipe=pipe, engines=engines)
+    pipe, engines = sd15_objects(ctx)
+    full, size = engines["engine_full"], s.sd15_size
     result.update(what=f"SD v1.5 architecture (random weights), {size}x{size}, {s.dtype_name}, {STEPS} DPM++ steps, "
                        f"CFG {GUIDANCE}, batch 1, a new prompt per call, image tensor out",
                   backend=full.graphs.backend, attention_processor=_processor_name(pipe.unet),
@@ -151,7 +160,7 @@ def profile(ctx, result: dict):
     from clockwork_engine.profile import profile as profile_request
 
     s = ctx.settings
-    engine = ctx.sd15["engines"]["clockwork_adaptor"]
+    engine = sd15_objects(ctx)[1]["clockwork_adaptor"]
     raw = os.path.join(ctx.out, "trace_clockwork_sd15.json")
     table = profile_request(engine, "a red circle", raw, steps=STEPS, guidance_scale=GUIDANCE, height=s.sd15_size,
                             width=s.sd15_size, seed=0, mode="clockwork")
@@ -196,7 +205,8 @@ def sd15_compile(ctx, result: dict):
     from diffusers import StableDiffusionPipeline
 
     s = ctx.settings
-    pipe, engine = ctx.sd15["pipe"], ctx.sd15["engines"]["engine_full"]
+    pipe, engines = sd15_objects(ctx)
+    engine = engines["engine_full"]
     size = s.sd15_size
     errors = {}
     for options in s.compile_options:
