@@ -11,6 +11,13 @@ and a timestep t are drawn; data latents of the demo world are noised to t; the 
 the (min-SNR-5 weighted) MSE between the student's eps(x_t, t, c, g) and the teacher's
 guided eps_u + g (eps_c - eps_u). Resumable, seeded, progress bar, safetensors; writes a
 full pipeline directory (the engine runs it with one evaluation per step).
+
+The teacher may be an SD 1.x/2.x or an SDXL model: both models get the conditioning the
+engine's sampler gives the captions (conditioning.for_sampler: for SDXL both text encoders,
+the pooled embedding and the time ids as added_cond_kwargs, zeros for the empty negative
+prompt where the pipeline asks for them). The data is the demo world's (64x64 images and
+their captions) whatever the teacher: enough to run and test the path on any model, not a
+training set for a real one.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import os
 
 import torch
 
+from .. import conditioning
 from ..demo import shapes
 from ..demo.train_unet import min_snr_weights
 from ..sampler.steps import guidance_embedding
@@ -31,7 +39,7 @@ GUIDANCE_EMBED_DIM = 256
 def build_parser(ap=None):
     ap = ap or argparse.ArgumentParser(prog="clockwork distill-guidance", description=__doc__,
                                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="demo", help="the teacher: 'demo' or a diffusers SD directory")
+    ap.add_argument("--model", default="demo", help="the teacher: 'demo' or a diffusers SD / SDXL directory")
     ap.add_argument("--out", required=True, help="output folder (checkpoint and final pipeline)")
     ap.add_argument("--steps", type=int, default=1500, help="optimizer steps")
     ap.add_argument("--batch", type=int, default=32, help="examples per step (per process)")
@@ -53,23 +61,32 @@ def make_student(teacher_unet, embed_dim: int = GUIDANCE_EMBED_DIM):
     return student
 
 
-def demo_batch(engine, rng, gen, batch: int):
-    """(clean latents, cond text, uncond text) from the demo world's training captions."""
+def demo_batch(engine, rng, gen, batch: int, cfg: bool = True):
+    """(clean latents, text, added or None) of the demo world's training images and captions:
+    the conditioning the engine's sampler gives the captions at the images' size, with CFG the
+    empty prompt's `batch` rows first, then the captions' (conditioning.for_sampler)."""
     images, scenes, _ = shapes.sample_batch(rng, shapes.split_scenes("train"), batch)
+    pixels = shapes.to_tensor(images)
     with torch.no_grad():
-        latents = engine.vae.encode(shapes.to_tensor(images)).latent_dist.sample(gen) * engine.vae.config.scaling_factor
-    cond = engine.prompts.encode([s.caption for s in scenes])
-    uncond = engine.prompts.encode([""] * batch)
-    return latents, cond, uncond
+        latents = engine.vae.encode(pixels).latent_dist.sample(gen) * engine.vae.config.scaling_factor
+    text, added = conditioning.for_sampler(engine, [s.caption for s in scenes], cfg, *pixels.shape[-2:])
+    return latents, text, added
 
 
 def save_pipeline(engine, student, scheduler, folder: str, teacher_dir: str):
-    """A full pipeline directory like the teacher's: with its text encoder folder if it had
-    one, else in the demo layout (MiniLM comes from its package at load time)."""
+    """A full pipeline directory like the teacher's: SDXL's, or SD's with its text encoder folder
+    if it had one, else in the demo layout (MiniLM comes from its package at load time)."""
     from ..demo import pipeline
     from ..loading import resolve
 
-    pipe = pipeline.assemble(student, engine.vae, scheduler, engine.prompts.tokenizer, engine.text_encoder)
+    parts = engine.conditioning.components()
+    if engine.conditioning.sdxl:
+        from diffusers import StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline(vae=engine.vae, unet=student, scheduler=scheduler, **parts)
+        pipe.save_pretrained(folder, safe_serialization=True)
+        return
+    pipe = pipeline.assemble(student, engine.vae, scheduler, **parts)
     if os.path.isdir(os.path.join(resolve(teacher_dir), "text_encoder")):
         pipe.save_pretrained(folder, safe_serialization=True)
     else:
@@ -87,15 +104,18 @@ def run(args):
     ac = engine.scheduler.alphas_cumprod
 
     def loss_fn(model, rng, gen):
-        latents, cond, uncond = demo_batch(engine, rng, gen, args.batch)
+        latents, text, added = demo_batch(engine, rng, gen, args.batch)  # [2B]: uncond rows, then cond
+        cond = slice(args.batch, None)
         t = torch.randint(0, len(ac), (args.batch,), generator=gen)
         noise = torch.randn(latents.shape, generator=gen)
         x_t = ac[t].sqrt()[:, None, None, None] * latents + (1 - ac[t]).sqrt()[:, None, None, None] * noise
         w = args.g_min + (args.g_max - args.g_min) * torch.rand(args.batch, generator=gen)
         with torch.no_grad():
-            eps_u, eps_c = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond])).sample.chunk(2)
+            eps_u, eps_c = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), text,
+                                   added_cond_kwargs=added).sample.chunk(2)
             target = eps_u + w[:, None, None, None] * (eps_c - eps_u)
-        pred = model(x_t, t, cond, timestep_cond=guidance_embedding(w, GUIDANCE_EMBED_DIM)).sample
+        pred = model(x_t, t, text[cond], timestep_cond=guidance_embedding(w, GUIDANCE_EMBED_DIM),
+                     added_cond_kwargs=conditioning.rows(added, cond)).sample
         per_example = (pred - target).pow(2).mean(dim=(1, 2, 3))
         return (per_example * min_snr_weights(ac, t)).mean(), per_example
 

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import conditioning
 from ..demo import shapes
 from ..sampler.solver import update
 from ..sampler.steps import guidance_embedding
@@ -132,12 +133,13 @@ def teacher_trajectories(engine, steps: int, count: int, g_min: float, g_max: fl
         b = min(chunk, count - k)
         batch = [s.caption for s in shapes.sample_batch(rng, train, b)[1]]
         w = g_min + (g_max - g_min) * torch.rand(b, generator=gen)
-        text, cond = engine.prompts.encode(batch), guidance_embedding(w, engine.guidance_dim)
+        (text, added), cond = conditioning.for_sampler(engine, batch, False), guidance_embedding(w, engine.guidance_dim)
         noise_gen = torch.Generator().manual_seed(seed + k // chunk)
         x = torch.randn(b, engine.unet.config.in_channels, size, size, generator=noise_gen) * table.init_noise_sigma
         xs, history = [x], table.empty_history(x)
         for i in range(table.num_steps):
-            eps = engine.unet(x / table.in_div[i], table.timesteps[i], text, timestep_cond=cond).sample
+            eps = engine.unet(x / table.in_div[i], table.timesteps[i], text, timestep_cond=cond,
+                              added_cond_kwargs=added).sample
             x, history = update(table, torch.tensor(i), x, eps, history)
             xs.append(x)
         states.append(torch.stack(xs, 1))
@@ -146,13 +148,26 @@ def teacher_trajectories(engine, steps: int, count: int, g_min: float, g_max: fl
     return torch.cat(states), captions, torch.cat(ws)
 
 
+def vp_states(states: torch.Tensor, table) -> torch.Tensor:
+    """A sampler's states [K, E + 1, ...] in the VP form x = a x0 + s eps the loss takes: a
+    sigma-space sampler's (Euler, SDXL's default) are x / in_div, the model input; a VP
+    sampler's (DDIM, DPM-Solver: in_div 1) stay as they are; the last state is the sample."""
+    return states / torch.cat([table.in_div.cpu(), torch.ones(1)]).view(1, -1, *[1] * (states.dim() - 2))
+
+
 def _trajectory_loss(args, engine, d):
     """(loss_fn, the student's scheduler, its settings) for --data trajectories."""
     n, m = args.student_steps, args.teacher_steps
     k = m // n  # teacher steps per student step
-    teacher_t = engine._table(m).timesteps.tolist()
+    table = engine._table(m)
+    teacher_t = table.timesteps.tolist()
+    if table.num_steps != m or any(t != int(t) for t in teacher_t):
+        raise ValueError(f"--data trajectories needs a teacher scheduler with one model evaluation a step on integer "
+                         f"timesteps; {type(engine.scheduler).__name__} at {m} steps gives {teacher_t}")
+    teacher_t = [int(t) for t in teacher_t]
     states, captions, ws = teacher_trajectories(engine, m, args.trajectories, args.g_min, args.g_max,
                                                 seed=(args.seed * 97 + d.rank) * 1_000_003)  # apart per rank
+    states = vp_states(states, table)
     ac = engine.scheduler.alphas_cumprod.float()
     grid = torch.tensor(teacher_t[::k] + [-1])  # the student's N timesteps, then the clean end
     dim = engine.guidance_dim
@@ -162,8 +177,8 @@ def _trajectory_loss(args, engine, d):
         i = torch.randint(0, n, (args.batch,), generator=gen)
         x_t, x_next = states[j, k * i], states[j, k * i + k]  # [B, C, h, w]: k teacher steps apart
         a_t, s_t = _alpha_sigma(ac, grid[i])
-        text = engine.prompts.encode([captions[c] for c in j.tolist()])
-        eps = model(x_t, grid[i], text, timestep_cond=guidance_embedding(ws[j], dim)).sample
+        text, added = conditioning.for_sampler(engine, [captions[c] for c in j.tolist()], False)
+        eps = model(x_t, grid[i], text, timestep_cond=guidance_embedding(ws[j], dim), added_cond_kwargs=added).sample
         return _meng_loss((x_t - s_t * eps) / a_t, x_t, x_next, (a_t, s_t), _alpha_sigma(ac, grid[i + 1]))
 
     return loss_fn, grid_scheduler(engine.scheduler.config), {"steps": n, "timesteps": teacher_t[::k]}
@@ -180,7 +195,7 @@ def _noised_loss(args, engine):
     dim = engine.guidance_dim
 
     def loss_fn(model, rng, gen):
-        latents, cond, _ = demo_batch(engine, rng, gen, args.batch)
+        latents, text, added = demo_batch(engine, rng, gen, args.batch, cfg=False)
         i = torch.randint(0, n, (args.batch,), generator=gen)
         t, t_mid, t_next = grid[2 * i], grid[2 * i + 1], grid[2 * i + 2]
         w_emb = guidance_embedding(args.g_min + (args.g_max - args.g_min) * torch.rand(args.batch, generator=gen), dim)
@@ -189,9 +204,9 @@ def _noised_loss(args, engine):
         with torch.no_grad():  # two teacher DDIM steps
             x = x_t
             for (a, s), (a2, s2), tt in (((a_t, s_t), (a_m, s_m), t), ((a_m, s_m), (a_n, s_n), t_mid)):
-                eps = teacher(x, tt, cond, timestep_cond=w_emb).sample
+                eps = teacher(x, tt, text, timestep_cond=w_emb, added_cond_kwargs=added).sample
                 x = a2 * (x - s * eps) / a + s2 * eps
-        x0_student = (x_t - s_t * model(x_t, t, cond, timestep_cond=w_emb).sample) / a_t
+        x0_student = (x_t - s_t * model(x_t, t, text, timestep_cond=w_emb, added_cond_kwargs=added).sample) / a_t
         return _meng_loss(x0_student, x_t, x, (a_t, s_t), (a_n, s_n))
 
     return loss_fn, ddim_scheduler(engine.scheduler.config), {"steps": n}

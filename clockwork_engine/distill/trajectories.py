@@ -18,7 +18,7 @@ from functools import partial
 
 import torch
 
-from .. import sampler
+from .. import conditioning, sampler
 from ..cache import CacheState
 from ..latents import prepare as request_inputs
 
@@ -46,14 +46,8 @@ class Record:
         return cls(*(grouped(v) for v in (r_in, emb, r_out, r_cached, pooled)))
 
 
-def _conditioning(engine, prompts, cfg: bool):
-    """(text, added or None) as the engine's sampler gets them for these prompts and no negative
-    prompt (the empty one with CFG; SDXL's zeros where its pipeline asks for them)."""
-    size = engine.default_size
-    text, added = engine.conditioning.encode(list(prompts), [""] * len(prompts), cfg, size, size,
-                                             negative_given=False)
-    added = None if added is None else {k: v.to(engine.device, engine.unet.dtype) for k, v in added.items()}
-    return text.to(engine.device, engine.unet.dtype), added
+# (text, added or None) as the engine's sampler gets them with no negative prompt
+_conditioning = conditioning.for_sampler
 
 
 def unrolled(engine, split, prompts: list[str], steps: int, guidance: float, generator: torch.Generator):
