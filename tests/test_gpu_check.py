@@ -147,3 +147,16 @@ def test_a_resumed_harness_marks_the_phase_it_died_in_and_runs_the_rest(tmp_path
     d = json.loads((tmp_path / "gpu_check.json").read_text())
     assert rc == 1 and d["resumed_after"] == {"started_utc": "then", "elapsed_s": 5.0}
     assert d["phases"]["sd15"] == {"status": "ok"} and d["phases"]["profile"]["status"] == "crashed"
+
+
+def test_merging_a_second_try_keeps_what_either_finished():
+    from merge import merge
+
+    first = {"started_utc": "t1", "command": "check.sh", "gpu_tests": {"tests": 58}, "setup": [1],
+             "phases": {"sd15": {"status": "ok", "n": 1}, "sdxl": {"status": "error"}, "sd15_compile": {"status": "ok"}}}
+    second = {"started_utc": "t2", "command": "check.sh --skip-tests", "gpu_tests": None, "setup": [2],
+              "phases": {"sdxl": {"status": "ok"}, "sd15_compile": {"status": "error"}}}
+    merged = merge(first, second)
+    assert {n: p["status"] for n, p in merged["phases"].items()} == {"sd15": "ok", "sdxl": "ok", "sd15_compile": "ok"}
+    assert merged["gpu_tests"] == {"tests": 58} and merged["setup"] == [1]
+    assert [t["started_utc"] for t in merged["tries"]] == ["t1", "t2"]

@@ -131,7 +131,8 @@ def overhead(pipe, engine, size, ctx) -> dict:
     calls: the engine's CUDA-graph replay of a full step, diffusers' eager UNet forward."""
     s = ctx.settings
     prompt = "a red circle"
-    cond, uncond = pipe.encode_prompt(prompt, pipe.device, 1, True, "")
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt(prompt, pipe.device, 1, True, "")
     fns = {
         "diffusers": lambda: pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=STEPS,
                                   guidance_scale=GUIDANCE, height=size, width=size, output_type="latent",
