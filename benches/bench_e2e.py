@@ -5,14 +5,19 @@ pipeline, same machine, one run.
     python benches/bench_e2e.py --steps --sd15 [--sd15-steps 4]   # only the SD v1.5 harness
 
 Per step count: stock diffusers StableDiffusionPipeline (the reference for PSNR/SSIM and
-speed-up), DeepCache (PyPI package, on the same pipeline: interval 2 and 3, branch 0),
+speed-up), DeepCache (PyPI package, on the same pipeline: --deepcache intervals, default 2 and
+3, branch 0),
 the engine with everything off, identity adaptor, clockwork with the fused ops off (eager
 torch GroupNorm/SiLU), clockwork (fused ops + the graph sampler: on a CPU its "cpu" backend,
 which runs the same per-step programs eagerly; CUDA graphs were never executed here),
 clockwork + attention reuse (late: last quarter of the steps); at 8 steps also the
 distilled students in clockwork_engine/demo/weights/students/ (each with its defaults:
-clockwork where it ships an adaptor). The committed adaptor was fitted at 8 steps: at 4
-and 20 steps it runs off its operating point. Writes benches/results/e2e_<steps>.json and
+clockwork where it ships an adaptor). The default adaptor was fitted at 8 steps: at other step
+counts `clockwork` runs it off its operating point, and `clockwork_fitted_<n>` runs the one the
+demo ships for n steps (clockwork_adaptors/), where it ships one. --clocks adds a variant per
+clock schedule file of that step count (clockwork search-clock: `clock_<file name>`), its
+adaptor the identity one or the one fitted for n steps; --variants keeps only the fixed
+variants named (diffusers and DeepCache always run). Writes benches/results/e2e_<steps>.json and
 a Pareto plot benches/results/pareto_<steps>.png (speed-up vs prompt alignment).
 
 --sd15: the same variants that make sense without trained weights (stock diffusers, engine
@@ -111,6 +116,26 @@ def sd15(args):
         "machine": machine()})
 
 
+def clock_variants(base, files: list[str], steps: int, learned: str) -> dict:
+    """name -> (engine, generate kwargs): one clockwork variant per clock schedule file (from
+    clockwork search-clock) made for `steps`: its adaptor steps, with the identity adaptor when it
+    was searched with that one, else the demo's adaptor fitted for `steps` (adaptor.for_steps)."""
+    from clockwork_engine import adaptor as adaptor_io
+    from clockwork_engine import clock_search
+
+    variants = {}
+    for path in files:
+        schedule = clock_search.load(path)
+        if schedule["steps"] != steps:
+            continue
+        identity = schedule.get("adaptor") == "identity"
+        adaptor = "identity" if identity else adaptor_io.for_steps(learned, steps)
+        name = "clock_" + os.path.splitext(os.path.basename(path))[0]
+        engine = base.with_config(mode="clockwork", adaptor=adaptor, adaptor_steps=tuple(schedule["adaptor_steps"]))
+        variants[name] = (engine, dict(steps=steps, mode="clockwork"))
+    return variants
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--singles", type=int, default=100)
@@ -119,14 +144,23 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--guidance", type=float, default=None,
                     help="CFG scale of every variant (default: the demo's recommended one, its clockwork_engine.json)")
+    ap.add_argument("--deepcache", type=int, nargs="*", default=[2, 3], help="DeepCache cache intervals")
+    ap.add_argument("--clocks", nargs="*", default=[],
+                    help="clock schedule files (clockwork search-clock): a clockwork variant each, at its step count")
+    ap.add_argument("--variants", nargs="*", default=None,
+                    help="only these of the fixed variants (diffusers always runs: the reference); default: all")
     ap.add_argument("--sd15", action="store_true", help="also the SD v1.5 random-weights harness")
     ap.add_argument("--sd15-steps", type=int, default=4)
     ap.add_argument("--sd15-repeats", type=int, default=2)
     args = ap.parse_args()
+    for path in [p for p in args.clocks if not os.path.isfile(p)]:
+        print(f"bench_e2e: no clock schedule {path}: its variant is left out", file=sys.stderr)
+    args.clocks = [p for p in args.clocks if os.path.isfile(p)]
     if args.sd15:
         sd15(args)
 
     from clockwork_engine import Engine, EngineConfig
+    from clockwork_engine import adaptor as adaptor_io
     from clockwork_engine.demo.pipeline import DEMO_DIR
     from clockwork_engine.demo.pipeline import load as load_pipe
     from clockwork_engine.engine import ADAPTOR_FOLDER, student_presets
@@ -140,10 +174,9 @@ def main():
     guidance = Engine.default_config("demo").guidance_scale if args.guidance is None else args.guidance
     for n in args.steps:
         kw = dict(steps=n, mode="clockwork")
-        variants = {
-            "diffusers": (DiffusersBaseline(pipe), dict(steps=n)),
-            "deepcache_i2": (DeepCacheBaseline(pipe, 2), dict(steps=n)),
-            "deepcache_i3": (DeepCacheBaseline(pipe, 3), dict(steps=n)),
+        fitted = adaptor_io.for_steps(learned, n)  # the demo's adaptor fitted for n steps, where it ships one
+        fixed = {
+            **{f"deepcache_i{i}": (DeepCacheBaseline(pipe, i), dict(steps=n)) for i in args.deepcache},
             "engine_full": (base, dict(steps=n, mode="full")),
             "identity_adaptor": (base.with_config(mode="clockwork", adaptor="identity"), kw),
             "clockwork_fused_ops_off": (FusedOpsOff(base.with_config(mode="clockwork", adaptor=learned)), kw),
@@ -151,15 +184,35 @@ def main():
             "clockwork+reuse": (base.with_config(mode="clockwork", adaptor=learned,
                                              attention_reuse=late(max(1, n // 4), n)), kw),
         }
+        if fitted != learned:  # on the default clock 2
+            fixed[f"clockwork_fitted_{n}"] = (base.with_config(mode="clockwork", adaptor=fitted), kw)
         if n == 8:
             for name in student_presets("demo"):
                 student = Engine.from_pretrained("demo", preset=name)
                 s_steps = student.config.steps
-                variants[f"student_{name}"] = (student, dict(steps=s_steps, mode=student.config.mode))
+                fixed[f"student_{name}"] = (student, dict(steps=s_steps, mode=student.config.mode))
+        if args.variants is not None:
+            fixed = {k: v for k, v in fixed.items() if k in args.variants or k.startswith("deepcache_")}
+        variants = {"diffusers": (DiffusersBaseline(pipe), dict(steps=n)), **fixed,
+                    **clock_variants(base, args.clocks, n, learned)}
         result = compare(variants, args.singles, args.pairs, guidance=guidance, latency_repeats=args.repeats,
                          reference="diffusers")
+        result["clocks"] = {f"clock_{os.path.splitext(os.path.basename(p))[0]}": _clock_record(p)
+                            for p in args.clocks if _clock_record(p)["steps"] == n}
         write(f"e2e_{n}.json", {"command": "python " + " ".join(sys.argv), "steps": n, **result})
         pareto_plot(result, os.path.join(RESULTS, f"pareto_{n}.png"), n)
+
+
+def _clock_record(path: str) -> dict:
+    """What a results JSON keeps of a clock schedule file: its clock, adaptor and search cost."""
+    from clockwork_engine import clock_search
+
+    d = clock_search.load(path)
+    return {"file": os.path.relpath(path, os.path.dirname(RESULTS)), "steps": d["steps"],
+            "adaptor_steps": d["adaptor_steps"], "budget": d.get("budget"), "adaptor": d.get("adaptor"),
+            "adaptor_folder": d.get("adaptor_folder"), "search_seconds": d.get("search", {}).get("seconds"),
+            "search_sampler_runs": d.get("search", {}).get("sampler_runs"),
+            "calibration_captions": len(d.get("calibration", {}).get("captions", [])), "command": d.get("command")}
 
 
 if __name__ == "__main__":
