@@ -4,18 +4,20 @@
 #   bash benches/gpu/check.sh              on the CUDA machine: carried wheels, the CUDA build,
 #                                          pytest -m gpu, then the harness's measured phases
 #   bash benches/gpu/check.sh --dry-run    on a CPU: the same harness at tiny sizes (CI runs it)
-#   options: --budget SECONDS (default 450, from the start), --skip-tests, --phases a,b
+#   options: --budget SECONDS (default 450, from the start), --skip-tests, --phases a,b,
+#            --rebuild (build the extension even if a warm machine has it)
 #
 # Writes into $OUT (default /tmp/gpu_check_out): gpu_check.json, steps.txt, pytest_gpu.xml,
 # trace_clockwork_sd15.json.gz. A failed step is recorded in steps.txt and the next runs.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-DRY=0 BUDGET=450 TESTS=1 PHASES=()
+DRY=0 BUDGET=450 TESTS=1 REBUILD=0 PHASES=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --budget) BUDGET=$2; shift ;;
     --skip-tests) TESTS=0 ;;
+    --rebuild) REBUILD=1 ;;
     --phases) PHASES=(--phases "$2"); shift ;;
     *) echo "check.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -45,9 +47,14 @@ if [ "$DRY" = 0 ]; then
   step wheels python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-  # The engine with its extension built for this GPU (sm_90) with the CUDA kernels in it.
-  step build env CLOCKWORK_CUDA=1 CLOCKWORK_CUDA_ARCHS=9.0 MAX_JOBS=16 python3 -m pip install -q --no-index \
-    --no-deps --no-build-isolation -e . || exit 1
+  # The engine with its extension built for this GPU (sm_90) with the CUDA kernels in it; on a
+  # warm machine that has it from an earlier call, not again (unless --rebuild).
+  if [ "$REBUILD" = 1 ] || ! python3 -c "from clockwork_engine import _C; assert _C.built_with_cuda" 2>/dev/null; then
+    step build env CLOCKWORK_CUDA=1 CLOCKWORK_CUDA_ARCHS=9.0 MAX_JOBS=16 python3 -m pip install -q --no-index \
+      --no-deps --no-build-isolation -e . || exit 1
+  else
+    echo "== build: clockwork_engine._C with CUDA is installed already (--rebuild builds it again)"
+  fi
   if [ "$TESTS" = 1 ]; then
     # TRITON_INTERPRET=0: conftest.py turns the interpreter on for the CPU tests, and only
     # this file runs, so no CPU kernel test imports triton first.
