@@ -153,7 +153,7 @@ class Lane:
             return
         if key not in self._sets:
             self._sets[key] = self._build(bucket, like)
-            while len(self._sets) > 4:  # old buckets and bank versions
+            while len(self._sets) > len(self.buckets):  # every bucket's set is kept; stale versions go below
                 oldest = next(k for k in self._sets if k != self._current)
                 del self._sets[oldest]
         if self._current is not None and self.rows:
