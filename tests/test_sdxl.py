@@ -26,8 +26,13 @@ PROMPTS = ["a red circle", "a blue square"]
 
 @pytest.fixture(scope="module")
 def sdxl(tmp_path_factory):
+    return make_sdxl_pipeline(tmp_path_factory.mktemp("tok"))
+
+
+def make_sdxl_pipeline(tokenizer_dir):
+    """A StableDiffusionXLPipeline of random test-sized components (16x16 images)."""
     torch.manual_seed(0)
-    tokenizer = clip_tokenizer(tmp_path_factory.mktemp("tok"))
+    tokenizer = clip_tokenizer(tokenizer_dir)
     cfg = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3,
                          vocab_size=len(tokenizer), max_position_embeddings=16, projection_dim=32, hidden_act="gelu")
     return diffusers.StableDiffusionXLPipeline(

@@ -211,3 +211,19 @@ def test_bad_batching_settings_are_refused():
         EngineConfig(max_queue=0)
     with pytest.raises(ValueError, match="request_timeout"):
         EngineConfig(request_timeout=float("nan"))
+
+
+def test_sdxl_rows_batch_with_their_added_conditioning(tmp_path_factory):
+    from test_sdxl import make_sdxl_pipeline
+
+    pipe = make_sdxl_pipeline(tmp_path_factory.mktemp("tok"))
+    alone = Engine.from_pipeline(pipe, config="full")
+    batched = alone.with_config(batching="step")
+    reqs = [dict(prompt=p, steps=s, seed=k, height=16, width=16, output="latent", guidance_scale=g)
+            for k, (p, s, g) in enumerate([("a red circle", 3, 5.0), ("a blue square", 4, 5.0), ("a green ring", 2, 2.0)])]
+    expected = [alone.generate(**r) for r in reqs]
+    ticks = Ticks(batched)
+    with batched._lock:
+        futures = [batched.batcher.submit(_parse(batched, r)) for r in reqs]
+    assert all(close(f.result(timeout=120), want) for f, want in zip(futures, expected))
+    assert max(ticks.log) == 3
