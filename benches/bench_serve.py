@@ -217,11 +217,11 @@ def main():
     ap.add_argument("--factors", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0, 3.0],
                     help="offered rates as multiples of the serialized capacity")
     ap.add_argument("--requests", type=int, default=200, help="at most this many arrivals a rate")
-    ap.add_argument("--max-s", type=float, default=20.0, help="at most this many seconds of arrivals a rate")
+    ap.add_argument("--max-s", type=float, default=15.0, help="at most this many seconds of arrivals a rate")
     ap.add_argument("--wait-s", type=float, default=30.0, help="then wait this long for the answers")
     ap.add_argument("--deadline", type=float, default=1.0, help="goodput: answered within this many seconds")
     ap.add_argument("--capacity-requests", type=int, default=30)
-    ap.add_argument("--saturation-requests", type=int, default=200)
+    ap.add_argument("--saturation-requests", type=int, default=160)
     ap.add_argument("--max-queue", type=int, default=256)
     ap.add_argument("--soak", type=int, default=2000, help="requests of the memory soak (0: none)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: few requests, no soak")
@@ -232,7 +232,7 @@ def main():
             20, 4.0, 10.0, 24, 6, 0
         args.factors = [0.5, 1.5]
     out = asyncio.run(run(args))
-    out["command"] = "python benches/bench_serve.py" + (" --quick" if args.quick else "")
+    out["command"] = " ".join(["python", "benches/bench_serve.py"] + sys.argv[1:])
     write(args.out, out)
     plot(out, os.path.join(RESULTS, os.path.splitext(args.out)[0] + "_latency.png"))
 

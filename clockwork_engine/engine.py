@@ -7,8 +7,9 @@ With every acceleration off the result equals diffusers' StableDiffusionPipeline
 Img2Img and Inpaint pipelines) for the same seed, steps, scheduler and guidance
 (tests/test_engine_parity.py, test_schedulers.py, test_edit.py).
 
-Concurrency: one generate() runs at a time per Engine (a lock); the model compute already
-uses every core, so queuing costs little latency and keeps per-request state private.
+Concurrency: by default one generate() runs at a time per UNet (a lock); with
+config.batching "step" or "request", concurrent text-to-image calls go through the request
+scheduler (serving/scheduler.py), which batches their rows into shared model calls.
 """
 
 from __future__ import annotations
