@@ -259,3 +259,28 @@ def test_fuzzed_requests_never_get_a_5xx(case):
     assert response.status_code < 500 or asked_for_it, response.text
     if response.status_code >= 400:
         assert response.json()["error"]["message"]
+
+
+def test_clockwork_serve_command(tiny_dir):
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "clockwork_engine.cli", "serve", "--model", tiny_dir,
+                             "--port", str(port), "--api-key", KEY], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                if http.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except http.exceptions.ConnectionError:
+                time.sleep(0.1)
+        r = http.post(f"{url}/v1/images/generations", headers=AUTH, json={"prompt": "a red circle", "steps": 2},
+                      timeout=60)
+        assert r.status_code == 200 and decode(r.json()["data"][0]).shape == (16, 16, 3)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
