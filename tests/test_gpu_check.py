@@ -28,7 +28,8 @@ SD15_VARIANTS = {"diffusers", "engine_full_eager", "engine_full", "clockwork_ide
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
-    proc = subprocess.run(["bash", os.path.join(GPU_DIR, "check.sh"), "--dry-run"], env={**os.environ, "OUT": str(out)},
+    proc = subprocess.run(["bash", os.path.join(GPU_DIR, "check.sh"), "--dry-run"],
+                          env={**os.environ, "OUT": str(out), "PYTHON": sys.executable},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, json.loads((out / "gpu_check.json").read_text())

@@ -9,6 +9,7 @@
 #
 # Writes into $OUT (default /tmp/gpu_check_out): gpu_check.json, steps.txt, pytest_gpu.xml,
 # trace_clockwork_sd15.json.gz. A failed step is recorded in steps.txt and the next runs.
+# $PYTHON (default python3) is the interpreter.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 DRY=0 BUDGET=450 TESTS=1 REBUILD=0 PHASES=()
@@ -28,6 +29,7 @@ mkdir -p "$OUT"
 : > "$OUT/steps.txt"
 START=$(date +%s)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+PY=${PYTHON:-python3}  # the interpreter with torch (the machine's python3; tests pass their own)
 
 step() {  # step NAME CMD...: run it, append "NAME rc seconds" to steps.txt
   local name=$1 t0 rc
@@ -44,13 +46,13 @@ step() {  # step NAME CMD...: run it, append "NAME rc seconds" to steps.txt
 if [ "$DRY" = 0 ]; then
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
   # diffusers is not on that machine: its wheel travels in .whl/ (fetch_wheels.sh).
-  step wheels python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  step wheels "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   # The engine with its extension built for this GPU (sm_90) with the CUDA kernels in it; on a
   # warm machine that has it from an earlier call, not again (unless --rebuild).
-  if [ "$REBUILD" = 1 ] || ! python3 -c "from clockwork_engine import _C; assert _C.built_with_cuda" 2>/dev/null; then
-    step build env CLOCKWORK_CUDA=1 CLOCKWORK_CUDA_ARCHS=9.0 MAX_JOBS=16 python3 -m pip install -q --no-index \
+  if [ "$REBUILD" = 1 ] || ! "$PY" -c "from clockwork_engine import _C; assert _C.built_with_cuda" 2>/dev/null; then
+    step build env CLOCKWORK_CUDA=1 CLOCKWORK_CUDA_ARCHS=9.0 MAX_JOBS=16 "$PY" -m pip install -q --no-index \
       --no-deps --no-build-isolation -e . || exit 1
   else
     echo "== build: clockwork_engine._C with CUDA is installed already (--rebuild builds it again)"
@@ -58,7 +60,7 @@ if [ "$DRY" = 0 ]; then
   if [ "$TESTS" = 1 ]; then
     # TRITON_INTERPRET=0: conftest.py turns the interpreter on for the CPU tests, and only
     # this file runs, so no CPU kernel test imports triton first.
-    step gpu_tests env TRITON_INTERPRET=0 timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider \
+    step gpu_tests env TRITON_INTERPRET=0 timeout 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider \
       --junitxml="$OUT/pytest_gpu.xml" tests/test_gpu_cuda.py
   fi
   DRYFLAG=()
@@ -66,13 +68,13 @@ else
   DRYFLAG=(--dry-run)
 fi
 LEFT=$(( BUDGET - ($(date +%s) - START) ))
-step harness python3 benches/gpu/harness.py --out "$OUT" --budget "$LEFT" "${DRYFLAG[@]}" "${PHASES[@]}"
+step harness "$PY" benches/gpu/harness.py --out "$OUT" --budget "$LEFT" "${DRYFLAG[@]}" "${PHASES[@]}"
 rc=$?
 LEFT=$(( BUDGET - ($(date +%s) - START) ))
 if [ "$rc" -gt 1 ] && [ "$LEFT" -gt 60 ]; then
   # The process died (a signal: 128 + its number), not a phase failing (1): the JSON marks the
   # phase it died in; run the phases after it.
-  step harness_resumed python3 benches/gpu/harness.py --out "$OUT" --budget "$LEFT" --resume "${DRYFLAG[@]}" \
+  step harness_resumed "$PY" benches/gpu/harness.py --out "$OUT" --budget "$LEFT" --resume "${DRYFLAG[@]}" \
     "${PHASES[@]}"
   rc=$?
 fi
