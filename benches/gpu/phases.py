@@ -30,7 +30,7 @@ from clockwork_engine.eval.compare import paired_speedup
 
 STEPS, GUIDANCE = 8, 7.5
 REUSE_STEPS = (6, 7)  # the last two steps reuse the maps of step 5
-REUSE_BYTES = 4 * 2**30  # every layer's maps fit (SD v1.5 at 512x512: about 3 GiB in fp16)
+REUSE_BYTES = 4 * 2**30  # every layer's maps fit (SD v1.5 at 512x512, CFG: 2.7 GiB in fp16, attention.map_bytes)
 
 
 class Prompts:
