@@ -79,8 +79,6 @@ def parse(engine, prompt, *, steps=None, guidance_scale=None, seed=None, height=
     max_side = cfg.max_size_factor * engine.default_size
     edit = None
     unet_channels = engine.unet.config.in_channels
-    if (image is not None or mask_image is not None) and engine.conditioning.sdxl:
-        raise ValueError("image-to-image and inpainting are not supported for SDXL models yet")
     if image is not None or mask_image is not None:
         edit = images.edit_inputs(image, mask_image, strength, len(prompts), engine.size_multiple, max_side,
                                   unet_channels, height, width)

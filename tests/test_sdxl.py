@@ -1,6 +1,7 @@
 """SDXL in full mode: both text encoders, the pooled embedding, the time ids and
 force_zeros_for_empty_prompt, equal to StableDiffusionXLPipeline (latents within 1e-4) on a
-test-sized SDXL config; CFG rescale (guidance_rescale) for SD and SDXL alike."""
+test-sized SDXL config, image-to-image and inpainting equal to StableDiffusionXLImg2ImgPipeline
+and StableDiffusionXLInpaintPipeline; CFG rescale (guidance_rescale) for SD and SDXL alike."""
 
 import copy
 
@@ -131,10 +132,49 @@ def test_distill_an_adaptor_for_sdxl(sdxl, tmp_path):
     assert torch.isfinite(out_clock).all() and not torch.equal(out_clock, out_full)
 
 
-def test_sdxl_refuses_what_it_cannot_run_yet(sdxl):
-    engine = Engine.from_pipeline(sdxl, config="full")
-    with pytest.raises(ValueError, match="not supported for SDXL models yet"):
-        engine.generate("a red circle", image=torch.rand(1, 3, 16, 16), steps=2)
+def edit_pipeline(cls, sdxl, scheduler, in_channels=4):
+    parts = dict(sdxl.components)
+    if in_channels != 4:  # an SDXL inpainting UNet (latents, mask, masked-image latents)
+        torch.manual_seed(5)
+        parts["unet"] = diffusers.UNet2DConditionModel(**{**TINY_SDXL_UNET, "in_channels": in_channels})
+    pipe = cls(**parts, force_zeros_for_empty_prompt=True)
+    pipe.scheduler = schedulers.from_name(scheduler, sdxl.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def both_edit(pipe, guidance, **edit):
+    ref = pipe(PROMPTS, num_inference_steps=6, guidance_scale=guidance, output_type="latent",
+               generator=[torch.Generator().manual_seed(s) for s in (1, 2)], **edit).images
+    got = Engine.from_pipeline(pipe, config="full").generate(PROMPTS, steps=6, guidance_scale=guidance, seed=[1, 2],
+                                                              output="latent", **edit)
+    return got, ref
+
+
+EDIT_IMAGES = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+EDIT_MASKS = torch.zeros(2, 1, 16, 16)
+EDIT_MASKS[:, :, 4:12, 2:10] = 1.0
+
+
+@pytest.mark.parametrize("guidance", [1.0, 5.0], ids=["no-cfg", "cfg"])
+@pytest.mark.parametrize("strength", [0.5, 1.0])
+@pytest.mark.parametrize("scheduler", ["euler", "dpm++2m", "euler-a"])
+def test_sdxl_img2img_matches_diffusers(sdxl, scheduler, strength, guidance):
+    pipe = edit_pipeline(diffusers.StableDiffusionXLImg2ImgPipeline, sdxl, scheduler)
+    got, ref = both_edit(pipe, guidance, image=EDIT_IMAGES, strength=strength)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("strength", [0.5, 1.0])
+@pytest.mark.parametrize("scheduler", ["euler", "dpm++2m"])
+@pytest.mark.parametrize("in_channels", [4, 9], ids=["4-channel", "9-channel"])
+def test_sdxl_inpaint_matches_diffusers(sdxl, scheduler, strength, in_channels):
+    pipe = edit_pipeline(diffusers.StableDiffusionXLInpaintPipeline, sdxl, scheduler, in_channels)
+    got, ref = both_edit(pipe, 5.0, image=EDIT_IMAGES, mask_image=EDIT_MASKS, strength=strength)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+
+
+def test_sdxl_needs_its_second_text_encoder(sdxl):
     parts = dict(sdxl.components)
     with pytest.raises(ValueError, match="needs tokenizer_2 and text_encoder_2"):
         Engine(parts["unet"], parts["vae"], parts["tokenizer"], parts["text_encoder"], parts["scheduler"])
