@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, interleaved, machine, write  # noqa: E402
 
 from clockwork_engine.eval.compare import paired_speedup  # noqa: E402
-from clockwork_engine.flops import SD15_TEXT_TOKENS, SDXL_UNET, build, example_inputs  # noqa: E402
+from clockwork_engine.flops import SD15_TEXT_TOKENS, SDXL_UNET, build, count_arch, example_inputs  # noqa: E402
 
 TEXT_DIM = 2048  # 768 (CLIP ViT-L) + 1280 (OpenCLIP bigG) concatenated
 # stabilityai/stable-diffusion-xl-base-1.0: text_encoder/, text_encoder_2/, vae/ config.json
@@ -98,9 +98,8 @@ def end_to_end(repeats: int, folder: str) -> dict:
     import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from clockwork_engine import Engine, EngineConfig
+    from clockwork_engine import Engine, EngineConfig, schedulers
     from clockwork_engine import adaptor as adaptor_io
-    from clockwork_engine import schedulers
     from clockwork_engine.clock import Clock
     from clockwork_engine.eval.compare import fresh_prompts
 
@@ -156,6 +155,10 @@ def main():
             result = json.load(f)
     result.update({"what": "SDXL base UNet architecture (random weights), 512x512, fp32, CFG batch 2, cut 1",
                    "machine": machine()})
+    # the same comparison in FLOPs at this size (meta tensors, untimed)
+    counted = count_arch(SDXL_UNET, SD15_TEXT_TOKENS, TEXT_DIM, None, 8, 2, latent=64)
+    result["flops_512"] = {c: counted[c]["adaptor_step_tflops"] / counted[c]["full_step_tflops"]
+                           for c in ("paper", "full")}
     if not args.e2e_only:
         result.update({"command": "python " + " ".join(["benches/bench_sdxl_latency.py", *sys.argv[1:]]),
                        "repeats": args.repeats, **steps(args.repeats)})
