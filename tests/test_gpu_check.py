@@ -154,7 +154,8 @@ def test_merging_a_second_try_keeps_what_either_finished():
     from merge import merge
 
     first = {"started_utc": "t1", "command": "check.sh", "gpu_tests": {"tests": 58}, "setup": [1],
-             "phases": {"sd15": {"status": "ok", "n": 1}, "sdxl": {"status": "error"}, "sd15_compile": {"status": "ok"}}}
+             "phases": {"sd15": {"status": "ok", "n": 1}, "sdxl": {"status": "error"},
+                        "sd15_compile": {"status": "ok"}}}
     second = {"started_utc": "t2", "command": "check.sh --skip-tests", "gpu_tests": None, "setup": [2],
               "phases": {"sdxl": {"status": "ok"}, "sd15_compile": {"status": "error"}}}
     merged = merge(first, second)

@@ -72,9 +72,8 @@ def gn_reference(i):
 def compiled_kernels():
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.fail("TRITON_INTERPRET=1 runs the Triton kernels in the interpreter; run with TRITON_INTERPRET=0")
-    from triton.runtime.jit import JITFunction
-
     from clockwork_engine.kernels import attention_pv, group_norm
+    from triton.runtime.jit import JITFunction
 
     for kernel in (group_norm._group_norm_act_kernel, attention_pv._attention_pv_kernel):
         assert isinstance(kernel, JITFunction), f"{kernel} is not compiled for the device: {type(kernel).__name__}"
@@ -83,7 +82,8 @@ def compiled_kernels():
 
 def cuda_extension():
     if not (gn_ops.extension_available() and gn_ops._extension().built_with_cuda):
-        pytest.fail("clockwork_engine._C is not built with CUDA: CLOCKWORK_CUDA=1 pip install --no-build-isolation -e .")
+        pytest.fail("clockwork_engine._C is not built with CUDA: "
+                    "CLOCKWORK_CUDA=1 pip install --no-build-isolation -e .")
     assert torch.ops.clockwork.group_norm_act.default.has_kernel_for_dispatch_key("CUDA")
     return torch.ops.clockwork.group_norm_act
 
@@ -234,7 +234,8 @@ def random_adaptor(pipe, folder) -> str:
     adaptor = A.Adaptor(A.AdaptorConfig.for_split(UNetSplit(pipe.unet, 1), 16))
     torch.nn.init.normal_(adaptor.up.weight, std=0.05)
     A.save(str(folder), adaptor, cut=1, base_fingerprint=A.model_fingerprint(pipe.unet),
-           scheduler=schedulers.describe(pipe.scheduler), steps=GOOD["steps"], clock={"every": 2, "adaptor_steps": None})
+           scheduler=schedulers.describe(pipe.scheduler), steps=GOOD["steps"],
+           clock={"every": 2, "adaptor_steps": None})
     return str(folder)
 
 
@@ -296,7 +297,7 @@ def test_eviction_recaptures_and_stays_correct(pipes):
     sizes = (16, 32, 16)
     got = [graphs.generate("a red circle", **{**GOOD, "height": s, "width": s}) for s in sizes]
     assert (graphs.graphs.misses, graphs.graphs.evictions, len(graphs.graphs.keys())) == (3, 2, 1)
-    for s, g in zip(sizes, got):
+    for s, g in zip(sizes, got, strict=True):
         torch.testing.assert_close(g, eager.generate("a red circle", **{**GOOD, "height": s, "width": s}),
                                    atol=1e-5, rtol=1e-5)
 

@@ -25,9 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
-
 import phases  # noqa: E402
+import torch  # noqa: E402
 from timing import Deadline  # noqa: E402
 
 # (name, function, seconds it needs at least to start). Ordered so that what matters most

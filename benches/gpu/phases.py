@@ -20,9 +20,8 @@ import gzip
 import os
 import shutil
 
-import torch
-
 import models
+import torch
 from timing import device_ms, measure, sync
 
 from clockwork_engine import Engine, EngineConfig
