@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -198,6 +199,7 @@ def main(argv=None) -> int:
         save()
         print(f"== phase {name}: {result['status']}", flush=True)
     save()
+    shutil.rmtree(ctx.tmp, ignore_errors=True)  # the tokenizers and the adaptor folder
     print(f"wrote {path}")
     return 0 if all(p["status"] == "ok" for p in report["phases"].values()) else 1
 
