@@ -199,7 +199,9 @@ def main():
                          reference="diffusers")
         result["clocks"] = {f"clock_{os.path.splitext(os.path.basename(p))[0]}": _clock_record(p)
                             for p in args.clocks if _clock_record(p)["steps"] == n}
-        write(f"e2e_{n}.json", {"command": "python " + " ".join(sys.argv), "steps": n, **result})
+        env = "".join(f"{k}={os.environ[k]} " for k in ("OMP_NUM_THREADS",) if k in os.environ)
+        write(f"e2e_{n}.json", {"command": env + "python " + " ".join(sys.argv), "steps": n, **result,
+                                "machine": machine()})
         pareto_plot(result, os.path.join(RESULTS, f"pareto_{n}.png"), n)
 
 

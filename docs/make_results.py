@@ -434,7 +434,9 @@ def section_e2e():
            "(`clockwork search-clock`, schedules in benches/results/clocks/): `identity_*` with the identity "
            "adaptor, `learned_*` with the adaptor fitted for that step count, `_b<k>` the number of adaptor steps. "
            "The adaptor fitted at 4 steps is in the 4-step ablation above. `student_*` rows (8 steps only) run "
-           "each student at its own step count.\n"]
+           "each student at its own step count. A run whose command starts with OMP_NUM_THREADS=1 used one "
+           "intra-op thread for every variant (the 2-core machine was shared with other jobs, and two threads "
+           "each on a busy machine made every call many times slower).\n"]
     found = False
     for n in (4, 8, 20, 50):
         name = f"e2e_{n}.json"
@@ -524,9 +526,9 @@ def _clock_schedules(d) -> str:
              f"{len(c['adaptor_steps'])} of {c['steps']}", " ".join(map(str, c["adaptor_steps"])),
              f"{c['search_seconds']:.0f} s, {c['search_sampler_runs']} runs", c["calibration_captions"],
              f"`{c['command']}`"] for k, c in d["clocks"].items()]
-    return ("Searched clocks (0-based adaptor steps; one search serves every budget in its command, its cost "
-            "shown once per file; calibration captions from the training split, one noise draw):\n\n"
-            + table(["variant", "adaptor", "adaptor steps", "steps", "search cost", "calibration captions",
+    return ("Searched clocks (0-based adaptor steps; search cost: the whole command's, every budget it lists; "
+            "calibration captions from the training split, one noise draw):\n\n"
+            + table(["variant", "adaptor", "adaptor steps", "which (0-based)", "search cost", "calibration captions",
                      "command"], rows) + "\n")
 
 
