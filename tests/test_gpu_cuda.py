@@ -323,3 +323,34 @@ def test_no_host_sync_while_a_captured_key_samples(pipes):
             torch.ones(1, device="cuda").item()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_continuous_batching_on_cuda_graphs(pipes):
+    """Lanes of the request scheduler capture their bucket programs as CUDA graphs; rows that
+    join together and mid-flight get the request-alone latents."""
+    import threading
+
+    from clockwork_engine import request as requests
+    from clockwork_engine.sampler.graphs import _CudaGraphProgram
+
+    alone, _ = graphs_and_eager(pipes["fp32"], mode="clockwork", adaptor="identity")
+    batched = alone.with_config(batching="step")
+    calls = [dict(GOOD, seed=s, steps=n) for s, n in ((1, 4), (2, 6), (3, 4), (4, 8))]
+    want = [alone.generate("a red circle", **c) for c in calls]
+    late, joined = [], threading.Event()
+
+    def join_late(rows):
+        if not joined.is_set():
+            joined.set()
+            late.extend(batched.batcher.submit(requests.parse(batched, "a red circle", **c)) for c in calls[2:])
+
+    batched.batcher.tick_hooks.append(join_late)
+    first = [batched.batcher.submit(requests.parse(batched, "a red circle", **c)) for c in calls[:2]]
+    got = [f.result(timeout=300) for f in first]
+    joined.wait(timeout=300)
+    got += [f.result(timeout=300) for f in late]
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+    lanes = list(batched.batcher._lanes.values())
+    programs = [p for lane in lanes for _, progs in lane._sets.values() for p in progs.values()]
+    assert programs and all(isinstance(p, _CudaGraphProgram) for p in programs)

@@ -124,6 +124,7 @@ class _Program:
 class _CudaGraphProgram(_Program):
     def __init__(self, step_fn, bufs, pool, stream):
         super().__init__(step_fn, bufs)
+        stream.wait_stream(torch.cuda.current_stream())  # the buffers were just written on the default stream
         with torch.cuda.stream(stream):  # warm-up off the default stream, as capture requires
             for _ in range(2):
                 super().run()
