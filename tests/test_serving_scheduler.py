@@ -116,20 +116,26 @@ def test_clockwork_rows_join_only_at_full_ticks(pipe):
     assert full_lane.can_join(batched.schedule(5, "full"))
 
 
+def stall(engine, first):
+    """Submit `first` while the model is busy (the caller holds its lock) and wait until the
+    scheduler has taken it: the scheduler then waits on the lock and starts nothing more."""
+    future = engine.batcher.submit(first)
+    while engine.batcher.queue_depth():
+        time.sleep(0.005)
+    return future
+
+
 def test_request_policy_starts_only_an_empty_lane(pipe):
     alone, batched = engines(pipe, policy="request")
-    reqs = [request(k) for k in range(4)]
+    reqs = [dict(request(k), guidance_scale=5.0) for k in (0, 1, 2)]  # one lane (CFG on); 3, 5 and 4 steps
     expected = [alone.generate(**r) for r in reqs]
-    late = []
-    ticks = Ticks(batched, at=1, then=lambda: late.append(batched.batcher.submit(_parse(batched, reqs[3]))))
-    first = [batched.batcher.submit(_parse(batched, r)) for r in reqs[:3]]
-    got = [f.result(timeout=120) for f in first]
-    while not late:
-        time.sleep(0.01)
-    got.append(late[0].result(timeout=120))
-    assert all(close(a, b) for a, b in zip(got, expected))
-    longest = max(r["steps"] for r in reqs[:3])
-    assert all(rows == 1 for rows in ticks.log[longest:])  # the late one ran after the first batch drained
+    ticks = Ticks(batched)
+    with batched._lock:
+        futures = [stall(batched, _parse(batched, reqs[0]))]  # the lane starts with the first alone
+        futures += [batched.batcher.submit(_parse(batched, r)) for r in reqs[1:]]
+    assert all(close(f.result(timeout=120), want) for f, want in zip(futures, expected))
+    # the two that waited did not join the running lane; they started together once it was empty
+    assert ticks.log == [1] * 3 + [2] * 4 + [1] * 1
 
 
 def test_deadline_drops_the_request_and_frees_its_row(pipe):
@@ -151,13 +157,14 @@ def test_deadline_drops_the_request_and_frees_its_row(pipe):
 def test_full_queue_refuses_at_once_and_loses_nothing(pipe):
     alone, batched = engines(pipe, max_queue=3)
     accepted, refused = [], 0
-    with batched._lock:  # the scheduler cannot start anything: the queue fills
-        for k in range(12):
+    with batched._lock:
+        accepted.append((0, stall(batched, _parse(batched, request(0)))))
+        for k in range(1, 12):
             try:
                 accepted.append((k, batched.batcher.submit(_parse(batched, request(k)))))
             except QueueFull:
                 refused += 1
-    assert refused > 0 and len(accepted) >= 3
+    assert len(accepted) == 1 + 3 and refused == 8
     for k, future in accepted:
         assert close(future.result(timeout=120), alone.generate(**request(k)))
 

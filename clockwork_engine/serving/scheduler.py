@@ -100,6 +100,7 @@ class BatchScheduler:
                 self.counts["queue_full"] += 1
                 raise QueueFull(f"the queue is full ({self.max_queue} images waiting); retry later")
             self._waiting.append(job)
+            self.counts["submitted"] += 1
             self._cond.notify()
         return job.future
 
