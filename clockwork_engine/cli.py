@@ -163,47 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
         module.build_parser(p)
         p.set_defaults(run=module.run)
 
-    from . import flops
-
-    count = sub.add_parser("flops", help="count FLOPs per step type (full vs clockwork)", description=flops.__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    flops.build_parser(count)
-    count.set_defaults(run=_exit_zero(flops.run))
-
-    from . import bench
-
-    timing = sub.add_parser("bench", help="your model: the engine's variants against stock diffusers, in one run",
-                            description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench.build_parser(timing)
-    timing.set_defaults(run=_exit_zero(bench.run))
-
-    from . import profile
-
-    prof = sub.add_parser("profile", help="write a torch.profiler trace and a per-step table",
-                          description=profile.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    profile.build_parser(prof)
-    prof.set_defaults(run=_exit_zero(profile.run))
-
-    from . import reuse_search
-
-    search = sub.add_parser("search-reuse", help="greedy search of an attention-reuse schedule",
-                            description=reuse_search.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    reuse_search.build_parser(search)
-    search.set_defaults(run=_exit_zero(reuse_search.run))
-
-    from . import clock_search
-
-    clock = sub.add_parser("search-clock", help="greedy search of a clockwork clock (which steps run the adaptor)",
-                           description=clock_search.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    clock_search.build_parser(clock)
-    clock.set_defaults(run=_exit_zero(clock_search.run))
-
+    from . import bench, clock_search, flops, profile, reuse_search
     from .serving import server
 
-    serve = sub.add_parser("serve", help="the HTTP API (OpenAI images API, /healthz, /metrics) with batching",
-                           description=server.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    server.build_parser(serve)
-    serve.set_defaults(run=server.run)
+    for name, module, text in (
+            ("flops", flops, "count FLOPs per step type (full vs clockwork)"),
+            ("bench", bench, "your model: the engine's variants against stock diffusers, in one run"),
+            ("profile", profile, "write a torch.profiler trace and a per-step table"),
+            ("search-reuse", reuse_search, "greedy search of an attention-reuse schedule"),
+            ("search-clock", clock_search, "greedy search of a clockwork clock (which steps run the adaptor)"),
+            ("serve", server, "the HTTP API (OpenAI images API, /healthz, /metrics) with batching")):
+        p = sub.add_parser(name, help=text, description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.build_parser(p)
+        p.set_defaults(run=_exit_zero(module.run))
     return parser
 
 
