@@ -50,6 +50,7 @@ class Row:
 class Lane:
     def __init__(self, engine, key: tuple, buckets: tuple[int, ...], cfg: bool, mode: str):
         self.engine, self.key, self.buckets, self.cfg, self.mode = engine, key, buckets, cfg, mode
+        self.clock = engine.config.clock()
         self.bank = TableBank(engine.device)
         self.rows: list[Row] = []
         self.tick = 0
@@ -63,7 +64,7 @@ class Lane:
     def kind_at(self, tick: int) -> str:
         if self.mode == "full":
             return "full"
-        return "clockwork.adaptor" if self.engine.config.clock().is_adaptor_step(tick) else "clockwork.full"
+        return "clockwork.adaptor" if self.clock.is_adaptor_step(tick) else "clockwork.full"
 
     def can_join(self, kinds: list[str]) -> bool:
         start = self.tick if self.rows else 0
