@@ -182,7 +182,8 @@ async def run(args):
                     after = server.rss_mb()
                     phase["soak"] = {"requests": args.soak, "ok": sum(1 for s, _ in res if s == 200),
                                      "rss_after_warmup_mb": round(before, 1), "rss_end_mb": round(after, 1),
-                                     "growth": round(after / before - 1, 4), "throughput_rps": round(len(res) / wall, 2)}
+                                     "growth": round(after / before - 1, 4),
+                                     "throughput_rps": round(len(res) / wall, 2)}
                     print("soak", phase["soak"], flush=True)
                 out["phases"][mode] = phase
             finally:

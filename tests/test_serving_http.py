@@ -81,7 +81,7 @@ def test_images_equal_the_engine_alone(client, alone):
     assert r.status_code == 200, r.text
     data = r.json()["data"]
     assert [d["seed"] for d in data] == [7, 8]
-    for item, seed in zip(data, (7, 8)):
+    for item, seed in zip(data, (7, 8), strict=True):
         assert same_image(decode(item), alone.generate("a red circle", seed=seed, steps=4, guidance_scale=3.0))
     r = client.post("/v1/images/generations", headers=AUTH, json={"prompt": "a red circle", "size": "32x16",
                                                                    "seed": 1, "mode": "full", "scheduler": "euler-a"})
@@ -116,7 +116,8 @@ def test_not_json_and_too_large_bodies(client):
 def test_api_key(client):
     body = {"prompt": "a red circle", "steps": 1}
     assert client.post("/v1/images/generations", json=body).status_code == 401
-    assert client.post("/v1/images/generations", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    wrong = {"Authorization": "Bearer wrong"}
+    assert client.post("/v1/images/generations", json=body, headers=wrong).status_code == 401
     assert client.get("/healthz").json()["status"] == "ok"  # open, for load balancers
 
 

@@ -7,7 +7,6 @@ import time
 from concurrent.futures import CancelledError
 
 import pytest
-import torch
 from conftest import make_tiny_pipeline
 
 from clockwork_engine import Engine, EngineConfig
@@ -65,7 +64,7 @@ def test_rows_joining_mid_flight_get_their_own_images(pipe, scheduler):
     while len(late) < len(reqs) - 4:
         time.sleep(0.01)
     results[4:] = [f.result(timeout=120) for f in late]
-    assert all(close(got, want) for got, want in zip(results, expected))
+    assert all(close(got, want) for got, want in zip(results, expected, strict=True))
     assert max(ticks.log) > 2  # rows of several requests shared model calls
     assert batched.batcher.counts["ok"] == len(reqs)
 
@@ -94,7 +93,7 @@ def test_generate_from_threads_is_batched_and_exact(pipe):
             time.sleep(0.01)
     for t in threads:
         t.join(timeout=120)
-    assert all(close(got, want) for got, want in zip(out, expected))
+    assert all(close(got, want) for got, want in zip(out, expected, strict=True))
     assert max(ticks.log) >= 4
 
 
@@ -133,7 +132,7 @@ def test_request_policy_starts_only_an_empty_lane(pipe):
     with batched._lock:
         futures = [stall(batched, _parse(batched, reqs[0]))]  # the lane starts with the first alone
         futures += [batched.batcher.submit(_parse(batched, r)) for r in reqs[1:]]
-    assert all(close(f.result(timeout=120), want) for f, want in zip(futures, expected))
+    assert all(close(f.result(timeout=120), want) for f, want in zip(futures, expected, strict=True))
     # the two that waited did not join the running lane; they started together once it was empty
     assert ticks.log == [1] * 3 + [2] * 4 + [1] * 1
 
@@ -226,11 +225,12 @@ def test_sdxl_rows_batch_with_their_added_conditioning(tmp_path_factory):
     pipe = make_sdxl_pipeline(tmp_path_factory.mktemp("tok"))
     alone = Engine.from_pipeline(pipe, config="full")
     batched = alone.with_config(batching="step")
+    calls = [("a red circle", 3, 5.0), ("a blue square", 4, 5.0), ("a green ring", 2, 2.0)]
     reqs = [dict(prompt=p, steps=s, seed=k, height=16, width=16, output="latent", guidance_scale=g)
-            for k, (p, s, g) in enumerate([("a red circle", 3, 5.0), ("a blue square", 4, 5.0), ("a green ring", 2, 2.0)])]
+            for k, (p, s, g) in enumerate(calls)]
     expected = [alone.generate(**r) for r in reqs]
     ticks = Ticks(batched)
     with batched._lock:
         futures = [batched.batcher.submit(_parse(batched, r)) for r in reqs]
-    assert all(close(f.result(timeout=120), want) for f, want in zip(futures, expected))
+    assert all(close(f.result(timeout=120), want) for f, want in zip(futures, expected, strict=True))
     assert max(ticks.log) == 3

@@ -205,9 +205,10 @@ def make_app(engine, *, api_key: str | None = None, model_name: str = "demo",
             target = await run_in_threadpool(engine_for, body.scheduler)
             height, width = _size(body.size)
             seed = None if body.seed is None else [body.seed + k for k in range(body.n)]
+            negative = None if body.negative_prompt is None else [body.negative_prompt] * body.n
             req = requests.parse(target, [body.prompt] * body.n, steps=body.steps, guidance_scale=body.guidance_scale,
                                  seed=seed, height=height, width=width, mode=body.mode, timeout=body.timeout,
-                                 negative_prompt=None if body.negative_prompt is None else [body.negative_prompt] * body.n)
+                                 negative_prompt=negative)
         except (ValueError, TypeError, OverflowError) as e:
             metrics.requests.labels("bad_request").inc()
             return _error(400, str(e))
@@ -233,7 +234,8 @@ def make_app(engine, *, api_key: str | None = None, model_name: str = "demo",
         metrics.requests.labels("ok").inc()
         metrics.latency.observe(time.monotonic() - arrived)
         seeds = req.seeds if len(req.seeds) == req.rows else req.seeds * req.rows
-        return {"created": int(time.time()), "data": [{"b64_json": d, "seed": s} for d, s in zip(data, seeds)]}
+        items = [{"b64_json": d, "seed": s} for d, s in zip(data, seeds, strict=True)]
+        return {"created": int(time.time()), "data": items}
 
     app.state.engines = engines
     return app

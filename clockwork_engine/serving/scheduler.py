@@ -278,7 +278,7 @@ class BatchScheduler:
                 for row, _ in items:
                     self._fail(row.job, e)
                 continue
-            for (row, _), image in zip(items, images):
+            for (row, _), image in zip(items, images, strict=True):
                 job = row.job
                 job.images[row.index] = image
                 job.rows_left -= 1
