@@ -82,7 +82,7 @@ class EngineConfig:
             raise ValueError(f"text_dtype must be one of {', '.join(TEXT_DTYPES)}, got {self.text_dtype!r}")
         if self.backend not in ("auto", "cpu", "cuda", "inductor"):
             raise ValueError(f"backend must be 'auto', 'cpu', 'cuda' or 'inductor', got {self.backend!r}")
-        for name in ("steps", "max_batch_size", "max_size_factor", "cut", "max_graphs"):
+        for name in ("steps", "max_batch_size", "max_size_factor", "cut", "max_graphs", "max_queue"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -92,8 +92,6 @@ class EngineConfig:
         if not buckets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in buckets) or \
                 list(buckets) != sorted(set(buckets)):
             raise ValueError(f"batch_buckets must be increasing positive ints, got {buckets!r}")
-        if isinstance(self.max_queue, bool) or not isinstance(self.max_queue, int) or self.max_queue < 1:
-            raise ValueError(f"max_queue must be a positive int, got {self.max_queue!r}")
         if self.request_timeout is not None:
             validate.finite_float(self.request_timeout, "request_timeout", 0.0)
         if not isinstance(self.prompt_cache_size, int) or self.prompt_cache_size < 0:

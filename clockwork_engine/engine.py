@@ -45,9 +45,6 @@ def _model_lock(unet) -> threading.RLock:
     with _MODEL_LOCKS_GUARD:
         return _MODEL_LOCKS.setdefault(unet, threading.RLock())
 
-OUTPUT_TYPES, MAX_STEPS, DeadlineExceeded = request.OUTPUT_TYPES, request.MAX_STEPS, request.DeadlineExceeded
-
-
 class NonFiniteError(FloatingPointError):
     """The sampler produced NaN or Inf (bad weights or an unstable setting)."""
 
@@ -270,7 +267,7 @@ class Engine:
             return self._batcher
 
     def _table(self, steps: int, start: sampler.Start = sampler.TEXT_TO_IMAGE) -> sampler.SolverTable:
-        steps = validate.positive_int(steps, "steps", MAX_STEPS)
+        steps = validate.positive_int(steps, "steps", request.MAX_STEPS)
         key = (steps, start)
         if key not in self._tables:
             if len(self._tables) >= 32:  # a bounded cache: drop the oldest
@@ -337,18 +334,10 @@ class Engine:
                 negative_given=True):
         cfg_on = self.uses_cfg(guidance)
         text, added = self.conditioning.encode(prompts, negatives, cfg_on, height, width, negative_given)
-        text = text.to(self.device, self.unet.dtype)
-        shape = (len(prompts), self.vae.config.latent_channels, height // self.vae_factor, width // self.vae_factor)
         start = latents.start_for(edit, self.unet.config.in_channels)
         table = self._table(steps, start)
-        # Under CFG a row with a scale <= 1 gets scale 1 (its conditional output), as it would alone.
-        scales = torch.tensor([g if g > 1.0 or not cfg_on else 1.0 for g in guidance], device=self.device)
-        # CPU generators whatever the device (the same seed gives the same image everywhere), drawn
-        # in the model's dtype as diffusers' pipeline draws them.
-        if added is not None:
-            added = {k: v.to(self.device, self.unet.dtype) for k, v in added.items()}
-        inputs = latents.prepare(table, self.vae, shape, [torch.Generator().manual_seed(s) for s in seeds],
-                                 self.unet.dtype, self.device, text, scales, edit, added)
+        inputs = self.request_inputs(table, height, width, guidance, seeds, cfg_on, text, added, edit)
+        shape = inputs.latents.shape
         kinds = self.schedule(steps, mode, start)
         self.warn_off_operating_point(steps, mode)
 
@@ -358,12 +347,26 @@ class Engine:
         feature_shape = None
         if mode == "clockwork":
             s = self.split.scale
-            feature_shape = (text.shape[0], self.split.r_out_channels, shape[2] // s, shape[3] // s)
+            feature_shape = (inputs.text.shape[0], self.split.r_out_channels, shape[2] // s, shape[3] // s)
         key = (len(prompts), height, width, str(self.unet.dtype), mode, cfg_on, steps, start)
         result = self.graphs.run(key, make_steps, kinds, table, inputs, feature_shape, CacheState(), callback)
         if not torch.isfinite(result).all():
             raise NonFiniteError("the sampler produced NaN/Inf latents (check the model weights and guidance_scale)")
         return result
+
+    def request_inputs(self, table, height, width, guidance, seeds, cfg_on: bool, text, added=None, edit=None):
+        """A request's RequestInputs on the device: its noise from its seeds, its text and added
+        conditioning (conditioning.encode's) in the model's dtype, its guidance scales."""
+        dtype = self.unet.dtype
+        shape = (len(guidance), self.vae.config.latent_channels, height // self.vae_factor, width // self.vae_factor)
+        # Under CFG a row with a scale <= 1 gets scale 1 (its conditional output), as it would alone.
+        scales = torch.tensor([g if g > 1.0 or not cfg_on else 1.0 for g in guidance], device=self.device)
+        if added is not None:
+            added = {k: v.to(self.device, dtype) for k, v in added.items()}
+        # CPU generators whatever the device (the same seed gives the same image everywhere), drawn
+        # in the model's dtype as diffusers' pipeline draws them.
+        return latents.prepare(table, self.vae, shape, [torch.Generator().manual_seed(s) for s in seeds], dtype,
+                               self.device, text.to(self.device, dtype), scales, edit, added)
 
     def decode(self, latents, output: str):
         """Final latents [B, C, h, w] -> PIL images or [B, 3, H, W] in [0, 1] (output 'pt')."""

@@ -23,14 +23,6 @@ class TableBank:
         self.table: SolverTable | None = None  # the stacked table the step programs read
         self.version = 0  # bumped whenever `table` is rebuilt (programs bound to it are stale)
 
-    @property
-    def window(self) -> int:
-        return self.table.window
-
-    @property
-    def vectors(self) -> int:
-        return self.table.vectors
-
     def add(self, key, table: SolverTable, keep: set) -> int:
         """The offset of `key`'s table, stacking it in if new (tables not in `keep`, the keys
         rows still use, are dropped then)."""
@@ -52,7 +44,7 @@ class TableBank:
         dtypes = {t.timesteps.dtype for t in tables}
         ts_dtype = dtypes.pop() if len(dtypes) == 1 else torch.float64
         coeffs, p, q, timesteps = [], [], [], []
-        offset = 0
+        offset, self.offsets = 0, {}
         for key, t in self.tables.items():
             self.offsets[key] = offset
             offset += t.num_steps
@@ -63,7 +55,6 @@ class TableBank:
             p.append(zero if t.clip is None else t.clip[0].to(self.device))
             q.append(zero if t.clip is None else t.clip[1].to(self.device))
             timesteps.append(t.timesteps.to(self.device, ts_dtype))
-        self.offsets = {k: self.offsets[k] for k in self.tables}
         clip = (torch.cat(p), torch.cat(q), ranges.pop()) if ranges else None
         first = tables[0]
         self.table = SolverTable(torch.cat(timesteps), torch.cat([t.in_div.to(self.device) for t in tables]),

@@ -149,23 +149,25 @@ def make_app(engine, *, api_key: str | None = None, model_name: str = "demo",
     requests one at a time, as generate() does). api_key: required as `Authorization: Bearer
     KEY` on /v1/ (default: the CLOCKWORK_API_KEY environment variable; unset: open)."""
     api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
-    engines = {None: engine}
+    engines = {}  # request's scheduler name (None: the engine's own) -> engine
     engines_guard = threading.Lock()
     metrics = _Metrics(lambda: list(engines.values()))
 
+    def serve(name: str | None, served):
+        if served.batcher is not None:
+            served.batcher.tick_hooks.append(metrics.batch.observe)
+        engines[name] = served
+        return served
+
     def engine_for(scheduler: str | None):
         with engines_guard:
-            if scheduler not in engines:
-                if len(engines) > MAX_SCHEDULERS:
-                    raise ValueError(f"at most {MAX_SCHEDULERS} schedulers are served at once")
-                variant = engine.with_config(scheduler=scheduler)
-                if variant.batcher is not None:
-                    variant.batcher.tick_hooks.append(metrics.batch.observe)
-                engines[scheduler] = variant
-            return engines[scheduler]
+            if scheduler in engines:
+                return engines[scheduler]
+            if len(engines) > MAX_SCHEDULERS:
+                raise ValueError(f"at most {MAX_SCHEDULERS} schedulers are served at once")
+            return serve(scheduler, engine.with_config(scheduler=scheduler))
 
-    if engine.batcher is not None:
-        engine.batcher.tick_hooks.append(metrics.batch.observe)
+    serve(None, engine)
 
     app = FastAPI(title="clockwork-engine", version="1", description="OpenAI-compatible image generation")
     app.add_middleware(_BodyLimit, limit=max_body_bytes)

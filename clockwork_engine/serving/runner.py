@@ -37,7 +37,7 @@ class Row:
     kinds: list[str]  # its own step kinds (Engine.schedule)
     x0: torch.Tensor  # [C, h, w] float32
     text: torch.Tensor  # [2, L, D] (negative, prompt) under CFG, else [1, L, D]
-    guidance: float
+    guidance: torch.Tensor  # [] its guidance scale (1 under CFG for a scale <= 1)
     noise: torch.Tensor | None = None  # [E, C, h, w] the noise terms of a stochastic scheduler
     added: dict = field(default_factory=dict)  # SDXL: name -> [2 or 1, ...]
     k: int = 0  # evaluations done
@@ -48,8 +48,10 @@ class Row:
 
 
 class Lane:
-    def __init__(self, engine, key: tuple, buckets: tuple[int, ...], cfg: bool, mode: str):
-        self.engine, self.key, self.buckets, self.cfg, self.mode = engine, key, buckets, cfg, mode
+    def __init__(self, engine, key: tuple, buckets: tuple[int, ...]):
+        """key: the scheduler's lane key, (height, width, mode, CFG on)."""
+        self.engine, self.buckets = engine, buckets
+        _, _, self.mode, self.cfg = key
         self.clock = engine.config.clock()
         self.bank = TableBank(engine.device)
         self.rows: list[Row] = []
@@ -77,10 +79,9 @@ class Lane:
             self.tick = 0
         if len(self.rows) + len(rows) > self.capacity:
             raise ValueError(f"a lane holds at most {self.capacity} rows")
-        keep = {r.table_key for r in self.rows}
+        keep = {r.table_key for r in self.rows + rows}
         for row in rows:
-            self.bank.add(row.table_key, tables[row.table_key], keep | {row.table_key})
-            keep.add(row.table_key)
+            self.bank.add(row.table_key, tables[row.table_key], keep)
         self._use(self._bucket(len(self.rows) + len(rows)), rows[0])
         bufs = self.buffers
         bucket = bufs.x.shape[0]

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import latents
+from .. import conditioning
 from ..request import DeadlineExceeded, GenerationRequest
 from .runner import Lane, Row
 
@@ -46,13 +46,14 @@ class QueueFull(RuntimeError):
 class Job:
     request: GenerationRequest
     future: Future
-    lane_key: tuple
-    cfg: bool
+    lane_key: tuple  # (height, width, mode, cfg on)
     kinds: list[str]  # the step kinds of each of its rows (Engine.schedule)
-    submitted: float = field(default_factory=time.monotonic)
-    images: list = field(default_factory=list)
-    rows_left: int = 0
+    images: list = field(init=False)  # one a row, filled as rows finish
+    rows_left: int = field(init=False)
     ended: bool = False  # answered, failed or cancelled, and counted
+
+    def __post_init__(self):
+        self.images, self.rows_left = [None] * self.request.rows, self.request.rows
 
     def fail(self, error: BaseException):
         if not self.future.done():
@@ -91,8 +92,7 @@ class BatchScheduler:
                              "run it with Engine.run_alone")
         cfg = self.engine.uses_cfg(req.guidance)
         kinds = self.engine.schedule(req.steps, req.mode)  # builds the table: a scheduler's error is the caller's
-        job = Job(req, Future(), (req.height, req.width, req.mode, cfg), cfg, kinds, rows_left=req.rows)
-        job.images = [None] * req.rows
+        job = Job(req, Future(), (req.height, req.width, req.mode, cfg), kinds)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
@@ -128,7 +128,7 @@ class BatchScheduler:
                 log.exception("the batch scheduler failed; its running requests get the error")
                 with self._cond:
                     for lane in self._lanes.values():
-                        for job in {id(r.job): r.job for r in lane.rows}.values():
+                        for job in _jobs(lane.rows):
                             self._fail(job, e)
                         lane.clear()
 
@@ -175,8 +175,7 @@ class BatchScheduler:
                 continue
             lane = self._lanes.get(job.lane_key)
             if lane is None:
-                lane = self._lanes[job.lane_key] = Lane(self.engine, job.lane_key, self.buckets, job.cfg,
-                                                        job.request.mode)
+                lane = self._lanes[job.lane_key] = Lane(self.engine, job.lane_key, self.buckets)
             taken = sum(j.request.rows for j in joining.get(lane, []))
             fits = len(lane.rows) + taken + job.request.rows <= lane.capacity
             free = not lane.rows or self.policy == "step"
@@ -213,8 +212,7 @@ class BatchScheduler:
                     picks = picks + [total + p for p in picks]
                 start += n
                 try:
-                    rows += self._rows(job, lane, text[picks], {k: v[picks] for k, v in (added or {}).items()},
-                                       tables)
+                    rows += self._rows(job, lane, text[picks], conditioning.rows(added, picks), tables)
                 except Exception as e:  # noqa: BLE001
                     self._fail(job, e)
         if rows:
@@ -222,7 +220,7 @@ class BatchScheduler:
                 with engine._lock:
                     lane.admit(rows, tables)
             except Exception as e:  # noqa: BLE001
-                for job in {id(r.job): r.job for r in rows}.values():
+                for job in _jobs(rows):
                     self._fail(job, e)
 
     def _rows(self, job: Job, lane: Lane, text, added, tables) -> list[Row]:
@@ -230,17 +228,12 @@ class BatchScheduler:
         table = engine._table(req.steps)
         tables[(req.steps,)] = table
         engine.warn_off_operating_point(req.steps, req.mode)
-        device, dtype = engine.device, engine.unet.dtype
-        text = text.to(device, dtype)
-        added = {k: v.to(device, dtype) for k, v in added.items()}
-        shape = (req.rows, engine.vae.config.latent_channels, req.height // engine.vae_factor,
-                 req.width // engine.vae_factor)
-        scales = [g if g > 1.0 or not lane.cfg else 1.0 for g in req.guidance]
-        inputs = latents.prepare(table, engine.vae, shape, [torch.Generator().manual_seed(s) for s in req.seeds],
-                                 dtype, device, text, torch.tensor(scales), None, added)
-        kinds, n = job.kinds, req.rows
+        inputs = engine.request_inputs(table, req.height, req.width, req.guidance, req.seeds, lane.cfg, text, added)
+        n = req.rows
         picks = (lambda j: [j, n + j]) if lane.cfg else (lambda j: [j])
-        return [Row(job, j, (req.steps,), kinds, inputs.latents[j], inputs.text[picks(j)], scales[j],
+        added = {name: getattr(inputs, name) for name in ("text_embeds", "time_ids")
+                 if getattr(inputs, name) is not None}
+        return [Row(job, j, (req.steps,), job.kinds, inputs.latents[j], inputs.text[picks(j)], inputs.guidance[j],
                     None if inputs.noise is None else inputs.noise[:, j],
                     {k: v[picks(j)] for k, v in added.items()}) for j in range(n)]
 
@@ -250,7 +243,7 @@ class BatchScheduler:
                 n = len(lane.rows)
                 finished = lane.step()
         except Exception as e:  # noqa: BLE001  (fail this lane's requests; the service goes on)
-            for job in {id(r.job): r.job for r in lane.rows}.values():
+            for job in _jobs(lane.rows):
                 self._fail(job, e)
             lane.clear()
             return
@@ -325,3 +318,8 @@ class BatchScheduler:
             for row in lane.rows:
                 row.job.fail(error)
             lane.clear()
+
+
+def _jobs(rows: list[Row]) -> list[Job]:
+    """The jobs these rows belong to, each once."""
+    return list({id(r.job): r.job for r in rows}.values())
