@@ -118,8 +118,9 @@ def sd15(args):
 
 def clock_variants(base, files: list[str], steps: int, learned: str) -> dict:
     """name -> (engine, generate kwargs): one clockwork variant per clock schedule file (from
-    clockwork search-clock) made for `steps`: its adaptor steps, with the identity adaptor when it
-    was searched with that one, else the demo's adaptor fitted for `steps` (adaptor.for_steps)."""
+    clockwork search-clock) made for `steps`: its adaptor steps, with the identity adaptor (at the
+    file's cut) when it was searched with that one, else the demo's adaptor fitted for `steps`
+    (adaptor.for_steps)."""
     from clockwork_engine import adaptor as adaptor_io
     from clockwork_engine import clock_search
 
@@ -128,10 +129,11 @@ def clock_variants(base, files: list[str], steps: int, learned: str) -> dict:
         schedule = clock_search.load(path)
         if schedule["steps"] != steps:
             continue
-        identity = schedule.get("adaptor") == "identity"
-        adaptor = "identity" if identity else adaptor_io.for_steps(learned, steps)
         name = "clock_" + os.path.splitext(os.path.basename(path))[0]
-        engine = base.with_config(mode="clockwork", adaptor=adaptor, adaptor_steps=tuple(schedule["adaptor_steps"]))
+        config = clock_search.with_schedule(base.config, path)  # identity: its cut too
+        if schedule.get("adaptor") != "identity":
+            config = config.with_(adaptor=adaptor_io.for_steps(learned, steps))
+        engine = base.with_config(**{k: getattr(config, k) for k in ("mode", "adaptor", "adaptor_steps", "cut")})
         variants[name] = (engine, dict(steps=steps, mode="clockwork"))
     return variants
 
@@ -212,6 +214,7 @@ def _clock_record(path: str) -> dict:
     d = clock_search.load(path)
     return {"file": os.path.relpath(path, os.path.dirname(RESULTS)), "steps": d["steps"],
             "adaptor_steps": d["adaptor_steps"], "budget": d.get("budget"), "adaptor": d.get("adaptor"),
+            "cut": d.get("cut", 1),
             "adaptor_folder": d.get("adaptor_folder"), "search_seconds": d.get("search", {}).get("seconds"),
             "search_sampler_runs": d.get("search", {}).get("sampler_runs"),
             "calibration_captions": len(d.get("calibration", {}).get("captions", [])), "command": d.get("command")}

@@ -10,9 +10,10 @@ one made where consecutive low-res features differ most travels furthest, and th
 both. Two searches:
 
 - local (default): start from the clock with the full steps spread evenly (the alternating
-  clock 2 at half the steps adaptor, DeepCache's interval pattern where it divides the
-  steps) and move one full step to a neighbouring adaptor step while the best such move
-  lowers the score (at most --rounds moves; every move evaluated each round);
+  clock 2 at half the steps adaptor), or DeepCache's interval patterns (full steps 0, N, 2N, ...)
+  where they have that many adaptor steps, whichever scores best, and move one full step to a
+  neighbouring adaptor step while the best such move lowers the score (at most --rounds moves;
+  every move evaluated each round);
 - forward: from no adaptor step, add one a round, the step whose adaptor keeps the latents
   closest. Round 1 evaluates every step (the perturbation profile: each step alone on the
   adaptor); later rounds only the `candidates` steps that scored best when last measured
@@ -25,12 +26,17 @@ estimate), and a clock grown one step at a time fills runs the evenly spread clo
 steps 16x the calibration error of the alternating clock's 10 (0.138 vs 0.0088), which is why
 local search starts from the spread clock.
 
+--adaptor identity --cut 0 searches the training-free clockwork at DeepCache's cut (an
+adaptor step runs conv_in and the UNet's last layer, unet_split.py): from DeepCache's own
+clock, the search can only lower the calibration error.
+
 The budget counts adaptor steps (each saves about the same: the UNet's low-res middle L
 instead of the adaptor); the file records the UNet FLOP fraction the schedule runs too. The
 schedule file (JSON) holds the steps, the chosen adaptor_steps, the budget, the adaptor it
 was searched with, the search's wall-clock cost and number of sampler runs, the calibration
 captions and the command; EngineConfig takes it through `with_schedule(config, path)` and
-the CLI through `--clock-schedule FILE`.
+the CLI through `--clock-schedule FILE` (a schedule searched with the identity adaptor sets it
+and its cut too).
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ def with_schedule(config, path: str):
     data = load(path)
     changes = dict(mode="clockwork", steps=data["steps"], adaptor_steps=tuple(data["adaptor_steps"]))
     if data.get("adaptor") == "identity":
-        changes["adaptor"] = "identity"
+        changes.update(adaptor="identity", cut=int(data.get("cut", 1)))
     return config.with_(**changes)
 
 
@@ -110,6 +116,13 @@ def spread(steps: int, budget: int) -> list[int]:
     return sorted(set(range(1, steps)) - keep)
 
 
+def uniform(steps: int, budget: int) -> dict[int, list[int]]:
+    """DeepCache's clocks of `budget` adaptor steps: interval N -> the steps off its full steps
+    0, N, 2N, ..., for every N that leaves that many (8 steps, 6: intervals 4 to 7)."""
+    clocks = {n: [i for i in range(1, steps) if i % n] for n in range(2, steps + 1)}
+    return {n: c for n, c in clocks.items() if len(c) == budget}
+
+
 def search(engine, captions: list[str], steps: int, budget: int, guidance: float, seed: int = 0,
            candidates: int = 6, direction: str = "local", progress=None, max_rounds: int = 8) -> dict:
     """The greedy clock for `budget` adaptor steps of `steps`; engine: a clockwork engine (its
@@ -119,9 +132,10 @@ def search(engine, captions: list[str], steps: int, budget: int, guidance: float
 
     forward: from no adaptor step, add the step whose adaptor keeps the final latents closest
     to the full model's; the profile is round 1 (each step alone); a round evaluates the
-    `candidates` steps that scored best when last measured (0: all). local: from the evenly
-    spread clock (spread()), move one full step to a neighbouring adaptor step (a swap) while
-    the best such move lowers the MSE, at most max_rounds moves; every move is evaluated."""
+    `candidates` steps that scored best when last measured (0: all). local: from the best of
+    the evenly spread clock (spread()) and DeepCache's (uniform()), move one full step to a
+    neighbouring adaptor step (a swap) while the best such move lowers the MSE, at most
+    max_rounds moves; every move is evaluated."""
     if not 0 < budget < steps:
         raise ValueError(f"budget must be in [1, {steps - 1}], got {budget}")
     if candidates < 0:
@@ -146,9 +160,15 @@ def search(engine, captions: list[str], steps: int, budget: int, guidance: float
     every = set(range(1, steps))
     rounds, profile = [], []
     if direction == "local":
-        chosen = set(spread(steps, budget))
-        current = mse(chosen)
-        rounds.append({"step": None, "adaptor_steps": sorted(chosen), "mse": current, "start": "spread"})
+        starts = {"spread": spread(steps, budget)}
+        for interval, clock in uniform(steps, budget).items():
+            if clock not in starts.values():
+                starts[f"deepcache_i{interval}"] = clock
+        scored = {name: mse(start) for name, start in starts.items()}
+        first = min(scored, key=lambda name: (scored[name], name))
+        chosen, current = set(starts[first]), scored[first]
+        rounds.append({"step": None, "adaptor_steps": sorted(chosen), "mse": current, "start": first,
+                       "starts": {name: {"adaptor_steps": starts[name], "mse": v} for name, v in scored.items()}})
         for _ in range(max_rounds):
             moves = {}  # (full step made adaptor, adaptor step made full) -> the set
             for f in sorted(every - chosen):
@@ -203,7 +223,7 @@ def calibration_captions(n: int, seed: int = 0) -> list[str]:
     return [scenes[i].caption for i in rng.integers(0, len(scenes), n)]
 
 
-_OPTIONS = ("model", "steps", "budget", "adaptor", "captions", "candidates", "direction", "rounds", "guidance",
+_OPTIONS = ("model", "steps", "budget", "adaptor", "cut", "captions", "candidates", "direction", "rounds", "guidance",
             "scheduler", "seed", "out")
 
 
@@ -215,6 +235,9 @@ def build_parser(ap):
     ap.add_argument("--adaptor", default="model",
                     help="the adaptor searched with: 'model' (the model directory's, the one fitted for --steps "
                          "where it has several), 'identity', or an adaptor folder")
+    ap.add_argument("--cut", type=int, default=None,
+                    help="--adaptor identity: the UNet split level (default 1, the paper's; 0: DeepCache's cut, "
+                         "an adaptor step runs only conv_in and the UNet's last layer)")
     ap.add_argument("--captions", type=int, default=16, help="calibration captions (demo training split)")
     ap.add_argument("--candidates", type=int, default=6,
                     help="steps evaluated per greedy round, the best-scoring ones (0: every remaining step)")
@@ -249,6 +272,10 @@ def run(args) -> list[dict]:
     config = Engine.default_config(args.model).with_(mode="clockwork", steps=args.steps)
     if args.adaptor != "model":
         config = config.with_(adaptor=args.adaptor)
+    if args.cut is not None:
+        if args.adaptor != "identity":
+            raise ValueError("--cut is the identity adaptor's split level; a trained adaptor carries its own")
+        config = config.with_(cut=args.cut)
     if args.scheduler:
         config = config.with_(scheduler=args.scheduler)
     engine = Engine.from_pretrained(args.model, config=config)
@@ -288,10 +315,11 @@ def run(args) -> list[dict]:
         result = {
             "format": FORMAT, "steps": args.steps, "adaptor_steps": chosen, "budget": budget,
             "budget_unit": "adaptor steps", "adaptor": args.adaptor, "adaptor_folder": folder,
+            "cut": engine.split.cut,
             "scheduler": type(engine.scheduler).__name__, "guidance": guidance,
             "adaptor_step_flops_over_full": cost, "unet_flop_fraction": flop_fraction(cost, args.steps, chosen),
             "calibration_mse": calibration_mse,
-            "calibration_mse_spread": one["rounds"][0]["mse"] if args.direction == "local" else None,
+            "calibration_mse_start": one["rounds"][0]["mse"] if args.direction == "local" else None,
             "search": {"seconds": seconds, "sampler_runs": runs, "budgets": budgets, "direction": args.direction,
                        "note": "the cost of the whole command (every budget listed); forward: one greedy run, "
                                "this file its round that left `budget`; local: one search a budget",

@@ -32,7 +32,8 @@ class EngineConfig:
     width: int | None = None
     # Clockwork: adaptor on steps i % clock_every == clock_every - 1 (0-based), or on an
     # explicit set of steps; "identity" or a folder for the adaptor (None: the model
-    # directory's clockwork_adaptor/); cut level for the identity adaptor.
+    # directory's clockwork_adaptor/); cut level for the identity adaptor (unet_split.py: 1 is
+    # the paper's; 0 runs only conv_in and the UNet's last layer on its steps, DeepCache's cut).
     clock_every: int = 2
     adaptor_steps: tuple[int, ...] | None = None
     adaptor: str | None = None
@@ -82,7 +83,9 @@ class EngineConfig:
             raise ValueError(f"text_dtype must be one of {', '.join(TEXT_DTYPES)}, got {self.text_dtype!r}")
         if self.backend not in ("auto", "cpu", "cuda", "inductor"):
             raise ValueError(f"backend must be 'auto', 'cpu', 'cuda' or 'inductor', got {self.backend!r}")
-        for name in ("steps", "max_batch_size", "max_size_factor", "cut", "max_graphs", "max_queue"):
+        if isinstance(self.cut, bool) or not isinstance(self.cut, int) or self.cut < 0:
+            raise ValueError(f"cut must be an int >= 0, got {self.cut!r}")
+        for name in ("steps", "max_batch_size", "max_size_factor", "max_graphs", "max_queue"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -124,8 +124,9 @@ def count_arch(unet_config: dict, text_tokens: int, text_dim: int, adaptor_hidde
 
             adaptor_ops = _count(adaptor_step)
             always_ops = _count(always_run)
-            adaptor_only = _count(lambda: adaptor(torch.empty(cfg_batch, split.r_in_channels, size // 2, size // 2),
-                                                  torch.empty(cfg_batch, split.r_out_channels, size // 2, size // 2),
+            r = size // split.scale  # r_in / r_out side
+            adaptor_only = _count(lambda: adaptor(torch.empty(cfg_batch, split.r_in_channels, r, r),
+                                                  torch.empty(cfg_batch, split.r_out_channels, r, r),
                                                   torch.empty(cfg_batch, split.time_embed_dim), text))
             one = None if added is None else {k: v[:1] for k, v in added.items()}
             levels = per_level(unet, x[:1], t, text[:1], one)
@@ -165,6 +166,9 @@ def build_parser(ap):
                          "1024x1024 (cut at 64x64, the adaptor as wide as its r_out); demo: the demo UNet")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--clock", type=int, default=2, help="adaptor on every N-th step")
+    ap.add_argument("--cut", type=int, default=1,
+                    help="the split level (unet_split.py): 1 the paper's; 0 DeepCache's (H_in = conv_in, H_out = "
+                         "the UNet's last layer)")
     ap.add_argument("--json", default=None, help="also write the JSON here")
     return ap
 
@@ -189,17 +193,19 @@ def _shipped_demo() -> tuple:
 
 def run(args) -> dict:
     if args.arch == "sd15":
-        result = count_arch(SD15_UNET, SD15_TEXT_TOKENS, 768, SD15_ADAPTOR_HIDDEN, args.steps, args.clock)
+        result = count_arch(SD15_UNET, SD15_TEXT_TOKENS, 768, SD15_ADAPTOR_HIDDEN, args.steps, args.clock, cut=args.cut)
     elif args.arch == "sdxl":
-        result = count_arch(SDXL_UNET, SD15_TEXT_TOKENS, 2048, None, args.steps, args.clock)
+        result = count_arch(SDXL_UNET, SD15_TEXT_TOKENS, 2048, None, args.steps, args.clock, cut=args.cut)
     else:
         from .demo.pipeline import fingerprint
 
         config, tokens, text_dim, hidden, adaptor_text = _shipped_demo()
-        result = count_arch(config, tokens, text_dim, hidden, args.steps, args.clock, adaptor_text=adaptor_text)
+        result = count_arch(config, tokens, text_dim, hidden, args.steps, args.clock, cut=args.cut,
+                            adaptor_text=adaptor_text)
         result["demo_unet"] = fingerprint()  # the committed UNet whose config was counted
+    cut = f" --cut {args.cut}" if args.cut != 1 else ""
     result = {"arch": args.arch, "command": f"clockwork flops --arch {args.arch} --steps {args.steps} "
-              f"--clock {args.clock}", **result}
+              f"--clock {args.clock}{cut}", **result}
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:

@@ -10,6 +10,15 @@ At cut level k (default 1, the paper's choice for SD v1.5):
   H_out = that upsampler, up_blocks[n-k:] (which consume H_in's skip connections),
           conv_norm_out, conv_act, conv_out.
 Taking r_out before the upsampler reproduces the paper's 228.4 GFLOPs of always-run work.
+
+At cut 0 (inside the full-resolution level, DeepCache's shallowest branch):
+  H_in  = time embedding, conv_in; r_in is conv_in's output (320 x 64 x 64 for SD v1.5).
+  L     = every down block, mid_block, every up block but the last layer (resnet, and its
+          attention where the block has one) of the last; r_out is that layer's input
+          (320 x 64 x 64 for SD v1.5).
+  H_out = that last layer, on [r_out, r_in], then conv_norm_out, conv_act, conv_out.
+The identity adaptor at cut 0 is DeepCache at cache_branch_id 0: a cached step runs only
+conv_in and the UNet's last layer.
 The three parts call the UNet's own modules, so split(x) equals unet(x) (tests/test_unet_split.py).
 """
 
@@ -28,6 +37,19 @@ class HInOutput:
     emb: torch.Tensor  # [B, E] time embedding (after the time MLP)
 
 
+def _view(block, layers: slice):
+    """A view of a diffusers block that runs only `layers` of its resnets (and attentions) and
+    no resampler; it shares all modules (and parameters) with the block."""
+    view = copy.copy(block)
+    view.__dict__.pop("forward", None)  # a forward patched onto the block (DeepCache's) is bound to it
+    view._modules = dict(block._modules)
+    view.resnets = torch.nn.ModuleList(list(block.resnets)[layers])
+    if getattr(block, "attentions", None) is not None:
+        view.attentions = torch.nn.ModuleList(list(block.attentions)[layers])
+    view.upsamplers = None
+    return view
+
+
 def _call_block(block, hidden, emb, text, **kw):
     if getattr(block, "has_cross_attention", False):
         return block(hidden_states=hidden, temb=emb, encoder_hidden_states=text, **kw)
@@ -39,8 +61,8 @@ class UNetSplit(torch.nn.Module):
         super().__init__()
         cfg = unet.config
         n = len(unet.down_blocks)
-        if not 1 <= cut < n:
-            raise ValueError(f"cut must be in [1, {n - 1}] for a UNet with {n} levels, got {cut}")
+        if isinstance(cut, bool) or not isinstance(cut, int) or not 0 <= cut < n:
+            raise ValueError(f"cut must be an int in [0, {n - 1}] for a UNet with {n} levels, got {cut!r}")
         for field in ("class_embed_type", "addition_embed_type", "encoder_hid_dim_type"):
             value = getattr(cfg, field, None)
             if value is not None and not (field == "addition_embed_type" and value == "text_time"):  # SDXL's is
@@ -49,19 +71,26 @@ class UNetSplit(torch.nn.Module):
             raise ValueError("every down block before the cut needs a downsampler")
         self.unet = unet
         self.cut = cut
-        last_low = unet.up_blocks[n - cut - 1]
-        # A view of the last low-resolution up block without its upsampler; it shares all
-        # modules (and parameters) with the UNet.
-        self._last_low_no_up = copy.copy(last_low)
-        self._last_low_no_up._modules = dict(last_low._modules)
-        self._last_low_no_up.upsamplers = None
-        self._upsampler = last_low.upsamplers
-        self.r_in_channels = cfg.block_out_channels[cut - 1]
-        self.r_out_channels = last_low.resnets[-1].out_channels
+        last = unet.up_blocks[-1]
+        if cut == 0:
+            if len(last.resnets) < 2:
+                raise ValueError("cut 0 needs a last up block of two or more layers")
+            # L ends inside the last up block; H_out runs its last layer.
+            self._low_last, self._out_first = _view(last, slice(None, -1)), _view(last, slice(-1, None))
+            self._upsampler = None
+            self.r_in_channels = unet.conv_in.out_channels
+            self.r_out_channels = last.resnets[-2].out_channels
+        else:
+            last_low = unet.up_blocks[n - cut - 1]
+            # L ends at the last low-resolution up block, without its upsampler: H_out runs that.
+            self._low_last, self._out_first = _view(last_low, slice(None)), None
+            self._upsampler = last_low.upsamplers
+            self.r_in_channels = cfg.block_out_channels[cut - 1]
+            self.r_out_channels = last_low.resnets[-1].out_channels
         self.time_embed_dim = unet.time_embedding.linear_2.out_features
         dim = cfg.cross_attention_dim  # an int, or one per block (all read the same encoder_hidden_states)
         self.text_embed_dim = dim if isinstance(dim, int) else dim[0]  # an adaptor's pooled text input
-        self.scale = 2**cut  # r_in / r_out are 2^cut times smaller than the latents
+        self.scale = 2**cut  # r_in / r_out are 2^cut times smaller than the latents (cut 0: as large)
 
     def h_in(self, x, t, text, timestep_cond=None, added=None) -> HInOutput:
         """added: SDXL's added conditioning (text_embeds, time_ids), folded into the time
@@ -79,6 +108,8 @@ class UNetSplit(torch.nn.Module):
         for block in u.down_blocks[: self.cut]:
             h, res = _call_block(block, h, emb, text)
             skips += res
+        if self.cut == 0:  # r_in is conv_in's output, which L and H_out's last layer both read
+            return HInOutput(r_in=h, skips=skips, emb=emb)
         # The last skip is r_in itself: L's first up block consumes it, not H_out.
         return HInOutput(r_in=h, skips=skips[:-1], emb=emb)
 
@@ -93,9 +124,8 @@ class UNetSplit(torch.nn.Module):
                 h = u.mid_block(h, emb, encoder_hidden_states=text)
             else:
                 h = u.mid_block(h, emb)
-        n = len(u.up_blocks)
-        for j in range(n - self.cut):
-            block = u.up_blocks[j] if j < n - self.cut - 1 else self._last_low_no_up
+        blocks = list(u.up_blocks[: len(u.up_blocks) - self.cut - 1]) + [self._low_last]
+        for block in blocks:
             k = len(block.resnets)
             h = _call_block(block, h, emb, text, res_hidden_states_tuple=skips[-k:])
             skips = skips[:-k]
@@ -107,7 +137,8 @@ class UNetSplit(torch.nn.Module):
         if self._upsampler is not None:
             for up in self._upsampler:
                 h = up(h)
-        for block in u.up_blocks[len(u.up_blocks) - self.cut :]:
+        blocks = [self._out_first] if self.cut == 0 else u.up_blocks[len(u.up_blocks) - self.cut :]
+        for block in blocks:
             k = len(block.resnets)
             h = _call_block(block, h, emb, text, res_hidden_states_tuple=skips[-k:])
             skips = skips[:-k]

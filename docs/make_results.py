@@ -182,7 +182,11 @@ def section_flops():
     for name, label in (("flops_sd15.json", "SD v1.5 UNet architecture, 512x512, CFG batch 2"),
                         ("flops_sdxl.json", "SDXL base UNet architecture, 1024x1024, CFG batch 2, cut at 64x64 "
                                             "(the adaptor as wide as r_out)"),
-                        ("flops_demo.json", "demo UNet, 64x64, CFG batch 2")):
+                        ("flops_demo.json", "demo UNet, 64x64, CFG batch 2"),
+                        ("flops_sd15_cut0.json", "SD v1.5 UNet architecture, 512x512, CFG batch 2, cut 0 (DeepCache's "
+                                                 "cut: H_in = conv_in, H_out = the UNet's last layer)"),
+                        ("flops_sdxl_cut0.json", "SDXL base UNet architecture, 1024x1024, CFG batch 2, cut 0 (the "
+                                                 "adaptor as wide as r_out)")):
         d = load(name)
         if not d:
             out.append(missing(name))
@@ -199,7 +203,9 @@ def section_flops():
                "QK^T and P.V (diffusers' plain AttnProcessor: baddbmm + bmm). The paper reports SD v1.5 "
                "10.8 -> 7.3 TFLOPs (-32%); it does not measure SDXL, whose UNet puts most of its compute (10-layer "
                "transformer blocks) at 32x32, inside the part clockwork replaces. FLOPs only: an SDXL adaptor has "
-               "not been fitted, so what it costs in quality is unmeasured.\n")
+               "not been fitted, so what it costs in quality is unmeasured. At cut 0 an adaptor step runs only "
+               "conv_in, the adaptor and the UNet's last layer (with its attention in SD v1.5), the point DeepCache "
+               "caches at: the identity adaptor there is DeepCache (tests/test_deepcache_parity.py).\n")
     return "\n".join(out)
 
 
@@ -432,7 +438,10 @@ def section_e2e():
            "`clockwork_fitted_<n>` runs the adaptor the demo ships for n steps (clockwork_adaptors/<n>-steps/, "
            "the one the engine picks for an n-step request) on clock 2; `clock_<name>` rows run a searched clock "
            "(`clockwork search-clock`, schedules in benches/results/clocks/): `identity_*` with the identity "
-           "adaptor, `learned_*` with the adaptor fitted for that step count, `_b<k>` the number of adaptor steps. "
+           "adaptor at the paper's cut 1, `identity_cut0_*` with it at cut 0 (an adaptor step runs only conv_in "
+           "and the UNet's last layer: DeepCache's cut, where on DeepCache's own clock it gives DeepCache's "
+           "latents, tests/test_deepcache_parity.py; the search starts from that clock where it has the budget), "
+           "`learned_*` with the adaptor fitted for that step count, `_b<k>` the number of adaptor steps. "
            "The adaptor fitted at 4 steps is in the 4-step ablation above. `student_*` rows (8 steps only) run "
            "each student at its own step count. A run whose command starts with OMP_NUM_THREADS=1 used one "
            "intra-op thread for every variant (the 2-core machine was shared with other jobs, and two threads "
@@ -523,13 +532,13 @@ def _versus_deepcache(d) -> str:
 
 def _clock_schedules(d) -> str:
     rows = [[k, c["adaptor"] if c["adaptor"] == "identity" else c.get("adaptor_folder") or c["adaptor"],
-             f"{len(c['adaptor_steps'])} of {c['steps']}", " ".join(map(str, c["adaptor_steps"])),
+             c.get("cut", 1), f"{len(c['adaptor_steps'])} of {c['steps']}", " ".join(map(str, c["adaptor_steps"])),
              f"{c['search_seconds']:.0f} s, {c['search_sampler_runs']} runs", c["calibration_captions"],
              f"`{c['command']}`"] for k, c in d["clocks"].items()]
     return ("Searched clocks (0-based adaptor steps; search cost: the whole command's, every budget it lists; "
             "calibration captions from the training split, one noise draw):\n\n"
-            + table(["variant", "adaptor", "adaptor steps", "which (0-based)", "search cost", "calibration captions",
-                     "command"], rows) + "\n")
+            + table(["variant", "adaptor", "cut", "adaptor steps", "which (0-based)", "search cost",
+                     "calibration captions", "command"], rows) + "\n")
 
 
 def section_serve():

@@ -10,9 +10,8 @@ import warnings
 import pytest
 import torch
 
-from clockwork_engine import Engine, EngineConfig
+from clockwork_engine import Engine, EngineConfig, clock_search
 from clockwork_engine import adaptor as A
-from clockwork_engine import clock_search
 from clockwork_engine.cli import main as cli
 from clockwork_engine.unet_split import UNetSplit
 
@@ -72,6 +71,29 @@ def test_spread_clock():
         assert len(clock) == budget and 0 not in clock and max(clock) < steps
 
 
+def test_uniform_clocks_are_deepcache_s():
+    assert clock_search.uniform(20, 13) == {3: [i for i in range(1, 20) if i % 3]}  # full steps 0, 3, ..., 18
+    assert clock_search.uniform(50, 40) == {5: [i for i in range(1, 50) if i % 5]}
+    assert clock_search.uniform(8, 4) == {2: [1, 3, 5, 7]}
+    assert clock_search.uniform(8, 6) == {4: [1, 2, 3, 5, 6, 7], 5: [1, 2, 3, 4, 6, 7], 6: [1, 2, 3, 4, 5, 7],
+                                          7: [1, 2, 3, 4, 5, 6]}
+    assert clock_search.uniform(20, 12) == {}  # no interval leaves 12 of 20
+
+
+def test_local_search_starts_from_the_better_of_spread_and_deepcache(identity_engine):
+    spread, deepcache = clock_search.spread(8, 5), clock_search.uniform(8, 5)[3]
+    assert spread != deepcache
+    found = clock_search.search(identity_engine, CAPTIONS, steps=8, budget=5, guidance=3.0, direction="local",
+                                max_rounds=0)
+    (start,) = found["rounds"]
+    clocks = {"spread": spread, "deepcache_i3": deepcache}
+    scores = {name: _mse(identity_engine, clock, steps=8) for name, clock in clocks.items()}
+    assert {k: v["mse"] for k, v in start["starts"].items()} == pytest.approx(scores, rel=1e-5)
+    assert start["start"] == min(scores, key=scores.get)
+    assert found["adaptor_steps"] == clocks[start["start"]]
+    assert found["evaluations"] == 1 + 2
+
+
 def test_local_search_only_moves_while_it_pays(identity_engine):
     found = clock_search.search(identity_engine, CAPTIONS, steps=6, budget=3, guidance=3.0, direction="local")
     start, *moves = found["rounds"]
@@ -79,7 +101,7 @@ def test_local_search_only_moves_while_it_pays(identity_engine):
     assert start["mse"] == pytest.approx(_mse(identity_engine, start["adaptor_steps"], steps=6), rel=1e-5)
     mses = [r["mse"] for r in found["rounds"]]
     assert mses == sorted(mses, reverse=True) and len(set(mses)) == len(mses)  # each move strictly better
-    for before, after in zip(found["rounds"], moves):
+    for before, after in zip(found["rounds"], moves, strict=False):
         made_adaptor, made_full = after["step"]
         assert set(after["adaptor_steps"]) == set(before["adaptor_steps"]) - {made_full} | {made_adaptor}
         assert abs(made_adaptor - made_full) == 1 and len(after["adaptor_steps"]) == 3
@@ -120,8 +142,12 @@ def test_schedule_file_sets_the_config(tmp_path):
     assert (config.mode, config.steps, config.adaptor_steps, config.adaptor) == ("clockwork", 20, (3, 5, 19),
                                                                                  "identity")
     assert config.clock().schedule(20).count(True) == 3
-    learned = clock_search.with_schedule(EngineConfig(), _write_schedule(tmp_path / "l.json", 8, [1, 2]))
-    assert learned.adaptor is None and learned.adaptor_steps == (1, 2)
+    assert config.cut == 1  # a file without one: the default cut
+    deep_file = _write_schedule(tmp_path / "c0.json", 8, [1, 3], adaptor="identity", cut=0)
+    deep = clock_search.with_schedule(EngineConfig(), deep_file)
+    assert (deep.adaptor, deep.cut) == ("identity", 0)
+    learned = clock_search.with_schedule(EngineConfig(), _write_schedule(tmp_path / "l.json", 8, [1, 2], cut=0))
+    assert learned.adaptor is None and learned.adaptor_steps == (1, 2) and learned.cut == 1  # an adaptor has its own
 
 
 @pytest.mark.parametrize("content, match", [
@@ -153,7 +179,7 @@ def test_search_clock_cli_writes_one_file_a_budget(tiny_dir, tmp_path):
                 "--adaptor", "identity", "--guidance", "3", "--out", str(tmp_path / "local.json")]) == 0
     local = json.loads((tmp_path / "local.json").read_text())
     assert local["search"]["direction"] == "local" and local["search"]["rounds"][0]["adaptor_steps"] == [1, 3]
-    assert local["calibration_mse"] <= local["calibration_mse_spread"]
+    assert local["calibration_mse"] <= local["calibration_mse_start"] and local["cut"] == 1
     for d in (one, two):
         assert d["steps"] == 4 and d["adaptor"] == "identity" and len(d["calibration"]["captions"]) == 2
         assert d["search"]["sampler_runs"] == 1 + 3 + 2 and d["search"]["seconds"] > 0
@@ -167,6 +193,17 @@ def test_search_clock_cli_writes_one_file_a_budget(tiny_dir, tmp_path):
     # a schedule is for its own step count
     assert cli(["generate", "a red circle", "--model", str(tiny_dir), "--clock-schedule",
                 str(tmp_path / "clock_2.json"), "--steps", "8", "-o", str(image), "-q"]) == 2
+
+
+def test_search_clock_at_cut_0(tiny_dir, tmp_path):
+    out = tmp_path / "c0.json"
+    assert cli(["search-clock", "--model", str(tiny_dir), "--steps", "4", "--budget", "2", "--captions", "2",
+                "--adaptor", "identity", "--cut", "0", "--rounds", "0", "--guidance", "3", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["cut"] == 0
+    assert clock_search.with_schedule(EngineConfig(), str(out)).cut == 0
+    # a trained adaptor carries its cut
+    assert cli(["search-clock", "--model", str(tiny_dir), "--steps", "4", "--budget", "2", "--cut", "0",
+                "--out", str(out)]) == 2
 
 
 def test_several_budgets_need_a_placeholder(tiny_dir, tmp_path):
