@@ -119,8 +119,8 @@ def sd15(args):
 def clock_variants(base, files: list[str], steps: int, learned: str) -> dict:
     """name -> (engine, generate kwargs): one clockwork variant per clock schedule file (from
     clockwork search-clock) made for `steps`: its adaptor steps, with the identity adaptor (at the
-    file's cut) when it was searched with that one, else the demo's adaptor fitted for `steps`
-    (adaptor.for_steps)."""
+    file's cut) when it was searched with that one, the demo's adaptor fitted for `steps`
+    (adaptor.for_steps) when with the model's, else the adaptor folder it names."""
     from clockwork_engine import adaptor as adaptor_io
     from clockwork_engine import clock_search
 
@@ -131,8 +131,10 @@ def clock_variants(base, files: list[str], steps: int, learned: str) -> dict:
             continue
         name = "clock_" + os.path.splitext(os.path.basename(path))[0]
         config = clock_search.with_schedule(base.config, path)  # identity: its cut too
-        if schedule.get("adaptor") != "identity":
+        if schedule.get("adaptor") == "model":
             config = config.with_(adaptor=adaptor_io.for_steps(learned, steps))
+        elif schedule.get("adaptor") != "identity":  # an adaptor folder (relative to the repository root)
+            config = config.with_(adaptor=schedule["adaptor"])
         engine = base.with_config(**{k: getattr(config, k) for k in ("mode", "adaptor", "adaptor_steps", "cut")})
         variants[name] = (engine, dict(steps=steps, mode="clockwork"))
     return variants

@@ -142,8 +142,14 @@ def search(engine, captions: list[str], steps: int, budget: int, guidance: float
         raise ValueError(f"candidates must be >= 0 (0: every remaining step), got {candidates}")
     if direction not in ("forward", "local"):
         raise ValueError(f"direction must be 'forward' or 'local', got {direction!r}")
-    kw = dict(steps=steps, guidance_scale=guidance, seed=seed, output="latent")
-    reference = engine.generate(list(captions), mode="full", **kw)
+    kw = dict(steps=steps, guidance_scale=guidance, output="latent")
+    size = engine.config.max_batch_size  # captions go in calls of at most this many; call k draws seed + k
+    calls = [(list(captions[i:i + size]), seed + i // size) for i in range(0, len(captions), size)]
+
+    def latents(e, mode):
+        return torch.cat([e.generate(batch, mode=mode, seed=s, **kw) for batch, s in calls])
+
+    reference = latents(engine, "full")
     evaluations = 1
 
     def mse(adaptor_steps) -> float:
@@ -151,7 +157,7 @@ def search(engine, captions: list[str], steps: int, budget: int, guidance: float
         run = engine.with_config(mode="clockwork", adaptor_steps=tuple(sorted(adaptor_steps)))
         with warnings.catch_warnings():  # the fitted-for-another-clock/steps warnings: known here
             warnings.simplefilter("ignore")
-            out = run.generate(list(captions), mode="clockwork", **kw)
+            out = latents(run, "clockwork")
         evaluations += 1
         if progress:
             progress()

@@ -440,7 +440,10 @@ def section_e2e():
            "(`clockwork search-clock`, schedules in benches/results/clocks/): `identity_*` with the identity "
            "adaptor at the paper's cut 1, `identity_cut0_*` with it at cut 0 (an adaptor step runs only conv_in "
            "and the UNet's last layer: DeepCache's cut, where on DeepCache's own clock it gives DeepCache's "
-           "latents, tests/test_deepcache_parity.py; the search starts from that clock where it has the budget), "
+           "latents, tests/test_deepcache_parity.py; the search starts from that clock where it has the budget; "
+           "`identity_cut0_r0_*`: the search's start alone, no moves, which at 20 and 50 steps is DeepCache's "
+           "clock, so those rows score exactly as DeepCache and differ from it in speed only by the engine's loop "
+           "and the run's timing noise), "
            "`learned_*` with the adaptor fitted for that step count, `_b<k>` the number of adaptor steps. "
            "The adaptor fitted at 4 steps is in the 4-step ablation above. `student_*` rows (8 steps only) run "
            "each student at its own step count. A run whose command starts with OMP_NUM_THREADS=1 used one "
@@ -479,18 +482,22 @@ def _binomial_se(v) -> float:
     return (c["accuracy"] * (1 - c["accuracy"]) / c["n"]) ** 0.5
 
 
+PSNR_TIE_DB = 0.005  # below the tables' precision: the same images up to float rounding (DeepCache's clock at cut 0)
+
+
 def _meets(cw, dc) -> dict:
     """Each criterion: speed-up (ratio of medians, same run) >= DeepCache's; colour+shape >= DeepCache's
-    less one standard error of the difference (binomial); PSNR to stock >= DeepCache's."""
+    less one standard error of the difference (binomial); PSNR to stock >= DeepCache's (less PSNR_TIE_DB)."""
     se = (_binomial_se(cw) ** 2 + _binomial_se(dc) ** 2) ** 0.5
     return {"speed": cw["latency_ratio"] >= dc["latency_ratio"],
             "alignment": cw["single_colour_and_shape"] >= dc["single_colour_and_shape"] - se,
-            "psnr": cw["psnr_to_reference"] >= dc["psnr_to_reference"]}
+            "psnr": cw["psnr_to_reference"] >= dc["psnr_to_reference"] - PSNR_TIE_DB}
 
 
 def _versus_deepcache(d) -> str:
     """Per DeepCache setting: the fastest clockwork configuration meeting it on all three; else the
-    as-fast one with the best PSNR; else the fastest one; with what it misses by."""
+    fastest one meeting it on alignment and PSNR; else the as-fast one with the best PSNR; else the
+    fastest one; with what it misses by."""
     vs = d["variants"]
     ours = {k: v for k, v in vs.items() if k.startswith(("clock", "identity_adaptor")) and "latency_ratio" in v}
     rows = []
@@ -499,33 +506,36 @@ def _versus_deepcache(d) -> str:
             continue
         meets = {k: _meets(v, dc) for k, v in ours.items()}
         full = [k for k in ours if all(meets[k].values())]
+        as_good = [k for k in ours if meets[k]["alignment"] and meets[k]["psnr"]]
         fast = [k for k in ours if meets[k]["speed"]]
         if full:
             pick, verdict = max(full, key=lambda k: ours[k]["latency_ratio"]), "meets all three"
         else:
-            pick = max(fast, key=lambda k: ours[k]["psnr_to_reference"]) if fast else \
-                max(ours, key=lambda k: ours[k]["latency_ratio"])
+            speed, psnr = (lambda k: ours[k]["latency_ratio"]), (lambda k: ours[k]["psnr_to_reference"])
+            pick = max(as_good, key=speed) if as_good else max(fast, key=psnr) if fast else max(ours, key=speed)
             cw, short = ours[pick], []
             if not meets[pick]["speed"]:
                 short.append(f"speed-up {cw['latency_ratio'] - dc['latency_ratio']:+.2f}x")
             if not meets[pick]["alignment"]:
-                short.append(f"colour+shape {100 * (cw['single_colour_and_shape'] - dc['single_colour_and_shape']):+.1f} "
-                             "points")
+                points = 100 * (cw["single_colour_and_shape"] - dc["single_colour_and_shape"])
+                short.append(f"colour+shape {points:+.1f} points")
             if not meets[pick]["psnr"]:
                 short.append(f"PSNR {cw['psnr_to_reference'] - dc['psnr_to_reference']:+.2f} dB")
             verdict = "short: " + ", ".join(short)
         cw = ours[pick]
         rows.append([name, f"{dc['latency_ratio']:.2f}x", f"{pct(dc['single_colour_and_shape'])} "
                      f"± {100 * _binomial_se(dc):.1f}", f"{dc['psnr_to_reference']:.2f}", pick,
-                     f"{cw['latency_ratio']:.2f}x", f"{pct(cw['single_colour_and_shape'])} ± {100 * _binomial_se(cw):.1f}",
+                     f"{cw['latency_ratio']:.2f}x",
+                     f"{pct(cw['single_colour_and_shape'])} ± {100 * _binomial_se(cw):.1f}",
                      f"{cw['psnr_to_reference']:.2f}", verdict])
     n = next(iter(vs.values()))["singles"]["colour_and_shape"]["n"]
     return ("Clockwork against each DeepCache setting (same run): a configuration meets a setting when its "
             "speed-up (ratio of medians) is at least DeepCache's, its colour+shape at least DeepCache's less one "
             f"standard error of the difference (binomial, {n} single-shape images each: "
             "sqrt(SE_a^2 + SE_b^2); ± below is each rate's SE in points) and its PSNR to stock diffusers at least "
-            "DeepCache's. Listed: the fastest configuration that meets all three; where none does, the one as fast "
-            "with the best PSNR (else the fastest), and what it misses by.\n\n"
+            f"DeepCache's (less {PSNR_TIE_DB} dB: equal images up to float rounding). Listed: the fastest "
+            "configuration that meets all three; where none does, the fastest that meets it on colour+shape and "
+            "PSNR, else the one as fast with the best PSNR (else the fastest), and what it misses by.\n\n"
             + table(["DeepCache", "speed-up", "colour+shape", "PSNR (dB)", "clockwork", "speed-up", "colour+shape",
                      "PSNR (dB)", "verdict"], rows) + "\n")
 

@@ -94,6 +94,22 @@ def test_local_search_starts_from_the_better_of_spread_and_deepcache(identity_en
     assert found["evaluations"] == 1 + 2
 
 
+def test_calibration_captions_beyond_a_call_go_in_several(identity_engine):
+    """More captions than one generate() call takes: calls of max_batch_size, call k seeded seed + k."""
+    small = identity_engine.with_config(max_batch_size=2)
+    captions = ["a red circle", "a large blue square", "a green triangle"]
+    found = clock_search.search(small, captions, steps=4, budget=2, guidance=3.0, seed=5, max_rounds=0)
+    kw = dict(steps=4, guidance_scale=3.0, output="latent")
+    ref = torch.cat([small.generate(captions[:2], mode="full", seed=5, **kw),
+                     small.generate(captions[2:], mode="full", seed=6, **kw)])
+    run = small.with_config(mode="clockwork", adaptor_steps=tuple(found["adaptor_steps"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = torch.cat([run.generate(captions[:2], mode="clockwork", seed=5, **kw),
+                         run.generate(captions[2:], mode="clockwork", seed=6, **kw)])
+    assert found["rounds"][0]["mse"] == pytest.approx(float(out.sub(ref).pow(2).mean()), rel=1e-5)
+
+
 def test_local_search_only_moves_while_it_pays(identity_engine):
     found = clock_search.search(identity_engine, CAPTIONS, steps=6, budget=3, guidance=3.0, direction="local")
     start, *moves = found["rounds"]

@@ -157,3 +157,19 @@ def test_an_adaptor_fitted_on_its_clocks_steps_warns_on_another_clock(tiny_dir, 
     other = Engine.from_pretrained(str(tiny_dir), config=fitted.with_(adaptor_steps=None))
     with pytest.warns(UserWarning, match="fitted only on the steps of clock"):
         other.generate("a red circle", output="latent")
+
+
+def test_distill_at_cut_0(tiny_dir, tmp_path):
+    """An adaptor at DeepCache's cut: r_in / r_out at the latents' resolution, the engine splits there."""
+    out = tmp_path / "cut0"
+    assert cli.main(["distill", "--model", str(tiny_dir), "--out", str(out), "--epochs", "1", "--mode", "rollout",
+                     "--cut", "0", *ARGS]) == 0
+    meta = json.loads((out / "adaptor_config.json").read_text())
+    assert meta["cut"] == 0 and meta["adaptor"]["r_in_channels"] == meta["adaptor"]["r_out_channels"] == 8
+    engine = Engine.from_pretrained(str(tiny_dir), config=EngineConfig(mode="clockwork", adaptor=str(out), steps=4))
+    assert engine.split.cut == 0 and engine.split.scale == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clockwork = engine.generate("a red circle", seed=0, output="latent")
+    full = engine.generate("a red circle", seed=0, output="latent", mode="full")
+    assert torch.isfinite(clockwork).all() and (clockwork - full).abs().max() > 0

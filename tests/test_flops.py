@@ -9,7 +9,7 @@ from clockwork_engine import flops
 
 @pytest.fixture(scope="module")
 def sd15():
-    return flops.run(argparse.Namespace(arch="sd15", steps=8, clock=2, json=None))
+    return flops.run(argparse.Namespace(arch="sd15", steps=8, clock=2, cut=1, json=None))
 
 
 def test_sd15_matches_the_paper(sd15):
@@ -35,7 +35,7 @@ def test_schedule_arithmetic(sd15):
 
 
 def test_demo_arch_counts():
-    demo = flops.run(argparse.Namespace(arch="demo", steps=8, clock=2, json=None))
+    demo = flops.run(argparse.Namespace(arch="demo", steps=8, clock=2, cut=1, json=None))
     assert 0 < demo["paper"]["saving"] < 1
     levels = demo["unet_forward_batch1_gflops_by_module"]
     assert sum(v["full"] for v in levels.values()) == pytest.approx(demo["full"]["unet_forward_batch1_gflops"],
@@ -53,3 +53,12 @@ def test_sdxl_arch_counts():
     assert 6500 < full["unet_forward_batch1_gflops"] < 7000
     assert full["always_run_batch1_gflops"] / full["unet_forward_batch1_gflops"] < 0.1
     assert 0.4 < full["saving"] < 0.5 and r["adaptor_parameters"] > 0
+
+
+def test_cut_0_runs_only_conv_in_and_the_last_layer():
+    """At DeepCache's cut an adaptor step keeps under a tenth of SD v1.5's UNet (its last layer at 64x64)."""
+    cut0 = flops.run(argparse.Namespace(arch="sd15", steps=8, clock=2, cut=0, json=None))
+    assert cut0["cut"] == 0 and cut0["command"].endswith("--cut 0")
+    full = cut0["full"]
+    assert 0 < full["always_run_batch1_gflops"] < 0.1 * full["unet_forward_batch1_gflops"]
+    assert full["clockwork_tflops_per_image"] < full["baseline_tflops_per_image"]
