@@ -112,8 +112,8 @@ def test_other_step_counts_match_diffusers(pipe, name, steps):
 @pytest.mark.parametrize("name", ["euler-a", "dpm++2m-sde", "ddim"])
 def test_per_row_seeds_and_guidance_match_each_request_alone(pipe, name):
     """Row k depends only on its prompt, seed and scale (within 1e-4 absolute + 1e-4 relative: the
-    UNet's float sums differ with the batch size, by up to 3.4e-5 on some CPUs); with seeds only, it equals diffusers'
-    generator=[...] too (diffusers takes one scale per call)."""
+    UNet's float sums differ with the batch size, by up to 3.4e-5 on some CPUs); with seeds only,
+    it equals diffusers' generator=[...] too (diffusers takes one scale per call)."""
     p = with_scheduler(pipe, schedulers.from_name(name, build("DPMSolverMultistepScheduler", {})))
     engine = Engine.from_pipeline(p, config="full")
     kw = dict(steps=5, height=16, width=16, output="latent")
