@@ -71,19 +71,22 @@ class UNetSplit(torch.nn.Module):
             raise ValueError("every down block before the cut needs a downsampler")
         self.unet = unet
         self.cut = cut
-        last = unet.up_blocks[-1]
+        # The up blocks L and H_out run (plain lists: every module stays the UNet's).
         if cut == 0:
+            last = unet.up_blocks[-1]
             if len(last.resnets) < 2:
                 raise ValueError("cut 0 needs a last up block of two or more layers")
             # L ends inside the last up block; H_out runs its last layer.
-            self._low_last, self._out_first = _view(last, slice(None, -1)), _view(last, slice(-1, None))
+            self._low_up = [*unet.up_blocks[:-1], _view(last, slice(None, -1))]
+            self._out_up = [_view(last, slice(-1, None))]
             self._upsampler = None
             self.r_in_channels = unet.conv_in.out_channels
             self.r_out_channels = last.resnets[-2].out_channels
         else:
             last_low = unet.up_blocks[n - cut - 1]
             # L ends at the last low-resolution up block, without its upsampler: H_out runs that.
-            self._low_last, self._out_first = _view(last_low, slice(None)), None
+            self._low_up = [*unet.up_blocks[: n - cut - 1], _view(last_low, slice(None))]
+            self._out_up = list(unet.up_blocks[n - cut :])
             self._upsampler = last_low.upsamplers
             self.r_in_channels = cfg.block_out_channels[cut - 1]
             self.r_out_channels = last_low.resnets[-1].out_channels
@@ -124,8 +127,7 @@ class UNetSplit(torch.nn.Module):
                 h = u.mid_block(h, emb, encoder_hidden_states=text)
             else:
                 h = u.mid_block(h, emb)
-        blocks = list(u.up_blocks[: len(u.up_blocks) - self.cut - 1]) + [self._low_last]
-        for block in blocks:
+        for block in self._low_up:
             k = len(block.resnets)
             h = _call_block(block, h, emb, text, res_hidden_states_tuple=skips[-k:])
             skips = skips[:-k]
@@ -137,8 +139,7 @@ class UNetSplit(torch.nn.Module):
         if self._upsampler is not None:
             for up in self._upsampler:
                 h = up(h)
-        blocks = [self._out_first] if self.cut == 0 else u.up_blocks[len(u.up_blocks) - self.cut :]
-        for block in blocks:
+        for block in self._out_up:
             k = len(block.resnets)
             h = _call_block(block, h, emb, text, res_hidden_states_tuple=skips[-k:])
             skips = skips[:-k]
