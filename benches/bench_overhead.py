@@ -40,7 +40,9 @@ def main():
             return out
         return wrapper
 
-    engine.denoisers = {k: timed(fn) for k, fn in engine.denoisers.items()}
+    point = engine.operating_point(args.steps)  # clockwork's denoisers at these steps
+    for denoisers in (engine.denoisers, point.denoisers):
+        denoisers.update({k: timed(fn) for k, fn in denoisers.items()})
     prompt = "a small red circle in the top left"
     result = {}
     for mode in ("full", "clockwork"):

@@ -19,18 +19,17 @@ import json
 import os
 import threading
 import time
-import warnings
 import weakref
 from functools import partial
 
 import torch
 
-from . import adaptor as adaptor_io
 from . import attention, conditioning, latents, loading, request, sampler, schedulers, tiny_decoder, validate
 from .cache import CacheState
 from .compile import MODULE_OPTIONS, compiled
 from .config import EngineConfig
 from .config import preset as preset_config
+from .operating_point import OperatingPoint, OperatingPoints
 from .unet_split import UNetSplit
 
 ADAPTOR_FOLDER = "clockwork_adaptor"  # inside a model directory: its default adaptor
@@ -89,10 +88,10 @@ class Engine:
         self.guidance_dim = unet.config.time_cond_proj_dim or 0
         self.graphs = sampler.GraphSampler(self.config.backend, self.config.max_graphs)
         self.denoisers = {"full": sampler.unet_denoiser(self.unet)}
-        self.adaptor, self.adaptor_meta, self.split = None, {}, None
-        self._clock_mismatch = None  # the warning for an adaptor fitted only on another clock's steps
+        self.points = None  # clockwork's adaptors by step count (operating_point.py)
         if self.config.mode == "clockwork":
-            self._load_adaptor(self.config.adaptor or adaptor_dir)
+            self.points = OperatingPoints(self.unet, self.config, self.scheduler, adaptor_dir)
+            self.points.at(self.config.steps)  # a bad adaptor fails here, not at the first request
         self.reuse = None
         if self.config.attention_reuse is not None:
             self.reuse = attention.apply_reuse(self.unet, attention.ReuseConfig(
@@ -108,30 +107,25 @@ class Engine:
         decoder, _ = tiny_decoder.load(source, self.vae)
         return decoder.to(self.device, self.vae.dtype)
 
-    def _load_adaptor(self, source: str | None):
-        if source is None:
-            raise ValueError("mode 'clockwork' needs an adaptor: config.adaptor='identity', an adaptor folder, "
-                             f"or a model directory with {ADAPTOR_FOLDER}/")
-        if source == "identity":
-            self.split = UNetSplit(self.unet, self.config.cut)
-            self.adaptor = adaptor_io.IdentityAdaptor()
-        else:
-            if source == self.adaptor_dir and self.config.adaptor is None:  # the model's: the one fitted for these steps
-                source = adaptor_io.for_steps(source, self.config.steps)
-            self.adaptor, self.adaptor_meta = adaptor_io.load(source)
-            self.split = UNetSplit(self.unet, self.adaptor_meta["cut"])
-            adaptor_io.check_compatible(self.adaptor_meta, source, self.split, adaptor_io.model_fingerprint(self.unet))
-            self.adaptor.to(self.device, self.unet.dtype)
-            fitted, running = self.adaptor_meta.get("clock"), self.config.clock().to_dict()
-            if (self.adaptor_meta.get("training") or {}).get("train_on") == "clock" and fitted != running:
-                self._clock_mismatch = (f"the adaptor was fitted only on the steps of clock {fitted}, "
-                                        f"running clock {running}")
-            fitted_scheduler = self.adaptor_meta.get("scheduler")
-            if fitted_scheduler and not schedulers.same(fitted_scheduler, self.scheduler):
-                warnings.warn(f"the adaptor was fitted under {fitted_scheduler}, running "
-                              f"{schedulers.describe(self.scheduler)}", stacklevel=4)
-        self.denoisers["clockwork.full"] = sampler.split_denoiser(self.split)
-        self.denoisers["clockwork.adaptor"] = sampler.adaptor_denoiser(self.split, self.adaptor)
+    def operating_point(self, steps: int) -> OperatingPoint:
+        """The adaptor, split and denoisers clockwork runs at `steps` steps: on the model's own
+        adaptors the one fitted for that step count (the default one if none was)."""
+        if self.points is None:
+            raise ValueError("mode 'clockwork' needs an adaptor; build the engine with a clockwork config")
+        return self.points.at(steps)
+
+    @property
+    def adaptor(self):
+        """The adaptor at the config's step count (None without clockwork)."""
+        return None if self.points is None else self.points.at(self.config.steps).adaptor
+
+    @property
+    def adaptor_meta(self) -> dict:
+        return {} if self.points is None else self.points.at(self.config.steps).meta
+
+    @property
+    def split(self) -> UNetSplit | None:
+        return None if self.points is None else self.points.at(self.config.steps).split
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -305,19 +299,10 @@ class Engine:
                     actions[full[-1]] = "compute"
         return [k if a == "off" else f"{k}+{a}" for k, a in zip(kinds, actions)]
 
-    def warn_off_operating_point(self, steps: int, mode: str):
-        """Warn when clockwork runs its adaptor at another step count or clock than it was fitted for."""
-        if mode != "clockwork":
-            return
-        trained_steps = self.adaptor_meta.get("steps")
-        if trained_steps not in (None, steps):
-            warnings.warn(f"the adaptor was trained for {trained_steps} steps, running {steps}", stacklevel=4)
-        if self._clock_mismatch:
-            warnings.warn(self._clock_mismatch, stacklevel=4)
-
-    def _step_fn(self, kind: str, table, bufs, cfg_on: bool):
+    def _step_fn(self, kind: str, table, bufs, cfg_on: bool, point: OperatingPoint | None = None):
+        """The step program of one step kind; clockwork's kinds run `point`'s denoisers."""
         base, _, action = kind.partition("+")
-        denoise = self.denoisers[base]
+        denoise = (point.denoisers if base.startswith("clockwork.") else self.denoisers)[base]
         if action:
             denoise = attention.reuse_denoiser(denoise, self.reuse, action, bufs.maps)
         return partial(sampler.step, denoise, table, text=bufs.text, guidance=bufs.guidance, cfg=cfg_on,
@@ -339,15 +324,16 @@ class Engine:
         inputs = self.request_inputs(table, height, width, guidance, seeds, cfg_on, text, added, edit)
         shape = inputs.latents.shape
         kinds = self.schedule(steps, mode, start)
-        self.warn_off_operating_point(steps, mode)
+        point = self.operating_point(steps) if mode == "clockwork" else None
 
         def make_steps(bufs):
-            return {kind: self._step_fn(kind, table, bufs, cfg_on) for kind in set(kinds)}
+            return {kind: self._step_fn(kind, table, bufs, cfg_on, point) for kind in set(kinds)}
 
         feature_shape = None
-        if mode == "clockwork":
-            s = self.split.scale
-            feature_shape = (inputs.text.shape[0], self.split.r_out_channels, shape[2] // s, shape[3] // s)
+        if point is not None:
+            point.warn_off_point(steps)
+            s = point.split.scale
+            feature_shape = (inputs.text.shape[0], point.split.r_out_channels, shape[2] // s, shape[3] // s)
         key = (len(prompts), height, width, str(self.unet.dtype), mode, cfg_on, steps, start)
         result = self.graphs.run(key, make_steps, kinds, table, inputs, feature_shape, CacheState(), callback)
         if not torch.isfinite(result).all():

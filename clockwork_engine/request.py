@@ -61,7 +61,7 @@ def parse(engine, prompt, *, steps=None, guidance_scale=None, seed=None, height=
     mode = cfg.mode if mode is None else mode
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
-    if mode == "clockwork" and engine.adaptor is None:
+    if mode == "clockwork" and engine.points is None:
         raise ValueError("mode 'clockwork' needs an adaptor; build the engine with a clockwork config")
     prompts = validate.prompts(prompt, cfg.max_batch_size)
     negatives = validate.prompts(negative_prompt, cfg.max_batch_size, "negative_prompt") \

@@ -1,19 +1,15 @@
-"""search-clock (clock_search.py), clock schedule files, and the adaptor a model directory runs
-at a request's step count (adaptor.for_steps, clockwork_adaptors/)."""
+"""search-clock (clock_search.py) and clock schedule files."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 
 import pytest
 import torch
 
 from clockwork_engine import Engine, EngineConfig, clock_search
-from clockwork_engine import adaptor as A
 from clockwork_engine.cli import main as cli
-from clockwork_engine.unet_split import UNetSplit
 
 CAPTIONS = ["a red circle", "a large blue square"]
 
@@ -225,70 +221,3 @@ def test_search_clock_at_cut_0(tiny_dir, tmp_path):
 def test_several_budgets_need_a_placeholder(tiny_dir, tmp_path):
     assert cli(["search-clock", "--model", str(tiny_dir), "--steps", "4", "--budget", "1,2",
                 "--out", str(tmp_path / "c.json")]) == 2
-
-
-# ------------------------------------------------------------------ adaptors per operating point
-def _save_adaptor(folder, unet, steps, seed):
-    torch.manual_seed(seed)
-    split = UNetSplit(unet, 1)
-    adaptor = A.Adaptor(A.AdaptorConfig.for_split(split))
-    torch.nn.init.normal_(adaptor.up.weight, std=0.01)  # not the identity: the choice shows in the output
-    A.save(str(folder), adaptor, cut=1, base_fingerprint=A.model_fingerprint(unet),
-           scheduler="DPMSolverMultistepScheduler", steps=steps, clock={"every": 2, "adaptor_steps": None})
-
-
-@pytest.fixture
-def model_with_operating_points(tiny_pipe, tiny_dir, tmp_path):
-    """The tiny model with a default adaptor fitted for 8 steps and others for 20 and 50 steps."""
-    path = tmp_path / "model"
-    shutil.copytree(tiny_dir, path)
-    _save_adaptor(path / "clockwork_adaptor", tiny_pipe.unet, 8, 0)
-    _save_adaptor(path / A.OPERATING_POINTS_FOLDER / "20-steps", tiny_pipe.unet, 20, 1)
-    _save_adaptor(path / A.OPERATING_POINTS_FOLDER / "50-steps", tiny_pipe.unet, 50, 2)
-    (path / A.OPERATING_POINTS_FOLDER / "broken").mkdir()  # unreadable: skipped
-    return path
-
-
-def test_for_steps_picks_by_fitted_steps(model_with_operating_points):
-    path = model_with_operating_points
-    default = str(path / "clockwork_adaptor")
-    assert A.for_steps(default, 8) == default
-    assert A.for_steps(default, 20) == str(path / A.OPERATING_POINTS_FOLDER / "20-steps")
-    assert A.for_steps(default, 50) == str(path / A.OPERATING_POINTS_FOLDER / "50-steps")
-    assert A.for_steps(default, 30) == default  # none fitted for 30: the default (the engine warns)
-
-
-def test_for_steps_without_operating_points_is_the_default(tmp_path, tiny_pipe):
-    _save_adaptor(tmp_path / "clockwork_adaptor", tiny_pipe.unet, 8, 0)
-    assert A.for_steps(str(tmp_path / "clockwork_adaptor"), 20) == str(tmp_path / "clockwork_adaptor")
-
-
-def test_engine_runs_the_adaptor_fitted_for_its_steps(model_with_operating_points):
-    path = str(model_with_operating_points)
-    kw = dict(guidance_scale=3.0, seed=0, output="latent", mode="clockwork")
-    for steps in (8, 20, 50):
-        engine = Engine.from_pretrained(path, config=EngineConfig(mode="clockwork", steps=steps))
-        assert engine.adaptor_meta["steps"] == steps
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # fitted for these steps: no warning
-            engine.generate("a red circle", steps=steps, **kw)
-    twenty = Engine.from_pretrained(path, config=EngineConfig(mode="clockwork", steps=20))
-    assert twenty.with_config(steps=8).adaptor_meta["steps"] == 8  # with_config picks again
-    # the same request with the 50-step adaptor forced gives another image: the choice matters
-    forced = twenty.with_config(adaptor=str(model_with_operating_points / A.OPERATING_POINTS_FOLDER / "50-steps"))
-    assert not torch.equal(twenty.generate("a red circle", steps=20, **kw),
-                           forced.generate("a red circle", steps=20, **kw))
-    # none fitted for 12 steps: the default, and the warning as before
-    engine = Engine.from_pretrained(path, config=EngineConfig(mode="clockwork", steps=12))
-    assert engine.adaptor_meta["steps"] == 8
-    with pytest.warns(UserWarning, match="trained for 8 steps, running 12"):
-        engine.generate("a red circle", steps=12, **kw)
-
-
-def test_cli_generate_takes_the_adaptor_for_its_steps(model_with_operating_points, tmp_path, monkeypatch):
-    chosen = []
-    real = A.load
-    monkeypatch.setattr(A, "load", lambda folder: chosen.append(folder) or real(folder))
-    assert cli(["generate", "a red circle", "--model", str(model_with_operating_points), "--steps", "20",
-                "--mode", "clockwork", "-o", str(tmp_path / "x.png"), "-q"]) == 0
-    assert chosen and chosen[-1].endswith("20-steps")

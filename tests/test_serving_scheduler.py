@@ -101,7 +101,7 @@ def test_clockwork_rows_join_only_at_full_ticks(pipe):
     from clockwork_engine.serving.runner import Lane
 
     _, batched = engines(pipe)
-    lane = Lane(batched, (16, 16, "clockwork", True), (1, 2, 4))
+    lane = Lane(batched, (16, 16, "clockwork", True, batched.operating_point(4)), (1, 2, 4))
     kinds = batched.schedule(5, "clockwork")
     assert kinds[:3] == ["clockwork.full", "clockwork.adaptor", "clockwork.full"]
     lane.rows = [object()]  # a running lane at tick 3 (an adaptor tick comes next at 3)
@@ -110,7 +110,7 @@ def test_clockwork_rows_join_only_at_full_ticks(pipe):
     lane.tick = 4
     assert lane.can_join(kinds)
     assert lane.can_join(batched.schedule(5, "full")) is False  # a full-mode row needs a full lane
-    full_lane = Lane(batched, (16, 16, "full", True), (1, 2, 4))
+    full_lane = Lane(batched, (16, 16, "full", True, None), (1, 2, 4))
     full_lane.rows, full_lane.tick = [object()], 3
     assert full_lane.can_join(batched.schedule(5, "full"))
 

@@ -1,4 +1,5 @@
-"""A lane: the rows of compatible requests (same size, mode, CFG on or off) sampled together,
+"""A lane: the rows of compatible requests (same size, mode, CFG on or off and, for clockwork,
+the same operating point: the adaptor of their step count) sampled together,
 one model call a tick for all of them; each row at its own evaluation of its own table.
 
 State lives in static buffers sized to a bucket (1, 2, 4, ... rows, padded), so the step
@@ -49,9 +50,9 @@ class Row:
 
 class Lane:
     def __init__(self, engine, key: tuple, buckets: tuple[int, ...]):
-        """key: the scheduler's lane key, (height, width, mode, CFG on)."""
+        """key: the scheduler's lane key, (height, width, mode, CFG on, operating point or None)."""
         self.engine, self.buckets = engine, buckets
-        _, _, self.mode, self.cfg = key
+        _, _, self.mode, self.cfg, self.point = key
         self.clock = engine.config.clock()
         self.bank = TableBank(engine.device)
         self.rows: list[Row] = []
@@ -171,8 +172,9 @@ class Lane:
         x_shape = (bucket,) + tuple(like.x0.shape)
         features = None
         if self.mode == "clockwork":
-            s = engine.split.scale
-            features = torch.zeros((doubled, engine.split.r_out_channels, x_shape[2] // s, x_shape[3] // s),
+            split = self.point.split
+            s = split.scale
+            features = torch.zeros((doubled, split.r_out_channels, x_shape[2] // s, x_shape[3] // s),
                                    dtype=dtype, device=device)
         added = {name: torch.zeros((doubled,) + tuple(v.shape[1:]), dtype=dtype, device=device)
                  for name, v in like.added.items()}
@@ -185,7 +187,7 @@ class Lane:
             guidance=torch.ones(bucket, dtype=torch.float32, device=device),
             noise=torch.zeros(x_shape, dtype=torch.float32, device=device), **added)
         kinds = {"full"} if self.mode == "full" else {"clockwork.full", "clockwork.adaptor"}
-        step_fns = {kind: engine._step_fn(kind, table, bufs, self.cfg) for kind in kinds}
+        step_fns = {kind: engine._step_fn(kind, table, bufs, self.cfg, self.point) for kind in kinds}
         programs = build_programs(engine.graphs.backend, engine.graphs._pool, step_fns, bufs, kinds,
                                   bufs.text.clone())
         bufs.history.zero_()  # the programs' dry runs wrote into it; rows copied in rely on zeros

@@ -46,7 +46,7 @@ class QueueFull(RuntimeError):
 class Job:
     request: GenerationRequest
     future: Future
-    lane_key: tuple  # (height, width, mode, cfg on)
+    lane_key: tuple  # (height, width, mode, cfg on, clockwork's operating point or None)
     kinds: list[str]  # the step kinds of each of its rows (Engine.schedule)
     images: list = field(init=False)  # one a row, filled as rows finish
     rows_left: int = field(init=False)
@@ -92,7 +92,8 @@ class BatchScheduler:
                              "run it with Engine.run_alone")
         cfg = self.engine.uses_cfg(req.guidance)
         kinds = self.engine.schedule(req.steps, req.mode)  # builds the table: a scheduler's error is the caller's
-        job = Job(req, Future(), (req.height, req.width, req.mode, cfg), kinds)
+        point = self.engine.operating_point(req.steps) if req.mode == "clockwork" else None  # loads its adaptor
+        job = Job(req, Future(), (req.height, req.width, req.mode, cfg, point), kinds)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
@@ -227,7 +228,8 @@ class BatchScheduler:
         engine, req = self.engine, job.request
         table = engine._table(req.steps)
         tables[(req.steps,)] = table
-        engine.warn_off_operating_point(req.steps, req.mode)
+        if lane.point is not None:
+            lane.point.warn_off_point(req.steps)
         inputs = engine.request_inputs(table, req.height, req.width, req.guidance, req.seeds, lane.cfg, text, added)
         n = req.rows
         picks = (lambda j: [j, n + j]) if lane.cfg else (lambda j: [j])

@@ -1,0 +1,93 @@
+"""Clockwork's operating points: the adaptor a request's step count runs, with its split.
+
+A model directory ships its default adaptor (clockwork_adaptor/) and may ship others fitted
+for other step counts beside it (clockwork_adaptors/<name>/). An engine on the model's own
+adaptors runs each request on the one fitted for the request's step count (adaptor.for_steps),
+loaded on first use and kept; an engine given one adaptor (config.adaptor: a folder or
+"identity") runs it at every step count. The engine's loop and the batch scheduler's lanes
+both take their clockwork denoisers from here, so one step count runs one adaptor everywhere.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from . import adaptor as adaptor_io
+from . import sampler, schedulers
+from .unet_split import UNetSplit
+
+
+@dataclass(eq=False)  # compared and hashed by identity: a lane key holds one
+class OperatingPoint:
+    source: str  # "identity" or the adaptor folder
+    adaptor: torch.nn.Module
+    meta: dict  # the folder's adaptor_config.json ({} for the identity adaptor)
+    split: UNetSplit
+    denoisers: dict  # "clockwork.full" / "clockwork.adaptor" -> sampler denoiser
+    clock_mismatch: str | None = None  # the warning for an adaptor fitted only on another clock's steps
+
+    def warn_off_point(self, steps: int):
+        """Warn when the adaptor runs at another step count or clock than it was fitted for."""
+        fitted = self.meta.get("steps")
+        if fitted not in (None, steps):
+            warnings.warn(f"the adaptor was trained for {fitted} steps, running {steps}", stacklevel=5)
+        if self.clock_mismatch:
+            warnings.warn(self.clock_mismatch, stacklevel=5)
+
+
+class OperatingPoints:
+    """The operating points of one engine, by step count."""
+
+    def __init__(self, unet, config, scheduler, model_adaptors: str | None):
+        """model_adaptors: the model directory's clockwork_adaptor/ (None if it has none);
+        config.adaptor, when set, is the one adaptor every step count runs."""
+        source = config.adaptor or model_adaptors
+        if source is None:
+            raise ValueError("mode 'clockwork' needs an adaptor: config.adaptor='identity', an adaptor folder, "
+                             "or a model directory with clockwork_adaptor/")
+        self.unet, self.config, self.scheduler = unet, config, scheduler
+        self._default, self._per_steps = source, config.adaptor is None
+        self._by_source: dict[str, OperatingPoint] = {}
+        self._by_steps: dict[int, OperatingPoint] = {}
+        self._guard = threading.Lock()
+
+    def at(self, steps: int) -> OperatingPoint:
+        """The operating point a request of `steps` steps runs (loads its adaptor on first use:
+        an unreadable or mismatched one raises adaptor.AdaptorLoadError)."""
+        point = self._by_steps.get(steps)
+        if point is not None:
+            return point
+        with self._guard:
+            source = adaptor_io.for_steps(self._default, steps) if self._per_steps else self._default
+            if source not in self._by_source:
+                self._by_source[source] = self._load(source)
+            self._by_steps[steps] = self._by_source[source]
+            return self._by_steps[steps]
+
+    def _load(self, source: str) -> OperatingPoint:
+        if source == "identity":
+            split = UNetSplit(self.unet, self.config.cut)
+            return _point(source, adaptor_io.IdentityAdaptor(), {}, split)
+        adaptor, meta = adaptor_io.load(source)
+        split = UNetSplit(self.unet, meta["cut"])
+        adaptor_io.check_compatible(meta, source, split, adaptor_io.model_fingerprint(self.unet))
+        adaptor.to(self.unet.device, self.unet.dtype)
+        fitted, running = meta.get("clock"), self.config.clock().to_dict()
+        mismatch = None
+        if (meta.get("training") or {}).get("train_on") == "clock" and fitted != running:
+            mismatch = f"the adaptor was fitted only on the steps of clock {fitted}, running clock {running}"
+        fitted_scheduler = meta.get("scheduler")
+        if fitted_scheduler and not schedulers.same(fitted_scheduler, self.scheduler):
+            warnings.warn(f"the adaptor was fitted under {fitted_scheduler}, running "
+                          f"{schedulers.describe(self.scheduler)}", stacklevel=5)
+        return _point(source, adaptor, meta, split, mismatch)
+
+
+def _point(source, adaptor, meta, split, mismatch=None) -> OperatingPoint:
+    denoisers = {"clockwork.full": sampler.split_denoiser(split),
+                 "clockwork.adaptor": sampler.adaptor_denoiser(split, adaptor)}
+    return OperatingPoint(source, adaptor, meta, split, denoisers, mismatch)
