@@ -7,7 +7,9 @@ pipeline, same machine, one run.
 Per step count: stock diffusers StableDiffusionPipeline (the reference for PSNR/SSIM and
 speed-up), DeepCache (PyPI package, on the same pipeline: --deepcache intervals, default 2 and
 3, branch 0),
-the engine with everything off, identity adaptor, clockwork with the fused ops off (eager
+the engine with everything off, identity adaptor, the identity adaptor at cut 0 on each DeepCache
+interval's clock (`cut0_deepcache_clock_i<N>`: DeepCache's images, tests/test_deepcache_parity.py,
+so the two differ in speed only), clockwork with the fused ops off (eager
 torch GroupNorm/SiLU), clockwork (fused ops + the graph sampler: on a CPU its "cpu" backend,
 which runs the same per-step programs eagerly; CUDA graphs were never executed here),
 clockwork + attention reuse (late: last quarter of the steps); at 8 steps also the
@@ -183,6 +185,10 @@ def main():
             **{f"deepcache_i{i}": (DeepCacheBaseline(pipe, i), dict(steps=n)) for i in args.deepcache},
             "engine_full": (base, dict(steps=n, mode="full")),
             "identity_adaptor": (base.with_config(mode="clockwork", adaptor="identity"), kw),
+            # DeepCache's own clock at its cut (the identity adaptor at cut 0): its images, the engine's loop
+            **{f"cut0_deepcache_clock_i{i}": (base.with_config(mode="clockwork", adaptor="identity", cut=0,
+                                                               adaptor_steps=tuple(j for j in range(1, n) if j % i)),
+                                              kw) for i in args.deepcache},
             "clockwork_fused_ops_off": (FusedOpsOff(base.with_config(mode="clockwork", adaptor=learned)), kw),
             "clockwork": (base.with_config(mode="clockwork", adaptor=learned), kw),
             "clockwork+reuse": (base.with_config(mode="clockwork", adaptor=learned,

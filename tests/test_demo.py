@@ -25,6 +25,15 @@ def test_demo_defaults_to_clockwork_and_makes_images(demo):
     assert len(images) == 2
 
 
+def test_demo_runs_each_step_count_on_its_own_adaptor(demo):
+    fingerprint = demo.adaptor_meta["base_fingerprint"]
+    for steps in (8, 20, 50):
+        meta = demo.operating_point(steps).meta
+        assert meta["steps"] == steps and meta["base_fingerprint"] == fingerprint
+    assert demo.operating_point(12) is demo.operating_point(8)  # none fitted for 12: the default
+    assert demo.adaptor_meta["steps"] == 8  # the engine's own step count keeps its adaptor
+
+
 def test_stock_diffusers_runs_the_demo_and_the_engine_matches_it(demo):
     pipe = pipeline.load()
     ref = pipe("a blue circle in the center", num_inference_steps=8, guidance_scale=5.0, height=64, width=64,

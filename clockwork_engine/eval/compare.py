@@ -118,6 +118,7 @@ def compare(variants: dict, singles: int, pairs: int, guidance: float, latency_r
             t = lat[name]
             results[name].update(latency_s=t["median_s"], latency_p25_s=t["p25_s"], latency_p75_s=t["p75_s"],
                                  latency_repeats=t["repeats"], latency_ratio=lat[reference]["median_s"] / t["median_s"],
+                                 latency_times_s=t["times_s"],  # call order: round k of every variant back to back
                                  latency_prompts="fresh")  # a new prompt per call: text encoding timed
         # a prompt of its own per variant (engines may share a prompt cache); any prompt costs the same
         results[name]["gflops_per_image"] = gflops_per_image(engine, {**kw, "guidance_scale": guidance},
