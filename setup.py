@@ -10,7 +10,7 @@ The extension is built from csrc/ when sources exist and torch is importable (bu
 import glob
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -47,10 +47,11 @@ def extensions():
 ext_modules, cmdclass = extensions()
 
 setup(
-    packages=["clockwork_engine", "clockwork_engine.demo", "clockwork_engine.eval", "clockwork_engine.sampler",
-              "clockwork_engine.kernels"],
+    packages=[*find_packages(include=["clockwork_engine", "clockwork_engine.*"]), "clockwork_engine.kernels"],
     package_dir={"clockwork_engine.kernels": "kernels"},
     package_data={"clockwork_engine.demo": ["weights/*.json", "weights/*/*.json", "weights/*/*.safetensors",
+                                            "weights/clockwork_adaptors/*/*.json",
+                                            "weights/clockwork_adaptors/*/*.safetensors",
                                             "weights/students/*/*.json", "weights/students/*/*/*.json",
                                             "weights/students/*/*/*.safetensors"],
                   "clockwork_engine.eval": ["weights/*.json", "weights/*.safetensors"]},

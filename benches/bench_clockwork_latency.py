@@ -44,7 +44,7 @@ def demo(args):
         fns["full_inductor_sampling_only"] = lambda: compiled.generate(prompt, mode="full", **sample_kw)
         fns["clockwork_inductor_sampling_only"] = lambda: compiled.generate(prompt, mode="clockwork", **sample_kw)
     t = interleaved(fns, args.repeats)
-    parts = step_parts(engine, args.repeats, skip_prompts=len(fns) * (args.repeats + 1))
+    parts = step_parts(engine, args.steps, args.repeats, skip_prompts=len(fns) * (args.repeats + 1))
     ratio = lambda a, b: t[a]["median_s"] / t[b]["median_s"]  # noqa: E731  (ratio of medians)
     paired = {"end_to_end": paired_speedup(t, "full", "clockwork"),
               "sampling_only": paired_speedup(t, "full_sampling_only", "clockwork_sampling_only")}
@@ -70,13 +70,14 @@ def demo(args):
         **inductor, "parts_ms": parts, "machine": machine()})
 
 
-def step_parts(engine, repeats: int, skip_prompts: int) -> dict:
+def step_parts(engine, steps: int, repeats: int, skip_prompts: int) -> dict:
     """Median ms of the pieces of a request (CFG batch 2, interleaved): a full step, an adaptor
     step and their parts, text encoding of a new prompt (+ the cached ""), the VAE decode; and the
     speed-up those step costs allow with no fixed cost at all: 2 / (1 + adaptor step / full step)."""
     from clockwork_engine.eval.compare import fresh_prompts
 
-    split, adaptor = engine.split, engine.adaptor  # the clockwork engine's own split, at its adaptor's cut
+    point = engine.operating_point(steps)  # the adaptor a `steps`-step request runs, and its split
+    split, adaptor = point.split, point.adaptor
     prompts = iter(fresh_prompts(repeats + 2, skip=skip_prompts))  # captions the requests above did not use
     text = engine.prompts.encode(["", next(prompts)])  # [2, L, D]
     size = engine.default_size // engine.vae_factor  # latent side

@@ -31,9 +31,10 @@ class EngineConfig:
     height: int | None = None  # None: the UNet's sample size times the VAE factor
     width: int | None = None
     # Clockwork: adaptor on steps i % clock_every == clock_every - 1 (0-based), or on an
-    # explicit set of steps; "identity" or a folder for the adaptor (None: the model
-    # directory's clockwork_adaptor/); cut level for the identity adaptor (unet_split.py: 1 is
-    # the paper's; 0 runs only conv_in and the UNet's last layer on its steps, DeepCache's cut).
+    # explicit set of steps; "identity" or a folder for the adaptor at every step count (None:
+    # the model directory's, the one fitted for each request's step count: operating_point.py);
+    # cut level for the identity adaptor (unet_split.py: 1 is the paper's; 0 runs only conv_in
+    # and the UNet's last layer on its steps, DeepCache's cut).
     clock_every: int = 2
     adaptor_steps: tuple[int, ...] | None = None
     adaptor: str | None = None

@@ -90,7 +90,7 @@ class Engine:
         self.denoisers = {"full": sampler.unet_denoiser(self.unet)}
         self.points = None  # clockwork's adaptors by step count (operating_point.py)
         if self.config.mode == "clockwork":
-            self.points = OperatingPoints(self.unet, self.config, self.scheduler, adaptor_dir)
+            self.points = OperatingPoints(self.unet, self.config, self.scheduler, adaptor_dir, self._lock)
             self.points.at(self.config.steps)  # a bad adaptor fails here, not at the first request
         self.reuse = None
         if self.config.attention_reuse is not None:

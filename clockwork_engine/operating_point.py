@@ -10,6 +10,7 @@ both take their clockwork denoisers from here, so one step count runs one adapto
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 from dataclasses import dataclass
@@ -31,21 +32,23 @@ class OperatingPoint:
     clock_mismatch: str | None = None  # the warning for an adaptor fitted only on another clock's steps
 
     def warn_off_point(self, steps: int):
-        """Warn when the adaptor runs at another step count or clock than it was fitted for."""
+        """Warn when the adaptor runs at another step count or clock than it was fitted for
+        (stacklevel: generate()'s caller, through torch.no_grad's wrapper, run_alone and _sample)."""
         fitted = self.meta.get("steps")
         if fitted not in (None, steps):
-            warnings.warn(f"the adaptor was trained for {fitted} steps, running {steps}", stacklevel=5)
+            warnings.warn(f"the adaptor was trained for {fitted} steps, running {steps}", stacklevel=6)
         if self.clock_mismatch:
-            warnings.warn(self.clock_mismatch, stacklevel=5)
+            warnings.warn(self.clock_mismatch, stacklevel=6)
 
 
 class OperatingPoints:
     """The operating points of one engine, by step count."""
 
-    def __init__(self, unet, config, scheduler, model_adaptors: str | None):
-        """model_adaptors: the model directory's clockwork_adaptor/ (None if it has none);
-        config.adaptor, when set, is the one adaptor every step count runs."""
-        source = config.adaptor or model_adaptors
+    def __init__(self, unet, config, scheduler, model_adaptor: str | None, model_lock):
+        """model_adaptor: the model directory's clockwork_adaptor/ (None if it has none);
+        config.adaptor, when set, is the one adaptor every step count runs. model_lock: the
+        UNet's lock, held while an adaptor loads (no device copy while a graph is captured)."""
+        source = config.adaptor or model_adaptor
         if source is None:
             raise ValueError("mode 'clockwork' needs an adaptor: config.adaptor='identity', an adaptor folder, "
                              "or a model directory with clockwork_adaptor/")
@@ -53,7 +56,7 @@ class OperatingPoints:
         self._default, self._per_steps = source, config.adaptor is None
         self._by_source: dict[str, OperatingPoint] = {}
         self._by_steps: dict[int, OperatingPoint] = {}
-        self._guard = threading.Lock()
+        self._model_lock, self._guard = model_lock, threading.Lock()
 
     def at(self, steps: int) -> OperatingPoint:
         """The operating point a request of `steps` steps runs (loads its adaptor on first use:
@@ -61,8 +64,11 @@ class OperatingPoints:
         point = self._by_steps.get(steps)
         if point is not None:
             return point
-        with self._guard:
-            source = adaptor_io.for_steps(self._default, steps) if self._per_steps else self._default
+        source = adaptor_io.for_steps(self._default, steps) if self._per_steps else self._default  # metadata only
+        # Loading weights moves them to the device: not while another thread runs or captures the
+        # UNet, so under its lock (taken first, as the engine's loop holds it when it gets here).
+        # The identity adaptor is views of the UNet, built without it.
+        with contextlib.nullcontext() if source == "identity" else self._model_lock, self._guard:
             if source not in self._by_source:
                 self._by_source[source] = self._load(source)
             self._by_steps[steps] = self._by_source[source]

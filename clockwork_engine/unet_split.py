@@ -71,7 +71,8 @@ class UNetSplit(torch.nn.Module):
             raise ValueError("every down block before the cut needs a downsampler")
         self.unet = unet
         self.cut = cut
-        # The up blocks L and H_out run (plain lists: every module stays the UNet's).
+        # The up blocks L and H_out run: plain lists, so the views (copies sharing the UNet's
+        # submodules) are not registered as modules of their own.
         if cut == 0:
             last = unet.up_blocks[-1]
             if len(last.resnets) < 2:

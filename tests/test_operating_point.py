@@ -62,7 +62,7 @@ def test_engine_runs_the_adaptor_fitted_for_its_steps(model_with_operating_point
         engine = Engine.from_pretrained(path, config=EngineConfig(mode="clockwork", steps=steps))
         assert engine.adaptor_meta["steps"] == steps
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # fitted for these steps: no warning
+            warnings.simplefilter("error", UserWarning)  # fitted for these steps: no warning
             engine.generate("a red circle", steps=steps, **kw)
     twenty = Engine.from_pretrained(path, config=EngineConfig(mode="clockwork", steps=20))
     assert twenty.with_config(steps=8).adaptor_meta["steps"] == 8  # with_config picks again
@@ -83,7 +83,7 @@ def test_cli_generate_takes_the_adaptor_for_its_steps(model_with_operating_point
     monkeypatch.setattr(A, "load", lambda folder: chosen.append(folder) or real(folder))
     assert cli(["generate", "a red circle", "--model", str(model_with_operating_points), "--steps", "20",
                 "--mode", "clockwork", "-o", str(tmp_path / "x.png"), "-q"]) == 0
-    assert chosen and chosen[-1].endswith("20-steps")
+    assert chosen == [str(model_with_operating_points / A.OPERATING_POINTS_FOLDER / "20-steps")]  # only it
 
 
 def test_one_engine_runs_each_request_on_the_adaptor_of_its_steps(model_with_operating_points):
@@ -113,25 +113,47 @@ def test_batched_requests_at_two_step_counts_run_their_own_adaptors(model_with_o
     path = str(model_with_operating_points)
     alone = Engine.from_pretrained(path, config=EngineConfig(mode="clockwork", steps=8))
     batched = alone.with_config(batching="step")
+    cases = [("a red circle", 8), ("a blue square", 20), ("a green triangle", 12), ("a red square", 20)]
     requests = [dict(prompt=p, steps=s, seed=k, height=16, width=16, guidance_scale=3.0, mode="clockwork",
-                     output="latent") for k, (p, s) in enumerate([("a red circle", 8), ("a blue square", 20),
-                                                                   ("a green triangle", 8), ("a red square", 20)])]
+                     output="latent") for k, (p, s) in enumerate(cases)]
     expected = [alone.generate(**r) for r in requests]
-    got = [None] * len(requests)
+    got, errors = [None] * len(requests), []
 
     def run(k):
-        got[k] = batched.generate(**requests[k])
+        try:
+            got[k] = batched.generate(**requests[k])
+        except Exception as e:  # noqa: BLE001  (reported below, not lost in the thread)
+            errors.append(e)
 
     threads = [threading.Thread(target=run, args=(k,)) for k in range(len(requests))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # 12 steps runs the 8-step adaptor, warned
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in threads)
+    for g, want in zip(got, expected, strict=True):
+        assert (g - want).abs().max().item() <= TOL
+    # one lane per adaptor: 8 and 12 steps share the default's, 20 steps has its own
+    assert sorted(key[4].meta["steps"] for key in batched.batcher._lanes) == [8, 20]
+
+
+def test_concurrent_first_requests_load_an_adaptor_once(model_with_operating_points, monkeypatch):
+    engine = Engine.from_pretrained(str(model_with_operating_points), config=EngineConfig(mode="clockwork", steps=8))
+    loads, real = [], A.load
+    monkeypatch.setattr(A, "load", lambda folder: loads.append(folder) or real(folder))
+    points = [None] * 4
+
+    def first(k):
+        points[k] = engine.operating_point(20)
+
+    threads = [threading.Thread(target=first, args=(k,)) for k in range(4)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=120)
-    for g, want in zip(got, expected, strict=True):
-        assert (g - want).abs().max().item() <= TOL
-    # each step count's rows ran in a lane of its own adaptor
-    lanes = {key[4].meta["steps"] for key in batched.batcher._lanes}
-    assert lanes == {8, 20}
+        t.join(timeout=60)
+    assert len(loads) == 1 and all(p is points[0] for p in points) and points[0].meta["steps"] == 20
 
 
 def test_a_broken_operating_point_fails_only_its_requests(model_with_operating_points):

@@ -39,7 +39,38 @@ def test_without_per_call_times_the_speed_ups_decide():
 
 def test_alignment_within_one_standard_error_and_psnr_within_the_tie():
     ours, theirs = row(None, accuracy=0.76, psnr=40.0 - M.PSNR_TIE_DB / 2), row(None, accuracy=0.8)
-    meets = M._meets(ours, theirs)  # SE of the difference: sqrt(2 * 0.8 * 0.2 / 100) = 5.7 points
+    meets = M._meets(ours, theirs)  # SE of the difference: sqrt((0.76 * 0.24 + 0.8 * 0.2) / 100) = 5.9 points
     assert meets["alignment"] and meets["psnr"]
     assert not M._meets(row(None, accuracy=0.70), theirs)["alignment"]
     assert not M._meets(row(None, psnr=39.9), theirs)["psnr"]
+
+
+def run_of(variants: dict) -> dict:
+    return {"variants": variants}
+
+
+def test_the_table_lists_the_fastest_the_best_and_deepcaches_own_clock():
+    rounds = [0.50, 0.52, 0.49, 0.51, 0.50]
+    dc = row(rounds, ratio=2.0, accuracy=0.5, psnr=30.0)
+    text = M._versus_deepcache(run_of({
+        "deepcache_i3": dc,
+        "cut0_deepcache_clock_i3": row([t * 0.95 for t in rounds], ratio=2.1, accuracy=0.5, psnr=30.0),
+        "clock_fast": row([t * 0.90 for t in rounds], ratio=2.2, accuracy=0.5, psnr=30.5),
+        "clock_sharp": row([t * 0.98 for t in rounds], ratio=2.05, accuracy=0.6, psnr=33.0),
+        "clock_slow": row([t * 1.20 for t in rounds], ratio=1.7, accuracy=0.9, psnr=40.0),
+    }))
+    lines = [line for line in text.splitlines() if line.startswith("| deepcache_i3")]
+    assert [line.split(" | ")[4] for line in lines] == ["clock_fast", "clock_sharp", "cut0_deepcache_clock_i3"]
+    assert lines[0].endswith("meets all three (the fastest) |")
+    assert lines[1].endswith("meets all three (the best PSNR) |")
+    assert lines[2].endswith("meets all three (DeepCache's clock) |")
+
+
+def test_the_table_says_what_the_best_candidate_misses_by():
+    rounds = [0.50, 0.52, 0.49, 0.51, 0.50]
+    text = M._versus_deepcache(run_of({
+        "deepcache_i5": row(rounds, ratio=3.0, accuracy=0.5, psnr=30.0),
+        "clock_slow": row([t * 1.10 for t in rounds], ratio=2.7, accuracy=0.6, psnr=31.0),
+    }))
+    line = next(line for line in text.splitlines() if line.startswith("| deepcache_i5"))
+    assert "| clock_slow |" in line and "short: time ratio 0.909 (± 0.0%)" in line
