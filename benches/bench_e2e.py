@@ -165,7 +165,7 @@ def main():
     if args.sd15:
         sd15(args)
 
-    from clockwork_engine import Engine, EngineConfig
+    from clockwork_engine import Engine, EngineConfig, clock_search
     from clockwork_engine import adaptor as adaptor_io
     from clockwork_engine.demo.pipeline import DEMO_DIR
     from clockwork_engine.demo.pipeline import load as load_pipe
@@ -186,9 +186,9 @@ def main():
             "engine_full": (base, dict(steps=n, mode="full")),
             "identity_adaptor": (base.with_config(mode="clockwork", adaptor="identity"), kw),
             # DeepCache's own clock at its cut (the identity adaptor at cut 0): its images, the engine's loop
-            **{f"cut0_deepcache_clock_i{i}": (base.with_config(mode="clockwork", adaptor="identity", cut=0,
-                                                               adaptor_steps=tuple(j for j in range(1, n) if j % i)),
-                                              kw) for i in args.deepcache},
+            **{f"cut0_deepcache_clock_i{i}": (base.with_config(
+                mode="clockwork", adaptor="identity", cut=0, adaptor_steps=tuple(clock_search.deepcache_clock(n, i))),
+                kw) for i in args.deepcache},
             "clockwork_fused_ops_off": (FusedOpsOff(base.with_config(mode="clockwork", adaptor=learned)), kw),
             "clockwork": (base.with_config(mode="clockwork", adaptor=learned), kw),
             "clockwork+reuse": (base.with_config(mode="clockwork", adaptor=learned,

@@ -116,10 +116,15 @@ def spread(steps: int, budget: int) -> list[int]:
     return sorted(set(range(1, steps)) - keep)
 
 
+def deepcache_clock(steps: int, interval: int) -> list[int]:
+    """DeepCache's clock at `interval`: the adaptor steps, every step off its full steps 0, N, 2N, ..."""
+    return [i for i in range(1, steps) if i % interval]
+
+
 def uniform(steps: int, budget: int) -> dict[int, list[int]]:
-    """DeepCache's clocks of `budget` adaptor steps: interval N -> the steps off its full steps
-    0, N, 2N, ..., for every N that leaves that many (8 steps, 6: intervals 4 to 7)."""
-    clocks = {n: [i for i in range(1, steps) if i % n] for n in range(2, steps + 1)}
+    """DeepCache's clocks of `budget` adaptor steps: interval N -> deepcache_clock(steps, N), for
+    every N that leaves that many (8 steps, 6: intervals 4 to 7)."""
+    clocks = {n: deepcache_clock(steps, n) for n in range(2, steps + 1)}
     return {n: c for n, c in clocks.items() if len(c) == budget}
 
 

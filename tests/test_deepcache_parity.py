@@ -22,7 +22,7 @@ def deepcache_latents(pipe, prompt, steps, interval, guidance, seed, size):
 
 
 def clockwork_latents(pipe, prompt, steps, interval, guidance, seed, size):
-    cached = clock_search.uniform(steps, steps - len(range(0, steps, interval)))[interval]  # DeepCache's cached
+    cached = clock_search.deepcache_clock(steps, interval)  # the steps DeepCache serves from its cache
     engine = Engine.from_pipeline(pipe).with_config(mode="clockwork", adaptor="identity", cut=0,
                                                    adaptor_steps=tuple(cached))
     with warnings.catch_warnings():
