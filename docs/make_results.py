@@ -720,14 +720,38 @@ def section_gpu():
     return title + _gpu(d)
 
 
-def _gpu_timings(p, baseline="diffusers"):
+def _gpu_row(p, name, label=None, baseline="diffusers"):
+    t = p["timings"][name]
+    speed = "1.00x" if name == baseline else f"{p['speedup_vs_diffusers'][name]['paired']:.2f}x"
+    return [label or GPU_VARIANTS.get(name, name), f"{t['median_s'] * 1e3:.1f}",
+            f"{t['p25_s'] * 1e3:.1f}-{t['p75_s'] * 1e3:.1f}", speed, f"{t['warmup_s'][0]:.2f}", t["repeats"]]
+
+
+def _gpu_timings(p, extra=()):
+    """The phase's variants; `extra` rows (another phase's, already formatted) follow its stock diffusers."""
     rows = []
-    for name, t in p["timings"].items():
-        speed = "1.00x" if name == baseline else f"{p['speedup_vs_diffusers'][name]['paired']:.2f}x"
-        rows.append([GPU_VARIANTS.get(name, name), f"{t['median_s'] * 1e3:.1f}",
-                     f"{t['p25_s'] * 1e3:.1f}-{t['p75_s'] * 1e3:.1f}", speed, f"{t['warmup_s'][0]:.2f}",
-                     t["repeats"]])
+    for name in p["timings"]:
+        rows.append(_gpu_row(p, name))
+        if name == "diffusers":
+            rows += extra
     return table(["variant", "median ms", "p25-p75 ms", "vs stock (paired)", "first call s", "repeats"], rows)
+
+
+def _compile_options(options) -> str:
+    """{'mode': 'reduce-overhead', 'fullgraph': 'True'} -> mode="reduce-overhead", fullgraph=True
+    (the harness records the options' values as strings)."""
+    def value(v):
+        return str(v) if not isinstance(v, str) or v in ("True", "False", "None") else f'"{v}"'
+    return ", ".join(f"{k}={value(v)}" for k, v in options.items())
+
+
+def _profile_steps(steps):
+    """One entry per (step, kind): on a GPU the profile lists each step's range twice, the second
+    with 0 ms of host time; the times of a step's entries are summed."""
+    merged = {}
+    for s in steps:
+        merged[(s["step"], s["kind"])] = merged.get((s["step"], s["kind"]), 0.0) + s["ms"]
+    return ", ".join(f"{step} {kind} {ms:.2f}" for (step, kind), ms in merged.items())
 
 
 def _gpu(d):
@@ -744,7 +768,9 @@ def _gpu(d):
         out.append(f"GPU tests (`pytest -m gpu tests/test_gpu_cuda.py`): {tests['passed']} passed, "
                    f"{tests['failures'] + tests['errors']} failed, {tests['skipped']} skipped "
                    f"({tests['seconds']:.0f} s).\n")
-        out += [f"- failed: `{f['test']}`: {f['message'][:200]}" for f in tests["failed"]]
+        for f in tests["failed"]:
+            message = " ".join(f["message"].split())  # one list item: pytest's message has line breaks
+            out.append(f"- failed: `{f['test']}`: {message if len(message) <= 400 else message[:400] + '...'}")
     else:
         out.append("GPU tests: not run in this check.\n")
     phases = d["phases"]
@@ -752,9 +778,24 @@ def _gpu(d):
         if p["status"] != "ok":
             out.append(f"Phase {name}: {p['status']} ({p.get('reason') or p.get('error', '')[:300]}).\n")
     sd15 = phases.get("sd15", {})
+    comp = phases.get("sd15_compile", {})
+    compiled = comp.get("timings", {}).get("diffusers_compiled") if comp.get("status") == "ok" else None
     if "timings" in sd15:
         out.append(f"\n### {sd15['what']}\n")
-        out.append(_gpu_timings(sd15))
+        extra = []
+        if compiled:
+            extra.append(_gpu_row(comp, "diffusers_compiled", label=f"diffusers, torch.compile("
+                                  f"{_compile_options(comp['compile_options'])}) on its UNet (torch.compile phase)"))
+        out.append(_gpu_timings(sd15, extra))
+        if compiled:
+            ms = compiled["median_s"] * 1e3
+            vs = [f"{'faster' if ms < m else 'slower'} than {label} ({m:.1f} ms, ratio of medians {m / ms:.2f})"
+                  for label, m in ((label, sd15["timings"][n]["median_s"] * 1e3) for n, label in (
+                      ("engine_full", "the engine's full mode on CUDA graphs"),
+                      ("clockwork_identity", "clockwork with the identity adaptor")) if n in sd15["timings"])]
+            out.append(f"\nThe torch.compile row was timed in the torch.compile phase below, interleaved with its own "
+                       f"stock-diffusers run ({comp['timings']['diffusers']['median_s'] * 1e3:.1f} ms), which its "
+                       f"ratio is against. diffusers + torch.compile ({ms:.1f} ms) is " + " and ".join(vs) + ".")
         r = sd15.get("reuse")
         if r:
             out.append(f"\nAttention reuse at steps {r['steps']}: {r['layers_cached']} layers' maps cached "
@@ -773,9 +814,8 @@ def _gpu(d):
                        f"{o['unet_forward_eager_ms']:.2f} ms; beyond those, the engine costs "
                        f"{o['engine_ms_per_step_beyond_replays']:.2f} ms per step, diffusers "
                        f"{o['diffusers_ms_per_step_beyond_unet']:.2f} ms.\n")
-    comp = phases.get("sd15_compile", {})
     if "timings" in comp:
-        out.append(f"\n### torch.compile on diffusers' UNet ({comp['compile_options']}; first call "
+        out.append(f"\n### torch.compile on diffusers' UNet ({_compile_options(comp['compile_options'])}; first call "
                    f"{comp['compile_first_call_s']:.0f} s)\n")
         out.append(_gpu_timings(comp))
     sdxl = phases.get("sdxl", {})
@@ -787,7 +827,7 @@ def _gpu(d):
                        f"{sdxl['parity']['engine_vs_diffusers_max_abs']:.2e}.")
     prof = phases.get("profile", {})
     if prof.get("steps"):
-        steps = ", ".join(f"{s['step']} {s['kind']} {s['ms']:.2f}" for s in prof["steps"])
+        steps = _profile_steps(prof["steps"])
         out.append(f"\n### Profile of one clockwork request\n\n{prof['what']}. Trace: {prof['trace']} (in the "
                    f"check's output). Sampling {prof['sample_ms']:.1f} ms; per step (ms): {steps}.\n")
     return "\n".join(out) + "\n"

@@ -79,6 +79,36 @@ def test_results_section_renders_a_gpu_run_and_refuses_a_dry_run(dry_run):
         assert f"| {make_results.GPU_VARIANTS[name]} | {t['median_s'] * 1e3:.1f} |" in text
 
 
+def test_results_section_renders_what_a_gpu_run_records(dry_run):
+    """What the H200 run recorded: pytest's multi-line failure messages, compile options as strings,
+    each profiled step listed twice (the second at 0 ms); the torch.compile row sits in the SD v1.5
+    table beside the engine's rows."""
+    import make_results
+
+    _, d = dry_run
+    comp = d["phases"]["sd15_compile"]
+    steps = [e for s in d["phases"]["profile"]["steps"] for e in (s, {**s, "ms": 0.0})]
+    gpu = {**d, "dry_run": False, "gpu_tests": {
+        "tests": 2, "failures": 1, "errors": 0, "skipped": 0, "passed": 1, "seconds": 9.0,
+        "failed": [{"test": "tests.test_gpu_cuda::test_x",
+                    "message": "AssertionError: not close!\n\nGreatest absolute difference: 0.0012"}]},
+        "phases": {**d["phases"], "sd15_compile": {**comp, "compile_options": {"mode": "reduce-overhead",
+                                                                                  "fullgraph": "True"}},
+                   "profile": {**d["phases"]["profile"], "steps": steps}}}
+    text = _section_with(make_results, gpu)
+    assert "- failed: `tests.test_gpu_cuda::test_x`: AssertionError: not close! Greatest absolute difference: " \
+           "0.0012\n" in text
+    assert 'torch.compile(mode="reduce-overhead", fullgraph=True)' in text and "'fullgraph'" not in text
+    sd15 = text.split("### SD v1.5")[1].split("###")[0]
+    rows = [line for line in sd15.splitlines() if line.startswith("| ")][1:]  # the header row off
+    assert rows[0].startswith("| stock diffusers (SDPA) |") and rows[1].startswith("| diffusers, torch.compile(")
+    assert f" | {comp['timings']['diffusers_compiled']['median_s'] * 1e3:.1f} | " in rows[1]
+    assert any(row.startswith("| engine, full, CUDA graphs |") for row in rows)
+    profile = text.split("### Profile of one clockwork request")[1]
+    for s in d["phases"]["profile"]["steps"]:
+        assert profile.count(f"{s['step']} {s['kind']} ") == 1
+
+
 def _section_with(make_results, d) -> str:
     original = make_results.load
     make_results.load = lambda name: d if name == "gpu_check.json" else original(name)
