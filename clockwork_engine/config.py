@@ -54,6 +54,14 @@ class EngineConfig:
     # step programs: "auto" = "cuda" graphs when a GPU is there, else "cpu" (eager);
     # "inductor": compiled by TorchInductor (CPU; tens of seconds per new request shape)
     backend: str = "auto"
+    # cuda backend: each step program compiled by TorchInductor (Triton kernels) before it is
+    # captured as a CUDA graph, and the text encoder and decoder compiled too; False: the same
+    # programs captured uncompiled (starts in seconds; for debugging). inductor: the option set
+    # (compile.CUDA_OPTIONS). compiled_dir: prepared artifacts (`clockwork compile`) loaded at
+    # start; None: the model directory's compiled/ where it has one.
+    compile: bool = True
+    inductor: str = "default"
+    compiled_dir: str | None = None
     max_graphs: int = 8  # (batch, size, dtype, mode, cfg, steps) program sets kept (LRU)
     max_batch_size: int = 16  # prompts per generate() call
     # Concurrent generate() calls (threads, the HTTP server): "off" = one call at a time per
@@ -84,6 +92,13 @@ class EngineConfig:
             raise ValueError(f"text_dtype must be one of {', '.join(TEXT_DTYPES)}, got {self.text_dtype!r}")
         if self.backend not in ("auto", "cpu", "cuda", "inductor"):
             raise ValueError(f"backend must be 'auto', 'cpu', 'cuda' or 'inductor', got {self.backend!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False, got {self.compile!r}")
+        from .compile import cuda_options
+
+        cuda_options(self.inductor)  # a known option set
+        if self.compiled_dir is not None and (not isinstance(self.compiled_dir, str) or not self.compiled_dir):
+            raise ValueError(f"compiled_dir must be a folder or None, got {self.compiled_dir!r}")
         if isinstance(self.cut, bool) or not isinstance(self.cut, int) or self.cut < 0:
             raise ValueError(f"cut must be an int >= 0, got {self.cut!r}")
         for name in ("steps", "max_batch_size", "max_size_factor", "max_graphs", "max_queue"):

@@ -24,9 +24,9 @@ from functools import partial
 
 import torch
 
-from . import attention, conditioning, latents, loading, request, sampler, schedulers, tiny_decoder, validate
+from . import artifacts, attention, conditioning, latents, loading, request, sampler, schedulers, tiny_decoder, validate
 from .cache import CacheState
-from .compile import MODULE_OPTIONS, compiled
+from .compile import CUDA_MODULE_OPTIONS, MODULE_OPTIONS, compiled, cuda_options
 from .config import EngineConfig
 from .config import preset as preset_config
 from .operating_point import OperatingPoint, OperatingPoints
@@ -66,14 +66,19 @@ class Engine:
         self.scheduler = scheduler
         self.adaptor_dir, self.decoder_dir = adaptor_dir, decoder_dir
         self.tiny_decoder = self._load_tiny_decoder(self.config.decoder)
-        inductor = self.config.backend == "inductor"
+        self.graphs = sampler.GraphSampler(self.config.backend, self.config.max_graphs,
+                                           cuda_options(self.config.inductor) if self.config.compile else None)
+        # The text encoder and the decoder: compiled on the inductor backend and on the compiled
+        # cuda backend, eager otherwise.
+        module_options = MODULE_OPTIONS if self.graphs.backend == "inductor" else \
+            CUDA_MODULE_OPTIONS if self.graphs.cuda_compile is not None else None
         self.conditioning = conditioning.for_model(
             unet, tokenizer, self.text_encoder, tokenizer_2, self.text_encoder_2, force_zeros_for_empty_prompt,
-            capacity=self.config.prompt_cache_size, compile_encoder=inductor,
+            capacity=self.config.prompt_cache_size, compile_options=module_options,
             dtype=getattr(torch, self.config.text_dtype))
         self.prompts = self.conditioning.prompts  # the (first) text encoder's prompt cache
-        self._decode_fn = compiled(self._decode_eager, MODULE_OPTIONS, "image decoder", dynamic=None) \
-            if inductor else self._decode_eager
+        self._decode_fn = self._decode_eager if module_options is None else \
+            compiled(self._decode_eager, module_options, "image decoder", dynamic=None)
         self.vae_factor = tiny_decoder.vae_upscale(vae)
         # Image sides must survive the VAE and every UNet downsampler without rounding.
         self.size_multiple = self.vae_factor * 2 ** (len(unet.config.block_out_channels) - 1)
@@ -86,7 +91,6 @@ class Engine:
         self._table(len(grid) if grid else self.config.steps)
         # A guidance-distilled UNet embeds the guidance scale (time_cond_proj_dim) instead of CFG.
         self.guidance_dim = unet.config.time_cond_proj_dim or 0
-        self.graphs = sampler.GraphSampler(self.config.backend, self.config.max_graphs)
         self.denoisers = {"full": sampler.unet_denoiser(self.unet)}
         self.points = None  # clockwork's adaptors by step count (operating_point.py)
         if self.config.mode == "clockwork":
@@ -130,7 +134,7 @@ class Engine:
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_pretrained(cls, model: str = "demo", *, config: EngineConfig | str | None = None, preset: str | None = None,
-                        tokenizer=None, text_encoder=None, torch_dtype=None) -> Engine:
+                        tokenizer=None, text_encoder=None, torch_dtype=None, device=None) -> Engine:
         """'demo' (the embedded default) or a local diffusers Stable-Diffusion directory.
 
         preset: a distilled student shipped with the model (a folder under its students/,
@@ -138,7 +142,9 @@ class Engine:
         "clockwork" when the directory has a clockwork_adaptor/ (the demo does), else
         "full", with the directory's recommended settings (clockwork_engine.json: e.g. the
         demo's guidance scale, a student's step count); config="full" turns clockwork off and
-        keeps those settings; an EngineConfig object is taken as it is.
+        keeps those settings; an EngineConfig object is taken as it is. device: where the model
+        runs (None: the GPU where there is one, else the CPU); torch_dtype: the weights' dtype
+        (None: as diffusers loads them, float32).
         """
         path = _model_dir(model, preset)
         adaptor_dir = os.path.join(path, ADAPTOR_FOLDER)
@@ -151,7 +157,12 @@ class Engine:
             config = _with_settings(_config(config), path)
         else:
             config = _config(config)
+        _load_artifacts(config, path)
         components = loading.load_components(path, tokenizer, text_encoder, torch_dtype)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            if components.get(name) is not None:
+                components[name] = components[name].to(device)
         return cls(**components, config=config, adaptor_dir=adaptor_dir if os.path.isdir(adaptor_dir) else None,
                    decoder_dir=decoder_dir)
 
@@ -184,9 +195,19 @@ class Engine:
         scheduler config the same way."""
         if isinstance(scheduler, str):
             changes["scheduler"], scheduler = scheduler, None
-        return Engine(self.unet, self.vae, self.prompts.tokenizer, self.text_encoder,
-                      scheduler or copy.deepcopy(self.scheduler), config=self.config.with_(**changes),
-                      adaptor_dir=self.adaptor_dir, decoder_dir=self.decoder_dir, **self._second)
+        other = Engine(self.unet, self.vae, self.prompts.tokenizer, self.text_encoder,
+                       scheduler or copy.deepcopy(self.scheduler), config=self.config.with_(**changes),
+                       adaptor_dir=self.adaptor_dir, decoder_dir=self.decoder_dir, **self._second)
+        # Where the settings they depend on are the same, the engines share the prompt encoders
+        # (and their cache) and the decoder: compiled ones are compiled once, not per engine.
+        def same(*names):
+            return all(getattr(self.config, n) == getattr(other.config, n) for n in names) and \
+                self.graphs.backend == other.graphs.backend
+        if same("compile", "inductor", "text_dtype", "prompt_cache_size"):
+            other.conditioning, other.prompts = self.conditioning, self.prompts
+        if same("compile", "inductor", "decoder"):
+            other.tiny_decoder, other._decode_fn = self.tiny_decoder, self._decode_fn
+        return other
 
     @property
     def device(self) -> torch.device:
@@ -234,6 +255,7 @@ class Engine:
         remaining = None if req.deadline is None else max(0.0, req.deadline - time.monotonic())
         if not self._lock.acquire(timeout=-1 if remaining is None else remaining):
             raise request.DeadlineExceeded("the request ran past its time limit waiting for the model")
+        out_of_memory = False
         try:
             callback = req.callback
             if req.deadline is not None:
@@ -244,8 +266,14 @@ class Engine:
             final = self._sample(req.prompts, req.negatives, req.steps, req.guidance, req.seeds, req.height,
                                  req.width, req.mode, callback, req.edit, req.negative_given)
             result = final if req.output == "latent" else self.decode(final, req.output)
+        except torch.OutOfMemoryError:
+            out_of_memory = True  # raised below, once this traceback (and the tensors it holds) is gone
         finally:
+            if out_of_memory:
+                sampler.release_device_memory()
             self._lock.release()
+        if out_of_memory:
+            raise request.out_of_memory(req, self.device)
         return req.result(result)
 
     @property
@@ -400,6 +428,16 @@ def _with_settings(config: EngineConfig, path: str) -> EngineConfig:
             return config.with_(**json.load(f))
     except (OSError, ValueError, TypeError) as e:
         raise loading.ModelLoadError(f"{settings} is corrupt: {e}") from e
+
+
+def _load_artifacts(config: EngineConfig, path: str):
+    """The compiled artifacts of a model directory (or config.compiled_dir) into inductor's caches,
+    where this engine will compile CUDA step programs (artifacts.py)."""
+    if config.compiled_dir is not None and not os.path.isdir(config.compiled_dir):
+        raise FileNotFoundError(f"compiled_dir {config.compiled_dir!r} is not a folder")
+    cuda = config.backend == "cuda" or (config.backend == "auto" and torch.cuda.is_available())
+    if cuda and config.compile:
+        artifacts.load(config.compiled_dir or os.path.join(path, artifacts.FOLDER))
 
 
 def _config(config) -> EngineConfig:

@@ -18,6 +18,23 @@ class DeadlineExceeded(TimeoutError):
     """The request ran past its time limit; it was dropped at a step boundary."""
 
 
+class DeviceMemoryError(MemoryError):
+    """The request does not fit in the device's memory (compiling, capturing or running its
+    step programs, encoding or decoding ran out). What it took is freed; the engine serves on."""
+
+
+def out_of_memory(req: GenerationRequest, device) -> DeviceMemoryError:
+    """The error for a request that ran out of device memory, naming its size and the device's."""
+    import torch
+
+    where = str(device)
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        where += f" ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free now)"
+    return DeviceMemoryError(f"the request ({req.rows} image(s) of {req.width}x{req.height}) does not fit in the "
+                             f"memory of {where}: ask for fewer images or a smaller size")
+
+
 @dataclass
 class GenerationRequest:
     prompts: list[str]

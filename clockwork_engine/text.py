@@ -14,13 +14,14 @@ from collections import OrderedDict
 
 import torch
 
-from .compile import MODULE_OPTIONS, compiled
+from .compile import compiled
 
 
 class PromptEncoder:
-    def __init__(self, tokenizer, text_encoder, capacity: int = 256, compile_encoder: bool = False,
+    def __init__(self, tokenizer, text_encoder, capacity: int = 256, compile_options: dict | None = None,
                  dtype: torch.dtype | None = None, penultimate: bool = False):
-        """compile_encoder: run the text encoder compiled by TorchInductor (the inductor backend);
+        """compile_options: run the text encoder compiled by TorchInductor with these options (the
+        inductor backend's, or the compiled cuda backend's; None: eager);
         dtype: run a copy of the encoder in this dtype (None: as loaded). Embeddings are returned
         in the loaded encoder's dtype either way. penultimate: the hidden states of the layer
         before the last (SDXL's choice), and the encoder's pooled output kept too when its first
@@ -39,8 +40,8 @@ class PromptEncoder:
             pooled = out[0].to(out_dtype) if out[0].dim() == 2 else None  # as SDXL's encode_prompt picks it
             return out.hidden_states[-2].to(out_dtype), pooled
 
-        self._forward = compiled(forward, MODULE_OPTIONS, "text encoder", dynamic=None) if compile_encoder \
-            else forward
+        self._forward = forward if compile_options is None else \
+            compiled(forward, compile_options, "text encoder", dynamic=None)
         self.capacity = capacity
         self._cache: OrderedDict[str, tuple] = OrderedDict()  # prompt -> ([L, D], [P] pooled or None)
         self._lock = threading.Lock()

@@ -8,6 +8,14 @@
                     step programs on the same GPU (fp32 within 1e-5, fp16 within FP16_TOL);
                     one captured key serving several requests, eviction, no host sync
                     while a captured key samples
+  compiled graphs   step programs compiled by inductor, then captured, against the same
+                    programs captured uncompiled (COMPILED_TOL)
+  out of memory     a request that does not fit fails alone, with DeviceMemoryError; the
+                    engine's next request gives the image it gave before
+
+fp32 parity runs with TF32 off (the no_tf32 fixture). The engine follows torch's flags, as
+diffusers does; with TF32 on for cuDNN, a fresh capture picked another convolution algorithm
+than the eager run and differed by 1.2e-3 (an H200, fp32).
 
 Run as benches/gpu/check.sh runs them, after building the extension with CLOCKWORK_CUDA=1:
     TRITON_INTERPRET=0 python -m pytest -m gpu tests/test_gpu_cuda.py
@@ -38,6 +46,10 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Graph replay against the eager programs on the same GPU, fp16 latents (|x| up to ~4): the
 # same kernels run in both, so any difference beyond this is a capture bug, not rounding.
 FP16_TOL = dict(atol=2e-3, rtol=2e-3)
+# Compiled against uncompiled programs: inductor fuses ops and keeps their intermediates in fp32
+# where eager kernels round each op's output to fp16, so fp16 latents (|x| up to ~4) may differ
+# by a few fp16 ulps (2^-8 at 4) after the steps; fp32 only by reordered sums.
+COMPILED_TOL = {"fp32": dict(atol=1e-4, rtol=1e-4), "fp16": dict(atol=2e-2, rtol=2e-2)}
 
 # (shape, groups, layout, operands, act): odd spatial sizes, every optional operand, SD's
 # 40960-element groups (both Triton passes loop over chunks), channels-last.
@@ -48,6 +60,14 @@ GN_CASES = {
     "sd-top-level-64x64": ((2, 320, 64, 64), 32, "nchw", ("shift",), "silu"),
     "sd-low-level-cl-8x8": ((1, 1280, 8, 8), 32, "cl", ("shift", "residual"), "silu"),
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_tf32():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def gn_inputs(case, dtype, seed=0):
@@ -242,6 +262,7 @@ def random_adaptor(pipe, folder) -> str:
 def graphs_and_eager(pipe, **config):
     from clockwork_engine import Engine, EngineConfig
 
+    config = {"compile": False, **config}  # capture is tested here; compiled programs by their own tests
     graphs = Engine.from_pipeline(pipe, config=EngineConfig(backend="cuda", **config))
     return graphs, graphs.with_config(backend="cpu")  # the same step programs, eagerly, on the GPU
 
@@ -354,3 +375,37 @@ def test_continuous_batching_on_cuda_graphs(pipes):
     lanes = list(batched.batcher._lanes.values())
     programs = [p for lane in lanes for _, progs in lane._sets.values() for p in progs.values()]
     assert programs and all(isinstance(p, _CudaGraphProgram) for p in programs)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("variant", ["full", "clockwork-identity"])
+def test_compiled_programs_match_the_uncompiled(pipes, dtype, variant):
+    from clockwork_engine import Engine, EngineConfig
+
+    compiled = Engine.from_pipeline(pipes[dtype], config=EngineConfig(backend="cuda", **VARIANTS[variant]))
+    assert compiled.graphs.cuda_compile is not None  # compile is the cuda backend's default
+    got = compiled.generate(PROMPTS, **GOOD)
+    assert_captured(compiled)
+    torch.testing.assert_close(got, compiled.with_config(compile=False).generate(PROMPTS, **GOOD),
+                               **COMPILED_TOL[dtype])
+    again = compiled.generate(PROMPTS, **GOOD)  # the captured compiled programs replay exactly
+    torch.testing.assert_close(again, got, rtol=0, atol=0)
+
+
+def test_a_request_out_of_device_memory_fails_alone(pipes):
+    from clockwork_engine import request as requests
+
+    graphs, _ = graphs_and_eager(pipes["fp16"], mode="full")
+    before = graphs.generate("a red circle", **GOOD)
+    big = graphs.with_config(max_size_factor=64)
+    _, total = torch.cuda.mem_get_info()
+    # The process may hold 256 MiB more than it has reserved now: a 4-image 2048x2048 request's
+    # activations need far more.
+    torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_reserved() + 2**28) / total)
+    try:
+        with pytest.raises(requests.DeviceMemoryError, match="4 image.*2048x2048.*does not fit"):
+            big.generate(["a red circle"] * 4, **{**GOOD, "height": 2048, "width": 2048})
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    assert big.graphs.keys() == []  # nothing of the failed key is kept
+    torch.testing.assert_close(graphs.generate("a red circle", **GOOD), before, rtol=0, atol=0)

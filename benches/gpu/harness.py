@@ -30,11 +30,13 @@ import phases  # noqa: E402
 import torch  # noqa: E402
 from timing import Deadline  # noqa: E402
 
-# (name, function, seconds it needs at least to start). Ordered so that what matters most
-# runs first and the riskiest (compiling) runs last. profile and sd15_compile reuse the sd15
-# phase's pipeline (and build it when a resumed run starts after it).
-PHASES = (("sd15", phases.sd15, 60), ("profile", phases.profile, 20), ("sdxl", phases.sdxl, 60),
-          ("sd15_compile", phases.sd15_compile, 150))
+# (name, function, seconds it needs at least to start). Ordered by what matters most; the later
+# phases reuse the sd15 phase's pipeline and engines (and build them when a resumed run starts
+# after it). Compiling is the cost that sizes them: on an H200, the first call of a compiled
+# SD v1.5 program set took 32 s (full) and 79 s (clockwork) in a probe, diffusers' 45 s.
+PHASES = (("sd15", phases.sd15, 240), ("profile", phases.profile, 20), ("batch4", phases.batch4, 150),
+          ("cold_start", phases.cold_start, 120), ("sdxl", phases.sdxl, 240), ("serving", phases.serving, 60),
+          ("options", phases.options, 150))
 
 
 @dataclass(frozen=True)
@@ -50,23 +52,30 @@ class Settings:
     sdxl_repeats: int
     sd15_timing_s: float  # seconds the timed rounds of each phase may take
     overhead_timing_s: float
+    batch_timing_s: float
     sdxl_timing_s: float
-    compile_timing_s: float
-    compile_warmup: int  # reduce-overhead records its CUDA graphs on the 2nd-3rd call
-    compile_options: tuple = field(default=())
+    options_timing_s: float
+    compile_warmup: int  # calls before timing where something compiles (reduce-overhead records on the 2nd-3rd)
+    cold_compile_need_s: float  # seconds left that serving without artifacts (compiling at start) needs
+    serve_requests: int
+    serve_load: float  # offered rate / the serialized engine's capacity
+    compile_options: tuple = field(default=())  # diffusers' torch.compile, first that works
+    skip_options: tuple = field(default=())  # inductor option sets the options phase leaves out
 
     @property
     def dtype(self):
         return getattr(torch, self.dtype_name)
 
 
-GPU = Settings("cuda", "float16", False, 512, 1024, warmup=2, min_repeats=3, repeats=12, sdxl_repeats=6,
-               sd15_timing_s=40, overhead_timing_s=10, sdxl_timing_s=30, compile_timing_s=20, compile_warmup=3,
-               compile_options=({"mode": "reduce-overhead", "fullgraph": True}, {"fullgraph": True}))
+GPU = Settings("cuda", "float16", False, 512, 1024, warmup=2, min_repeats=3, repeats=10, sdxl_repeats=6,
+               sd15_timing_s=30, overhead_timing_s=5, batch_timing_s=15, sdxl_timing_s=20, options_timing_s=10,
+               compile_warmup=3, cold_compile_need_s=150, serve_requests=48, serve_load=2.0,
+               compile_options=({"mode": "reduce-overhead", "fullgraph": True},), skip_options=("max-autotune",))
 # The same phases on a CPU at test sizes; torch.compile only traces (backend "eager": no codegen).
 DRY = Settings("cpu", "float32", True, 64, 64, warmup=1, min_repeats=1, repeats=1, sdxl_repeats=1,
-               sd15_timing_s=1, overhead_timing_s=1, sdxl_timing_s=1, compile_timing_s=1, compile_warmup=1,
-               compile_options=({"backend": "eager", "fullgraph": True},))
+               sd15_timing_s=1, overhead_timing_s=1, batch_timing_s=1, sdxl_timing_s=1, options_timing_s=1,
+               compile_warmup=1, cold_compile_need_s=0, serve_requests=4, serve_load=2.0,
+               compile_options=({"backend": "eager", "fullgraph": True},), skip_options=("max-autotune",))
 
 
 class Context:

@@ -1,24 +1,45 @@
 """The measured phases of the GPU check (harness.py runs them in order, each time-boxed).
 
-  sd15          SD v1.5 architecture at 512x512: end-to-end latency of stock diffusers, the
-                engine (eager step programs, CUDA graphs), clockwork (identity adaptor, the
-                untrained 13.8M adaptor), clockwork + attention reuse; parity of the latents;
-                sampling alone and the engine's cost per step beyond the graph replays
-  profile       a torch.profiler trace of one clockwork request (step ranges, kernels)
-  sdxl          SDXL base architecture at 1024x1024: stock diffusers, engine, clockwork
-  sd15_compile  stock diffusers with torch.compile on its UNet, against stock and the engine
+The peer is stock diffusers with torch.compile on its UNet (mode reduce-overhead, fullgraph: what
+diffusers documents), timed in the same process and interleaved with every engine variant. The
+engine's cuda backend compiles its step programs with inductor and captures them as CUDA graphs
+(compile on, the default); "_uncompiled" variants capture the same programs uncompiled.
 
-Every request: 8 DPM-Solver++ (2M) steps, CFG 7.5, batch 1, a prompt no call used before
-(text encoding is timed), seed 0, an image tensor out (VAE decode timed). Each phase fills
-its result dict as it goes and calls ctx.save(), so a run stopped at its limit keeps what it
-measured.
+  sd15        SD v1.5 architecture at 512x512, batch 1: stock diffusers, diffusers + compile, the
+              engine (uncompiled and compiled), clockwork (identity adaptor uncompiled and
+              compiled, the untrained 13.8M adaptor compiled), clockwork + attention reuse
+              (uncompiled); parity of the latents (compiled vs uncompiled, engine vs diffusers);
+              one step's graph replay (CUDA events) and sampling alone
+  profile     a torch.profiler trace of one compiled clockwork request
+  batch4      the same at batch 4 (throughput): diffusers + compile, engine, clockwork
+  cold_start  `clockwork compile` on a saved copy of the model, then `clockwork serve` from a new
+              process (empty inductor caches) to its first answered request, with the artifacts
+              and without them
+  sdxl        SDXL base architecture at 1024x1024: stock diffusers, diffusers + compile, the
+              engine and clockwork (identity), compiled
+  serving     Poisson arrivals against the engine (uncompiled graphs: lanes' buckets are not
+              compiled ahead): step-level continuous batching vs one request at a time
+  options     inductor's option sets (EngineConfig.inductor) and a channels-last UNet, each
+              against the default on the compiled engine's full mode
+
+Every request: 8 DPM-Solver++ (2M) steps, CFG 7.5, a prompt no call used before (text encoding
+is timed), seed 0, an image tensor out (VAE decode timed). Each phase fills its result dict as
+it goes and calls ctx.save(), so a run stopped at its limit keeps what it measured.
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
+import json
 import os
+import random
 import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
 
 import models
 import torch
@@ -30,6 +51,7 @@ from clockwork_engine.eval.compare import paired_speedup
 STEPS, GUIDANCE = 8, 7.5
 REUSE_STEPS = (6, 7)  # the last two steps reuse the maps of step 5
 REUSE_BYTES = 4 * 2**30  # every layer's maps fit (SD v1.5 at 512x512, CFG: 2.7 GiB in fp16, attention.map_bytes)
+PEER = "diffusers_compiled"
 
 
 class Prompts:
@@ -38,71 +60,98 @@ class Prompts:
     def __init__(self):
         self.n = 0
 
-    def __call__(self) -> str:
+    def __call__(self, batch: int = 1):
         self.n += 1
-        return f"a photo of thing {self.n}"
+        prompts = [f"a photo of thing {self.n} number {k}" for k in range(batch)]
+        return prompts[0] if batch == 1 else prompts
 
 
-def diffusers_call(pipe, size, prompts, **kw):
-    return lambda: pipe(prompts(), num_inference_steps=STEPS, guidance_scale=GUIDANCE, height=size, width=size,
-                        output_type="pt", generator=torch.Generator().manual_seed(0), **kw)
+def diffusers_call(pipe, size, prompts, batch=1):
+    return lambda: pipe(prompts(batch), num_inference_steps=STEPS, guidance_scale=GUIDANCE, height=size, width=size,
+                        output_type="pt", generator=torch.Generator().manual_seed(0))
 
 
-def engine_call(engine, size, prompts):
-    return lambda: engine.generate(prompts(), steps=STEPS, guidance_scale=GUIDANCE, height=size, width=size, seed=0,
-                                   output="pt")
+def engine_call(engine, size, prompts, batch=1):
+    return lambda: engine.generate(prompts(batch), steps=STEPS, guidance_scale=GUIDANCE, height=size, width=size,
+                                   seed=0, output="pt")
 
 
-def speedups(timings: dict, baseline: str = "diffusers") -> dict:
+def speedups(timings: dict, baseline: str) -> dict:
     base = timings[baseline]["median_s"]
     return {name: {"ratio_of_medians": base / t["median_s"], "paired": paired_speedup(timings, baseline, name)}
             for name, t in timings.items() if name != baseline}
 
 
+def compiled_pipe(pipe, ctx):
+    """diffusers' pipeline with torch.compile on its UNet (the first option set of the settings;
+    compiling happens in the warm-up calls)."""
+    options = ctx.settings.compile_options[0]
+    compiled = type(pipe)(**{**pipe.components, "unet": torch.compile(pipe.unet, **options)})
+    compiled.set_progress_bar_config(disable=True)
+    return compiled, {k: str(v) for k, v in options.items()}
+
+
+def engines_over(pipe, adaptor=None, reuse=False) -> dict:
+    """The engine variants over one pipeline (they share its weights and the compiled text
+    encoder and decoder): full and clockwork, compiled and uncompiled."""
+    full = Engine.from_pipeline(pipe, config=EngineConfig(steps=STEPS, guidance_scale=GUIDANCE, backend="auto"))
+    engines = {"engine_full_uncompiled": full.with_config(compile=False), "engine_full": full,
+               "clockwork_identity_uncompiled": full.with_config(mode="clockwork", adaptor="identity", compile=False),
+               "clockwork_identity": full.with_config(mode="clockwork", adaptor="identity")}
+    if adaptor is not None:
+        engines["clockwork_adaptor"] = full.with_config(mode="clockwork", adaptor=adaptor)
+    if reuse:
+        # Installs the reuse processors on the shared UNet; with no reuse action they call the
+        # original (SDPA) processor, so the other variants compute as before.
+        engines["clockwork_reuse_uncompiled"] = full.with_config(
+            mode="clockwork", adaptor="identity", attention_reuse=REUSE_STEPS, max_attention_bytes=REUSE_BYTES,
+            compile=False)
+    return engines
+
+
 def sd15_objects(ctx):
-    """The SD v1.5 pipeline and its engines, built once per process: sd15 times them, profile
-    and sd15_compile reuse them (and build them when a resumed run starts after sd15)."""
+    """The SD v1.5 pipeline, its compiled peer and the engines, built once per process: sd15
+    times them, later phases reuse them (and build them when a resumed run starts after sd15)."""
     if ctx.sd15 is None:
         s = ctx.settings
         pipe = models.sd15_pipeline(ctx.tmp, s.device, s.dtype, s.tiny)
         pipe.set_progress_bar_config(disable=True)
-        full = Engine.from_pipeline(pipe, config=EngineConfig(steps=STEPS, guidance_scale=GUIDANCE, backend="auto"))
         adaptor = models.untrained_adaptor(pipe.unet, ctx.tmp, STEPS, s.tiny)
-        engines = {
-            "engine_full_eager": full.with_config(backend="cpu"),  # the same step programs run eagerly, on the GPU
-            "engine_full": full,  # CUDA graphs on a GPU
-            "clockwork_identity": full.with_config(mode="clockwork", adaptor="identity"),
-            "clockwork_adaptor": full.with_config(mode="clockwork", adaptor=adaptor),
-            # Installs the reuse processors on the shared UNet; with no reuse action they call the
-            # original (SDPA) processor, so the other variants compute as before.
-            "clockwork_reuse": full.with_config(mode="clockwork", adaptor="identity", attention_reuse=REUSE_STEPS,
-                                                max_attention_bytes=REUSE_BYTES),
-        }
-        ctx.sd15 = dict(pipe=pipe, engines=engines)
-    return ctx.sd15["pipe"], ctx.sd15["engines"]
+        peer, options = compiled_pipe(pipe, ctx)
+        ctx.sd15 = dict(pipe=pipe, peer=peer, compile_options=options,
+                        engines=engines_over(pipe, adaptor=adaptor, reuse=True))
+    return ctx.sd15["pipe"], ctx.sd15["peer"], ctx.sd15["engines"]
+
+
+def first_calls(timings: dict) -> dict:
+    """Seconds of each variant's first call: where compiling (and capturing) happens."""
+    return {name: t["warmup_s"][0] for name, t in timings.items()}
 
 
 def sd15(ctx, result: dict):
     s = ctx.settings
-    pipe, engines = sd15_objects(ctx)
-    full, size = engines["engine_full"], s.sd15_size
+    pipe, peer, engines = sd15_objects(ctx)
+    size = s.sd15_size
     result.update(what=f"SD v1.5 architecture (random weights), {size}x{size}, {s.dtype_name}, {STEPS} DPM++ steps, "
                        f"CFG {GUIDANCE}, batch 1, a new prompt per call, image tensor out",
-                  backend=full.graphs.backend, attention_processor=_processor_name(pipe.unet),
+                  backend=engines["engine_full"].graphs.backend, attention_processor=_processor_name(pipe.unet),
+                  peer=PEER, compile_options=ctx.sd15["compile_options"],
+                  inductor=engines["engine_full"].config.inductor,
                   schedules={name: e.schedule(STEPS, e.config.mode) for name, e in engines.items()},
                   adaptor_parameters=sum(p.numel() for p in engines["clockwork_adaptor"].adaptor.parameters()))
     prompts = Prompts()
-    fns = {"diffusers": diffusers_call(pipe, size, prompts)}
+    fns = {"diffusers": diffusers_call(pipe, size, prompts), PEER: diffusers_call(peer, size, prompts)}
     fns |= {name: engine_call(e, size, prompts) for name, e in engines.items()}
-    timings = measure(fns, s.warmup, ctx.budget(s.sd15_timing_s), s.min_repeats, s.repeats)
-    result.update(timings=timings, speedup_vs_diffusers=speedups(timings))
-    reuse = engines["clockwork_reuse"].reuse
+    timings = measure(fns, s.compile_warmup, ctx.budget(s.sd15_timing_s), s.min_repeats, s.repeats)
+    result.update(timings=timings, first_call_s=first_calls(timings), speedup_vs_peer=speedups(timings, PEER),
+                  speedup_vs_diffusers=speedups(timings, "diffusers"))
+    reuse = engines["clockwork_reuse_uncompiled"].reuse
     result["reuse"] = {"steps": list(REUSE_STEPS), "layers_cached": len(reuse.maps), "layers_over_cap": len(
         reuse.over_cap), "cached_bytes": reuse.nbytes()}
     ctx.save()
-    result["parity"] = parity(pipe, engines, size)
+    result["parity"] = parity(pipe, peer, engines, size)
     ctx.save()
-    result["overhead"] = overhead(pipe, full, size, ctx)
+    result["overhead"] = overhead(engines, size, ctx)
 
 
 def _processor_name(unet) -> str:
@@ -111,56 +160,59 @@ def _processor_name(unet) -> str:
     return type(getattr(proc, "original", proc)).__name__
 
 
-def parity(pipe, engines, size) -> dict:
-    """Max |difference| of final latents, same prompt and seed: CUDA graphs vs the eager
-    programs (same GPU, same kernels), and the engine vs stock diffusers."""
+def parity(pipe, peer, engines, size) -> dict:
+    """Max |difference| of final latents, same prompt and seed: compiled vs uncompiled programs
+    (both CUDA graphs), the engine vs stock diffusers, diffusers + compile vs stock diffusers."""
     kw = dict(steps=STEPS, guidance_scale=GUIDANCE, height=size, width=size, seed=0, output="latent")
     prompt = "a red circle"
-    ref = pipe(prompt, num_inference_steps=STEPS, guidance_scale=GUIDANCE, height=size, width=size,
-               output_type="latent", generator=torch.Generator().manual_seed(0)).images.float()
-    graphs = engines["engine_full"].generate(prompt, **kw).float()
-    eager = engines["engine_full_eager"].generate(prompt, **kw).float()
-    return {"graphs_vs_eager_max_abs": (graphs - eager).abs().max().item(),
-            "engine_vs_diffusers_max_abs": (graphs - ref).abs().max().item(),
+
+    def stock(p):
+        return p(prompt, num_inference_steps=STEPS, guidance_scale=GUIDANCE, height=size, width=size,
+                 output_type="latent", generator=torch.Generator().manual_seed(0)).images.float()
+
+    ref = stock(pipe)
+    got = {name: engines[name].generate(prompt, **kw).float() for name in
+           ("engine_full", "engine_full_uncompiled", "clockwork_identity", "clockwork_identity_uncompiled")}
+    return {"compiled_vs_uncompiled_full_max_abs": (got["engine_full"] - got["engine_full_uncompiled"]).abs().max().item(),
+            "compiled_vs_uncompiled_clockwork_max_abs":
+                (got["clockwork_identity"] - got["clockwork_identity_uncompiled"]).abs().max().item(),
+            "engine_vs_diffusers_max_abs": (got["engine_full_uncompiled"] - ref).abs().max().item(),
+            "compiled_engine_vs_diffusers_max_abs": (got["engine_full"] - ref).abs().max().item(),
+            "diffusers_compiled_vs_diffusers_max_abs": (stock(peer) - ref).abs().max().item(),
             "latents_max_abs": ref.abs().max().item()}
 
 
-def overhead(pipe, engine, size, ctx) -> dict:
-    """Sampling alone (a cached prompt, latents out) against the device time of its model
-    calls: the engine's CUDA-graph replay of a full step, diffusers' eager UNet forward."""
+def _entry(engine, size, batch=1):
+    """The program set of a request's key (internal: a bench reads it to time one replay)."""
+    return next(e for key, e in engine.graphs._entries.items() if key[1] == size and key[0] == batch)
+
+
+def overhead(engines, size, ctx) -> dict:
+    """Device time of one step's graph replay, compiled and uncompiled, and sampling alone (a
+    cached prompt, latents out) against 8 replays."""
     s = ctx.settings
     prompt = "a red circle"
-    with torch.no_grad():
-        cond, uncond = pipe.encode_prompt(prompt, pipe.device, 1, True, "")
-    fns = {
-        "diffusers": lambda: pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=STEPS,
-                                  guidance_scale=GUIDANCE, height=size, width=size, output_type="latent",
-                                  generator=torch.Generator().manual_seed(0)),
-        "engine_full": lambda: engine.generate(prompt, steps=STEPS, guidance_scale=GUIDANCE, height=size,
-                                               width=size, seed=0, output="latent"),
-    }
+    full = engines["engine_full"]
+    fns = {"engine_full": lambda: full.generate(prompt, steps=STEPS, guidance_scale=GUIDANCE, height=size, width=size,
+                                                seed=0, output="latent")}
     timings = measure(fns, s.warmup, ctx.budget(s.overhead_timing_s), s.min_repeats, s.repeats)
-    # The program set of this request's key (internal: a bench reads it to time one replay).
-    entry = next(e for key, e in engine.graphs._entries.items() if key[1] == size and key[0] == 1)
-    latent = size // 8
-    x = torch.randn(2, 4, latent, latent, device=pipe.device, dtype=pipe.unet.dtype)
-    text, t = torch.cat([uncond, cond]), torch.tensor(500, device=pipe.device)
     with torch.no_grad():
-        replay_ms = device_ms(entry.programs["full"].run, 20)
-        unet_ms = device_ms(lambda: pipe.unet(x, t, encoder_hidden_states=text, return_dict=False), 10)
+        replay = {f"{name}:{kind}": device_ms(_entry(engines[name], size).programs[kind].run, 20)
+                  for name, kind in (("engine_full", "full"), ("engine_full_uncompiled", "full"),
+                                     ("clockwork_identity", "clockwork.adaptor"),
+                                     ("clockwork_identity_uncompiled", "clockwork.adaptor"))}
     sync()
-    engine_ms, diffusers_ms = (timings[k]["median_s"] * 1e3 for k in ("engine_full", "diffusers"))
-    return {"what": "sampling alone: a cached prompt (diffusers given its embeddings), latents out",
-            "timings": timings, "full_step_replay_ms": replay_ms, "unet_forward_eager_ms": unet_ms,
-            "engine_ms_per_step_beyond_replays": (engine_ms - STEPS * replay_ms) / STEPS,
-            "diffusers_ms_per_step_beyond_unet": (diffusers_ms - STEPS * unet_ms) / STEPS}
+    engine_ms = timings["engine_full"]["median_s"] * 1e3
+    return {"what": "sampling alone: a cached prompt, latents out; replay_ms: one step program's CUDA graph",
+            "timings": timings, "replay_ms": replay, "full_step_replay_ms": replay["engine_full:full"],
+            "engine_ms_per_step_beyond_replays": (engine_ms - STEPS * replay["engine_full:full"]) / STEPS}
 
 
 def profile(ctx, result: dict):
     from clockwork_engine.profile import profile as profile_request
 
     s = ctx.settings
-    engine = sd15_objects(ctx)[1]["clockwork_adaptor"]
+    engine = sd15_objects(ctx)[2]["clockwork_adaptor"]
     raw = os.path.join(ctx.out, "trace_clockwork_sd15.json")
     table = profile_request(engine, "a red circle", raw, steps=STEPS, guidance_scale=GUIDANCE, height=s.sd15_size,
                             width=s.sd15_size, seed=0, mode="clockwork")
@@ -168,8 +220,114 @@ def profile(ctx, result: dict):
         shutil.copyfileobj(src, dst)
     os.remove(raw)
     result.update(table, trace=os.path.basename(raw) + ".gz",
-                  what="one clockwork request (the untrained adaptor), SD v1.5 architecture; step ms are host "
-                       "time of each step's range (under CUDA graphs: the replay launch)")
+                  what="one clockwork request (the untrained adaptor, compiled step programs), SD v1.5 "
+                       "architecture; step ms are host time of each step's range (under CUDA graphs: the replay "
+                       "launch)")
+
+
+def batch4(ctx, result: dict):
+    s = ctx.settings
+    pipe, peer, engines = sd15_objects(ctx)
+    size, batch = s.sd15_size, 4
+    result.update(what=f"SD v1.5 architecture, {size}x{size}, {s.dtype_name}, {STEPS} DPM++ steps, CFG {GUIDANCE}, "
+                       f"batch {batch} (4 prompts a call), image tensors out", batch=batch, peer=PEER)
+    prompts = Prompts()
+    fns = {"diffusers": diffusers_call(pipe, size, prompts, batch), PEER: diffusers_call(peer, size, prompts, batch)}
+    fns |= {name: engine_call(engines[name], size, prompts, batch) for name in ("engine_full", "clockwork_identity")}
+    timings = measure(fns, s.compile_warmup, ctx.budget(s.batch_timing_s), s.min_repeats, s.repeats)
+    result.update(timings=timings, first_call_s=first_calls(timings), speedup_vs_peer=speedups(timings, PEER),
+                  images_per_s={name: batch / t["median_s"] for name, t in timings.items()})
+
+
+def _post(url: str, body: dict, timeout: float) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def serve_to_first_answer(model_dir: str, env: dict, ctx, timeout: float) -> dict:
+    """Start `clockwork serve` in a new process and time it to its first answered request."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "clockwork_engine.cli", "serve", "--model", model_dir, "--port", str(port),
+           "--dtype", ctx.settings.dtype_name, "--timeout", str(int(timeout))]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:  # until the HTTP port answers
+            if proc.poll() is not None:
+                raise RuntimeError(f"clockwork serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError(f"clockwork serve did not listen within {timeout} s")
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        listening = time.perf_counter() - t0
+        size = ctx.settings.sd15_size
+        body = {"prompt": "a red circle", "size": f"{size}x{size}", "seed": 0, "steps": STEPS,
+                "guidance_scale": GUIDANCE}
+        answer = _post(url + "/v1/images/generations", body, timeout)
+        first = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        _post(url + "/v1/images/generations", {**body, "prompt": "a blue square"}, timeout)
+        second = time.perf_counter() - t1
+        png = base64.b64decode(answer["data"][0]["b64_json"])
+        return {"listening_s": round(listening, 2), "first_answer_s": round(first, 2), "second_request_s": round(second, 3),
+                "png_bytes": len(png)}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def cold_start(ctx, result: dict):
+    """The model saved to disk; `clockwork compile` prepares its artifacts (in this process's warm
+    inductor caches); `clockwork serve` then starts with empty caches, with and without them."""
+    s = ctx.settings
+    pipe = sd15_objects(ctx)[0]
+    model_dir = str(ctx.tmp / "sd15_saved")
+    pipe.save_pretrained(model_dir)
+    size = s.sd15_size
+    result["what"] = (f"clockwork serve --model DIR --dtype {s.dtype_name} (full mode, step batching), a new process "
+                      f"with empty inductor caches, to its first answered {size}x{size} request ({STEPS} steps, "
+                      f"CFG {GUIDANCE}; process start, imports, loading, compiling or loading compiled code, capture, "
+                      "sampling, decoding, PNG)")
+    base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if s.device == "cuda":
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "clockwork_engine.cli", "compile", "--model", model_dir,
+                               "--sizes", f"{size}x{size}", "--batch", "1", "--dtype", s.dtype_name],
+                              env=base_env, capture_output=True, text=True, timeout=max(60, ctx.deadline.left()))
+        if proc.returncode != 0:
+            raise RuntimeError(f"clockwork compile failed: {proc.stderr[-3000:]}")
+        with open(os.path.join(model_dir, "compiled", "manifest.json")) as f:
+            manifest = json.load(f)
+        result["compile_command"] = {"seconds": round(time.perf_counter() - t0, 1), "stdout": proc.stdout[-1000:],
+                                     "artifact_bytes": manifest["bytes"], "entries": manifest["entries"]}
+        ctx.save()
+    runs = {"with_artifacts": os.path.isdir(os.path.join(model_dir, "compiled")), "without_artifacts": False}
+    for name, with_artifacts in runs.items():
+        if name == "with_artifacts" and not with_artifacts:
+            result[name] = {"skipped": "no artifacts: clockwork compile runs on a GPU only"}
+            continue
+        if name == "without_artifacts":
+            if ctx.deadline.left() < s.cold_compile_need_s:
+                result[name] = {"skipped": f"{ctx.deadline.left():.0f} s left, needs {s.cold_compile_need_s}"}
+                continue
+            if os.path.isdir(os.path.join(model_dir, "compiled")):
+                shutil.move(os.path.join(model_dir, "compiled"), str(ctx.tmp / "compiled_aside"))
+        cache = ctx.tmp / f"inductor_cache_{name}"  # empty: only the artifacts (if any) fill it
+        env = {**base_env, "TORCHINDUCTOR_CACHE_DIR": str(cache), "TRITON_CACHE_DIR": str(cache / "triton")}
+        result[name] = serve_to_first_answer(model_dir, env, ctx, timeout=max(60.0, ctx.deadline.left() - 10))
+        ctx.save()
 
 
 def sdxl(ctx, result: dict):
@@ -177,57 +335,121 @@ def sdxl(ctx, result: dict):
     pipe = models.sdxl_pipeline(ctx.tmp, s.device, s.dtype, s.tiny)
     pipe.set_progress_bar_config(disable=True)
     size = s.sdxl_size
-    full = Engine.from_pipeline(pipe, config=EngineConfig(steps=STEPS, guidance_scale=GUIDANCE, backend="auto"))
-    identity = full.with_config(mode="clockwork", adaptor="identity")
-    result["what"] = (f"SDXL base architecture (random weights), {size}x{size}, {s.dtype_name}, {STEPS} DPM++ steps, "
-                      f"CFG {GUIDANCE}, batch 1, a new prompt per call, image tensor out")
+    peer, options = compiled_pipe(pipe, ctx)
+    engines = engines_over(pipe)
+    for name in ("engine_full_uncompiled", "clockwork_identity_uncompiled"):  # timed before; not again here
+        engines.pop(name)
+    result.update(what=f"SDXL base architecture (random weights), {size}x{size}, {s.dtype_name}, {STEPS} DPM++ steps, "
+                       f"CFG {GUIDANCE}, batch 1, a new prompt per call, image tensor out", peer=PEER,
+                  compile_options=options)
     prompts = Prompts()
-    fns = {"diffusers": diffusers_call(pipe, size, prompts), "engine_full": engine_call(full, size, prompts),
-           "clockwork_identity": engine_call(identity, size, prompts)}
-    timings = measure(fns, s.warmup, ctx.budget(s.sdxl_timing_s), s.min_repeats, s.sdxl_repeats)
-    result.update(timings=timings, speedup_vs_diffusers=speedups(timings),
-                  schedule_clockwork=identity.schedule(STEPS, "clockwork"))
+    fns = {"diffusers": diffusers_call(pipe, size, prompts), PEER: diffusers_call(peer, size, prompts)}
+    fns |= {name: engine_call(e, size, prompts) for name, e in engines.items()}
+    timings = measure(fns, s.compile_warmup, ctx.budget(s.sdxl_timing_s), s.min_repeats, s.sdxl_repeats)
+    result.update(timings=timings, first_call_s=first_calls(timings), speedup_vs_peer=speedups(timings, PEER),
+                  speedup_vs_diffusers=speedups(timings, "diffusers"),
+                  schedule_clockwork=engines["clockwork_identity"].schedule(STEPS, "clockwork"))
     ctx.save()
     ref = pipe("a red circle", num_inference_steps=STEPS, guidance_scale=GUIDANCE, height=size, width=size,
                output_type="latent", generator=torch.Generator().manual_seed(0)).images.float()
-    got = full.generate("a red circle", steps=STEPS, guidance_scale=GUIDANCE, height=size, width=size, seed=0,
-                        output="latent").float()
-    result["parity"] = {"engine_vs_diffusers_max_abs": (got - ref).abs().max().item(),
+    got = engines["engine_full"].generate("a red circle", steps=STEPS, guidance_scale=GUIDANCE, height=size,
+                                          width=size, seed=0, output="latent").float()
+    result["parity"] = {"compiled_engine_vs_diffusers_max_abs": (got - ref).abs().max().item(),
                         "latents_max_abs": ref.abs().max().item()}
-    del pipe, full, identity, fns
+    del pipe, peer, engines, fns
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
-def sd15_compile(ctx, result: dict):
-    """torch.compile on diffusers' UNet as diffusers documents it (mode reduce-overhead,
-    fullgraph); if that fails, the default mode. Compiling happens in the warm-up calls."""
-    from diffusers import StableDiffusionPipeline
+def serving(ctx, result: dict):
+    """Open-loop Poisson arrivals from threads calling generate(): step-level continuous
+    batching against one request at a time (batching off), the same arrival times for both."""
+    s = ctx.settings
+    pipe = sd15_objects(ctx)[0]
+    base = Engine.from_pipeline(pipe, config=EngineConfig(steps=STEPS, guidance_scale=GUIDANCE, backend="auto",
+                                                          compile=False, batch_buckets=(1, 2, 4, 8)))
+    size = s.sd15_size
+    one = engine_call(base, size, Prompts())
+    one(), one()  # captured; the service time of one request alone
+    sync()
+    t0 = time.perf_counter()
+    one()
+    sync()
+    service_s = time.perf_counter() - t0
+    rate = s.serve_load / service_s  # offered requests per second: serve_load x the serialized capacity
+    rng = random.Random(0)
+    arrivals = []
+    t = 0.0
+    for _ in range(s.serve_requests):
+        t += rng.expovariate(rate)
+        arrivals.append(t)
+    result.update(what=f"SD v1.5 architecture, {size}x{size}, {s.dtype_name}, full mode, {STEPS} steps, CFG; "
+                       f"{s.serve_requests} Poisson arrivals at {s.serve_load}x the serialized capacity; threads "
+                       "calling generate(); uncompiled CUDA graphs (buckets 1, 2, 4, 8)",
+                  service_s=service_s, offered_rate_per_s=rate)
+    for policy in ("off", "step"):
+        engine = base.with_config(batching=policy, max_queue=4 * s.serve_requests)
+        warm = engine_call(engine, size, Prompts())
+        warm()
+        latencies, errors = [], []
+        start = time.perf_counter()
+
+        def client(at):
+            time.sleep(max(0.0, start + at - time.perf_counter()))
+            t1 = time.perf_counter()
+            try:
+                engine.generate(f"a photo at {at:.4f}", steps=STEPS, guidance_scale=GUIDANCE, height=size, width=size,
+                                seed=0, output="latent")
+                latencies.append(time.perf_counter() - t1)
+            except Exception as e:  # noqa: BLE001  (counted, never lost)
+                errors.append(f"{type(e).__name__}: {e}"[:200])
+
+        threads = [threading.Thread(target=client, args=(at,)) for at in arrivals]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        wall = time.perf_counter() - start
+        latencies.sort()
+        q = (lambda f: latencies[min(len(latencies) - 1, int(f * len(latencies)))]) if latencies else (lambda f: None)
+        result[policy] = {"answered": len(latencies), "errors": errors, "wall_s": wall,
+                          "throughput_per_s": len(latencies) / wall, "p50_s": q(0.5), "p99_s": q(0.99)}
+        if engine.batcher is not None:
+            engine.batcher.close()
+        ctx.save()
+
+
+def options(ctx, result: dict):
+    """Each inductor option set (and a channels-last UNet) on the full mode at batch 1, timed
+    interleaved with the default; compile seconds from its first call."""
+    from clockwork_engine.compile import CUDA_OPTIONS
 
     s = ctx.settings
-    pipe, engines = sd15_objects(ctx)
-    engine = engines["engine_full"]
+    pipe, _, engines = sd15_objects(ctx)
     size = s.sd15_size
-    errors = {}
-    for options in s.compile_options:
-        try:
-            compiled = StableDiffusionPipeline(**{**pipe.components, "unet": torch.compile(pipe.unet, **options)},
-                                               requires_safety_checker=False)
-            compiled.set_progress_bar_config(disable=True)
-            prompts = Prompts()
-            fns = {"diffusers": diffusers_call(pipe, size, prompts),
-                   "diffusers_compiled": diffusers_call(compiled, size, prompts),
-                   "engine_full": engine_call(engine, size, prompts)}
-            timings = measure(fns, s.compile_warmup, ctx.budget(s.compile_timing_s), s.min_repeats, s.repeats)
-        except Exception as e:  # recorded, then the next options are tried
-            errors[str(options)] = f"{type(e).__name__}: {e}"[:2000]
-            torch._dynamo.reset()
-            continue
-        result.update(compile_options={k: str(v) for k, v in options.items()}, timings=timings,
-                      speedup_vs_diffusers=speedups(timings),
-                      compile_first_call_s=timings["diffusers_compiled"]["warmup_s"][0])
-        break
-    if errors:
-        result["errors"] = errors
-        if "timings" not in result:
-            raise RuntimeError(f"torch.compile failed with every option set: {errors}")
+    default = engines["engine_full"]
+    prompts = Prompts()
+    fns = {"default": engine_call(default, size, prompts)}
+    for name in CUDA_OPTIONS:
+        if name != "default" and name not in s.skip_options:
+            fns[name] = engine_call(default.with_config(inductor=name), size, prompts)
+    result["skipped"] = {name: "compiling with autotuning takes minutes" for name in s.skip_options}
+    timings = measure(fns, s.warmup, ctx.budget(s.options_timing_s), s.min_repeats, s.repeats)
+    result.update(timings=timings, first_call_s=first_calls(timings), speedup_vs_default=speedups(timings, "default"))
+    ctx.save()
+    if ctx.deadline.left() < 60:
+        result["channels_last"] = {"skipped": f"{ctx.deadline.left():.0f} s left"}
+        return
+    import copy
+
+    # A channels-last copy of the UNet: the captured graphs of the other engines keep reading
+    # the original weights' memory.
+    unet = type(pipe.unet).from_config(pipe.unet.config).to(pipe.device, pipe.unet.dtype).eval()
+    unet.load_state_dict(pipe.unet.state_dict())
+    unet.to(memory_format=torch.channels_last)
+    cl = Engine(unet, pipe.vae, pipe.tokenizer, pipe.text_encoder, copy.deepcopy(pipe.scheduler), config=default.config)
+    fns = {"default": fns["default"], "channels_last": engine_call(cl, size, prompts)}
+    timings = measure(fns, s.warmup, ctx.budget(s.options_timing_s), s.min_repeats, s.repeats)
+    result["channels_last"] = {"timings": timings, "first_call_s": first_calls(timings),
+                               "speedup_vs_default": speedups(timings, "default")}
+    del cl, unet

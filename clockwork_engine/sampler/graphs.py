@@ -9,22 +9,28 @@ index in.
 
 Backends:
   cpu   the programs run eagerly (same functions, same buffers); their first run per key
-        is checked by the NoHostSync guard. Executed and tested here.
-  cuda  warm-up on a side stream, capture with torch.cuda.CUDAGraph into one memory pool
-        shared by all graphs, replay. Not executed here (no GPU).
+        is checked by the NoHostSync guard.
+  cuda  each program's step function compiled by TorchInductor (Triton kernels; compile
+        options from ../compile.py, or uncompiled with EngineConfig(compile=False)), warmed
+        up on a side stream, captured with torch.cuda.CUDAGraph into one memory pool shared
+        by all graphs, replayed. Run on an H200 by benches/gpu/check.sh
+        (tests/test_gpu_cuda.py: replay equals the eager programs).
   inductor  the CPU analogue of capture: each program's step function is compiled once by
         TorchInductor (../compile.py: one whole graph, weights frozen in as constants, a
         C++ wrapper instead of Python between kernels), then called per step. Compiling
         takes tens of seconds per program (the first request of a key); after that no
-        Python runs inside a step. Needs a C++ compiler at run time. Executed and tested
-        here. Each new key compiled grew the resident memory by 6-23 MB in a probe (7 keys
-        with max_entries=1, so evicted programs too): serve a bounded set of shapes.
+        Python runs inside a step. Needs a C++ compiler at run time. Each new key compiled
+        grew the resident memory by 6-23 MB in a probe (7 keys with max_entries=1, so
+        evicted programs too): serve a bounded set of shapes.
+A program set that runs out of device memory while it is compiled or captured is dropped
+whole (torch.OutOfMemoryError goes to the caller, the pool's blocks back to the allocator).
 One (full, adaptor) program set per key (batch, height, width, dtype, mode, cfg, steps),
 kept in an LRU of `max_entries`.
 """
 
 from __future__ import annotations
 
+import gc
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -147,10 +153,13 @@ class _Entry:
         self.bufs, self.programs = bufs, programs
 
 
-def build_programs(backend: str, pool, step_fns: dict, bufs: StaticBuffers, kinds, text: torch.Tensor) -> dict:
-    """{kind: program} over the buffers: CUDA graphs captured, or eager programs whose first run
-    is checked for host syncs (compiled by inductor after it). text: what bufs.text holds during
-    warm-up. The programs' dry runs leave garbage in the buffers: reset them before sampling."""
+def build_programs(backend: str, pool, step_fns: dict, bufs: StaticBuffers, kinds, text: torch.Tensor,
+                   cuda_compile: dict | None = None) -> dict:
+    """{kind: program} over the buffers: CUDA graphs captured (of the step functions compiled
+    with inductor options `cuda_compile`, or uncompiled where it is None), or eager programs
+    whose first run is checked for host syncs (compiled by inductor after it). text: what
+    bufs.text holds during warm-up. The programs' dry runs leave garbage in the buffers: reset
+    them before sampling."""
     # Programs that compute attention maps run first: their warm-up allocates the map
     # buffers the reuse programs read.
     kinds = sorted(kinds, key=lambda k: (k.endswith("+reuse"), k))
@@ -159,7 +168,10 @@ def build_programs(backend: str, pool, step_fns: dict, bufs: StaticBuffers, kind
         stream = torch.cuda.Stream()
         bufs.text.copy_(text)
         for kind in kinds:
-            programs[kind] = _CudaGraphProgram(step_fns[kind], bufs, pool, stream)
+            fn = step_fns[kind]
+            if cuda_compile is not None:  # compiled in the first warm-up run, captured after it
+                fn = compiled(fn, cuda_compile, f"step program {kind!r}")
+            programs[kind] = _CudaGraphProgram(fn, bufs, pool, stream)
         return programs
     for kind in kinds:
         programs[kind] = _Program(step_fns[kind], bufs)
@@ -173,8 +185,16 @@ def build_programs(backend: str, pool, step_fns: dict, bufs: StaticBuffers, kind
     return programs
 
 
+def release_device_memory():
+    """Blocks of dropped tensors and graphs back to the device (after an out-of-memory error)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class GraphSampler:
-    def __init__(self, backend: str = "auto", max_entries: int = 8):
+    def __init__(self, backend: str = "auto", max_entries: int = 8, cuda_compile: dict | None = None):
+        """cuda_compile: the cuda backend's inductor options (None: capture uncompiled programs)."""
         if backend == "auto":
             backend = "cuda" if torch.cuda.is_available() else "cpu"
         if backend not in BACKENDS:
@@ -184,6 +204,7 @@ class GraphSampler:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         self.backend = backend
+        self.cuda_compile = cuda_compile if backend == "cuda" else None
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
         self._pool = torch.cuda.graph_pool_handle() if backend == "cuda" else None
@@ -194,6 +215,18 @@ class GraphSampler:
 
     def clear(self):
         self._entries.clear()
+
+    def build(self, step_fns: dict, bufs: StaticBuffers, kinds, text: torch.Tensor) -> dict:
+        """build_programs with this sampler's backend, pool and compile options; a set that ran
+        out of device memory is freed before the error goes on."""
+        failed = False
+        try:
+            return build_programs(self.backend, self._pool, step_fns, bufs, kinds, text, self.cuda_compile)
+        except torch.OutOfMemoryError:
+            failed = True  # handled below, once the traceback (and the tensors it holds) is gone
+        if failed:
+            release_device_memory()
+            raise torch.OutOfMemoryError("out of device memory while building the step programs")
 
     def _build(self, make_steps: StepFactory, kinds: set[str], table: SolverTable, inputs: RequestInputs,
                feature_shape) -> _Entry:
@@ -210,7 +243,7 @@ class GraphSampler:
             guidance=torch.zeros(latents.shape[0], dtype=torch.float32, device=device),
             **optional,
         )
-        return _Entry(bufs, build_programs(self.backend, self._pool, make_steps(bufs), bufs, kinds, text))
+        return _Entry(bufs, self.build(make_steps(bufs), bufs, kinds, text))
 
     def run(self, key: tuple, make_steps: StepFactory, kinds: list[str], table: SolverTable, inputs: RequestInputs,
             feature_shape: tuple | None, cache: CacheState, callback=None) -> torch.Tensor:

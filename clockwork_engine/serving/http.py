@@ -222,6 +222,9 @@ def make_app(engine, *, api_key: str | None = None, model_name: str = "demo",
         except requests.DeadlineExceeded as e:
             metrics.requests.labels("timeout").inc()
             return _error(504, str(e), "timeout_error", "deadline_exceeded")
+        except requests.DeviceMemoryError as e:  # too large for the device: the caller's to shrink
+            metrics.requests.labels("too_large").inc()
+            return _error(413, str(e), "invalid_request_error", "request_too_large")
         except (NonFiniteError, ValueError, TypeError) as e:  # what the engine refuses to run
             metrics.requests.labels("bad_request").inc()
             return _error(400, str(e))

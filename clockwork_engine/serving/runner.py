@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..sampler.bank import TableBank
-from ..sampler.graphs import StaticBuffers, build_programs
+from ..sampler.graphs import StaticBuffers
 
 ROW_DOUBLED = ("text", "features", "text_embeds", "time_ids")  # [2B, ...] under CFG
 PER_ROW = ("step", "x", "guidance", "noise")  # [B, ...]
@@ -188,8 +188,7 @@ class Lane:
             noise=torch.zeros(x_shape, dtype=torch.float32, device=device), **added)
         kinds = {"full"} if self.mode == "full" else {"clockwork.full", "clockwork.adaptor"}
         step_fns = {kind: engine._step_fn(kind, table, bufs, self.cfg, self.point) for kind in kinds}
-        programs = build_programs(engine.graphs.backend, engine.graphs._pool, step_fns, bufs, kinds,
-                                  bufs.text.clone())
+        programs = engine.graphs.build(step_fns, bufs, kinds, bufs.text.clone())
         bufs.history.zero_()  # the programs' dry runs wrote into it; rows copied in rely on zeros
         return bufs, programs
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import conditioning
-from ..request import DeadlineExceeded, GenerationRequest
+from ..request import DeadlineExceeded, GenerationRequest, out_of_memory
 from .runner import Lane, Row
 
 log = logging.getLogger("clockwork_engine.serving")
@@ -302,6 +302,8 @@ class BatchScheduler:
         if job.ended:
             return
         job.ended = True
+        if isinstance(error, torch.OutOfMemoryError):  # the lane's batch did not fit: say which request
+            error = out_of_memory(job.request, self.engine.device)
         if job.future.cancelled():
             self.counts["cancelled"] += 1
             return

@@ -25,10 +25,15 @@ def build_parser(p: argparse.ArgumentParser):
     p.add_argument("--timeout", type=float, default=60.0, help="default per-request time limit, seconds (504)")
     p.add_argument("--api-key", default=None, help="required bearer token (default: $CLOCKWORK_API_KEY)")
     p.add_argument("--backend", choices=("auto", "cpu", "cuda", "inductor"), default=None)
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                   help="the weights' dtype (default: float32, as loaded)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="cuda backend: capture the step programs uncompiled (starts in seconds)")
 
 
 def engine_for(model: str = "demo", preset: str | None = None, mode: str | None = None, batching: str = "step",
-               max_queue: int = 64, timeout: float | None = 60.0, backend: str | None = None):
+               max_queue: int = 64, timeout: float | None = 60.0, backend: str | None = None,
+               dtype: str | None = None, compile: bool = True):
     """The engine a server runs: the model's default config with the serving settings."""
     from ..engine import Engine
 
@@ -38,7 +43,11 @@ def engine_for(model: str = "demo", preset: str | None = None, mode: str | None 
         config = config.with_(mode=mode)
     if backend:
         config = config.with_(backend=backend)
-    return Engine.from_pretrained(model, config=config, preset=preset)
+    import torch
+
+    config = config.with_(compile=compile)
+    return Engine.from_pretrained(model, config=config, preset=preset,
+                                  torch_dtype=getattr(torch, dtype) if dtype else None)
 
 
 def run(args) -> int:
@@ -46,7 +55,8 @@ def run(args) -> int:
 
     from .http import make_app
 
-    engine = engine_for(args.model, args.preset, args.mode, args.batching, args.max_queue, args.timeout, args.backend)
+    engine = engine_for(args.model, args.preset, args.mode, args.batching, args.max_queue, args.timeout, args.backend,
+                        args.dtype, not args.no_compile)
     app = make_app(engine, api_key=args.api_key, model_name=args.model if args.preset is None
                    else f"{args.model}/{args.preset}")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
