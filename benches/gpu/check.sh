@@ -59,9 +59,12 @@ if [ "$DRY" = 0 ]; then
   fi
   if [ "$TESTS" = 1 ]; then
     # TRITON_INTERPRET=0: conftest.py turns the interpreter on for the CPU tests, and only
-    # this file runs, so no CPU kernel test imports triton first.
+    # this file runs, so no CPU kernel test imports triton first. The tests run beside the
+    # harness's first phase, whose warm-up compiles for minutes: the harness waits for them
+    # (tests.pid) before it times anything.
     step gpu_tests env TRITON_INTERPRET=0 timeout 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider \
-      --junitxml="$OUT/pytest_gpu.xml" tests/test_gpu_cuda.py
+      --junitxml="$OUT/pytest_gpu.xml" tests/test_gpu_cuda.py > "$OUT/pytest_gpu.log" 2>&1 &
+    echo $! > "$OUT/tests.pid"
   fi
   DRYFLAG=()
 else
@@ -77,6 +80,11 @@ if [ "$rc" -gt 1 ] && [ "$LEFT" -gt 60 ]; then
   step harness_resumed "$PY" benches/gpu/harness.py --out "$OUT" --budget "$LEFT" --resume "${DRYFLAG[@]}" \
     "${PHASES[@]}"
   rc=$?
+fi
+if [ -f "$OUT/tests.pid" ]; then
+  wait "$(cat "$OUT/tests.pid")"
+  tail -5 "$OUT/pytest_gpu.log"
+  rm -f "$OUT/tests.pid"
 fi
 echo "== done in $(( $(date +%s) - START )) s; results in $OUT"
 exit $rc

@@ -84,6 +84,22 @@ class Context:
         self.tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
         self.sd15 = None  # the SD v1.5 pipeline and engines, shared by the later phases
 
+    def quiet(self):
+        """Wait for the GPU tests that check.sh runs beside the first phase (OUT/tests.pid) to
+        end: nothing is timed while they run."""
+        path = os.path.join(self.out, "tests.pid")
+        if not os.path.exists(path):
+            return
+        pid = int(open(path).read())
+        while True:
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                return
+            if not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z":
+                return
+            time.sleep(0.5)
+
     def budget(self, seconds: float) -> float:
         """Timing seconds for a loop: its share, never more than a third of what is left."""
         return max(0.0, min(seconds, self.deadline.left() / 3))
@@ -178,6 +194,7 @@ def main(argv=None) -> int:
 
     def save():
         report["elapsed_s"] = round(time.time() - started, 1)
+        report.update(setup=setup_steps(args.out), gpu_tests=gpu_tests(args.out))  # the tests end during a phase
         with open(path + ".tmp", "w") as f:
             json.dump(report, f, indent=1, default=str)
         os.replace(path + ".tmp", path)  # never a half-written file if the run is killed
@@ -195,6 +212,8 @@ def main(argv=None) -> int:
         else:
             t0 = time.time()
             print(f"== phase {name} ({deadline.left():.0f} s left)", flush=True)
+            if name != "sd15":  # sd15 waits for the GPU tests after its warm-up; the rest before they start
+                ctx.quiet()
             result["status"] = "running"  # what a resumed run finds if this process dies here
             save()
             try:

@@ -142,7 +142,8 @@ def sd15(ctx, result: dict):
     prompts = Prompts()
     fns = {"diffusers": diffusers_call(pipe, size, prompts), PEER: diffusers_call(peer, size, prompts)}
     fns |= {name: engine_call(e, size, prompts) for name, e in engines.items()}
-    timings = measure(fns, s.compile_warmup, ctx.budget(s.sd15_timing_s), s.min_repeats, s.repeats)
+    timings = measure(fns, s.compile_warmup, ctx.budget(s.sd15_timing_s), s.min_repeats, s.repeats,
+                      before_timing=ctx.quiet)
     result.update(timings=timings, first_call_s=first_calls(timings), speedup_vs_peer=speedups(timings, PEER),
                   speedup_vs_diffusers=speedups(timings, "diffusers"))
     reuse = engines["clockwork_reuse_uncompiled"].reuse

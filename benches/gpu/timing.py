@@ -52,10 +52,13 @@ def plan_repeats(warm: dict[str, list[float]], budget_s: float, low: int, high: 
     return max(low, min(high, int(budget_s / max(round_s, 1e-6))))
 
 
-def measure(fns: dict, warmup: int, budget_s: float, low: int, high: int) -> dict:
-    """Medians of interleaved repeats after warm-up, each call timed to the drained device."""
+def measure(fns: dict, warmup: int, budget_s: float, low: int, high: int, before_timing=None) -> dict:
+    """Medians of interleaved repeats after warm-up, each call timed to the drained device;
+    before_timing() runs between the two (e.g. waiting for the machine to be quiet)."""
     fns = {name: synced(fn) for name, fn in fns.items()}
     warm = warm_up(fns, warmup)
+    if before_timing is not None:
+        before_timing()
     repeats = plan_repeats(warm, budget_s, low, high)
     timings = interleaved(fns, repeats, warmup=0)
     for name, t in timings.items():
