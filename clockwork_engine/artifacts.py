@@ -94,10 +94,14 @@ def load(folder: str) -> bool:
         with open(path, "rb") as f:
             data = f.read()
         try:
-            torch.compiler.load_cache_artifacts(data)
+            info = torch.compiler.load_cache_artifacts(data)  # None: torch logged why it could not read them
         except Exception as e:  # noqa: BLE001  (any decoding failure: the file is not what save() wrote)
-            raise ArtifactsError(f"compiled artifacts {path} cannot be loaded ({type(e).__name__}: {e}); "
-                                 "run `clockwork compile` again") from e
+            info, why = None, f" ({type(e).__name__}: {e})"
+        else:
+            why = ""
+        if info is None:
+            raise ArtifactsError(f"compiled artifacts {path} cannot be loaded{why}: a corrupt file; "
+                                 "run `clockwork compile` again")
         _loaded.add(folder)
         log.info("loaded compiled artifacts from %s (%.1f MB)", folder, len(data) / 1e6)
         return True
