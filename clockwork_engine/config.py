@@ -62,6 +62,9 @@ class EngineConfig:
     compile: bool = True
     inductor: str = "default"
     compiled_dir: str | None = None
+    # Uncompiled step programs and decodes: the UNet's and the VAE's resnets run the project's
+    # fused GroupNorm + SiLU kernels (ops/fused_unet.py); compiled ones leave fusion to inductor.
+    fused_norms: bool = True
     max_graphs: int = 8  # (batch, size, dtype, mode, cfg, steps) program sets kept (LRU)
     max_batch_size: int = 16  # prompts per generate() call
     # Concurrent generate() calls (threads, the HTTP server): "off" = one call at a time per
@@ -92,8 +95,9 @@ class EngineConfig:
             raise ValueError(f"text_dtype must be one of {', '.join(TEXT_DTYPES)}, got {self.text_dtype!r}")
         if self.backend not in ("auto", "cpu", "cuda", "inductor"):
             raise ValueError(f"backend must be 'auto', 'cpu', 'cuda' or 'inductor', got {self.backend!r}")
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"compile must be True or False, got {self.compile!r}")
+        for name in ("compile", "fused_norms"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         from .compile import cuda_options
 
         cuda_options(self.inductor)  # a known option set

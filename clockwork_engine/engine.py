@@ -20,6 +20,7 @@ import os
 import threading
 import time
 import weakref
+from contextlib import nullcontext
 from functools import partial
 
 import torch
@@ -30,6 +31,7 @@ from .compile import CUDA_MODULE_OPTIONS, MODULE_OPTIONS, compiled, cuda_options
 from .config import EngineConfig
 from .config import preset as preset_config
 from .operating_point import OperatingPoint, OperatingPoints
+from .ops import fused_unet
 from .unet_split import UNetSplit
 
 ADAPTOR_FOLDER = "clockwork_adaptor"  # inside a model directory: its default adaptor
@@ -79,6 +81,9 @@ class Engine:
         self.prompts = self.conditioning.prompts  # the (first) text encoder's prompt cache
         self._decode_fn = self._decode_eager if module_options is None else \
             compiled(self._decode_eager, module_options, "image decoder", dynamic=None)
+        if self.config.fused_norms:
+            fused_unet.install(self.unet)
+            fused_unet.install(self.vae)
         self.vae_factor = tiny_decoder.vae_upscale(vae)
         # Image sides must survive the VAE and every UNet downsampler without rounding.
         self.size_multiple = self.vae_factor * 2 ** (len(unet.config.block_out_channels) - 1)
@@ -333,6 +338,9 @@ class Engine:
         denoise = (point.denoisers if base.startswith("clockwork.") else self.denoisers)[base]
         if action:
             denoise = attention.reuse_denoiser(denoise, self.reuse, action, bufs.maps)
+        compiled_programs = self.graphs.backend == "inductor" or self.graphs.cuda_compile is not None
+        if self.config.fused_norms and not compiled_programs:
+            denoise = fused_unet.activating(denoise)
         return partial(sampler.step, denoise, table, text=bufs.text, guidance=bufs.guidance, cfg=cfg_on,
                        embed_guidance=self.guidance_dim, noise=bufs.noise, extra=bufs.extra, blend=bufs.blend,
                        added=bufs.added, rescale=self.config.guidance_rescale)
@@ -388,7 +396,8 @@ class Engine:
         z = latents / vae_cfg.scaling_factor
         if getattr(vae_cfg, "shift_factor", None):
             z = z + vae_cfg.shift_factor
-        images = (self._decode_fn(z.to(self.vae.dtype)).float() / 2 + 0.5).clamp(0, 1)
+        with fused_unet.active() if self.config.fused_norms else nullcontext():  # compiled code ignores it
+            images = (self._decode_fn(z.to(self.vae.dtype)).float() / 2 + 0.5).clamp(0, 1)
         if output == "pt":
             return images
         from PIL import Image
