@@ -4,7 +4,7 @@
 #   bash benches/gpu/check.sh              on the CUDA machine: carried wheels, the CUDA build,
 #                                          pytest -m gpu, then the harness's measured phases
 #   bash benches/gpu/check.sh --dry-run    on a CPU: the same harness at tiny sizes (CI runs it)
-#   options: --budget SECONDS (default 450, from the start), --skip-tests, --phases a,b,
+#   options: --budget SECONDS (default 560, from the start), --skip-tests, --phases a,b,
 #            --rebuild (build the extension even if a warm machine has it)
 #
 # Writes into $OUT (default /tmp/gpu_check_out): gpu_check.json, steps.txt, pytest_gpu.xml,
@@ -12,7 +12,7 @@
 # $PYTHON (default python3) is the interpreter.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-DRY=0 BUDGET=450 TESTS=1 REBUILD=0 PHASES=()
+DRY=0 BUDGET=560 TESTS=1 REBUILD=0 PHASES=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;

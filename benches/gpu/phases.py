@@ -20,7 +20,8 @@ engine's cuda backend compiles its step programs with inductor and captures them
   serving     Poisson arrivals against the engine (uncompiled graphs: lanes' buckets are not
               compiled ahead): step-level continuous batching vs one request at a time
   options     inductor's option sets (EngineConfig.inductor) and a channels-last UNet, each
-              against the default on the compiled engine's full mode
+              against the default on the compiled engine's full mode; the channels-last UNet
+              uncompiled too
 
 Every request: 8 DPM-Solver++ (2M) steps, CFG 7.5, a prompt no call used before (text encoding
 is timed), seed 0, an image tensor out (VAE decode timed). Each phase fills its result dict as
@@ -457,8 +458,12 @@ def options(ctx, result: dict):
     unet = type(pipe.unet).from_config(pipe.unet.config).to(pipe.device, pipe.unet.dtype).eval()
     unet.load_state_dict(pipe.unet.state_dict())
     unet.to(memory_format=torch.channels_last)
+    # Uncompiled too: cuDNN converted every NCHW convolution input to NHWC and back (17 ms of a
+    # clockwork request's 85 ms of kernels in the H200 profile).
     cl = Engine(unet, pipe.vae, pipe.tokenizer, pipe.text_encoder, copy.deepcopy(pipe.scheduler), config=default.config)
-    fns = {"default": fns["default"], "channels_last": engine_call(cl, size, prompts)}
+    fns = {"default": fns["default"], "channels_last": engine_call(cl, size, prompts),
+           "uncompiled": engine_call(engines["engine_full_uncompiled"], size, prompts),
+           "uncompiled_channels_last": engine_call(cl.with_config(compile=False), size, prompts)}
     timings = measure(fns, s.warmup, ctx.budget(s.options_timing_s), s.min_repeats, s.repeats)
     result["channels_last"] = {"timings": timings, "first_call_s": first_calls(timings),
                                "speedup_vs_default": speedups(timings, "default")}
