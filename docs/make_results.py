@@ -698,12 +698,29 @@ EARLIER_UNET = ("An earlier demo UNet had transformer blocks at 16x16 as well; t
                 "heading (each result records the demo UNet it ran on).")
 
 
-GPU_VARIANTS = {  # gpu_check.json's variant names -> what they are
-    "diffusers": "stock diffusers (SDPA)", "diffusers_compiled": "diffusers, torch.compile on its UNet",
-    "engine_full_eager": "engine, full, eager step programs", "engine_full": "engine, full, CUDA graphs",
-    "clockwork_identity": "clockwork, identity adaptor", "clockwork_adaptor": "clockwork, untrained 13.8M adaptor",
+GPU_PEER = "diffusers_compiled"  # the baseline users pick: stock diffusers + torch.compile on its UNet
+GPU_VARIANTS = {  # gpu_check.json's variant names -> what they are (the "compiled" column says how they run)
+    "diffusers": "stock diffusers (SDPA)",
+    "diffusers_compiled": "diffusers + torch.compile on its UNet (the peer)",
+    "engine_full_uncompiled": "engine, full",
+    "engine_full": "engine, full",
+    "clockwork_identity_uncompiled": "clockwork, identity adaptor",
+    "clockwork_identity": "clockwork, identity adaptor",
+    "clockwork_adaptor": "clockwork, untrained adaptor",
+    "clockwork_reuse_uncompiled": "clockwork (identity) + attention reuse",
+    # the earlier check (before the compiled backend): its engine rows ran uncompiled
+    "engine_full_eager": "engine, full, eager step programs",
     "clockwork_reuse": "clockwork (identity) + attention reuse",
 }
+GPU_PARITY = {  # sd15 / sdxl parity keys -> what they compare (max |difference| of the final latents)
+    "compiled_vs_uncompiled_full_max_abs": "compiled vs uncompiled step programs, full",
+    "compiled_vs_uncompiled_clockwork_max_abs": "compiled vs uncompiled, clockwork (identity)",
+    "engine_vs_diffusers_max_abs": "engine (uncompiled) vs stock diffusers",
+    "compiled_engine_vs_diffusers_max_abs": "compiled engine vs stock diffusers",
+    "diffusers_compiled_vs_diffusers_max_abs": "diffusers + torch.compile vs stock diffusers",
+    "graphs_vs_eager_max_abs": "CUDA graphs vs eager programs",  # the earlier check
+}
+FULL_STEP_TARGET_MS = 8.0  # the compiled backend's target: one full step's graph replay (SD v1.5, 512x512, fp16)
 
 
 def section_gpu():
@@ -720,21 +737,62 @@ def section_gpu():
     return title + _gpu(d)
 
 
-def _gpu_row(p, name, label=None, baseline="diffusers"):
-    t = p["timings"][name]
-    speed = "1.00x" if name == baseline else f"{p['speedup_vs_diffusers'][name]['paired']:.2f}x"
-    return [label or GPU_VARIANTS.get(name, name), f"{t['median_s'] * 1e3:.1f}",
-            f"{t['p25_s'] * 1e3:.1f}-{t['p75_s'] * 1e3:.1f}", speed, f"{t['warmup_s'][0]:.2f}", t["repeats"]]
+def _legacy_gpu(d) -> bool:
+    """The earlier check's format (before the compiled backend): its sd15_compile phase timed the
+    peer, and its engine rows (engine_full, clockwork_*) ran uncompiled on CUDA graphs."""
+    return "sd15_compile" in d["phases"] or "engine_full_eager" in d["phases"].get("sd15", {}).get("timings", {})
 
 
-def _gpu_timings(p, extra=()):
-    """The phase's variants; `extra` rows (another phase's, already formatted) follow its stock diffusers."""
+def _compiled(name, p, legacy=False) -> str:
+    """How a variant runs: the 'compiled' column."""
+    if name == "diffusers":
+        return "no"
+    if name == "diffusers_compiled":
+        options = p.get("compile_options")
+        return f"torch.compile({_compile_options(options)})" if options else "torch.compile"
+    if name == "engine_full_eager":
+        return "no (eager)"
+    if legacy or name.endswith("_uncompiled"):
+        return "no (CUDA graphs)"
+    return "**yes** (inductor, CUDA graphs)"
+
+
+def _ratio(p, key, baseline, name) -> str:
+    if name == baseline:
+        return "1.00x"
+    s = p.get(key, {}).get(name)
+    return "-" if s is None else f"{s['paired']:.2f}x"
+
+
+def _first_call(p, name) -> float:
+    return p.get("first_call_s", {}).get(name, p["timings"][name]["warmup_s"][0])
+
+
+def _gpu_timings(p, legacy=False, images=None):
+    """One row per variant: median, spread, paired speed-ups vs the peer (when the phase timed it)
+    and vs stock diffusers, first-call seconds. images: the batch size, for an images/s column."""
+    timings = p["timings"]
+    peer = p.get("peer", GPU_PEER) if "speedup_vs_peer" in p else None
+    stock = "diffusers" in timings and "speedup_vs_diffusers" in p
+    header = ["variant", "compiled", "median ms", "p25-p75 ms"]
+    header += ["images/s"] if images else []
+    header += ["vs diffusers + compile (paired)"] if peer else []
+    header += ["vs stock diffusers (paired)"] if stock else []
+    header += ["first call s", "repeats"]
     rows = []
-    for name in p["timings"]:
-        rows.append(_gpu_row(p, name))
-        if name == "diffusers":
-            rows += extra
-    return table(["variant", "median ms", "p25-p75 ms", "vs stock (paired)", "first call s", "repeats"], rows)
+    for name, t in timings.items():
+        row = [GPU_VARIANTS.get(name, name), _compiled(name, p, legacy), f"{t['median_s'] * 1e3:.1f}",
+               f"{t['p25_s'] * 1e3:.1f}-{t['p75_s'] * 1e3:.1f}"]
+        row += [f"{p['images_per_s'].get(name, images / t['median_s']):.2f}"] if images else []
+        row += [_ratio(p, "speedup_vs_peer", peer, name)] if peer else []
+        row += [_ratio(p, "speedup_vs_diffusers", "diffusers", name)] if stock else []
+        rows.append(row + [f"{_first_call(p, name):.2f}", t["repeats"]])
+    return table(header, rows)
+
+
+TIMINGS_NOTE = ("Paired speed-ups: the median of per-round ratios of interleaved calls, above 1 is faster than the "
+                "baseline. First call s: the variant's first call, where compiling and capturing happen (the "
+                "compile cost).")
 
 
 def _compile_options(options) -> str:
@@ -754,12 +812,184 @@ def _profile_steps(steps):
     return ", ".join(f"{step} {kind} {ms:.2f}" for (step, kind), ms in merged.items())
 
 
+def _parity(par, dtype) -> str:
+    """Each max |difference| of the final latents, and its size against the latents' own max |x|."""
+    scale = par.get("latents_max_abs")
+    items = []
+    for key, label in GPU_PARITY.items():
+        if par.get(key) is not None:
+            rel = f" ({100 * par[key] / scale:.2g}% of max |x|)" if scale and par[key] else ""
+            items.append(f"{label} {par[key]:.2e}{rel}")
+    bound = f"max |x| {scale:.2f}, " if scale is not None else ""
+    return (f"Parity, max |difference| of the final latents, same prompt and seed ({bound}{dtype}): "
+            + "; ".join(items) + ".\n")
+
+
+def _gpu_overhead(o) -> str:
+    t = o["timings"]
+    if "replay_ms" not in o:  # the earlier check
+        return (f"Sampling alone (cached prompt, latents out): engine {t['engine_full']['median_s'] * 1e3:.1f} ms, "
+                f"diffusers {t['diffusers']['median_s'] * 1e3:.1f} ms; one full step's graph replay "
+                f"{o['full_step_replay_ms']:.2f} ms, diffusers' eager UNet forward {o['unet_forward_eager_ms']:.2f} "
+                f"ms; beyond those, the engine costs {o['engine_ms_per_step_beyond_replays']:.2f} ms per step, "
+                f"diffusers {o['diffusers_ms_per_step_beyond_unet']:.2f} ms.\n")
+    r = o["replay_ms"]
+    full, full_u = r.get("engine_full:full"), r.get("engine_full_uncompiled:full")
+    ada, ada_u = r.get("clockwork_identity:clockwork.adaptor"), r.get("clockwork_identity_uncompiled:clockwork.adaptor")
+    verdict = "met" if full is not None and full <= FULL_STEP_TARGET_MS else "**not met**"
+    ms = lambda v: "-" if v is None else f"{v:.2f} ms"  # noqa: E731
+    return (f"One step program's CUDA-graph replay (CUDA events): full step {ms(full)} compiled vs {ms(full_u)} "
+            f"uncompiled (target: one full step <= {FULL_STEP_TARGET_MS:g} ms, {verdict}); clockwork's adaptor "
+            f"step {ms(ada)} compiled vs {ms(ada_u)} uncompiled. Sampling alone (cached prompt, latents out), "
+            f"compiled full mode: {t['engine_full']['median_s'] * 1e3:.1f} ms; beyond its full-step replays the "
+            f"engine costs {o['engine_ms_per_step_beyond_replays']:.2f} ms per step.\n")
+
+
+def _gpu_sd15(p, d, legacy):
+    dtype = d.get("settings", {}).get("dtype_name", "")
+    out = [f"### {p['what']}\n"]
+    if not legacy:
+        params = p.get("adaptor_parameters")
+        out.append(f"Engine backend {p.get('backend')}, inductor option set `{p.get('inductor')}`; diffusers' "
+                   f"attention processor {p.get('attention_processor')}" +
+                   (f"; the untrained adaptor has {params / 1e6:.1f}M parameters" if params and params >= 1e5 else
+                    f"; the untrained adaptor has {params} parameters" if params else "") + ".\n")
+    out += [_gpu_timings(p, legacy), "", TIMINGS_NOTE]
+    r = p.get("reuse")
+    if r:
+        out.append(f"\nAttention reuse at steps {r['steps']}: {r['layers_cached']} layers' maps cached "
+                   f"({r['cached_bytes'] / 2**20:.0f} MiB), {r['layers_over_cap']} over the cap.\n")
+    else:
+        out.append("")
+    if p.get("parity"):
+        out.append(_parity(p["parity"], dtype))
+    if p.get("overhead"):
+        out.append(_gpu_overhead(p["overhead"]))
+    return out
+
+
+def _gpu_batch4(p, d, legacy):
+    if "compile_options" not in p:  # the peer is sd15's (the same compiled pipeline)
+        p = {**p, "compile_options": d["phases"].get("sd15", {}).get("compile_options")}
+    out = [f"### Batch {p['batch']}: {p['what']}\n", _gpu_timings(p, legacy, images=p["batch"]), ""]
+    ips = p.get("images_per_s", {})
+    peer = p.get("peer", GPU_PEER)
+    if peer in ips:
+        vs = [f"{GPU_VARIANTS.get(n, n)}{' (compiled)' if not n.endswith('_uncompiled') else ''} "
+              f"{ips[n]:.2f} ({ips[n] / ips[peer]:.2f}x)" for n in ips if n not in (peer, "diffusers")]
+        out.append(f"Images per second against the peer's {ips[peer]:.2f}: " + ", ".join(vs) + ".\n")
+    return out
+
+
+def _gpu_cold_start(p, d, legacy):
+    out = [f"### Cold start: {p['what']}\n"]
+    c = p.get("compile_command")
+    if c:
+        entries = c.get("entries")
+        if isinstance(entries, dict):
+            entries = ", ".join(f"{n} {kind}" for kind, n in entries.items())
+        out.append(f"`clockwork compile --model DIR` beforehand: {c['seconds']:.1f} s, writing "
+                   f"{c['artifact_bytes'] / 1e6:.1f} MB of artifacts ({entries}).\n")
+    else:
+        out.append("`clockwork compile` did not run (no artifacts).\n")
+    rows = []
+    for name, label in (("with_artifacts", "with the artifacts"), ("without_artifacts", "without them")):
+        r = p.get(name)
+        if r is None:
+            continue
+        if "skipped" in r:
+            rows.append([label, f"skipped: {r['skipped']}", "-", "-", "-"])
+        else:
+            rows.append([label, f"{r['listening_s']:.2f}", f"{r['first_answer_s']:.2f}", f"{r['second_request_s']:.3f}",
+                         r["png_bytes"]])
+    out.append(table(["clockwork serve", "listening s", "first answer s", "second request s", "PNG bytes"], rows))
+    return out + [""]
+
+
+def _gpu_sdxl(p, d, legacy):
+    dtype = d.get("settings", {}).get("dtype_name", "")
+    out = [f"### {p['what']}\n", _gpu_timings(p, legacy), ""]
+    if p.get("parity"):
+        out.append(_parity(p["parity"], dtype))
+    return out + [""]
+
+
+def _gpu_serving(p, d, legacy):
+    out = [f"### Serving: {p['what']}\n",
+           f"One request alone: {p['service_s']:.3f} s; offered {p['offered_rate_per_s']:.2f} requests/s.\n"]
+    rows, errors = [], []
+    for name, label in (("off", "one request at a time"), ("step", "step-level continuous batching")):
+        r = p.get(name)
+        if r is None:
+            continue
+        q = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        rows.append([label, r["answered"], len(r["errors"]), f"{r['wall_s']:.2f}", f"{r['throughput_per_s']:.2f}",
+                     q(r["p50_s"]), q(r["p99_s"])])
+        errors += [f"{label}: {e}" for e in r["errors"][:1]]
+    out.append(table(["batching", "answered", "errors", "wall s", "throughput /s", "p50 s", "p99 s"], rows))
+    if errors:
+        out.append("\nFirst error: " + "; ".join(f"`{e}`" for e in errors) + ".")
+    return out + [""]
+
+
+def _gpu_options(p, d, legacy):
+    out = ["### Inductor option sets (the compiled engine's full mode, SD v1.5, batch 1)\n"]
+    rows = []
+    for name, t in p["timings"].items():
+        ratio = "1.00x" if name == "default" else _ratio(p, "speedup_vs_default", "default", name)
+        rows.append([f"`{name}`", f"{t['median_s'] * 1e3:.1f}", ratio, f"{_first_call(p, name):.2f}", t["repeats"]])
+    for name, why in p.get("skipped", {}).items():
+        rows.append([f"`{name}`", f"skipped: {why}", "-", "-", "-"])
+    cl = p.get("channels_last")
+    if cl and "skipped" not in cl:  # timed in a second run against its own `default`
+        default_ms = cl["timings"]["default"]["median_s"] * 1e3
+        for name, t in cl["timings"].items():
+            if name != "default":
+                rows.append([f"{GPU_LAYOUTS.get(name, name)} (against the second run's `default`, {default_ms:.1f} ms)",
+                             f"{t['median_s'] * 1e3:.1f}", _ratio(cl, "speedup_vs_default", "default", name),
+                             f"{_first_call(cl, name):.2f}", t["repeats"]])
+    elif cl:
+        rows.append(["channels-last UNet", f"skipped: {cl['skipped']}", "-", "-", "-"])
+    out.append(table(["option set", "median ms", "vs default (paired)", "first call s (compile)", "repeats"], rows))
+    return out + [""]
+
+
+GPU_LAYOUTS = {  # the options phase's channels_last run: its variants besides the compiled default
+    "channels_last": "channels-last UNet, compiled", "uncompiled": "uncompiled (CUDA graphs)",
+    "uncompiled_channels_last": "channels-last UNet, uncompiled (CUDA graphs)"}
+
+
+def _gpu_profile(p, d, legacy):
+    extra = ""
+    if p.get("model_ms") is not None and p.get("overhead_fraction") is not None:
+        extra = f", model {p['model_ms']:.1f} ms (overhead {100 * p['overhead_fraction']:.1f}%)"
+    return [f"### Profile of one clockwork request\n\n{p['what']}. Trace: {p['trace']} (in the check's output). "
+            f"Sampling {p['sample_ms']:.1f} ms{extra}; per step (ms): {_profile_steps(p['steps'])}.\n"]
+
+
+def _gpu_sd15_compile(p, d, legacy):  # the earlier check's torch.compile phase
+    first = p.get("compile_first_call_s")
+    return [f"### torch.compile on diffusers' UNet ({_compile_options(p['compile_options'])}"
+            + (f"; first call {first:.0f} s" if first is not None else "") + ")\n", _gpu_timings(p, legacy), ""]
+
+
+GPU_PHASES = {"sd15": _gpu_sd15, "profile": _gpu_profile, "batch4": _gpu_batch4, "cold_start": _gpu_cold_start,
+              "sdxl": _gpu_sdxl, "serving": _gpu_serving, "options": _gpu_options,
+              "sd15_compile": _gpu_sd15_compile}
+
+
 def _gpu(d):
     dev = d["device"]
+    legacy = _legacy_gpu(d)
     out = [f"Command: `bash benches/gpu/check.sh` ({d['started_utc']}, {d['elapsed_s']:.0f} s of its "
            f"{d['budget_s']:.0f} s budget after set-up) on {dev.get('gpu')} (compute capability "
            f"{dev.get('capability')}), torch {dev['torch']} (CUDA {dev['cuda']}), triton {dev['triton']}, "
            f"diffusers {dev['diffusers']}. Random weights: honest for latency and parity, not for images.\n"]
+    if not legacy:
+        out.append("The peer is stock diffusers with `torch.compile` on its UNet (mode reduce-overhead, fullgraph: "
+                   "what diffusers documents), timed in the same process and interleaved with every engine variant. "
+                   "Compiled engine rows run step programs compiled by inductor and captured as CUDA graphs; "
+                   "uncompiled rows capture the same programs uncompiled.\n")
     setup = ", ".join(f"{s['step']} rc {s['rc']} ({s['seconds']} s)" for s in d.get("setup", []))
     if setup:
         out.append(f"Set-up steps: {setup}.\n")
@@ -773,63 +1003,16 @@ def _gpu(d):
             out.append(f"- failed: `{f['test']}`: {message if len(message) <= 400 else message[:400] + '...'}")
     else:
         out.append("GPU tests: not run in this check.\n")
-    phases = d["phases"]
-    for name, p in phases.items():
-        if p["status"] != "ok":
-            out.append(f"Phase {name}: {p['status']} ({p.get('reason') or p.get('error', '')[:300]}).\n")
-    sd15 = phases.get("sd15", {})
-    comp = phases.get("sd15_compile", {})
-    compiled = comp.get("timings", {}).get("diffusers_compiled") if comp.get("status") == "ok" else None
-    if "timings" in sd15:
-        out.append(f"\n### {sd15['what']}\n")
-        extra = []
-        if compiled:
-            extra.append(_gpu_row(comp, "diffusers_compiled", label=f"diffusers, torch.compile("
-                                  f"{_compile_options(comp['compile_options'])}) on its UNet (torch.compile phase)"))
-        out.append(_gpu_timings(sd15, extra))
-        if compiled:
-            ms = compiled["median_s"] * 1e3
-            vs = [f"{'faster' if ms < m else 'slower'} than {label} ({m:.1f} ms, ratio of medians {m / ms:.2f})"
-                  for label, m in ((label, sd15["timings"][n]["median_s"] * 1e3) for n, label in (
-                      ("engine_full", "the engine's full mode on CUDA graphs"),
-                      ("clockwork_identity", "clockwork with the identity adaptor")) if n in sd15["timings"])]
-            out.append(f"\nThe torch.compile row was timed in the torch.compile phase below, interleaved with its own "
-                       f"stock-diffusers run ({comp['timings']['diffusers']['median_s'] * 1e3:.1f} ms), which its "
-                       f"ratio is against. diffusers + torch.compile ({ms:.1f} ms) is " + " and ".join(vs) + ".")
-        r = sd15.get("reuse")
-        if r:
-            out.append(f"\nAttention reuse at steps {r['steps']}: {r['layers_cached']} layers' maps cached "
-                       f"({r['cached_bytes'] / 2**20:.0f} MiB), {r['layers_over_cap']} over the cap.")
-        par = sd15.get("parity")
-        if par:
-            out.append(f"Final latents (max |x| {par['latents_max_abs']:.2f}): CUDA graphs vs eager programs "
-                       f"{par['graphs_vs_eager_max_abs']:.2e}, engine vs stock diffusers "
-                       f"{par['engine_vs_diffusers_max_abs']:.2e} (fp16).")
-        o = sd15.get("overhead")
-        if o:
-            t = o["timings"]
-            out.append(f"Sampling alone (cached prompt, latents out): engine {t['engine_full']['median_s'] * 1e3:.1f} "
-                       f"ms, diffusers {t['diffusers']['median_s'] * 1e3:.1f} ms; one full step's graph replay "
-                       f"{o['full_step_replay_ms']:.2f} ms, diffusers' eager UNet forward "
-                       f"{o['unet_forward_eager_ms']:.2f} ms; beyond those, the engine costs "
-                       f"{o['engine_ms_per_step_beyond_replays']:.2f} ms per step, diffusers "
-                       f"{o['diffusers_ms_per_step_beyond_unet']:.2f} ms.\n")
-    if "timings" in comp:
-        out.append(f"\n### torch.compile on diffusers' UNet ({_compile_options(comp['compile_options'])}; first call "
-                   f"{comp['compile_first_call_s']:.0f} s)\n")
-        out.append(_gpu_timings(comp))
-    sdxl = phases.get("sdxl", {})
-    if "timings" in sdxl:
-        out.append(f"\n### {sdxl['what']}\n")
-        out.append(_gpu_timings(sdxl))
-        if sdxl.get("parity"):
-            out.append(f"\nEngine vs stock diffusers, final latents: "
-                       f"{sdxl['parity']['engine_vs_diffusers_max_abs']:.2e}.")
-    prof = phases.get("profile", {})
-    if prof.get("steps"):
-        steps = _profile_steps(prof["steps"])
-        out.append(f"\n### Profile of one clockwork request\n\n{prof['what']}. Trace: {prof['trace']} (in the "
-                   f"check's output). Sampling {prof['sample_ms']:.1f} ms; per step (ms): {steps}.\n")
+    for name, p in d["phases"].items():
+        render_phase = GPU_PHASES.get(name)
+        if render_phase is None:  # a phase this renderer does not know
+            continue
+        if p.get("status") != "ok":
+            why = p.get("reason") or " ".join(str(p.get("error", "")).split())[:300]
+            out.append(f"\nPhase {name}: {p.get('status')}" + (f" ({why})" if why else "") + ".\n")
+            continue
+        out.append("")
+        out += render_phase(p, d, legacy)
     return "\n".join(out) + "\n"
 
 

@@ -91,7 +91,9 @@ def test_dry_run_runs_every_phase_and_measures_it(dry_run):
     assert "default" in options["timings"] and set(options["speedup_vs_default"]) == set(options["timings"]) - {
         "default"}
     assert not set(options["skipped"]) & set(options["timings"])
-    assert set(options["channels_last"]["timings"]) == {"default", "channels_last"}
+    layouts = options["channels_last"]
+    assert {"default", "channels_last"} <= set(layouts["timings"])
+    assert set(layouts["speedup_vs_default"]) == set(layouts["timings"]) - {"default"}
     profile = d["phases"]["profile"]
     kinds = sd15["schedules"]["clockwork_adaptor"]
     assert [(s["step"], s["kind"]) for s in profile["steps"]] == list(enumerate(kinds))
@@ -117,6 +119,13 @@ def test_results_section_renders_a_gpu_run_and_refuses_a_dry_run(dry_run):
     for name, t in sd15["timings"].items():
         compiled = make_results._compiled(name, sd15)
         assert f"| {make_results.GPU_VARIANTS[name]} | {compiled} | {t['median_s'] * 1e3:.1f} |" in text
+    options = d["phases"]["options"]
+    for name, t in options["timings"].items():
+        assert f"| `{name}` | {t['median_s'] * 1e3:.1f} |" in text
+    for name in options["skipped"]:
+        assert f"| `{name}` | skipped: " in text
+    for name in set(options["channels_last"]["timings"]) - {"default"}:
+        assert f"| {make_results.GPU_LAYOUTS[name]} (against the second run's `default`, " in text
     # a phase that failed or was skipped: one line with its reason; a phase the renderer does not know: nothing
     failed = {**gpu, "phases": {**d["phases"], "sdxl": {"status": "skipped", "reason": "12 s left, needs 90"},
                                 "serving": {"status": "error", "error": "RuntimeError: boom\nmore", "traceback": "..."},
@@ -160,9 +169,10 @@ def test_results_section_renders_what_a_gpu_run_records(dry_run):
     peer = sd15["timings"]["diffusers_compiled"]
     assert rows[1].startswith(f"| {make_results.GPU_VARIANTS['diffusers_compiled']} | torch.compile(") and \
         f" | {peer['median_s'] * 1e3:.1f} | " in rows[1] and " | 1.00x | " in rows[1]
-    for name, s in sd15["speedup_vs_peer"].items():
-        row = next(r for r in rows if f" | {sd15['timings'][name]['median_s'] * 1e3:.1f} | " in r)
-        assert f" | {s['paired']:.2f}x | " in row
+    for name, row in zip(sd15["timings"], rows, strict=True):  # a row per variant, in the order timed
+        assert row.startswith(f"| {make_results.GPU_VARIANTS[name]} | ")
+        if name != "diffusers_compiled":
+            assert f" | {sd15['speedup_vs_peer'][name]['paired']:.2f}x | " in row
     assert sum(" | **yes** (inductor, CUDA graphs) | " in r for r in rows) == 3  # engine_full, clockwork x2
     assert sum(" | no (CUDA graphs) | " in r for r in rows) == 3  # the _uncompiled variants
     assert "full step 7.50 ms compiled vs 11.90 ms uncompiled (target: one full step <= 8 ms, met)" in text
