@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         module.build_parser(p)
         p.set_defaults(run=module.run)
 
-    from . import artifacts, bench, clock_search, flops, profile, reuse_search
+    from . import bench, clock_search, compile_command, flops, import_graph, profile, reuse_search
     from .serving import server
 
     for name, module, text in (
@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("search-reuse", reuse_search, "greedy search of an attention-reuse schedule"),
             ("search-clock", clock_search, "greedy search of a clockwork clock (which steps run the adaptor)"),
             ("serve", server, "the HTTP API (OpenAI images API, /healthz, /metrics) with batching"),
-            ("compile", artifacts, "compile a model's step programs for its sizes and save them for fast starts")):
+            ("compile", compile_command, "compile a model's step programs for its sizes and save them for fast starts"),
+            ("imports", import_graph, "the package's import graph in layers (and any cycle)")):
         p = sub.add_parser(name, help=text, description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.build_parser(p)

@@ -14,6 +14,10 @@ OUTPUT_TYPES = ("pil", "pt", "latent")
 MAX_STEPS = 1000
 
 
+class NonFiniteError(FloatingPointError):
+    """The sampler produced NaN or Inf (bad weights or an unstable setting)."""
+
+
 class DeadlineExceeded(TimeoutError):
     """The request ran past its time limit; it was dropped at a step boundary."""
 

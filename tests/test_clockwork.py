@@ -166,7 +166,7 @@ def test_clockwork_under_any_scheduler(tiny_pipe, name):
     """The clock counts model evaluations (Heun's 2 a step included); with no adaptor step the
     split path equals full mode under the scheduler, and the identity adaptor changes the result."""
     base = Engine.from_pipeline(tiny_pipe, config=EngineConfig(mode="clockwork", adaptor="identity", scheduler=name))
-    evals = base._table(6).num_steps
+    evals = base.runner.table(6).num_steps
     assert base.schedule(6, "clockwork") == ["clockwork.full", "clockwork.adaptor"] * (evals // 2) + \
         ["clockwork.full"] * (evals % 2)
     never = base.with_config(clock_every=0)

@@ -35,15 +35,15 @@ def test_compile_applies_to_the_cuda_backend_only(tiny_pipe):
     assert set(CUDA_OPTIONS) >= {"default", "coordinate-descent", "freezing", "max-autotune"}
     assert GraphSampler("cpu", cuda_compile={}).cuda_compile is None
     engine = Engine.from_pipeline(tiny_pipe, config=EngineConfig(backend="cpu", compile=True))
-    assert engine.graphs.cuda_compile is None and engine._decode_fn == engine._decode_eager
+    assert engine.graphs.cuda_compile is None and engine.runner.decode_fn == engine.runner.decode_eager
 
 
 def test_engines_share_their_encoders_and_decoder_where_the_settings_allow(tiny_pipe):
     engine = Engine.from_pipeline(tiny_pipe)
     clockwork = engine.with_config(mode="clockwork", adaptor="identity", steps=4)
-    assert clockwork.conditioning is engine.conditioning and clockwork._decode_fn is engine._decode_fn
+    assert clockwork.conditioning is engine.conditioning and clockwork.runner.decode_fn is engine.runner.decode_fn
     bf16 = engine.with_config(text_dtype="bfloat16")
-    assert bf16.conditioning is not engine.conditioning and bf16._decode_fn is engine._decode_fn
+    assert bf16.conditioning is not engine.conditioning and bf16.runner.decode_fn is engine.runner.decode_fn
     torch.testing.assert_close(clockwork.generate("a red circle", **GOOD, mode="full"), engine.generate(
         "a red circle", **GOOD), rtol=0, atol=0)
 
@@ -51,7 +51,7 @@ def test_engines_share_their_encoders_and_decoder_where_the_settings_allow(tiny_
 def out_of_memory_at_batch(engine, rows: int):
     """Step programs that run out of device memory for batches of `rows` (as a GPU allocation
     would, while the programs are built or captured)."""
-    make = engine._step_fn
+    make = engine.runner.step_fn
 
     def step_fn(kind, table, bufs, cfg_on, point=None):
         fn = make(kind, table, bufs, cfg_on, point)
@@ -63,7 +63,7 @@ def out_of_memory_at_batch(engine, rows: int):
 
         return oom
 
-    engine._step_fn = step_fn
+    engine.runner.step_fn = step_fn
 
 
 def test_a_request_out_of_device_memory_fails_alone(tiny_pipe):

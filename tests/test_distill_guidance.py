@@ -52,7 +52,7 @@ def test_progressive_distillation_on_teacher_trajectories(guided_dir, tmp_path):
     import json
 
     teacher = Engine.from_pretrained(str(guided_dir / "final"), config="full")
-    teacher_grid = teacher._table(4).timesteps.tolist()
+    teacher_grid = teacher.runner.table(4).timesteps.tolist()
     out = tmp_path / "prog"
     args = ["--steps", "2", "--batch", "4", "--trajectories", "6"]
     assert cli.main(["distill-progressive", "--model", str(guided_dir / "final"), "--out", str(out),
@@ -60,12 +60,12 @@ def test_progressive_distillation_on_teacher_trajectories(guided_dir, tmp_path):
     assert json.loads((out / "final" / "clockwork_engine.json").read_text()) == {
         "guidance_scale": teacher.config.guidance_scale, "steps": 2, "timesteps": teacher_grid[::2]}
     engine = Engine.from_pretrained(str(out / "final"))
-    assert engine.config.steps == 2 and engine._table(2).timesteps.tolist() == teacher_grid[::2]
+    assert engine.config.steps == 2 and engine.runner.table(2).timesteps.tolist() == teacher_grid[::2]
     assert torch.isfinite(engine.generate("a red circle", seed=0, output="latent")).all()
     assert cli.main(["distill-progressive", "--model", str(out / "final"), "--out", str(tmp_path / "prog1"),
                      "--student-steps", "1", *args]) == 0
     one = Engine.from_pretrained(str(tmp_path / "prog1" / "final"))
-    assert one._table(1).timesteps.tolist() == teacher_grid[:1]
+    assert one.runner.table(1).timesteps.tolist() == teacher_grid[:1]
 
 
 def test_one_student_step_for_several_teacher_steps_and_init(guided_dir, tmp_path, capsys):
@@ -76,7 +76,7 @@ def test_one_student_step_for_several_teacher_steps_and_init(guided_dir, tmp_pat
     from diffusers import UNet2DConditionModel
 
     teacher = Engine.from_pretrained(str(guided_dir / "final"), config="full")
-    teacher_grid = teacher._table(4).timesteps.tolist()
+    teacher_grid = teacher.runner.table(4).timesteps.tolist()
     first = tmp_path / "first"
     args = ["--model", str(guided_dir / "final"), "--student-steps", "1", "--teacher-steps", "4",
             "--steps", "1", "--batch", "4", "--trajectories", "4"]
@@ -118,7 +118,7 @@ def test_progressive_distillation_meng_noised_data(guided_dir, tmp_path):
                      "--student-steps", "2", "--steps", "2", "--batch", "4", "--data", "noised"]) == 0
     engine = Engine.from_pretrained(str(out / "final"), config="full")
     assert type(engine.scheduler).__name__ == "DDIMScheduler"
-    assert engine._table(2).timesteps.tolist() == [999, 499]
+    assert engine.runner.table(2).timesteps.tolist() == [999, 499]
     assert torch.isfinite(engine.generate("a red circle", steps=2, seed=0, output="latent")).all()
 
 

@@ -151,8 +151,8 @@ def test_clockwork_on_partial_trajectories(parts, scheduler):
     edit = dict(image=images(1), strength=0.6, steps=8, seed=2, output="latent")
     start = __import__("clockwork_engine").latents.start_for(
         __import__("clockwork_engine").images.edit_inputs(images(1), None, 0.6, 1, 8, 64, 4), 4)
-    evals = engine._table(8, start).num_steps
-    assert evals < engine._table(8).num_steps
+    evals = engine.runner.table(8, start).num_steps
+    assert evals < engine.runner.table(8).num_steps
     kinds = engine.schedule(8, "clockwork", start)
     assert kinds[0] == "clockwork.full" and kinds[1] == "clockwork.adaptor" and len(kinds) == evals
     full = engine.generate("a red circle", mode="full", **edit)

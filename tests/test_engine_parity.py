@@ -70,8 +70,8 @@ def test_custom_timestep_grid_matches_diffusers():
     got = engine.generate("a green triangle", steps=4, guidance_scale=4.0, seed=5, height=16, width=16,
                           output="latent")
     torch.testing.assert_close(got[None], ref, atol=1e-4, rtol=0)
-    assert engine._table(4).timesteps.tolist() == list(grid)
-    assert engine._table(3).timesteps.tolist() != list(grid[:3])  # the scheduler's own 3-step spacing
+    assert engine.runner.table(4).timesteps.tolist() == list(grid)
+    assert engine.runner.table(3).timesteps.tolist() != list(grid[:3])  # the scheduler's own 3-step spacing
 
 
 @pytest.mark.parametrize("grid, match", [((500, 600), "decreasing"), ((1200, 10), "go past"), ((), "decreasing")])

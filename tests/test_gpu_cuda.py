@@ -270,8 +270,8 @@ def graphs_and_eager(pipe, **config):
 def assert_captured(engine):
     from clockwork_engine.sampler.graphs import _CudaGraphProgram
 
-    assert engine.graphs.backend == "cuda" and engine.graphs._pool is not None
-    programs = [p for entry in engine.graphs._entries.values() for p in entry.programs.values()]
+    assert engine.graphs.backend == "cuda" and engine.graphs.pool is not None
+    programs = [p for key in engine.graphs.keys() for p in engine.graphs.programs(key).values()]
     assert programs and all(isinstance(p, _CudaGraphProgram) for p in programs)
 
 
@@ -372,8 +372,7 @@ def test_continuous_batching_on_cuda_graphs(pipes):
     got += [f.result(timeout=300) for f in late]
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
-    lanes = list(batched.batcher._lanes.values())
-    programs = [p for lane in lanes for _, progs in lane._sets.values() for p in progs.values()]
+    programs = [p for lane in batched.batcher.lanes().values() for p in lane.programs()]
     assert programs and all(isinstance(p, _CudaGraphProgram) for p in programs)
 
 

@@ -18,7 +18,7 @@ def test_graph_sampler_equals_the_plain_loop(tiny_pipe, mode):
     got = engine.generate(["a red circle", "a blue square"], mode=mode, **GOOD)
     # The same request through sampler.run (no static buffers, no programs).
     text = engine.prompts.encode(["", "", "a red circle", "a blue square"])
-    table = engine._table(5)
+    table = engine.runner.table(5)
     kinds = engine.schedule(5, mode)
     denoisers = {**engine.denoisers, **engine.operating_point(5).denoisers}  # full, and clockwork's at 5 steps
     fns = {k: partial(sampler.step, denoisers[k], table, text=text, guidance=torch.full((2,), 4.0), cfg=True)

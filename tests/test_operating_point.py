@@ -136,7 +136,7 @@ def test_batched_requests_at_two_step_counts_run_their_own_adaptors(model_with_o
     for g, want in zip(got, expected, strict=True):
         assert (g - want).abs().max().item() <= TOL
     # one lane per adaptor: 8 and 12 steps share the default's, 20 steps has its own
-    assert sorted(key[4].meta["steps"] for key in batched.batcher._lanes) == [8, 20]
+    assert sorted(key[4].meta["steps"] for key in batched.batcher.lanes()) == [8, 20]
 
 
 def test_concurrent_first_requests_load_an_adaptor_once(model_with_operating_points, monkeypatch):

@@ -144,7 +144,7 @@ def test_pipeline_rewritten_ddim_config_is_kept():
     assert p.scheduler.config.steps_offset == 1 and not p.scheduler.config.clip_sample
     engine = Engine.from_pipeline(p, config="full")
     p.scheduler.set_timesteps(6)
-    assert engine._table(6).timesteps.tolist() == p.scheduler.timesteps.tolist() == [831, 665, 499, 333, 167, 1]
+    assert engine.runner.table(6).timesteps.tolist() == p.scheduler.timesteps.tolist() == [831, 665, 499, 333, 167, 1]
     torch.testing.assert_close(engine_latents(p, PROMPTS, 6, 4.0, seed=0), diffusers_latents(p, PROMPTS, 6, 4.0, 0),
                                atol=TOL, rtol=0)
 
@@ -161,7 +161,7 @@ def test_table_equals_the_scheduler_on_random_inputs(case):
 def test_heun_runs_two_model_evaluations_a_step(pipe):
     p = with_scheduler(pipe, schedulers.from_name("heun", pipe.scheduler))
     engine = Engine.from_pipeline(p, config="full")
-    assert engine._table(6).num_steps == 11 and len(engine.schedule(6, "full")) == 11
+    assert engine.runner.table(6).num_steps == 11 and len(engine.schedule(6, "full")) == 11
     seen = []
     engine.generate("a red circle", steps=6, height=16, width=16, callback=lambda i, n, x: seen.append((i, n)))
     assert seen == [(i, 11) for i in range(11)]

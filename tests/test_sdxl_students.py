@@ -96,7 +96,7 @@ def test_euler_trajectories_become_vp_states(guided_sdxl):
     from clockwork_engine.sampler.steps import guidance_embedding
 
     teacher = Engine.from_pretrained(str(guided_sdxl), config="full")
-    table = teacher._table(3)
+    table = teacher.runner.table(3)
     assert type(teacher.scheduler).__name__ == "EulerDiscreteScheduler" and (table.in_div > 1).all()
     states, captions, w = teacher_trajectories(teacher, 3, 2, 4.0, 4.0, seed=0, chunk=2)
     vp = vp_states(states, table)

@@ -157,7 +157,7 @@ def test_full_queue_is_429_and_loses_nothing(engine, server):
         codes.append(r.status_code)
 
     threads = [threading.Thread(target=post, args=(k,)) for k in range(9)]
-    with engine._lock:  # the model is busy
+    with engine.runner.lock:  # the model is busy
         submitted = engine.batcher.counts["submitted"]
         threads[0].start()
         while engine.batcher.counts["submitted"] == submitted or engine.batcher.queue_depth():

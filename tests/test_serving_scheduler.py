@@ -86,7 +86,7 @@ def test_generate_from_threads_is_batched_and_exact(pipe):
         out[k] = batched.generate(**reqs[k])
 
     threads = [threading.Thread(target=call, args=(k,)) for k in range(len(reqs))]
-    with batched._lock:  # all of them wait, then start as one batch
+    with batched.runner.lock:  # all of them wait, then start as one batch
         for t in threads:
             t.start()
         while batched.batcher.queue_depth() + batched.batcher.running() < 4:
@@ -98,10 +98,10 @@ def test_generate_from_threads_is_batched_and_exact(pipe):
 
 
 def test_clockwork_rows_join_only_at_full_ticks(pipe):
-    from clockwork_engine.serving.runner import Lane
+    from clockwork_engine.serving.lane import Lane
 
     _, batched = engines(pipe)
-    lane = Lane(batched, (16, 16, "clockwork", True, batched.operating_point(4)), (1, 2, 4))
+    lane = Lane(batched.runner, (16, 16, "clockwork", True, batched.operating_point(4)), (1, 2, 4))
     kinds = batched.schedule(5, "clockwork")
     assert kinds[:3] == ["clockwork.full", "clockwork.adaptor", "clockwork.full"]
     lane.rows = [object()]  # a running lane at tick 3 (an adaptor tick comes next at 3)
@@ -110,7 +110,7 @@ def test_clockwork_rows_join_only_at_full_ticks(pipe):
     lane.tick = 4
     assert lane.can_join(kinds)
     assert lane.can_join(batched.schedule(5, "full")) is False  # a full-mode row needs a full lane
-    full_lane = Lane(batched, (16, 16, "full", True, None), (1, 2, 4))
+    full_lane = Lane(batched.runner, (16, 16, "full", True, None), (1, 2, 4))
     full_lane.rows, full_lane.tick = [object()], 3
     assert full_lane.can_join(batched.schedule(5, "full"))
 
@@ -129,7 +129,7 @@ def test_request_policy_starts_only_an_empty_lane(pipe):
     reqs = [dict(request(k), guidance_scale=5.0) for k in (0, 1, 2)]  # one lane (CFG on); 3, 5 and 4 steps
     expected = [alone.generate(**r) for r in reqs]
     ticks = Ticks(batched)
-    with batched._lock:
+    with batched.runner.lock:
         futures = [stall(batched, _parse(batched, reqs[0]))]  # the lane starts with the first alone
         futures += [batched.batcher.submit(_parse(batched, r)) for r in reqs[1:]]
     assert all(close(f.result(timeout=120), want) for f, want in zip(futures, expected, strict=True))
@@ -156,7 +156,7 @@ def test_deadline_drops_the_request_and_frees_its_row(pipe):
 def test_full_queue_refuses_at_once_and_loses_nothing(pipe):
     alone, batched = engines(pipe, max_queue=3)
     accepted, refused = [], 0
-    with batched._lock:
+    with batched.runner.lock:
         accepted.append((0, stall(batched, _parse(batched, request(0)))))
         for k in range(1, 12):
             try:
@@ -170,7 +170,7 @@ def test_full_queue_refuses_at_once_and_loses_nothing(pipe):
 
 def test_cancelled_request_frees_its_place(pipe):
     alone, batched = engines(pipe)
-    with batched._lock:
+    with batched.runner.lock:
         dropped = batched.batcher.submit(_parse(batched, request(0)))
         kept = batched.batcher.submit(_parse(batched, request(1)))
         assert dropped.cancel()
@@ -230,7 +230,7 @@ def test_sdxl_rows_batch_with_their_added_conditioning(tmp_path_factory):
             for k, (p, s, g) in enumerate(calls)]
     expected = [alone.generate(**r) for r in reqs]
     ticks = Ticks(batched)
-    with batched._lock:
+    with batched.runner.lock:
         futures = [batched.batcher.submit(_parse(batched, r)) for r in reqs]
     assert all(close(f.result(timeout=120), want) for f, want in zip(futures, expected, strict=True))
     assert max(ticks.log) == 3

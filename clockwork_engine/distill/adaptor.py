@@ -145,7 +145,7 @@ def run(args):
     split = UNetSplit(engine.unet, args.cut)
     clock = Clock(every=args.clock, adaptor_steps=frozenset(int(s) for s in args.adaptor_steps.split(","))
                   if args.adaptor_steps else None)
-    evals = engine._table(args.steps).num_steps  # the clock counts model evaluations
+    evals = engine.runner.table(args.steps).num_steps  # the clock counts model evaluations
     schedule = clock.schedule(evals)
     adaptor_steps = [i for i, a in enumerate(schedule) if a]
     if not adaptor_steps:

@@ -73,26 +73,6 @@ def demo_batch(engine, rng, gen, batch: int, cfg: bool = True):
     return latents, text, added
 
 
-def save_pipeline(engine, student, scheduler, folder: str, teacher_dir: str):
-    """A full pipeline directory like the teacher's: SDXL's, or SD's with its text encoder folder
-    if it had one, else in the demo layout (MiniLM comes from its package at load time)."""
-    from ..demo import pipeline
-    from ..loading import resolve
-
-    parts = engine.conditioning.components()
-    if engine.conditioning.sdxl:
-        from diffusers import StableDiffusionXLPipeline
-
-        pipe = StableDiffusionXLPipeline(vae=engine.vae, unet=student, scheduler=scheduler, **parts)
-        pipe.save_pretrained(folder, safe_serialization=True)
-        return
-    pipe = pipeline.assemble(student, engine.vae, scheduler, **parts)
-    if os.path.isdir(os.path.join(resolve(teacher_dir), "text_encoder")):
-        pipe.save_pretrained(folder, safe_serialization=True)
-    else:
-        pipeline.save(pipe, folder)
-
-
 def main(argv=None):
     return run(build_parser().parse_args(argv))
 

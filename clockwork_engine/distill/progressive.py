@@ -124,7 +124,7 @@ def teacher_trajectories(engine, steps: int, count: int, g_min: float, g_max: fl
     from noise on `count` demo training captions; chunk c draws its noise as generate(seed=
     seed + c) does. Returns (states [K, steps + 1, C, h, w], states[:, -1] being the samples;
     captions [K]; w [K])."""
-    table = engine._table(steps)
+    table = engine.runner.table(steps)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     train = shapes.split_scenes("train")
     size = engine.default_size // engine.vae_factor
@@ -159,7 +159,7 @@ def _trajectory_loss(args, engine, d):
     """(loss_fn, the student's scheduler, its settings) for --data trajectories."""
     n, m = args.student_steps, args.teacher_steps
     k = m // n  # teacher steps per student step
-    table = engine._table(m)
+    table = engine.runner.table(m)
     teacher_t = table.timesteps.tolist()
     if table.num_steps != m or any(t != int(t) for t in teacher_t):
         raise ValueError(f"--data trajectories needs a teacher scheduler with one model evaluation a step on integer "

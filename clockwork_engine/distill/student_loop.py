@@ -55,7 +55,6 @@ def finish(args, d: dist.Dist, engine, student, scheduler, losses: list[float], 
     if d.main:
         import json
 
-        from .guidance import save_pipeline
 
         plot_losses(losses, os.path.join(args.out, "loss.png"), title)
         final = os.path.join(args.out, "final")
@@ -67,3 +66,23 @@ def finish(args, d: dist.Dist, engine, student, scheduler, losses: list[float], 
         print(f"saved {final}")
     dist.barrier(d)
     dist.cleanup(d)
+
+
+def save_pipeline(engine, student, scheduler, folder: str, teacher_dir: str):
+    """A full pipeline directory like the teacher's: SDXL's, or SD's with its text encoder folder
+    if it had one, else in the demo layout (MiniLM comes from its package at load time)."""
+    from ..demo import pipeline
+    from ..loading import resolve
+
+    parts = engine.conditioning.components()
+    if engine.conditioning.sdxl:
+        from diffusers import StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline(vae=engine.vae, unet=student, scheduler=scheduler, **parts)
+        pipe.save_pretrained(folder, safe_serialization=True)
+        return
+    pipe = pipeline.assemble(student, engine.vae, scheduler, **parts)
+    if os.path.isdir(os.path.join(resolve(teacher_dir), "text_encoder")):
+        pipe.save_pretrained(folder, safe_serialization=True)
+    else:
+        pipeline.save(pipe, folder)

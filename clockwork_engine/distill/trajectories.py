@@ -52,7 +52,7 @@ _conditioning = conditioning.for_sampler
 
 def unrolled(engine, split, prompts: list[str], steps: int, guidance: float, generator: torch.Generator):
     """The teacher's own trajectories: a rollout without adaptor steps."""
-    return rollout(engine, split, None, prompts, steps, guidance, [False] * engine._table(steps).num_steps,
+    return rollout(engine, split, None, prompts, steps, guidance, [False] * engine.runner.table(steps).num_steps,
                    generator)
 
 
@@ -60,7 +60,7 @@ def unrolled(engine, split, prompts: list[str], steps: int, guidance: float, gen
 def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: float, schedule: list[bool],
             generator: torch.Generator):
     """schedule[i]: phi at model evaluation i (the clock's schedule, first step full)."""
-    table = engine._table(steps)
+    table = engine.runner.table(steps)
     cfg = engine.uses_cfg(guidance)
     records: list[Record] = []
 
@@ -92,7 +92,7 @@ def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: fl
 def noised(engine, split, prompts: list[str], latents: torch.Tensor, steps: int, guidance: float,
            generator: torch.Generator):
     """latents [B, C, h, w]: clean data latents (already scaled) for the prompts."""
-    table = engine._table(steps)
+    table = engine.runner.table(steps)
     cfg = engine.uses_cfg(guidance)
     text, added = _conditioning(engine, prompts, cfg)
     cond = None

@@ -207,11 +207,15 @@ class GraphSampler:
         self.cuda_compile = cuda_compile if backend == "cuda" else None
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
-        self._pool = torch.cuda.graph_pool_handle() if backend == "cuda" else None
+        self.pool = torch.cuda.graph_pool_handle() if backend == "cuda" else None
         self.hits = self.misses = self.evictions = 0
 
     def keys(self) -> list[tuple]:
         return list(self._entries)
+
+    def programs(self, key: tuple) -> dict:
+        """{kind: program} of a key's program set (a bench times one program's replay)."""
+        return self._entries[key].programs
 
     def clear(self):
         self._entries.clear()
@@ -221,7 +225,7 @@ class GraphSampler:
         out of device memory is freed before the error goes on."""
         failed = False
         try:
-            return build_programs(self.backend, self._pool, step_fns, bufs, kinds, text, self.cuda_compile)
+            return build_programs(self.backend, self.pool, step_fns, bufs, kinds, text, self.cuda_compile)
         except torch.OutOfMemoryError:
             failed = True  # handled below, once the traceback (and the tensors it holds) is gone
         if failed:

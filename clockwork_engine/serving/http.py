@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import request as requests
-from ..engine import NonFiniteError
+from ..request import NonFiniteError
 from .scheduler import QueueFull
 
 log = logging.getLogger("clockwork_engine.serving")

@@ -1,5 +1,6 @@
 """The request scheduler: owns the waiting requests, the lanes and the batching policy; a
-lane (runner.py) executes one batch step.
+lane (lane.py) executes one batch step; both run on the model runner (../runner.py) through
+its public methods.
 
   policy "step"     step-level continuous batching: at every step boundary a waiting request
                     joins the running batch of its lane when its rows fit and its step kinds
@@ -32,14 +33,14 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import conditioning
-from ..request import DeadlineExceeded, GenerationRequest, out_of_memory
-from .runner import Lane, Row
+from ..request import DeadlineExceeded, GenerationRequest, NonFiniteError, out_of_memory
+from .lane import Lane, Row
 
 log = logging.getLogger("clockwork_engine.serving")
 
 
 class QueueFull(RuntimeError):
-    """The engine's queue is full: the request was refused at once (retry later)."""
+    """The queue is full: the request was refused at once (retry later)."""
 
 
 @dataclass
@@ -61,9 +62,9 @@ class Job:
 
 
 class BatchScheduler:
-    def __init__(self, engine, policy: str | None = None):
-        cfg = engine.config
-        self.engine = engine
+    def __init__(self, runner, policy: str | None = None):
+        cfg = runner.config
+        self.runner = runner
         self.policy = policy or cfg.batching
         if self.policy not in ("request", "step"):
             raise ValueError(f"policy must be 'request' or 'step', got {self.policy!r}")
@@ -79,10 +80,14 @@ class BatchScheduler:
         self._thread.start()
 
     # ------------------------------------------------------------------ the callers' side
+    def lanes(self) -> dict:
+        """{lane key: Lane} of the lanes open now."""
+        return dict(self._lanes)
+
     def accepts(self, req: GenerationRequest) -> bool:
-        """Text-to-image without a step callback, on an engine without attention reuse, and no
+        """Text-to-image without a step callback, on a model without attention reuse, and no
         more images than the largest bucket; anything else runs alone (Engine.run_alone)."""
-        return (req.edit is None and req.callback is None and self.engine.reuse is None
+        return (req.edit is None and req.callback is None and self.runner.reuse is None
                 and req.rows <= self.buckets[-1])
 
     def submit(self, req: GenerationRequest) -> Future:
@@ -90,9 +95,9 @@ class BatchScheduler:
         if not self.accepts(req):
             raise ValueError("this request is not batched (an edit, a callback or attention reuse): "
                              "run it with Engine.run_alone")
-        cfg = self.engine.uses_cfg(req.guidance)
-        kinds = self.engine.schedule(req.steps, req.mode)  # builds the table: a scheduler's error is the caller's
-        point = self.engine.operating_point(req.steps) if req.mode == "clockwork" else None  # loads its adaptor
+        cfg = self.runner.uses_cfg(req.guidance)
+        kinds = self.runner.schedule(req.steps, req.mode)  # builds the table: a scheduler's error is the caller's
+        point = self.runner.operating_point(req.steps) if req.mode == "clockwork" else None  # loads its adaptor
         job = Job(req, Future(), (req.height, req.width, req.mode, cfg, point), kinds)
         with self._cond:
             if self._closed:
@@ -176,7 +181,7 @@ class BatchScheduler:
                 continue
             lane = self._lanes.get(job.lane_key)
             if lane is None:
-                lane = self._lanes[job.lane_key] = Lane(self.engine, job.lane_key, self.buckets)
+                lane = self._lanes[job.lane_key] = Lane(self.runner, job.lane_key, self.buckets)
             taken = sum(j.request.rows for j in joining.get(lane, []))
             fits = len(lane.rows) + taken + job.request.rows <= lane.capacity
             free = not lane.rows or self.policy == "step"
@@ -189,7 +194,7 @@ class BatchScheduler:
 
     def _join(self, lane: Lane, jobs: list[Job]):
         """Encode the joining prompts together, draw each request's noise, place the rows."""
-        engine = self.engine
+        runner = self.runner
         rows, tables = [], {}
         for negative_given in (False, True):
             group = [j for j in jobs if j.request.negative_given == negative_given]
@@ -199,7 +204,7 @@ class BatchScheduler:
                 prompts = [p for j in group for p in j.request.prompts]
                 negatives = [n for j in group for n in j.request.negatives]
                 first = group[0].request
-                text, added = engine.conditioning.encode(prompts, negatives, lane.cfg, first.height, first.width,
+                text, added = runner.conditioning.encode(prompts, negatives, lane.cfg, first.height, first.width,
                                                          negative_given)
             except Exception as e:  # noqa: BLE001  (a failure of these requests, not of the service)
                 for job in group:
@@ -218,19 +223,19 @@ class BatchScheduler:
                     self._fail(job, e)
         if rows:
             try:
-                with engine._lock:
+                with runner.lock:
                     lane.admit(rows, tables)
             except Exception as e:  # noqa: BLE001
                 for job in _jobs(rows):
                     self._fail(job, e)
 
     def _rows(self, job: Job, lane: Lane, text, added, tables) -> list[Row]:
-        engine, req = self.engine, job.request
-        table = engine._table(req.steps)
+        runner, req = self.runner, job.request
+        table = runner.table(req.steps)
         tables[(req.steps,)] = table
         if lane.point is not None:
             lane.point.warn_off_point(req.steps)
-        inputs = engine.request_inputs(table, req.height, req.width, req.guidance, req.seeds, lane.cfg, text, added)
+        inputs = runner.request_inputs(table, req.height, req.width, req.guidance, req.seeds, lane.cfg, text, added)
         n = req.rows
         picks = (lambda j: [j, n + j]) if lane.cfg else (lambda j: [j])
         added = {name: getattr(inputs, name) for name in ("text_embeds", "time_ids")
@@ -241,7 +246,7 @@ class BatchScheduler:
 
     def _tick(self, lane: Lane):
         try:
-            with self.engine._lock, torch.no_grad():
+            with self.runner.lock, torch.no_grad():
                 n = len(lane.rows)
                 finished = lane.step()
         except Exception as e:  # noqa: BLE001  (fail this lane's requests; the service goes on)
@@ -254,8 +259,6 @@ class BatchScheduler:
         self._finish(finished)
 
     def _finish(self, finished: list[tuple[Row, torch.Tensor]]):
-        from ..engine import NonFiniteError
-
         by_output: dict[str, list] = {}
         for row, x in finished:
             if row.job.future.done():
@@ -268,7 +271,7 @@ class BatchScheduler:
         for output, items in by_output.items():
             final = torch.stack([x for _, x in items])
             try:
-                images = final if output == "latent" else self.engine.decode(final, output)
+                images = final if output == "latent" else self.runner.decode(final, output)
             except Exception as e:  # noqa: BLE001
                 for row, _ in items:
                     self._fail(row.job, e)
@@ -294,7 +297,7 @@ class BatchScheduler:
             if job.future.done():
                 gone.add(s)
         if gone:
-            with self.engine._lock:
+            with self.runner.lock:
                 lane.drop(gone)
 
     def _fail(self, job: Job, error: BaseException | None):
@@ -303,7 +306,7 @@ class BatchScheduler:
             return
         job.ended = True
         if isinstance(error, torch.OutOfMemoryError):  # the lane's batch did not fit: say which request
-            error = out_of_memory(job.request, self.engine.device)
+            error = out_of_memory(job.request, self.runner.device)
         if job.future.cancelled():
             self.counts["cancelled"] += 1
             return

@@ -8,7 +8,7 @@ the row-doubled buffers (text, features, added conditioning) hold the row's nega
 and its prompt at bucket + s, as diffusers orders a CFG batch. A program set (buffers and
 programs) is built per (bucket, bank version); moving to another copies the live rows over.
 
-Clockwork: the lane runs one step kind a tick, kind_at(tick) of the engine's clock, so a row
+Clockwork: the lane runs one step kind a tick, kind_at(tick) of the runner's clock, so a row
 may join only where its own schedule lines up with the lane's from there on (with clock
 every=2: at even ticks); its adaptor steps then fall on the lane's adaptor ticks, and its
 first step, always full, fills its cached r_out.
@@ -49,15 +49,15 @@ class Row:
 
 
 class Lane:
-    def __init__(self, engine, key: tuple, buckets: tuple[int, ...]):
+    def __init__(self, runner, key: tuple, buckets: tuple[int, ...]):
         """key: the scheduler's lane key, (height, width, mode, CFG on, operating point or None)."""
-        self.engine, self.buckets = engine, buckets
+        self.runner, self.buckets = runner, buckets
         _, _, self.mode, self.cfg, self.point = key
-        self.clock = engine.config.clock()
-        self.bank = TableBank(engine.device)
+        self.clock = runner.config.clock()
+        self.bank = TableBank(runner.device)
         self.rows: list[Row] = []
         self.tick = 0
-        self._sets: OrderedDict[tuple, tuple[StaticBuffers, dict]] = OrderedDict()
+        self._sets: OrderedDict[tuple, tuple[StaticBuffers, dict]] = OrderedDict()  # program sets kept
         self._current: tuple | None = None  # key into _sets
 
     @property
@@ -142,6 +142,10 @@ class Lane:
         return results
 
     # ------------------------------------------------------------------ buffers and programs
+    def programs(self) -> list:
+        """Every step program of the lane's kept program sets."""
+        return [p for _, programs in self._sets.values() for p in programs.values()]
+
     @property
     def buffers(self) -> StaticBuffers:
         return self._sets[self._current][0]
@@ -166,8 +170,8 @@ class Lane:
             del self._sets[stale]
 
     def _build(self, bucket: int, like: Row) -> tuple[StaticBuffers, dict]:
-        engine, table = self.engine, self.bank.table
-        device, dtype = engine.device, engine.unet.dtype
+        runner, table = self.runner, self.bank.table
+        device, dtype = runner.device, runner.unet.dtype
         doubled = 2 * bucket if self.cfg else bucket
         x_shape = (bucket,) + tuple(like.x0.shape)
         features = None
@@ -187,8 +191,8 @@ class Lane:
             guidance=torch.ones(bucket, dtype=torch.float32, device=device),
             noise=torch.zeros(x_shape, dtype=torch.float32, device=device), **added)
         kinds = {"full"} if self.mode == "full" else {"clockwork.full", "clockwork.adaptor"}
-        step_fns = {kind: engine._step_fn(kind, table, bufs, self.cfg, self.point) for kind in kinds}
-        programs = engine.graphs.build(step_fns, bufs, kinds, bufs.text.clone())
+        step_fns = {kind: runner.step_fn(kind, table, bufs, self.cfg, self.point) for kind in kinds}
+        programs = runner.graphs.build(step_fns, bufs, kinds, bufs.text.clone())
         bufs.history.zero_()  # the programs' dry runs wrote into it; rows copied in rely on zeros
         return bufs, programs
 

@@ -1,0 +1,264 @@
+"""ModelRunner: one loaded model on its device and everything that runs it.
+
+It owns the modules (UNet, VAE, text encoders), the lock that serialises their device work,
+the solver tables, clockwork's operating points, attention reuse, the step programs and their
+graphs (sampler.GraphSampler), the prompt encoders and the decoder. Engine is the thin front
+over it (configuration, validation, generate); the request scheduler (serving/) and the
+distillation code (distill/) call its public methods.
+
+    runner.table(steps)             the solver table of a step count (cached, bounded)
+    runner.schedule(steps, mode)    the step kinds the loop runs
+    runner.step_fn(kind, ...)       the step program of one kind over static buffers
+    runner.request_inputs(...)      a request's tensors on the device
+    runner.sample(...)              one request through the engine's own loop
+    runner.decode(latents, output)  latents -> images
+    with runner.lock: ...           device work on this model, one thread at a time
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from contextlib import nullcontext
+from functools import partial
+
+import torch
+
+from . import attention, conditioning, latents, request, sampler, schedulers, tiny_decoder, validate
+from .cache import CacheState
+from .compile import CUDA_MODULE_OPTIONS, MODULE_OPTIONS, compiled, cuda_options
+from .config import EngineConfig
+from .operating_point import OperatingPoint, OperatingPoints
+from .ops import fused_unet
+from .request import NonFiniteError
+from .unet_split import UNetSplit
+
+# One lock per UNet: runners sharing a model (and its attention processors) take turns.
+_MODEL_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+MAX_TABLES = 32  # solver tables kept (one per step count and start)
+
+
+def model_lock(unet) -> threading.RLock:
+    """The lock shared by every runner on this UNet."""
+    with _MODEL_LOCKS_GUARD:
+        return _MODEL_LOCKS.setdefault(unet, threading.RLock())
+
+
+class ModelRunner:
+    def __init__(self, unet, vae, tokenizer, text_encoder, scheduler, config: EngineConfig | None = None,
+                 adaptor_dir: str | None = None, decoder_dir: str | None = None, tokenizer_2=None,
+                 text_encoder_2=None, force_zeros_for_empty_prompt: bool = False):
+        """tokenizer_2 / text_encoder_2 / force_zeros_for_empty_prompt: SDXL's second text encoder
+        and its pipeline's setting (conditioning.py)."""
+        self.config = config or EngineConfig()
+        self.unet = unet.eval().requires_grad_(False)
+        self.vae = vae.eval().requires_grad_(False)
+        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.text_encoder_2 = None if text_encoder_2 is None else text_encoder_2.eval().requires_grad_(False)
+        self.second_text = dict(tokenizer_2=tokenizer_2, text_encoder_2=self.text_encoder_2,
+                                force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
+        if self.config.scheduler is not None:
+            scheduler = schedulers.from_name(self.config.scheduler, scheduler)
+        self.scheduler = scheduler
+        self.adaptor_dir, self.decoder_dir = adaptor_dir, decoder_dir
+        self.tiny_decoder = self._load_tiny_decoder(self.config.decoder)
+        self.graphs = sampler.GraphSampler(self.config.backend, self.config.max_graphs,
+                                           cuda_options(self.config.inductor) if self.config.compile else None)
+        # The text encoder and the decoder: compiled on the inductor backend and on the compiled
+        # cuda backend, eager otherwise.
+        module_options = MODULE_OPTIONS if self.graphs.backend == "inductor" else \
+            CUDA_MODULE_OPTIONS if self.graphs.cuda_compile is not None else None
+        self.conditioning = conditioning.for_model(
+            unet, tokenizer, self.text_encoder, tokenizer_2, self.text_encoder_2, force_zeros_for_empty_prompt,
+            capacity=self.config.prompt_cache_size, compile_options=module_options,
+            dtype=getattr(torch, self.config.text_dtype))
+        self.prompts = self.conditioning.prompts  # the (first) text encoder's prompt cache
+        self.decode_fn = self.decode_eager if module_options is None else \
+            compiled(self.decode_eager, module_options, "image decoder", dynamic=None)
+        if self.config.fused_norms:
+            fused_unet.install(self.unet)
+            fused_unet.install(self.vae)
+        self.vae_factor = tiny_decoder.vae_upscale(vae)
+        # Image sides must survive the VAE and every UNet downsampler without rounding.
+        self.size_multiple = self.vae_factor * 2 ** (len(unet.config.block_out_channels) - 1)
+        sample_size = unet.config.sample_size
+        self.default_size = (sample_size if isinstance(sample_size, int) else sample_size[0]) * self.vae_factor
+        self._tables: dict[tuple, sampler.SolverTable] = {}
+        self.lock = model_lock(self.unet)
+        grid = self.config.timesteps  # fail now on an unsupported scheduler, or a grid it cannot take
+        self.table(len(grid) if grid else self.config.steps)
+        # A guidance-distilled UNet embeds the guidance scale (time_cond_proj_dim) instead of CFG.
+        self.guidance_dim = unet.config.time_cond_proj_dim or 0
+        self.denoisers = {"full": sampler.unet_denoiser(self.unet)}
+        self.points = None  # clockwork's adaptors by step count (operating_point.py)
+        if self.config.mode == "clockwork":
+            self.points = OperatingPoints(self.unet, self.config, self.scheduler, adaptor_dir, self.lock)
+            self.points.at(self.config.steps)  # a bad adaptor fails here, not at the first request
+        self.reuse = None
+        if self.config.attention_reuse is not None:
+            self.reuse = attention.apply_reuse(self.unet, attention.ReuseConfig(
+                self.config.reuse_layers, self.config.max_attention_bytes))
+
+    def _load_tiny_decoder(self, choice: str):
+        if choice == "vae":
+            return None
+        source = self.decoder_dir if choice == "tiny" else choice
+        if source is None:
+            raise ValueError(f"decoder 'tiny' needs a tiny decoder: a model directory with {tiny_decoder.FOLDER}/ "
+                             "(clockwork distill-decoder makes one), or its folder as config.decoder")
+        decoder, _ = tiny_decoder.load(source, self.vae)
+        return decoder.to(self.device, self.vae.dtype)
+
+    def operating_point(self, steps: int) -> OperatingPoint:
+        """The adaptor, split and denoisers clockwork runs at `steps` steps: on the model's own
+        adaptors the one fitted for that step count (the default one if none was)."""
+        if self.points is None:
+            raise ValueError("mode 'clockwork' needs an adaptor; build the engine with a clockwork config")
+        return self.points.at(steps)
+
+    @property
+    def adaptor(self):
+        """The adaptor at the config's step count (None without clockwork)."""
+        return None if self.points is None else self.points.at(self.config.steps).adaptor
+
+    @property
+    def adaptor_meta(self) -> dict:
+        return {} if self.points is None else self.points.at(self.config.steps).meta
+
+    @property
+    def split(self) -> UNetSplit | None:
+        return None if self.points is None else self.points.at(self.config.steps).split
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    def share_with(self, other: ModelRunner):
+        """Give `other` (a runner on the same modules) this runner's prompt encoders (and their
+        cache) and decoder where the settings they depend on are the same: compiled ones are
+        then compiled once, not per runner."""
+        def same(*names):
+            return all(getattr(self.config, n) == getattr(other.config, n) for n in names) and \
+                self.graphs.backend == other.graphs.backend
+        if same("compile", "inductor", "text_dtype", "prompt_cache_size"):
+            other.conditioning, other.prompts = self.conditioning, self.prompts
+        if same("compile", "inductor", "decoder"):
+            other.tiny_decoder, other.decode_fn = self.tiny_decoder, self.decode_fn
+
+    def table(self, steps: int, start: sampler.Start = sampler.TEXT_TO_IMAGE) -> sampler.SolverTable:
+        steps = validate.positive_int(steps, "steps", request.MAX_STEPS)
+        key = (steps, start)
+        if key not in self._tables:
+            if len(self._tables) >= MAX_TABLES:  # a bounded cache: drop the oldest
+                self._tables.pop(next(iter(self._tables)))
+            grid = self.config.timesteps if self.config.timesteps and len(self.config.timesteps) == steps else None
+            try:
+                table = sampler.build_table(self.scheduler, steps, grid, self.config.eta, start)
+            except (IndexError, RuntimeError, ZeroDivisionError) as e:  # the scheduler's own step failed
+                raise ValueError(f"{schedulers.describe(self.scheduler)} cannot run {steps} steps: "
+                                 f"{type(e).__name__}: {e}") from e
+            sampler.verify(self.scheduler, table, grid, self.config.eta)  # refuse what the table would get wrong
+            self._tables[key] = table.to(self.device)
+        return self._tables[key]
+
+    def schedule(self, steps: int, mode: str, start: sampler.Start = sampler.TEXT_TO_IMAGE) -> list[str]:
+        """The step kinds the loop runs for `steps` inference steps, one a model evaluation
+        (Heun, KDPM2 and PNDM evaluate the model more often than once a step; an edit runs the
+        evaluations its strength leaves): e.g. clockwork.full, clockwork.adaptor, ..., each with
+        "+compute" / "+reuse" where attention maps are cached / reused. The clock counts the
+        evaluations that run, the first one full."""
+        evals = self.table(steps, start).num_steps
+        if mode == "full":
+            kinds = ["full"] * evals
+        else:
+            kinds = ["clockwork.adaptor" if a else "clockwork.full" for a in self.config.clock().schedule(evals)]
+        if self.config.attention_reuse is None:
+            return kinds
+        actions = attention.reuse_actions(evals, self.config.attention_reuse)
+        for i, action in enumerate(actions):
+            # An adaptor step runs no layer of L, so the maps of L's attention layers a reuse run
+            # needs come from the last full step before it: that step computes (stores) them too.
+            if action == "compute" and kinds[i] == "clockwork.adaptor":
+                full = [j for j in range(i) if kinds[j] == "clockwork.full"]
+                if full and actions[full[-1]] == "off":
+                    actions[full[-1]] = "compute"
+        return [k if a == "off" else f"{k}+{a}" for k, a in zip(kinds, actions)]
+
+    def step_fn(self, kind: str, table, bufs, cfg_on: bool, point: OperatingPoint | None = None):
+        """The step program of one step kind; clockwork's kinds run `point`'s denoisers."""
+        base, _, action = kind.partition("+")
+        denoise = (point.denoisers if base.startswith("clockwork.") else self.denoisers)[base]
+        if action:
+            denoise = attention.reuse_denoiser(denoise, self.reuse, action, bufs.maps)
+        compiled_programs = self.graphs.backend == "inductor" or self.graphs.cuda_compile is not None
+        if self.config.fused_norms and not compiled_programs:
+            denoise = fused_unet.activating(denoise)
+        return partial(sampler.step, denoise, table, text=bufs.text, guidance=bufs.guidance, cfg=cfg_on,
+                       embed_guidance=self.guidance_dim, noise=bufs.noise, extra=bufs.extra, blend=bufs.blend,
+                       added=bufs.added, rescale=self.config.guidance_rescale)
+
+    def uses_cfg(self, guidance) -> bool:
+        """Two model evaluations per step (CFG batch) or one (no guidance, or a distilled model);
+        guidance: a scale or one a row (the batch runs CFG when any row asks for it)."""
+        scales = guidance if isinstance(guidance, (list, tuple)) else [guidance]
+        return max(scales) > 1.0 and not self.guidance_dim
+
+    def sample(self, prompts, negatives, steps, guidance, seeds, height, width, mode, callback, edit=None,
+                negative_given=True):
+        cfg_on = self.uses_cfg(guidance)
+        text, added = self.conditioning.encode(prompts, negatives, cfg_on, height, width, negative_given)
+        start = latents.start_for(edit, self.unet.config.in_channels)
+        table = self.table(steps, start)
+        inputs = self.request_inputs(table, height, width, guidance, seeds, cfg_on, text, added, edit)
+        shape = inputs.latents.shape
+        kinds = self.schedule(steps, mode, start)
+        point = self.operating_point(steps) if mode == "clockwork" else None
+
+        def make_steps(bufs):
+            return {kind: self.step_fn(kind, table, bufs, cfg_on, point) for kind in set(kinds)}
+
+        feature_shape = None
+        if point is not None:
+            point.warn_off_point(steps)
+            s = point.split.scale
+            feature_shape = (inputs.text.shape[0], point.split.r_out_channels, shape[2] // s, shape[3] // s)
+        key = (len(prompts), height, width, str(self.unet.dtype), mode, cfg_on, steps, start)
+        result = self.graphs.run(key, make_steps, kinds, table, inputs, feature_shape, CacheState(), callback)
+        if not torch.isfinite(result).all():
+            raise NonFiniteError("the sampler produced NaN/Inf latents (check the model weights and guidance_scale)")
+        return result
+
+    def request_inputs(self, table, height, width, guidance, seeds, cfg_on: bool, text, added=None, edit=None):
+        """A request's RequestInputs on the device: its noise from its seeds, its text and added
+        conditioning (conditioning.encode's) in the model's dtype, its guidance scales."""
+        dtype = self.unet.dtype
+        shape = (len(guidance), self.vae.config.latent_channels, height // self.vae_factor, width // self.vae_factor)
+        # Under CFG a row with a scale <= 1 gets scale 1 (its conditional output), as it would alone.
+        scales = torch.tensor([g if g > 1.0 or not cfg_on else 1.0 for g in guidance], device=self.device)
+        if added is not None:
+            added = {k: v.to(self.device, dtype) for k, v in added.items()}
+        # CPU generators whatever the device (the same seed gives the same image everywhere), drawn
+        # in the model's dtype as diffusers' pipeline draws them.
+        return latents.prepare(table, self.vae, shape, [torch.Generator().manual_seed(s) for s in seeds], dtype,
+                               self.device, text.to(self.device, dtype), scales, edit, added)
+
+    def decode(self, latents, output: str):
+        """Final latents [B, C, h, w] -> PIL images or [B, 3, H, W] in [0, 1] (output 'pt')."""
+        vae_cfg = self.vae.config
+        z = latents / vae_cfg.scaling_factor
+        if getattr(vae_cfg, "shift_factor", None):
+            z = z + vae_cfg.shift_factor
+        with fused_unet.active() if self.config.fused_norms else nullcontext():  # compiled code ignores it
+            images = (self.decode_fn(z.to(self.vae.dtype)).float() / 2 + 0.5).clamp(0, 1)
+        if output == "pt":
+            return images
+        from PIL import Image
+
+        arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
+        return [Image.fromarray(a) for a in arrays]
+
+    def decode_eager(self, z):  # [B, C, h, w] unscaled latents -> [B, 3, H, W] in [-1, 1]
+        if self.tiny_decoder is not None:
+            return self.tiny_decoder(z)
+        return self.vae.decode(z, return_dict=False)[0]
