@@ -119,7 +119,7 @@ def main(argv=None):
     with torch.no_grad():
         for name in names:
             row = {"scheduler": name, "class": schedulers.ALIASES[name][0],
-                   "evaluations": base.with_config(scheduler=name)._table(args.steps).num_steps, "max_abs_diff": {}}
+                   "evaluations": base.with_config(scheduler=name).runner.table(args.steps).num_steps, "max_abs_diff": {}}
             for pred in ("epsilon", "v_prediction"):
                 for cfg, scale in (("cfg_off", 1.0), ("cfg_on", g)):
                     row["max_abs_diff"][f"{pred}/{cfg}"] = parity(base, pipe, name, pred, scale, args.steps)

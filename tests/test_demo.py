@@ -77,7 +77,7 @@ def test_shipped_students_load_as_presets(name, steps, mode):
     if mode == "clockwork":
         assert student.adaptor_meta["steps"] == steps
     if name.startswith("progressive"):  # distilled on guided-8's sampler: a subset of its grid
-        guided_grid = Engine.from_pretrained("demo", preset="guided-8")._table(8).timesteps.tolist()
+        guided_grid = Engine.from_pretrained("demo", preset="guided-8").runner.table(8).timesteps.tolist()
         assert student.runner.table(steps).timesteps.tolist() == guided_grid[:: 8 // steps]
     image = student.generate("a red circle above a blue square", seed=0, output="pt")
     assert image.shape == (3, 64, 64) and torch.isfinite(image).all()

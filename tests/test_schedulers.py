@@ -171,4 +171,4 @@ def test_heun_runs_two_model_evaluations_a_step(pipe):
 def test_every_name_builds_a_scheduler_the_engine_takes(pipe, name):
     s = schedulers.from_name(name, pipe.scheduler)
     assert type(s).__name__ == schedulers.ALIASES.get(name, (name,))[0]
-    Engine.from_pipeline(pipe, config="full").with_config(scheduler=name)._table(8)
+    Engine.from_pipeline(pipe, config="full").with_config(scheduler=name).runner.table(8)
