@@ -54,7 +54,13 @@ CASES = [
     ("tcd-gamma", "TCDScheduler", dict(), 0.3),
 ]
 PROMPTS = ["a red circle", "a blue square left of a yellow triangle"]
-TOL = 1e-4
+TOL = 1e-4  # relative to the reference latents' largest magnitude (at least 1)
+
+
+def assert_latents_close(got, ref, tol=TOL):
+    """Float sums in another order (fused GroupNorm kernels, batch size) differ by ~1e-5 per
+    step; over 25 steps with latents near 10 that reaches 2e-4, so the bound scales with |ref|."""
+    torch.testing.assert_close(got, ref, atol=tol * max(1.0, ref.abs().max().item()), rtol=0)
 
 
 def build(cls_name: str, config: dict, prediction_type: str = "epsilon"):
@@ -96,7 +102,7 @@ def test_latents_match_diffusers(pipe, case, prediction_type, guidance):
     ref = diffusers_latents(p, PROMPTS, 6, guidance, seed=3, eta=eta)
     got = engine_latents(p, PROMPTS, 6, guidance, seed=3, eta=eta)
     assert torch.isfinite(ref).all()
-    torch.testing.assert_close(got, ref, atol=TOL, rtol=0)
+    assert_latents_close(got, ref)
 
 
 @pytest.mark.parametrize("steps", [1, 3, 25])
@@ -105,8 +111,8 @@ def test_other_step_counts_match_diffusers(pipe, name, steps):
     if name == "pndm" and steps < 4:
         pytest.skip("diffusers' PNDM with PRK warm-up needs >= 4 steps")
     p = with_scheduler(pipe, schedulers.from_name(name, build("DPMSolverMultistepScheduler", {})))
-    torch.testing.assert_close(engine_latents(p, PROMPTS[0], steps, 5.0, seed=7),
-                               diffusers_latents(p, PROMPTS[:1], steps, 5.0, seed=7)[0], atol=TOL, rtol=0)
+    assert_latents_close(engine_latents(p, PROMPTS[0], steps, 5.0, seed=7),
+                         diffusers_latents(p, PROMPTS[:1], steps, 5.0, seed=7)[0])
 
 
 @pytest.mark.parametrize("name", ["euler-a", "dpm++2m-sde", "ddim"])
@@ -123,7 +129,7 @@ def test_per_row_seeds_and_guidance_match_each_request_alone(pipe, name):
         alone = engine.generate(prompts[k], seed=seeds[k], guidance_scale=scales[k], **kw)
         torch.testing.assert_close(batch[k], alone, atol=1e-4, rtol=1e-4)
     ref = diffusers_latents(p, prompts, 5, 4.0, seed=seeds)
-    torch.testing.assert_close(engine.generate(prompts, seed=seeds, guidance_scale=4.0, **kw), ref, atol=TOL, rtol=0)
+    assert_latents_close(engine.generate(prompts, seed=seeds, guidance_scale=4.0, **kw), ref)
 
 
 def test_per_row_lists_must_match_the_prompts(pipe):
@@ -145,8 +151,7 @@ def test_pipeline_rewritten_ddim_config_is_kept():
     engine = Engine.from_pipeline(p, config="full")
     p.scheduler.set_timesteps(6)
     assert engine.runner.table(6).timesteps.tolist() == p.scheduler.timesteps.tolist() == [831, 665, 499, 333, 167, 1]
-    torch.testing.assert_close(engine_latents(p, PROMPTS, 6, 4.0, seed=0), diffusers_latents(p, PROMPTS, 6, 4.0, 0),
-                               atol=TOL, rtol=0)
+    assert_latents_close(engine_latents(p, PROMPTS, 6, 4.0, seed=0), diffusers_latents(p, PROMPTS, 6, 4.0, 0))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
