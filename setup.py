@@ -47,8 +47,7 @@ def extensions():
 ext_modules, cmdclass = extensions()
 
 setup(
-    packages=[*find_packages(include=["clockwork_engine", "clockwork_engine.*"]), "clockwork_engine.kernels"],
-    package_dir={"clockwork_engine.kernels": "kernels"},
+    packages=find_packages(include=["clockwork_engine", "clockwork_engine.*"]),
     package_data={"clockwork_engine.demo": ["weights/*.json", "weights/*/*.json", "weights/*/*.safetensors",
                                             "weights/clockwork_adaptors/*/*.json",
                                             "weights/clockwork_adaptors/*/*.safetensors",

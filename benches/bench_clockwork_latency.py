@@ -61,7 +61,7 @@ def demo(args):
     write(args.out, {
         "command": "python " + " ".join(sys.argv), "model": args.model, "steps": args.steps, "batch": 1, "cfg": True,
         "guidance": engine.config.guidance_scale,
-        "schedule": engine.schedule(args.steps, "clockwork"), "timings": t, "prompts": "fresh",
+        "schedule": engine.step_kinds(args.steps, "clockwork"), "timings": t, "prompts": "fresh",
         "speedup_end_to_end": ratio("full", "clockwork"),
         "speedup_sampling_only": ratio("full_sampling_only", "clockwork_sampling_only"),
         "paired_speedup": paired,  # median of per-round ratios (calls timed back to back)
@@ -106,9 +106,9 @@ def step_parts(engine, steps: int, repeats: int, skip_prompts: int) -> dict:
 def sd15(args):
     from diffusers import UNet2DConditionModel
 
-    from clockwork_engine.adaptor import Adaptor, AdaptorConfig
-    from clockwork_engine.flops import SD15_ADAPTOR_HIDDEN, SD15_UNET
-    from clockwork_engine.unet_split import UNetSplit
+    from clockwork_engine.clockwork.adaptors import Adaptor, AdaptorConfig
+    from clockwork_engine.clockwork.unet_split import UNetSplit
+    from clockwork_engine.tools.flops import SD15_ADAPTOR_HIDDEN, SD15_UNET
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**SD15_UNET).eval()

@@ -44,11 +44,11 @@ def main():
     args = ap.parse_args()
 
     from clockwork_engine import Engine
-    from clockwork_engine.adaptor import read_meta
+    from clockwork_engine.clockwork.adaptors import read_meta
     from clockwork_engine.demo.pipeline import DEMO_DIR
     from clockwork_engine.engine import ADAPTOR_FOLDER
     from clockwork_engine.eval.compare import compare
-    from clockwork_engine.schedulers import describe
+    from clockwork_engine.sampler.noise_schedulers import describe
 
     def clockwork(folder, **changes):
         """The engine running the adaptor in folder, on the clock it was fitted for (its metadata)."""

@@ -68,7 +68,7 @@ def sd15_pipeline():
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from clockwork_engine.demo import models
-    from clockwork_engine.flops import SD15_TEXT_TOKENS, SD15_UNET
+    from clockwork_engine.tools.flops import SD15_TEXT_TOKENS, SD15_UNET
 
     torch.manual_seed(0)
     vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
@@ -86,11 +86,11 @@ def sd15(args):
     import tempfile
 
     from clockwork_engine import Engine, EngineConfig
-    from clockwork_engine import adaptor as A
+    from clockwork_engine.clockwork import adaptors as A
+    from clockwork_engine.clockwork.unet_split import UNetSplit
     from clockwork_engine.eval.baselines import DiffusersBaseline
     from clockwork_engine.eval.compare import latency
-    from clockwork_engine.flops import SD15_ADAPTOR_HIDDEN, SD15_TEXT_TOKENS, SD15_UNET, count_arch
-    from clockwork_engine.unet_split import UNetSplit
+    from clockwork_engine.tools.flops import SD15_ADAPTOR_HIDDEN, SD15_TEXT_TOKENS, SD15_UNET, count_arch
 
     pipe = sd15_pipeline()
     n = args.sd15_steps
@@ -110,7 +110,7 @@ def sd15(args):
         "command": "python " + " ".join(sys.argv), "steps": n, "size": 512, "cfg_batch": 2,
         "what": "SD v1.5 UNet + VAE architectures, random weights (no quality: images are noise), "
                 "text tower: random 12-layer 768-d BERT; clockwork adaptor untrained, 13.8M parameters",
-        "schedule": clockwork.schedule(n, "clockwork"), "timings": timings,
+        "schedule": clockwork.step_kinds(n, "clockwork"), "timings": timings,
         "speedup_vs_diffusers": {k: ref / v["median_s"] for k, v in timings.items()},
         "unet_tflops_per_image": {"full": flops["full"]["baseline_tflops_per_image"],
                                   "clockwork": flops["full"]["clockwork_tflops_per_image"],
@@ -123,8 +123,8 @@ def clock_variants(base, files: list[str], steps: int, learned: str) -> dict:
     clockwork search-clock) made for `steps`: its adaptor steps, with the identity adaptor (at the
     file's cut) when it was searched with that one, the demo's adaptor fitted for `steps`
     (adaptor.for_steps) when with the model's, else the adaptor folder it names."""
-    from clockwork_engine import adaptor as adaptor_io
-    from clockwork_engine import clock_search
+    from clockwork_engine.clockwork import adaptors as adaptor_io
+    from clockwork_engine.clockwork import clock_search
 
     variants = {}
     for path in files:
@@ -165,14 +165,15 @@ def main():
     if args.sd15:
         sd15(args)
 
-    from clockwork_engine import Engine, EngineConfig, clock_search
-    from clockwork_engine import adaptor as adaptor_io
+    from clockwork_engine import Engine, EngineConfig
+    from clockwork_engine.clockwork import adaptors as adaptor_io
+    from clockwork_engine.clockwork import clock_search
     from clockwork_engine.demo.pipeline import DEMO_DIR
     from clockwork_engine.demo.pipeline import load as load_pipe
     from clockwork_engine.engine import ADAPTOR_FOLDER, student_presets
     from clockwork_engine.eval.baselines import DeepCacheBaseline, DiffusersBaseline
     from clockwork_engine.eval.compare import compare
-    from clockwork_engine.reuse_search import late
+    from clockwork_engine.reuse.search import late
 
     pipe = load_pipe()
     base = Engine.from_pipeline(pipe, config=EngineConfig(mode="full", attention_reuse=()))
@@ -217,7 +218,7 @@ def main():
 
 def _clock_record(path: str) -> dict:
     """What a results JSON keeps of a clock schedule file: its clock, adaptor and search cost."""
-    from clockwork_engine import clock_search
+    from clockwork_engine.clockwork import clock_search
 
     d = clock_search.load(path)
     return {"file": os.path.relpath(path, os.path.dirname(RESULTS)), "steps": d["steps"],

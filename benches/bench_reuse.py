@@ -30,11 +30,11 @@ def main():
     args = ap.parse_args()
 
     from clockwork_engine import Engine, EngineConfig
-    from clockwork_engine.attention import ReuseConfig, map_bytes
     from clockwork_engine.demo import models
     from clockwork_engine.eval.compare import compare
-    from clockwork_engine.flops import SD15_UNET
-    from clockwork_engine.reuse_search import late, load
+    from clockwork_engine.reuse.attention import ReuseConfig, map_bytes
+    from clockwork_engine.reuse.search import late, load
+    from clockwork_engine.tools.flops import SD15_UNET
 
     n = args.steps
     base = Engine.from_pretrained("demo", config=EngineConfig(mode="full", attention_reuse=()))

@@ -3,7 +3,7 @@ engine's sampling loop against diffusers' loop.
 
     python benches/bench_schedulers.py [--steps 8] [--repeats 10]
 
-Parity: for each scheduler name (clockwork_engine.schedulers.ALIASES, built from the demo's
+Parity: for each scheduler name (clockwork_engine.sampler.noise_schedulers.ALIASES, built from the demo's
 scheduler config) x prediction type (epsilon, v_prediction) x CFG (off: scale 1; on: the
 demo's scale), the max |engine - diffusers| of the final latents of two prompts, each row with
 its own seeded CPU generator. The demo UNet is trained for epsilon: under v_prediction its
@@ -28,9 +28,10 @@ import diffusers
 import torch
 from common import interleaved, machine, write
 
-from clockwork_engine import Engine, schedulers
+from clockwork_engine import Engine
 from clockwork_engine.demo.pipeline import assemble
 from clockwork_engine.eval.compare import paired_speedup
+from clockwork_engine.sampler import noise_schedulers
 
 PROMPTS = ["a red circle", "a blue square above a green triangle"]
 
@@ -56,7 +57,7 @@ class NullUNet(torch.nn.Module):
 
 
 def scheduler_for(engine, name: str, prediction_type: str):
-    s = schedulers.from_name(name, engine.scheduler)
+    s = noise_schedulers.from_name(name, engine.scheduler)
     return type(s).from_config(s.config, prediction_type=prediction_type)
 
 
@@ -114,11 +115,11 @@ def main(argv=None):
     pipe = assemble(base.unet, base.vae, copy.deepcopy(base.scheduler), base.prompts.tokenizer, base.text_encoder)
     pipe.set_progress_bar_config(disable=True)
     g = base.config.guidance_scale
-    names = args.names.split(",") if args.names else sorted(schedulers.ALIASES)
+    names = args.names.split(",") if args.names else sorted(noise_schedulers.ALIASES)
     rows = []
     with torch.no_grad():
         for name in names:
-            row = {"scheduler": name, "class": schedulers.ALIASES[name][0],
+            row = {"scheduler": name, "class": noise_schedulers.ALIASES[name][0],
                    "evaluations": base.with_config(scheduler=name).runner.table(args.steps).num_steps, "max_abs_diff": {}}
             for pred in ("epsilon", "v_prediction"):
                 for cfg, scale in (("cfg_off", 1.0), ("cfg_on", g)):

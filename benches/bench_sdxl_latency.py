@@ -3,7 +3,7 @@
     python benches/bench_sdxl_latency.py                    # steps only (about 5 min on 2 cores)
     python benches/bench_sdxl_latency.py --e2e              # + 8 steps, clock 2, end to end
 
-The SDXL base architecture with random weights (clockwork_engine.flops.SDXL_UNET, the config
+The SDXL base architecture with random weights (clockwork_engine.tools.flops.SDXL_UNET, the config
 `clockwork flops --arch sdxl` counts, built by flops.build), fp32, 512x512 (64x64 latents),
 CFG batch 2, split at 32x32 (cut 1), diffusers' default attention processor. Timed in one run,
 interleaved, medians:
@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, interleaved, machine, write  # noqa: E402
 
 from clockwork_engine.eval.compare import paired_speedup  # noqa: E402
-from clockwork_engine.flops import SD15_TEXT_TOKENS, SDXL_UNET, build, count_arch, example_inputs  # noqa: E402
+from clockwork_engine.tools.flops import SD15_TEXT_TOKENS, SDXL_UNET, build, count_arch, example_inputs  # noqa: E402
 
 TEXT_DIM = 2048  # 768 (CLIP ViT-L) + 1280 (OpenCLIP bigG) concatenated
 # stabilityai/stable-diffusion-xl-base-1.0: text_encoder/, text_encoder_2/, vae/ config.json
@@ -98,10 +98,11 @@ def end_to_end(repeats: int, folder: str) -> dict:
     import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from clockwork_engine import Engine, EngineConfig, schedulers
-    from clockwork_engine import adaptor as adaptor_io
-    from clockwork_engine.clock import Clock
+    from clockwork_engine import Engine, EngineConfig
+    from clockwork_engine.clockwork import adaptors as adaptor_io
+    from clockwork_engine.clockwork.clock import Clock
     from clockwork_engine.eval.compare import fresh_prompts
+    from clockwork_engine.sampler import noise_schedulers
 
     torch.manual_seed(0)
     unet, split, adaptor = build(SDXL_UNET)
@@ -113,7 +114,7 @@ def end_to_end(repeats: int, folder: str) -> dict:
         force_zeros_for_empty_prompt=True)
     adaptor_dir = os.path.join(folder, "adaptor")
     adaptor_io.save(adaptor_dir, adaptor, cut=1, base_fingerprint=adaptor_io.model_fingerprint(unet),
-                    scheduler=schedulers.describe(pipe.scheduler), steps=8, clock=Clock(every=2).to_dict())
+                    scheduler=noise_schedulers.describe(pipe.scheduler), steps=8, clock=Clock(every=2).to_dict())
     kw = dict(steps=8, guidance_scale=5.0, height=512, width=512, seed=0)
     full = Engine.from_pipeline(pipe, config=EngineConfig(mode="full", steps=8))
     clock = Engine.from_pipeline(pipe, config=EngineConfig(mode="clockwork", adaptor=adaptor_dir, steps=8,
@@ -134,7 +135,7 @@ def end_to_end(repeats: int, folder: str) -> dict:
     fns = {"full": lambda: full.generate(next(prompts), mode="full", **kw),
            "clockwork": lambda: clock.generate(next(prompts), mode="clockwork", **kw)}
     timings = interleaved(fns, repeats, warmup=0)
-    return {"timings": timings, "schedule": clock.schedule(8, "clockwork"), "steps": 8, "guidance": 5.0,
+    return {"timings": timings, "schedule": clock.step_kinds(8, "clockwork"), "steps": 8, "guidance": 5.0,
             "scheduler": "EulerDiscreteScheduler", "size": 512,
             "speedup": timings["full"]["median_s"] / timings["clockwork"]["median_s"],
             "paired_speedup": paired_speedup(timings, "full", "clockwork")}

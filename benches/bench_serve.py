@@ -43,7 +43,7 @@ def free_port() -> int:
 class ServerProcess:
     def __init__(self, batching: str, max_queue: int):
         self.port = free_port()
-        cmd = [sys.executable, "-m", "clockwork_engine.cli", "serve", "--port", str(self.port), "--batching", batching,
+        cmd = [sys.executable, "-m", "clockwork_engine.tools.cli", "serve", "--port", str(self.port), "--batching", batching,
                "--max-queue", str(max_queue), "--timeout", "600"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from . import validate
+from clockwork_engine import validate
 
 # "full": the unmodified model (equal to diffusers' pipeline).
 # "clockwork": the low-res middle L is replaced by the adaptor on the clock's steps.
@@ -98,7 +98,7 @@ class EngineConfig:
         for name in ("compile", "fused_norms"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        from .compile import cuda_options
+        from clockwork_engine.compile import cuda_options
 
         cuda_options(self.inductor)  # a known option set
         if self.compiled_dir is not None and (not isinstance(self.compiled_dir, str) or not self.compiled_dir):
@@ -130,7 +130,7 @@ class EngineConfig:
                 raise ValueError(f"attention_reuse must be 0-based step indices >= 1, got {self.attention_reuse!r}")
 
     def clock(self):
-        from .clock import Clock
+        from clockwork_engine.clockwork.clock import Clock
 
         steps = frozenset(self.adaptor_steps) if self.adaptor_steps is not None else None
         return Clock(every=self.clock_every, adaptor_steps=steps)

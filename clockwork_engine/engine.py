@@ -22,13 +22,14 @@ import time
 
 import torch
 
-from . import artifacts, loading, request, tiny_decoder
-from .config import EngineConfig
-from .config import preset as preset_config
-from .request import NonFiniteError
-from .runner import ModelRunner
-from .sampler import release_device_memory
-from .serving.scheduler import BatchScheduler
+from clockwork_engine import artifacts, request
+from clockwork_engine.config import EngineConfig
+from clockwork_engine.config import preset as preset_config
+from clockwork_engine.models import loading, tiny_decoder
+from clockwork_engine.request import NonFiniteError
+from clockwork_engine.runner import ModelRunner
+from clockwork_engine.sampler import release_device_memory
+from clockwork_engine.serving.scheduler import BatchScheduler
 
 __all__ = ["Engine", "NonFiniteError", "student_presets"]
 
@@ -50,7 +51,7 @@ class Engine:
 
     def __getattr__(self, name: str):
         """The runner's public state read through the engine (engine.unet, engine.graphs,
-        engine.schedule(...), engine.adaptor, ...)."""
+        engine.step_kinds(...), engine.adaptor, ...)."""
         if name.startswith("_") or name == "runner":
             raise AttributeError(name)
         return getattr(self.runner, name)

@@ -7,8 +7,9 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from . import images, validate
-from .config import MAX_GUIDANCE, MODES
+from clockwork_engine import validate
+from clockwork_engine.conditioning import images
+from clockwork_engine.config import MAX_GUIDANCE, MODES
 
 OUTPUT_TYPES = ("pil", "pt", "latent")
 MAX_STEPS = 1000

@@ -7,7 +7,7 @@ over it (configuration, validation, generate); the request scheduler (serving/) 
 distillation code (distill/) call its public methods.
 
     runner.table(steps)             the solver table of a step count (cached, bounded)
-    runner.schedule(steps, mode)    the step kinds the loop runs
+    runner.step_kinds(steps, mode)  the step kinds the loop runs
     runner.step_fn(kind, ...)       the step program of one kind over static buffers
     runner.request_inputs(...)      a request's tensors on the device
     runner.sample(...)              one request through the engine's own loop
@@ -24,14 +24,18 @@ from functools import partial
 
 import torch
 
-from . import attention, conditioning, latents, request, sampler, schedulers, tiny_decoder, validate
-from .cache import CacheState
-from .compile import CUDA_MODULE_OPTIONS, MODULE_OPTIONS, compiled, cuda_options
-from .config import EngineConfig
-from .operating_point import OperatingPoint, OperatingPoints
-from .ops import fused_unet
-from .request import NonFiniteError
-from .unet_split import UNetSplit
+from clockwork_engine import request, sampler, validate
+from clockwork_engine.clockwork.cache import CacheState
+from clockwork_engine.clockwork.operating_point import OperatingPoint, OperatingPoints
+from clockwork_engine.clockwork.unet_split import UNetSplit
+from clockwork_engine.compile import CUDA_MODULE_OPTIONS, MODULE_OPTIONS, compiled, cuda_options
+from clockwork_engine.conditioning import encoders, latents
+from clockwork_engine.config import EngineConfig
+from clockwork_engine.models import tiny_decoder
+from clockwork_engine.ops import fused_unet
+from clockwork_engine.request import NonFiniteError
+from clockwork_engine.reuse import attention
+from clockwork_engine.sampler import noise_schedulers
 
 # One lock per UNet: runners sharing a model (and its attention processors) take turns.
 _MODEL_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
@@ -59,7 +63,7 @@ class ModelRunner:
         self.second_text = dict(tokenizer_2=tokenizer_2, text_encoder_2=self.text_encoder_2,
                                 force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
         if self.config.scheduler is not None:
-            scheduler = schedulers.from_name(self.config.scheduler, scheduler)
+            scheduler = noise_schedulers.from_name(self.config.scheduler, scheduler)
         self.scheduler = scheduler
         self.adaptor_dir, self.decoder_dir = adaptor_dir, decoder_dir
         self.tiny_decoder = self._load_tiny_decoder(self.config.decoder)
@@ -69,7 +73,7 @@ class ModelRunner:
         # cuda backend, eager otherwise.
         module_options = MODULE_OPTIONS if self.graphs.backend == "inductor" else \
             CUDA_MODULE_OPTIONS if self.graphs.cuda_compile is not None else None
-        self.conditioning = conditioning.for_model(
+        self.conditioning = encoders.for_model(
             unet, tokenizer, self.text_encoder, tokenizer_2, self.text_encoder_2, force_zeros_for_empty_prompt,
             capacity=self.config.prompt_cache_size, compile_options=module_options,
             dtype=getattr(torch, self.config.text_dtype))
@@ -156,13 +160,13 @@ class ModelRunner:
             try:
                 table = sampler.build_table(self.scheduler, steps, grid, self.config.eta, start)
             except (IndexError, RuntimeError, ZeroDivisionError) as e:  # the scheduler's own step failed
-                raise ValueError(f"{schedulers.describe(self.scheduler)} cannot run {steps} steps: "
+                raise ValueError(f"{noise_schedulers.describe(self.scheduler)} cannot run {steps} steps: "
                                  f"{type(e).__name__}: {e}") from e
             sampler.verify(self.scheduler, table, grid, self.config.eta)  # refuse what the table would get wrong
             self._tables[key] = table.to(self.device)
         return self._tables[key]
 
-    def schedule(self, steps: int, mode: str, start: sampler.Start = sampler.TEXT_TO_IMAGE) -> list[str]:
+    def step_kinds(self, steps: int, mode: str, start: sampler.Start = sampler.TEXT_TO_IMAGE) -> list[str]:
         """The step kinds the loop runs for `steps` inference steps, one a model evaluation
         (Heun, KDPM2 and PNDM evaluate the model more often than once a step; an edit runs the
         evaluations its strength leaves): e.g. clockwork.full, clockwork.adaptor, ..., each with
@@ -212,7 +216,7 @@ class ModelRunner:
         table = self.table(steps, start)
         inputs = self.request_inputs(table, height, width, guidance, seeds, cfg_on, text, added, edit)
         shape = inputs.latents.shape
-        kinds = self.schedule(steps, mode, start)
+        kinds = self.step_kinds(steps, mode, start)
         point = self.operating_point(steps) if mode == "clockwork" else None
 
         def make_steps(bufs):

@@ -6,7 +6,7 @@ from conftest import make_tiny_pipeline
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from clockwork_engine import Engine, EngineConfig
-from clockwork_engine.attention import (
+from clockwork_engine.reuse.attention import (
     ReuseAttnProcessor,
     ReuseConfig,
     ReuseContext,
@@ -14,7 +14,7 @@ from clockwork_engine.attention import (
     map_bytes,
     reuse_actions,
 )
-from clockwork_engine.flops import SD15_UNET
+from clockwork_engine.tools.flops import SD15_UNET
 
 GOOD = dict(steps=6, seed=0, height=16, width=16, output="latent", guidance_scale=4.0)
 
@@ -69,7 +69,7 @@ def test_late_reuse_runs_and_changes_only_late_steps(fresh_pipe):
     Engine.from_pipeline(fresh_pipe).generate("a red circle", callback=lambda i, n, x: full_seen.append(x.clone()),
                                              **GOOD)
     engine = Engine.from_pipeline(fresh_pipe, config=EngineConfig(attention_reuse=(4, 5)))
-    assert engine.schedule(6, "full") == ["full"] * 3 + ["full+compute", "full+reuse", "full+reuse"]
+    assert engine.step_kinds(6, "full") == ["full"] * 3 + ["full+compute", "full+reuse", "full+reuse"]
     engine.generate("a red circle", callback=lambda i, n, x: seen.append(x.clone()), **GOOD)
     for i in range(4):  # up to the compute step: the same (explicit P vs fused attention)
         torch.testing.assert_close(seen[i], full_seen[i], atol=1e-4, rtol=1e-4)
@@ -103,7 +103,7 @@ def test_layer_selection(fresh_pipe):
 def test_composes_with_clockwork(fresh_pipe):
     engine = Engine.from_pipeline(fresh_pipe, config=EngineConfig(mode="clockwork", adaptor="identity",
                                                                   attention_reuse=(3, 5)))
-    kinds = engine.schedule(6, "clockwork")
+    kinds = engine.step_kinds(6, "clockwork")
     assert kinds == ["clockwork.full", "clockwork.adaptor", "clockwork.full+compute", "clockwork.adaptor+reuse",
                      "clockwork.full+compute", "clockwork.adaptor+reuse"]
     out = engine.generate("a red circle", **GOOD)
@@ -114,7 +114,7 @@ def test_clockwork_reuse_takes_the_low_resolution_maps_from_the_last_full_step()
     """The demo UNet has attention in L only: an adaptor step computes no maps, so the reuse run
     after one reads those of the full step before it (stored there), and reuse takes effect."""
     engine = Engine.from_pretrained("demo", config=EngineConfig(mode="clockwork", attention_reuse=(6, 7)))
-    assert engine.schedule(8, "clockwork")[4:] == ["clockwork.full+compute", "clockwork.adaptor+compute",
+    assert engine.step_kinds(8, "clockwork")[4:] == ["clockwork.full+compute", "clockwork.adaptor+compute",
                                                     "clockwork.full+reuse", "clockwork.adaptor+reuse"]
     kw = dict(seed=0, steps=8, output="pt")
     reused = engine.generate("a red circle above a blue square", **kw)
@@ -134,12 +134,12 @@ def test_map_bytes_sd15():
 def test_greedy_search_and_schedule_files(tmp_path):
     import json
 
-    from clockwork_engine import reuse_search
+    from clockwork_engine.reuse import search
 
     pipe = make_tiny_pipeline(seed=2)
     engine = Engine.from_pipeline(pipe, config=EngineConfig(attention_reuse=()))
     calls = []
-    result = reuse_search.greedy(engine, ["a red circle", "a blue square"], steps=5, budget=2, guidance=3.0,
+    result = search.greedy(engine, ["a red circle", "a blue square"], steps=5, budget=2, guidance=3.0,
                                  progress=lambda: calls.append(1))
     assert len(result["reuse_steps"]) == 2 and 0 not in result["reuse_steps"]
     assert len(calls) == 4 + 3  # candidates tried in the two rounds
@@ -147,17 +147,17 @@ def test_greedy_search_and_schedule_files(tmp_path):
     assert mses[0] <= mses[1]  # adding reuse steps moves the output further from the full one
     path = tmp_path / "s.json"
     path.write_text(json.dumps(result))
-    assert reuse_search.load(str(path)) == tuple(result["reuse_steps"])
+    assert search.load(str(path)) == tuple(result["reuse_steps"])
     path.write_text("{}")
     with pytest.raises(ValueError, match="not a reuse schedule file"):
-        reuse_search.load(str(path))
-    assert reuse_search.late(3, 10) == (7, 8, 9)
+        search.load(str(path))
+    assert search.late(3, 10) == (7, 8, 9)
     with pytest.raises(ValueError, match="late reuse"):
-        reuse_search.late(10, 10)
+        search.late(10, 10)
 
 
 def test_cli_generate_with_reuse(tiny_dir, tmp_path):
-    from clockwork_engine import cli
+    from clockwork_engine.tools import cli
 
     out = tmp_path / "x.png"
     assert cli.main(["generate", "a red circle", "-o", str(out), "--model", str(tiny_dir), "--steps", "4",

@@ -3,7 +3,7 @@
 import pytest
 from PIL import Image
 
-from clockwork_engine import cli
+from clockwork_engine.tools import cli
 
 
 def test_help_explains_every_option(capsys):

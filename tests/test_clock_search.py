@@ -8,8 +8,9 @@ import warnings
 import pytest
 import torch
 
-from clockwork_engine import Engine, EngineConfig, clock_search
-from clockwork_engine.cli import main as cli
+from clockwork_engine import Engine, EngineConfig
+from clockwork_engine.clockwork import clock_search
+from clockwork_engine.tools.cli import main as cli
 
 CAPTIONS = ["a red circle", "a large blue square"]
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from clockwork_engine import Engine, EngineConfig
-from clockwork_engine import adaptor as A
-from clockwork_engine.clock import Clock
-from clockwork_engine.unet_split import UNetSplit
+from clockwork_engine.clockwork import adaptors as A
+from clockwork_engine.clockwork.clock import Clock
+from clockwork_engine.clockwork.unet_split import UNetSplit
 
 GOOD = dict(steps=6, seed=0, height=16, width=16, output="latent", guidance_scale=4.0)
 
@@ -32,13 +32,13 @@ def test_clockwork_without_adaptor_steps_equals_full(tiny_pipe):
     engine = Engine.from_pipeline(tiny_pipe, config=EngineConfig(mode="clockwork", adaptor="identity", clock_every=0))
     full = engine.generate("a red circle", mode="full", **GOOD)
     clockwork = engine.generate("a red circle", **GOOD)
-    assert engine.schedule(6, "clockwork") == ["clockwork.full"] * 6
+    assert engine.step_kinds(6, "clockwork") == ["clockwork.full"] * 6
     torch.testing.assert_close(clockwork, full, atol=1e-5, rtol=1e-5)
 
 
 def test_identity_adaptor_changes_the_adaptor_steps_only(tiny_pipe):
     engine = Engine.from_pipeline(tiny_pipe, config="clockwork-identity")
-    assert engine.schedule(4, "clockwork") == ["clockwork.full", "clockwork.adaptor"] * 2
+    assert engine.step_kinds(4, "clockwork") == ["clockwork.full", "clockwork.adaptor"] * 2
     seen = []
     engine.generate("a red circle", callback=lambda i, n, x: seen.append(x.clone()), **GOOD)
     full_seen = []
@@ -167,7 +167,7 @@ def test_clockwork_under_any_scheduler(tiny_pipe, name):
     split path equals full mode under the scheduler, and the identity adaptor changes the result."""
     base = Engine.from_pipeline(tiny_pipe, config=EngineConfig(mode="clockwork", adaptor="identity", scheduler=name))
     evals = base.runner.table(6).num_steps
-    assert base.schedule(6, "clockwork") == ["clockwork.full", "clockwork.adaptor"] * (evals // 2) + \
+    assert base.step_kinds(6, "clockwork") == ["clockwork.full", "clockwork.adaptor"] * (evals // 2) + \
         ["clockwork.full"] * (evals % 2)
     never = base.with_config(clock_every=0)
     full = never.generate("a red circle", mode="full", **GOOD)
@@ -177,11 +177,11 @@ def test_clockwork_under_any_scheduler(tiny_pipe, name):
 
 
 def test_adaptor_fitted_under_another_scheduler_warns(tiny_pipe, tmp_path):
-    from clockwork_engine import schedulers
+    from clockwork_engine.sampler import noise_schedulers
 
     split = UNetSplit(tiny_pipe.unet, 1)
     A.save(str(tmp_path / "a"), A.Adaptor(A.AdaptorConfig.for_split(split, 8)), cut=1,
-           base_fingerprint=A.model_fingerprint(tiny_pipe.unet), scheduler=schedulers.describe(tiny_pipe.scheduler),
+           base_fingerprint=A.model_fingerprint(tiny_pipe.unet), scheduler=noise_schedulers.describe(tiny_pipe.scheduler),
            steps=6, clock={"every": 2, "adaptor_steps": None})
     config = EngineConfig(mode="clockwork", adaptor=str(tmp_path / "a"))
     with warnings.catch_warnings(record=True) as seen:

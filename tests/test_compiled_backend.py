@@ -173,6 +173,6 @@ def test_saved_artifacts_make_a_new_process_hit_the_cache(tmp_path):
 def test_clockwork_compile_needs_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("on a GPU it compiles (benches/gpu/check.sh's cold_start phase)")
-    from clockwork_engine.cli import main
+    from clockwork_engine.tools.cli import main
 
     assert main(["compile", "--model", "demo", "--batching", "off"]) == 2

@@ -7,7 +7,8 @@ import pytest
 import torch
 from DeepCache import DeepCacheSDHelper
 
-from clockwork_engine import Engine, clock_search
+from clockwork_engine import Engine
+from clockwork_engine.clockwork import clock_search
 
 
 def deepcache_latents(pipe, prompt, steps, interval, guidance, seed, size):

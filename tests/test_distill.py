@@ -6,8 +6,9 @@ import warnings
 import pytest
 import torch
 
-from clockwork_engine import Engine, EngineConfig, cli
-from clockwork_engine import adaptor as A
+from clockwork_engine import Engine, EngineConfig
+from clockwork_engine.clockwork import adaptors as A
+from clockwork_engine.tools import cli
 
 ARGS = ["--steps", "4", "--clock", "2", "--captions-per-epoch", "16", "--traj-batch", "8", "--batch", "8",
         "--hidden", "16", "--guidance", "3.0"]
@@ -52,8 +53,8 @@ def test_records_keep_each_samples_uncond_and_cond_rows_together():
 def test_rollout_follows_the_clockwork_sampler_and_records_the_teachers_target(tiny_dir):
     """On adaptor steps the trajectory goes on with phi's output (cached for the next step),
     while the record's target is the teacher's L on the same r_in."""
+    from clockwork_engine.clockwork.unet_split import UNetSplit
     from clockwork_engine.distill import trajectories as T
-    from clockwork_engine.unet_split import UNetSplit
 
     engine = Engine.from_pretrained(str(tiny_dir), config="full")
     split = UNetSplit(engine.unet, 1)
@@ -75,7 +76,7 @@ def test_rollout_follows_the_clockwork_sampler_and_records_the_teachers_target(t
 
 
 def test_guided_mix_is_what_the_sampler_combines():
-    from clockwork_engine.distill.adaptor import guided_mix
+    from clockwork_engine.distill.fit_adaptor import guided_mix
 
     u, c = torch.randn(4, 3), torch.randn(4, 3)
     mixed = guided_mix(torch.stack([u, c], 1), 3.0)

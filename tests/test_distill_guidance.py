@@ -7,8 +7,9 @@ import sys
 import pytest
 import torch
 
-from clockwork_engine import Engine, cli
+from clockwork_engine import Engine
 from clockwork_engine.distill.guidance import make_student
+from clockwork_engine.tools import cli
 
 
 def test_student_starts_as_the_teachers_conditional_model(tiny_pipe):

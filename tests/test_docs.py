@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from clockwork_engine import cli
+from clockwork_engine.tools import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

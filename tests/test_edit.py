@@ -11,7 +11,8 @@ import torch
 from conftest import TINY_UNET, make_tiny_pipeline
 from PIL import Image
 
-from clockwork_engine import Engine, EngineConfig, schedulers
+from clockwork_engine import Engine, EngineConfig
+from clockwork_engine.sampler import noise_schedulers
 
 TOL = 1e-4
 PROMPTS = ["a red circle", "a blue square"]
@@ -28,7 +29,7 @@ def pipeline(cls, parts, scheduler=None, inpainting_unet=False):
         torch.manual_seed(5)
         parts["unet"] = diffusers.UNet2DConditionModel(**{**TINY_UNET, "in_channels": 9})
     if scheduler is not None:
-        parts["scheduler"] = schedulers.from_name(scheduler, parts["scheduler"])
+        parts["scheduler"] = noise_schedulers.from_name(scheduler, parts["scheduler"])
     pipe = cls(**parts)
     pipe.scheduler = copy.deepcopy(parts["scheduler"])
     pipe.set_progress_bar_config(disable=True)
@@ -153,7 +154,7 @@ def test_clockwork_on_partial_trajectories(parts, scheduler):
         __import__("clockwork_engine").images.edit_inputs(images(1), None, 0.6, 1, 8, 64, 4), 4)
     evals = engine.runner.table(8, start).num_steps
     assert evals < engine.runner.table(8).num_steps
-    kinds = engine.schedule(8, "clockwork", start)
+    kinds = engine.step_kinds(8, "clockwork", start)
     assert kinds[0] == "clockwork.full" and kinds[1] == "clockwork.adaptor" and len(kinds) == evals
     full = engine.generate("a red circle", mode="full", **edit)
     torch.testing.assert_close(engine.with_config(clock_every=0).generate("a red circle", **edit), full,

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from clockwork_engine import flops
+from clockwork_engine.tools import flops
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_sdxl_arch_counts():
     """SDXL base at 1024x1024: the split costs what the UNet costs (asserted inside count_arch);
     the always-run part outside the 64x64 cut is under a tenth of a forward, so clock 2 at 8
     steps saves over 40% of the UNet FLOPs, the adaptor included."""
-    from clockwork_engine import flops
+    from clockwork_engine.tools import flops
 
     r = flops.run(flops.build_parser(__import__("argparse").ArgumentParser()).parse_args(["--arch", "sdxl"]))
     full = r["full"]

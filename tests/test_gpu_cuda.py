@@ -92,8 +92,9 @@ def gn_reference(i):
 def compiled_kernels():
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.fail("TRITON_INTERPRET=1 runs the Triton kernels in the interpreter; run with TRITON_INTERPRET=0")
-    from clockwork_engine.kernels import attention_pv, group_norm
     from triton.runtime.jit import JITFunction
+
+    from clockwork_engine.kernels import attention_pv, group_norm
 
     for kernel in (group_norm._group_norm_act_kernel, attention_pv._attention_pv_kernel):
         assert isinstance(kernel, JITFunction), f"{kernel} is not compiled for the device: {type(kernel).__name__}"
@@ -246,15 +247,15 @@ def pipes(tmp_path_factory):
 def random_adaptor(pipe, folder) -> str:
     """An adaptor folder for the pipe's UNet with random weights everywhere (the output layer
     too: a trained adaptor's output is not zero), so its fused GroupNorms change the result."""
-    from clockwork_engine import adaptor as A
-    from clockwork_engine import schedulers
-    from clockwork_engine.unet_split import UNetSplit
+    from clockwork_engine.clockwork import adaptors as A
+    from clockwork_engine.clockwork.unet_split import UNetSplit
+    from clockwork_engine.sampler import noise_schedulers
 
     torch.manual_seed(1)
     adaptor = A.Adaptor(A.AdaptorConfig.for_split(UNetSplit(pipe.unet, 1), 16))
     torch.nn.init.normal_(adaptor.up.weight, std=0.05)
     A.save(str(folder), adaptor, cut=1, base_fingerprint=A.model_fingerprint(pipe.unet),
-           scheduler=schedulers.describe(pipe.scheduler), steps=GOOD["steps"],
+           scheduler=noise_schedulers.describe(pipe.scheduler), steps=GOOD["steps"],
            clock={"every": 2, "adaptor_steps": None})
     return str(folder)
 

@@ -5,8 +5,9 @@ from functools import partial
 import pytest
 import torch
 
-from clockwork_engine import Engine, EngineConfig, latents, sampler
-from clockwork_engine.cache import CacheState
+from clockwork_engine import Engine, EngineConfig, sampler
+from clockwork_engine.clockwork.cache import CacheState
+from clockwork_engine.conditioning import latents
 from clockwork_engine.ops import fused_unet
 from clockwork_engine.sampler import GraphSampler, HostSyncError, NoHostSync
 
@@ -20,7 +21,7 @@ def test_graph_sampler_equals_the_plain_loop(tiny_pipe, mode):
     # The same request through sampler.run (no static buffers, no programs).
     text = engine.prompts.encode(["", "", "a red circle", "a blue square"])
     table = engine.runner.table(5)
-    kinds = engine.schedule(5, mode)
+    kinds = engine.step_kinds(5, mode)
     denoisers = {**engine.denoisers, **engine.operating_point(5).denoisers}  # full, and clockwork's at 5 steps
     fns = {k: partial(sampler.step, denoisers[k], table, text=text, guidance=torch.full((2,), 4.0), cfg=True)
            for k in set(kinds)}
@@ -111,10 +112,10 @@ def test_inductor_programs_equal_the_eager_ones_and_read_every_requests_inputs(t
     assert counters["stats"]["unique_graphs"] - graphs_before == 5
     torch.testing.assert_close(images, eager.generate("a red circle", **{**GOOD, "output": "pt"}), rtol=0, atol=1e-4)
     # Under the profiler: one range per step; no model range exists inside a compiled program.
-    from clockwork_engine.profile import profile
+    from clockwork_engine.tools.profile import profile
 
     table = profile(compiled, "a red circle", str(tmp_path / "trace.json"), **GOOD)
-    assert [s["kind"] for s in table["steps"]] == compiled.schedule(5, "clockwork")
+    assert [s["kind"] for s in table["steps"]] == compiled.step_kinds(5, "clockwork")
     assert table["overhead_fraction"] is None and table["model_ms"] is None
 
 
@@ -155,7 +156,7 @@ def test_backend_choice():
 def test_profile_writes_a_trace_with_every_step(tiny_dir, tmp_path, capsys):
     import json
 
-    from clockwork_engine import cli
+    from clockwork_engine.tools import cli
 
     trace = tmp_path / "trace.json"
     assert cli.main(["profile", "a red circle", "--model", str(tiny_dir), "--steps", "4", "--trace", str(trace),

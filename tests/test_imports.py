@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 
-from clockwork_engine import import_graph
+from clockwork_engine.tools import import_graph
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +41,7 @@ def test_no_module_uses_the_engine_or_runner_private_state():
 
 
 def test_clockwork_imports_prints_the_layers(capsys):
-    from clockwork_engine.cli import main
+    from clockwork_engine.tools.cli import main
 
     assert main(["imports"]) == 0
     out = capsys.readouterr().out

@@ -8,8 +8,8 @@ os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from clockwork_engine.kernels.attention_pv import attention_pv_triton  # noqa: E402
 
+from clockwork_engine.kernels.attention_pv import attention_pv_triton  # noqa: E402
 from clockwork_engine.ops.attention_pv import attention_pv, attention_pv_reference  # noqa: E402
 
 pytestmark = pytest.mark.triton_interpreter

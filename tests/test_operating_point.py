@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from clockwork_engine import Engine, EngineConfig
-from clockwork_engine import adaptor as A
-from clockwork_engine.cli import main as cli
-from clockwork_engine.unet_split import UNetSplit
+from clockwork_engine.clockwork import adaptors as A
+from clockwork_engine.clockwork.unet_split import UNetSplit
+from clockwork_engine.tools.cli import main as cli
 
 KW = dict(guidance_scale=3.0, seed=0, output="latent", mode="clockwork")
 TOL = 1e-4  # a batched row against the request alone: only the batch's float summation order differs

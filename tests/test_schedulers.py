@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import make_tiny_pipeline
 
-from clockwork_engine import Engine, sampler, schedulers
+from clockwork_engine import Engine, sampler
+from clockwork_engine.sampler import noise_schedulers
 
 NOISE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 # (id, class, config, pipeline eta)
@@ -110,7 +111,7 @@ def test_latents_match_diffusers(pipe, case, prediction_type, guidance):
 def test_other_step_counts_match_diffusers(pipe, name, steps):
     if name == "pndm" and steps < 4:
         pytest.skip("diffusers' PNDM with PRK warm-up needs >= 4 steps")
-    p = with_scheduler(pipe, schedulers.from_name(name, build("DPMSolverMultistepScheduler", {})))
+    p = with_scheduler(pipe, noise_schedulers.from_name(name, build("DPMSolverMultistepScheduler", {})))
     assert_latents_close(engine_latents(p, PROMPTS[0], steps, 5.0, seed=7),
                          diffusers_latents(p, PROMPTS[:1], steps, 5.0, seed=7)[0])
 
@@ -120,7 +121,7 @@ def test_per_row_seeds_and_guidance_match_each_request_alone(pipe, name):
     """Row k depends only on its prompt, seed and scale (within 1e-4 absolute + 1e-4 relative: the
     UNet's float sums differ with the batch size, by up to 3.4e-5 on some CPUs); with seeds only,
     it equals diffusers' generator=[...] too (diffusers takes one scale per call)."""
-    p = with_scheduler(pipe, schedulers.from_name(name, build("DPMSolverMultistepScheduler", {})))
+    p = with_scheduler(pipe, noise_schedulers.from_name(name, build("DPMSolverMultistepScheduler", {})))
     engine = Engine.from_pipeline(p, config="full")
     kw = dict(steps=5, height=16, width=16, output="latent")
     prompts, seeds, scales = ["a red circle", "a blue square", "a green triangle"], [11, 12, 13], [3.0, 7.5, 1.0]
@@ -164,16 +165,16 @@ def test_table_equals_the_scheduler_on_random_inputs(case):
 
 
 def test_heun_runs_two_model_evaluations_a_step(pipe):
-    p = with_scheduler(pipe, schedulers.from_name("heun", pipe.scheduler))
+    p = with_scheduler(pipe, noise_schedulers.from_name("heun", pipe.scheduler))
     engine = Engine.from_pipeline(p, config="full")
-    assert engine.runner.table(6).num_steps == 11 and len(engine.schedule(6, "full")) == 11
+    assert engine.runner.table(6).num_steps == 11 and len(engine.step_kinds(6, "full")) == 11
     seen = []
     engine.generate("a red circle", steps=6, height=16, width=16, callback=lambda i, n, x: seen.append((i, n)))
     assert seen == [(i, 11) for i in range(11)]
 
 
-@pytest.mark.parametrize("name", schedulers.names())
+@pytest.mark.parametrize("name", noise_schedulers.names())
 def test_every_name_builds_a_scheduler_the_engine_takes(pipe, name):
-    s = schedulers.from_name(name, pipe.scheduler)
-    assert type(s).__name__ == schedulers.ALIASES.get(name, (name,))[0]
+    s = noise_schedulers.from_name(name, pipe.scheduler)
+    assert type(s).__name__ == noise_schedulers.ALIASES.get(name, (name,))[0]
     Engine.from_pipeline(pipe, config="full").with_config(scheduler=name).runner.table(8)

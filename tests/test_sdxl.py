@@ -12,7 +12,8 @@ from conftest import TINY_VAE, make_tiny_pipeline
 from test_standard_dirs import clip_tokenizer
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from clockwork_engine import Engine, EngineConfig, schedulers
+from clockwork_engine import Engine, EngineConfig
+from clockwork_engine.sampler import noise_schedulers
 
 # diffusers' own test-sized SDXL UNet (tests/pipelines/stable_diffusion_xl), at 8x8 latents
 TINY_SDXL_UNET = dict(
@@ -59,7 +60,7 @@ def both(pipe, steps=5, guidance=5.0, seeds=(1, 2), engine_config=None, **kw):
 @pytest.mark.parametrize("scheduler", ["euler", "dpm++2m", "euler-a", "unipc"])
 def test_sdxl_matches_diffusers(sdxl, scheduler, guidance):
     pipe = copy.copy(sdxl)
-    pipe.scheduler = schedulers.from_name(scheduler, sdxl.scheduler)
+    pipe.scheduler = noise_schedulers.from_name(scheduler, sdxl.scheduler)
     got, ref = both(pipe, guidance=guidance)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
 
@@ -92,7 +93,7 @@ def test_sdxl_directory_round_trip(sdxl, tmp_path):
 
 
 def test_sdxl_split_equals_the_unet(sdxl):
-    from clockwork_engine.unet_split import UNetSplit
+    from clockwork_engine.clockwork.unet_split import UNetSplit
 
     split = UNetSplit(sdxl.unet, cut=1)
     g = torch.Generator().manual_seed(0)
@@ -115,7 +116,7 @@ def test_clockwork_on_sdxl(sdxl):
 
 def test_distill_an_adaptor_for_sdxl(sdxl, tmp_path):
     """clockwork distill on an SDXL directory (its own captions); the engine runs the adaptor."""
-    from clockwork_engine import cli
+    from clockwork_engine.tools import cli
 
     sdxl.save_pretrained(tmp_path / "sdxl")
     (tmp_path / "captions.txt").write_text("a red circle\na blue square\na green triangle\na purple circle\n")
@@ -138,7 +139,7 @@ def edit_pipeline(cls, sdxl, scheduler, in_channels=4):
         torch.manual_seed(5)
         parts["unet"] = diffusers.UNet2DConditionModel(**{**TINY_SDXL_UNET, "in_channels": in_channels})
     pipe = cls(**parts, force_zeros_for_empty_prompt=True)
-    pipe.scheduler = schedulers.from_name(scheduler, sdxl.scheduler)
+    pipe.scheduler = noise_schedulers.from_name(scheduler, sdxl.scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 from test_sdxl import sdxl  # noqa: F401  (the test-sized SDXL pipeline fixture)
 
-from clockwork_engine import Engine, cli
-from clockwork_engine.checkpoint import public_config
+from clockwork_engine import Engine
 from clockwork_engine.distill.guidance import make_student
+from clockwork_engine.models.checkpoint import public_config
+from clockwork_engine.tools import cli
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def test_euler_trajectories_become_vp_states(guided_sdxl):
     progressive distillation's loss: vp_states converts them. A first-order Euler step is the
     DDIM step in VP form, so the loss's target x0 between two converted states is the teacher's
     own x0 prediction."""
-    from clockwork_engine import conditioning
+    from clockwork_engine.conditioning import encoders
     from clockwork_engine.distill.progressive import _alpha_sigma, _meng_loss, teacher_trajectories, vp_states
     from clockwork_engine.sampler.steps import guidance_embedding
 
@@ -100,7 +101,7 @@ def test_euler_trajectories_become_vp_states(guided_sdxl):
     assert type(teacher.scheduler).__name__ == "EulerDiscreteScheduler" and (table.in_div > 1).all()
     states, captions, w = teacher_trajectories(teacher, 3, 2, 4.0, 4.0, seed=0, chunk=2)
     vp = vp_states(states, table)
-    text, added = conditioning.for_sampler(teacher, captions, False)
+    text, added = encoders.for_sampler(teacher, captions, False)
     ac, grid = teacher.scheduler.alphas_cumprod, table.timesteps.long().tolist() + [-1]
     for i in range(3):
         with torch.no_grad():

@@ -273,7 +273,7 @@ def test_clockwork_serve_command(tiny_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "clockwork_engine.cli", "serve", "--model", tiny_dir,
+    proc = subprocess.Popen([sys.executable, "-m", "clockwork_engine.tools.cli", "serve", "--model", tiny_dir,
                              "--port", str(port), "--api-key", KEY], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"

@@ -102,17 +102,17 @@ def test_clockwork_rows_join_only_at_full_ticks(pipe):
 
     _, batched = engines(pipe)
     lane = Lane(batched.runner, (16, 16, "clockwork", True, batched.operating_point(4)), (1, 2, 4))
-    kinds = batched.schedule(5, "clockwork")
+    kinds = batched.step_kinds(5, "clockwork")
     assert kinds[:3] == ["clockwork.full", "clockwork.adaptor", "clockwork.full"]
     lane.rows = [object()]  # a running lane at tick 3 (an adaptor tick comes next at 3)
     lane.tick = 3
     assert not lane.can_join(kinds)
     lane.tick = 4
     assert lane.can_join(kinds)
-    assert lane.can_join(batched.schedule(5, "full")) is False  # a full-mode row needs a full lane
+    assert lane.can_join(batched.step_kinds(5, "full")) is False  # a full-mode row needs a full lane
     full_lane = Lane(batched.runner, (16, 16, "full", True, None), (1, 2, 4))
     full_lane.rows, full_lane.tick = [object()], 3
-    assert full_lane.can_join(batched.schedule(5, "full"))
+    assert full_lane.can_join(batched.step_kinds(5, "full"))
 
 
 def stall(engine, first):

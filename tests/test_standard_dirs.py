@@ -14,7 +14,8 @@ import torch
 from conftest import TINY_UNET, TINY_VAE
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from clockwork_engine import Engine, loading
+from clockwork_engine import Engine
+from clockwork_engine.models import loading
 
 # SD v1.5's scheduler/scheduler_config.json (PNDM) and SD v2.x's (DDIM, v-prediction at 768)
 SD15_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
@@ -131,12 +132,12 @@ def test_outdated_scheduler_config_is_rewritten_as_the_pipeline_does(tmp_path):
 
 @pytest.mark.parametrize("name", ["euler-a", "dpm++2m-karras", "unipc"])
 def test_a_named_scheduler_on_a_standard_directory(tmp_path, name):
-    from clockwork_engine import schedulers
+    from clockwork_engine.sampler import noise_schedulers
 
     path = tmp_path / "sd15"
     sd_pipeline(tmp_path, diffusers.PNDMScheduler(**SD15_SCHEDULER)).save_pretrained(path)
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(path, safety_checker=None)
-    pipe.scheduler = schedulers.from_name(name, pipe.scheduler)
+    pipe.scheduler = noise_schedulers.from_name(name, pipe.scheduler)
     ref = pipe("a blue circle", num_inference_steps=5, guidance_scale=4.0, height=16, width=16,
                generator=torch.Generator().manual_seed(2), output_type="latent").images[0]
     engine = Engine.from_pretrained(str(path), config="full").with_config(scheduler=name)

@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from clockwork_engine import Engine, EngineConfig, cli
-from clockwork_engine import tiny_decoder as T
-from clockwork_engine.adaptor import model_fingerprint
+from clockwork_engine import Engine, EngineConfig
+from clockwork_engine.clockwork.adaptors import model_fingerprint
+from clockwork_engine.models import tiny_decoder as T
+from clockwork_engine.tools import cli
 
 
 @pytest.mark.parametrize("channels,blocks,size", [((8,), (1,), (3, 5)), ((8, 4), (1, 0), (7, 4)),

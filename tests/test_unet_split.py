@@ -5,7 +5,7 @@ import torch
 from conftest import TINY_UNET
 from diffusers import UNet2DConditionModel
 
-from clockwork_engine.unet_split import UNetSplit
+from clockwork_engine.clockwork.unet_split import UNetSplit
 
 FOUR_LEVELS = {**TINY_UNET, "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,

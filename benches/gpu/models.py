@@ -1,6 +1,6 @@
 """Random-weight pipelines of the real architectures, built in code (nothing downloaded).
 
-SD v1.5 and SDXL base: the UNets from clockwork_engine.flops (the fields of the published
+SD v1.5 and SDXL base: the UNets from clockwork_engine.tools.flops (the fields of the published
 unet/config.json that shape compute), the VAE and CLIP text towers written out below from the
 published configs, DPM-Solver++ (2M) with SD's noise schedule, and a CLIP tokenizer built here
 (a small byte-level vocabulary: tokenization cost is negligible, and every prompt is padded to
@@ -16,7 +16,7 @@ import string
 
 import torch
 
-from clockwork_engine.flops import SD15_ADAPTOR_HIDDEN, SD15_UNET, SDXL_UNET
+from clockwork_engine.tools.flops import SD15_ADAPTOR_HIDDEN, SD15_UNET, SDXL_UNET
 
 TOKENS = 77
 # The ids of <|startoftext|> / <|endoftext|> in the tokenizer built here (CLIP's own are 49406 /
@@ -125,13 +125,13 @@ def untrained_adaptor(unet, folder, steps: int, tiny=False) -> str:
     """An adaptor folder for `unet` at cut 1, clock 2: the paper's ~14M ResNet adaptor as
     initialised (its output layer starts at zero, so it returns r_out(t+1) unchanged, at its
     full compute cost)."""
-    from clockwork_engine import adaptor as A
-    from clockwork_engine import schedulers
-    from clockwork_engine.unet_split import UNetSplit
+    from clockwork_engine.clockwork import adaptors as A
+    from clockwork_engine.clockwork.unet_split import UNetSplit
+    from clockwork_engine.sampler import noise_schedulers
 
     split = UNetSplit(unet, 1)
     adaptor = A.Adaptor(A.AdaptorConfig.for_split(split, TINY["adaptor_hidden"] if tiny else SD15_ADAPTOR_HIDDEN))
     path = str(folder / "adaptor")
-    A.save(path, adaptor, cut=1, base_fingerprint=A.model_fingerprint(unet), scheduler=schedulers.describe(
+    A.save(path, adaptor, cut=1, base_fingerprint=A.model_fingerprint(unet), scheduler=noise_schedulers.describe(
         _scheduler()), steps=steps, clock={"every": 2, "adaptor_steps": None}, training={"untrained": True})
     return path

@@ -138,7 +138,7 @@ def sd15(ctx, result: dict):
                   backend=engines["engine_full"].graphs.backend, attention_processor=_processor_name(pipe.unet),
                   peer=PEER, compile_options=ctx.sd15["compile_options"],
                   inductor=engines["engine_full"].config.inductor,
-                  schedules={name: e.schedule(STEPS, e.config.mode) for name, e in engines.items()},
+                  schedules={name: e.step_kinds(STEPS, e.config.mode) for name, e in engines.items()},
                   adaptor_parameters=sum(p.numel() for p in engines["clockwork_adaptor"].adaptor.parameters()))
     prompts = Prompts()
     fns = {"diffusers": diffusers_call(pipe, size, prompts), PEER: diffusers_call(peer, size, prompts)}
@@ -213,7 +213,7 @@ def overhead(engines, size, ctx) -> dict:
 
 
 def profile(ctx, result: dict):
-    from clockwork_engine.profile import profile as profile_request
+    from clockwork_engine.tools.profile import profile as profile_request
 
     s = ctx.settings
     engine = sd15_objects(ctx)[2]["clockwork_adaptor"]
@@ -256,7 +256,7 @@ def serve_to_first_answer(model_dir: str, env: dict, ctx, timeout: float) -> dic
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "clockwork_engine.cli", "serve", "--model", model_dir, "--port", str(port),
+    cmd = [sys.executable, "-m", "clockwork_engine.tools.cli", "serve", "--model", model_dir, "--port", str(port),
            "--dtype", ctx.settings.dtype_name, "--timeout", str(int(timeout))]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -307,7 +307,7 @@ def cold_start(ctx, result: dict):
     base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if s.device == "cuda":
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "clockwork_engine.cli", "compile", "--model", model_dir,
+        proc = subprocess.run([sys.executable, "-m", "clockwork_engine.tools.cli", "compile", "--model", model_dir,
                                "--sizes", f"{size}x{size}", "--batch", "1", "--dtype", s.dtype_name],
                               env=base_env, capture_output=True, text=True, timeout=max(60, ctx.deadline.left()))
         if proc.returncode != 0:
@@ -352,7 +352,7 @@ def sdxl(ctx, result: dict):
     timings = measure(fns, s.compile_warmup, ctx.budget(s.sdxl_timing_s), s.min_repeats, s.sdxl_repeats)
     result.update(timings=timings, first_call_s=first_calls(timings), speedup_vs_peer=speedups(timings, PEER),
                   speedup_vs_diffusers=speedups(timings, "diffusers"),
-                  schedule_clockwork=engines["clockwork_identity"].schedule(STEPS, "clockwork"))
+                  schedule_clockwork=engines["clockwork_identity"].step_kinds(STEPS, "clockwork"))
     ctx.save()
     ref = pipe("a red circle", num_inference_steps=STEPS, guidance_scale=GUIDANCE, height=size, width=size,
                output_type="latent", generator=torch.Generator().manual_seed(0)).images.float()

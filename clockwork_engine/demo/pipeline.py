@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from . import models
+from clockwork_engine.demo import models
 
 DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 
@@ -57,7 +57,7 @@ def fingerprint(folder: str = DEMO_DIR) -> str:
     earlier demo UNet."""
     from diffusers import UNet2DConditionModel
 
-    from ..adaptor import model_fingerprint
+    from clockwork_engine.clockwork.adaptors import model_fingerprint
 
     return model_fingerprint(UNet2DConditionModel.from_pretrained(folder, subfolder="unet"))
 

@@ -17,8 +17,8 @@ import os
 import torch
 from tqdm import tqdm
 
-from . import models, pipeline, shapes
-from .training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
+from clockwork_engine.demo import models, pipeline, shapes
+from clockwork_engine.demo.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
 
 
 @torch.no_grad()

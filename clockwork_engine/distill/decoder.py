@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import tiny_decoder
-from ..adaptor import model_fingerprint
-from ..demo import shapes
-from . import dist, student_loop
+from clockwork_engine.clockwork.adaptors import model_fingerprint
+from clockwork_engine.demo import shapes
+from clockwork_engine.distill import dist, student_loop
+from clockwork_engine.models import tiny_decoder
 
 
 def build_parser(ap=None):
@@ -72,8 +72,8 @@ def sampled_pairs(engine, model: str, count: int, seed: int, split: str = "train
     """(unscaled latents, the VAE decoder's images of them): `count` samples of `engine` (the
     model in directory `model`, mode full) and of each student that model ships, each at its own
     settings (steps, grid), on captions of a split with w ~ U[1.5, 5] per chunk."""
-    from .. import Engine
-    from ..engine import student_presets
+    from clockwork_engine import Engine
+    from clockwork_engine.engine import student_presets
 
     vae = engine.vae
     rng = np.random.default_rng(seed)
@@ -94,7 +94,7 @@ def sampled_pairs(engine, model: str, count: int, seed: int, split: str = "train
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean per-image PSNR (dB) of images in [-1, 1], both clamped as the engine clamps them."""
-    from ..eval.metrics import psnr as psnr_unit  # images in [0, 1]
+    from clockwork_engine.eval.metrics import psnr as psnr_unit  # images in [0, 1]
 
     return float(psnr_unit((a.clamp(-1, 1) + 1) / 2, (b.clamp(-1, 1) + 1) / 2).mean())
 
@@ -133,7 +133,7 @@ def run(args):
             held_psnr = psnr(decoder.eval()(held_z), held_images)
             held_sampled = sampled_pairs(engine, args.model, 128, args.seed + 12345, split="eval")
             sampled_psnr = psnr(decoder(held_sampled[0]), held_sampled[1])
-        from ..demo.training import plot_losses
+        from clockwork_engine.demo.training import plot_losses
 
         plot_losses(losses, os.path.join(args.out, "loss.png"), "tiny decoder: L1 + L2 to the VAE decoder")
         final = os.path.join(args.out, "final")

@@ -13,7 +13,7 @@ guided eps_u + g (eps_c - eps_u). Resumable, seeded, progress bar, safetensors; 
 full pipeline directory (the engine runs it with one evaluation per step).
 
 The teacher may be an SD 1.x/2.x or an SDXL model: both models get the conditioning the
-engine's sampler gives the captions (conditioning.for_sampler: for SDXL both text encoders,
+engine's sampler gives the captions (encoders.for_sampler: for SDXL both text encoders,
 the pooled embedding and the time ids as added_cond_kwargs, zeros for the empty negative
 prompt where the pipeline asks for them). The data is the demo world's (64x64 images and
 their captions) whatever the teacher: enough to run and test the path on any model, not a
@@ -23,15 +23,14 @@ training set for a real one.
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
-from .. import conditioning
-from ..demo import shapes
-from ..demo.train_unet import min_snr_weights
-from ..sampler.steps import guidance_embedding
-from . import student_loop
+from clockwork_engine.conditioning import encoders
+from clockwork_engine.demo import shapes
+from clockwork_engine.demo.train_unet import min_snr_weights
+from clockwork_engine.distill import student_loop
+from clockwork_engine.sampler.steps import guidance_embedding
 
 GUIDANCE_EMBED_DIM = 256
 
@@ -64,12 +63,12 @@ def make_student(teacher_unet, embed_dim: int = GUIDANCE_EMBED_DIM):
 def demo_batch(engine, rng, gen, batch: int, cfg: bool = True):
     """(clean latents, text, added or None) of the demo world's training images and captions:
     the conditioning the engine's sampler gives the captions at the images' size, with CFG the
-    empty prompt's `batch` rows first, then the captions' (conditioning.for_sampler)."""
+    empty prompt's `batch` rows first, then the captions' (encoders.for_sampler)."""
     images, scenes, _ = shapes.sample_batch(rng, shapes.split_scenes("train"), batch)
     pixels = shapes.to_tensor(images)
     with torch.no_grad():
         latents = engine.vae.encode(pixels).latent_dist.sample(gen) * engine.vae.config.scaling_factor
-    text, added = conditioning.for_sampler(engine, [s.caption for s in scenes], cfg, *pixels.shape[-2:])
+    text, added = encoders.for_sampler(engine, [s.caption for s in scenes], cfg, *pixels.shape[-2:])
     return latents, text, added
 
 
@@ -95,7 +94,7 @@ def run(args):
                                    added_cond_kwargs=added).sample.chunk(2)
             target = eps_u + w[:, None, None, None] * (eps_c - eps_u)
         pred = model(x_t, t, text[cond], timestep_cond=guidance_embedding(w, GUIDANCE_EMBED_DIM),
-                     added_cond_kwargs=conditioning.rows(added, cond)).sample
+                     added_cond_kwargs=encoders.rows(added, cond)).sample
         per_example = (pred - target).pow(2).mean(dim=(1, 2, 3))
         return (per_example * min_snr_weights(ac, t)).mean(), per_example
 

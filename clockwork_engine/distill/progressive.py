@@ -41,12 +41,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import conditioning
-from ..demo import shapes
-from ..sampler.solver import update
-from ..sampler.steps import guidance_embedding
-from . import student_loop
-from .guidance import demo_batch
+from clockwork_engine.conditioning import encoders
+from clockwork_engine.demo import shapes
+from clockwork_engine.distill import student_loop
+from clockwork_engine.distill.guidance import demo_batch
+from clockwork_engine.sampler.solver import update
+from clockwork_engine.sampler.steps import guidance_embedding
 
 # What a student's scheduler takes over from its teacher's: the noise schedule and prediction type.
 NOISE_SCHEDULE = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type", "trained_betas")
@@ -133,7 +133,7 @@ def teacher_trajectories(engine, steps: int, count: int, g_min: float, g_max: fl
         b = min(chunk, count - k)
         batch = [s.caption for s in shapes.sample_batch(rng, train, b)[1]]
         w = g_min + (g_max - g_min) * torch.rand(b, generator=gen)
-        (text, added), cond = conditioning.for_sampler(engine, batch, False), guidance_embedding(w, engine.guidance_dim)
+        (text, added), cond = encoders.for_sampler(engine, batch, False), guidance_embedding(w, engine.guidance_dim)
         noise_gen = torch.Generator().manual_seed(seed + k // chunk)
         x = torch.randn(b, engine.unet.config.in_channels, size, size, generator=noise_gen) * table.init_noise_sigma
         xs, history = [x], table.empty_history(x)
@@ -177,7 +177,7 @@ def _trajectory_loss(args, engine, d):
         i = torch.randint(0, n, (args.batch,), generator=gen)
         x_t, x_next = states[j, k * i], states[j, k * i + k]  # [B, C, h, w]: k teacher steps apart
         a_t, s_t = _alpha_sigma(ac, grid[i])
-        text, added = conditioning.for_sampler(engine, [captions[c] for c in j.tolist()], False)
+        text, added = encoders.for_sampler(engine, [captions[c] for c in j.tolist()], False)
         eps = model(x_t, grid[i], text, timestep_cond=guidance_embedding(ws[j], dim), added_cond_kwargs=added).sample
         return _meng_loss((x_t - s_t * eps) / a_t, x_t, x_next, (a_t, s_t), _alpha_sigma(ac, grid[i + 1]))
 
@@ -216,8 +216,8 @@ def _init_unet(folder: str, teacher_unet):
     """The UNet of another pipeline directory, which must have the teacher's architecture."""
     from diffusers import UNet2DConditionModel
 
-    from ..checkpoint import public_config
-    from ..loading import resolve
+    from clockwork_engine.models.checkpoint import public_config
+    from clockwork_engine.models.loading import resolve
 
     unet = UNet2DConditionModel.from_pretrained(resolve(folder), subfolder="unet")
     if public_config(unet.config) != public_config(teacher_unet.config):

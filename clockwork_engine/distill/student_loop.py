@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..demo.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
-from . import dist
+from clockwork_engine.demo.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
+from clockwork_engine.distill import dist
 
 # loss_fn(model, rng, gen) -> (loss to optimise, per-example loss to log)
 LossFn = Callable[[torch.nn.Module, np.random.Generator, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
@@ -20,7 +20,7 @@ LossFn = Callable[[torch.nn.Module, np.random.Generator, torch.Generator], tuple
 
 def setup(args):
     """(distributed context, the teacher's engine) for a distillation run."""
-    from .. import Engine
+    from clockwork_engine import Engine
 
     d = dist.setup()
     torch.manual_seed(args.seed)
@@ -71,8 +71,8 @@ def finish(args, d: dist.Dist, engine, student, scheduler, losses: list[float], 
 def save_pipeline(engine, student, scheduler, folder: str, teacher_dir: str):
     """A full pipeline directory like the teacher's: SDXL's, or SD's with its text encoder folder
     if it had one, else in the demo layout (MiniLM comes from its package at load time)."""
-    from ..demo import pipeline
-    from ..loading import resolve
+    from clockwork_engine.demo import pipeline
+    from clockwork_engine.models.loading import resolve
 
     parts = engine.conditioning.components()
     if engine.conditioning.sdxl:

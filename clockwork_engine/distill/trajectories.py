@@ -18,9 +18,10 @@ from functools import partial
 
 import torch
 
-from .. import conditioning, sampler
-from ..cache import CacheState
-from ..latents import prepare as request_inputs
+from clockwork_engine import sampler
+from clockwork_engine.clockwork.cache import CacheState
+from clockwork_engine.conditioning import encoders
+from clockwork_engine.conditioning.latents import prepare as request_inputs
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Record:
 
 
 # (text, added or None) as the engine's sampler gets them with no negative prompt
-_conditioning = conditioning.for_sampler
+_conditioning = encoders.for_sampler
 
 
 def unrolled(engine, split, prompts: list[str], steps: int, guidance: float, generator: torch.Generator):

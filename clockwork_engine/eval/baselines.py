@@ -13,7 +13,7 @@ class DiffusersBaseline:
         self.pipe, self.name = pipe, name
         self.config = type("Config", (), {"steps": 8, "mode": name})()
 
-    def schedule(self, steps, mode=None):
+    def step_kinds(self, steps, mode=None):
         return [self.name] * steps
 
     @torch.no_grad()

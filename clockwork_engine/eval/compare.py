@@ -6,9 +6,9 @@ from __future__ import annotations
 import statistics
 import time
 
-from . import classifier as C
-from . import evaluate
-from .metrics import frechet_distance, psnr, ssim
+from clockwork_engine.eval import classifier as C
+from clockwork_engine.eval import evaluate
+from clockwork_engine.eval.metrics import frechet_distance, psnr, ssim
 
 
 def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, dict]:
@@ -42,7 +42,7 @@ def paired_speedup(timings: dict, baseline: str, variant: str) -> float:
 def fresh_prompts(n: int, skip: int = 0) -> list[str]:
     """n training-split captions (after the first `skip`): never among the held-out captions an
     evaluation generated (and so encoded and cached) before timing."""
-    from ..demo import shapes
+    from clockwork_engine.demo import shapes
 
     captions = [s.caption for s in shapes.split_scenes("train")]
     if len(captions) < skip + n:
@@ -106,7 +106,7 @@ def compare(variants: dict, singles: int, pairs: int, guidance: float, latency_r
         ref = images[reference]
         results[name] = {
             "generate_kwargs": {k: v for k, v in kw.items() if isinstance(v, (int, float, str))},
-            "schedule": engine.schedule(kw.get("steps", engine.config.steps), kw.get("mode", engine.config.mode)),
+            "schedule": engine.step_kinds(kw.get("steps", engine.config.steps), kw.get("mode", engine.config.mode)),
             "single_colour_and_shape": singles_acc["colour_and_shape"]["accuracy"],
             "single_all": singles_acc["all"]["accuracy"],
             "pair_all": pairs_acc["all"]["accuracy"] if pairs_acc else None,

@@ -18,10 +18,10 @@ import time
 import numpy as np
 import torch
 
-from ..demo import shapes
-from . import alignment
-from . import classifier as C
-from .metrics import frechet_distance
+from clockwork_engine.demo import shapes
+from clockwork_engine.eval import alignment
+from clockwork_engine.eval import classifier as C
+from clockwork_engine.eval.metrics import frechet_distance
 
 
 def eval_scenes(singles: int, pairs: int, seed: int = 0) -> list[shapes.Scene]:
@@ -77,8 +77,8 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
-    from .. import Engine
-    from ..adaptor import model_fingerprint
+    from clockwork_engine import Engine
+    from clockwork_engine.clockwork.adaptors import model_fingerprint
 
     engine = Engine.from_pretrained(args.model, config=Engine.default_config(args.model).with_(
         mode=args.mode, decoder=args.decoder, text_dtype=args.text_dtype, backend=args.backend))

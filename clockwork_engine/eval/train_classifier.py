@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from ..demo import shapes
-from ..demo.training import cosine_lr, plot_losses
-from . import classifier as C
+from clockwork_engine.demo import shapes
+from clockwork_engine.demo.training import cosine_lr, plot_losses
+from clockwork_engine.eval import classifier as C
 
 
 def loss_fn(model, images, layouts):

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .group_norm import group_norm_act
+from clockwork_engine.ops.group_norm import group_norm_act
 
 _depth = 0  # how many callers are inside active(); a plain global: dynamo never traces active()
 _lock = threading.Lock()

@@ -47,7 +47,7 @@ def group_norm_act_reference(x, weight, bias, groups: int, eps: float = 1e-5, sc
 
 def _load_extension():
     try:
-        from .. import _C  # its import registers torch.ops.clockwork
+        from clockwork_engine import _C  # its import registers torch.ops.clockwork
     except ImportError:
         return None
 
@@ -98,7 +98,7 @@ def group_norm_act(x, weight, bias, groups: int, eps: float = 1e-5, scale=None, 
         if ext is not None and ext.built_with_cuda:
             return torch.ops.clockwork.group_norm_act(*args)
         try:
-            from ..kernels.group_norm import group_norm_act_triton
+            from clockwork_engine.kernels.group_norm import group_norm_act_triton
         except ImportError:  # no triton in this environment
             return group_norm_act_reference(*args)
         return group_norm_act_triton(*args)

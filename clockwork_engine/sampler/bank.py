@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .solver import SolverTable
+from clockwork_engine.sampler.solver import SolverTable
 
 
 class TableBank:

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..cache import CacheState
-from ..compile import STEP_OPTIONS, compiled
-from .guard import NoHostSync
-from .solver import SolverTable
+from clockwork_engine.clockwork.cache import CacheState
+from clockwork_engine.compile import STEP_OPTIONS, compiled
+from clockwork_engine.sampler.guard import NoHostSync
+from clockwork_engine.sampler.solver import SolverTable
 
 # make_steps(buffers) -> {kind: step_fn}; step_fn(i, x, history, features) -> (x_next, history, features)
 # with text, guidance, noise terms, edit inputs and attention maps bound to the static buffers.

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..cache import CacheState
-from .solver import SolverTable
+from clockwork_engine.clockwork.cache import CacheState
+from clockwork_engine.sampler.solver import SolverTable
 
 # callback(step_index, num_steps, latents) -> None; raise inside it to cancel.
 StepCallback = Callable[[int, int, torch.Tensor], None]

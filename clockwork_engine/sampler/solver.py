@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .probe import Recorder, install_noise_hook, plain
+from clockwork_engine.sampler.probe import Recorder, install_noise_hook, plain
 
 SUPPORTED = (
     "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",

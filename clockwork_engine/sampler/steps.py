@@ -30,7 +30,7 @@ from typing import Optional
 
 import torch
 
-from .solver import SolverTable, per_row, update
+from clockwork_engine.sampler.solver import SolverTable, per_row, update
 
 Features = Optional[torch.Tensor]
 Denoiser = Callable[..., tuple[torch.Tensor, Features]]

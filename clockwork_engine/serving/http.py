@@ -30,9 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import request as requests
-from ..request import NonFiniteError
-from .scheduler import QueueFull
+from clockwork_engine import request as requests
+from clockwork_engine.request import NonFiniteError
+from clockwork_engine.serving.scheduler import QueueFull
 
 log = logging.getLogger("clockwork_engine.serving")
 API_KEY_ENV = "CLOCKWORK_API_KEY"

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..sampler.bank import TableBank
-from ..sampler.graphs import StaticBuffers
+from clockwork_engine.sampler.bank import TableBank
+from clockwork_engine.sampler.graphs import StaticBuffers
 
 ROW_DOUBLED = ("text", "features", "text_embeds", "time_ids")  # [2B, ...] under CFG
 PER_ROW = ("step", "x", "guidance", "noise")  # [B, ...]

@@ -20,8 +20,8 @@ def application(model: str = "demo", replicas: int = 2, cpus: float = 1, gpus: f
     def asgi_app():  # runs on each replica: it loads its own engine
         import torch
 
-        from .http import make_app
-        from .server import engine_for
+        from clockwork_engine.serving.http import make_app
+        from clockwork_engine.serving.server import engine_for
 
         torch.set_num_threads(max(1, int(cpus)))
         return make_app(engine_for(model, batching=batching, max_queue=max_queue, timeout=timeout),

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import conditioning
-from ..request import DeadlineExceeded, GenerationRequest, NonFiniteError, out_of_memory
-from .lane import Lane, Row
+from clockwork_engine.conditioning import encoders
+from clockwork_engine.request import DeadlineExceeded, GenerationRequest, NonFiniteError, out_of_memory
+from clockwork_engine.serving.lane import Lane, Row
 
 log = logging.getLogger("clockwork_engine.serving")
 
@@ -96,7 +96,7 @@ class BatchScheduler:
             raise ValueError("this request is not batched (an edit, a callback or attention reuse): "
                              "run it with Engine.run_alone")
         cfg = self.runner.uses_cfg(req.guidance)
-        kinds = self.runner.schedule(req.steps, req.mode)  # builds the table: a scheduler's error is the caller's
+        kinds = self.runner.step_kinds(req.steps, req.mode)  # builds the table: a scheduler's error is the caller's
         point = self.runner.operating_point(req.steps) if req.mode == "clockwork" else None  # loads its adaptor
         job = Job(req, Future(), (req.height, req.width, req.mode, cfg, point), kinds)
         with self._cond:
@@ -218,7 +218,7 @@ class BatchScheduler:
                     picks = picks + [total + p for p in picks]
                 start += n
                 try:
-                    rows += self._rows(job, lane, text[picks], conditioning.rows(added, picks), tables)
+                    rows += self._rows(job, lane, text[picks], encoders.rows(added, picks), tables)
                 except Exception as e:  # noqa: BLE001
                     self._fail(job, e)
         if rows:

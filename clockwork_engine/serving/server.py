@@ -35,7 +35,7 @@ def engine_for(model: str = "demo", preset: str | None = None, mode: str | None 
                max_queue: int = 64, timeout: float | None = 60.0, backend: str | None = None,
                dtype: str | None = None, compile: bool = True):
     """The engine a server runs: the model's default config with the serving settings."""
-    from ..engine import Engine
+    from clockwork_engine.engine import Engine
 
     config = Engine.default_config(model, preset).with_(batching=batching, max_queue=max_queue,
                                                          request_timeout=timeout)
@@ -53,7 +53,7 @@ def engine_for(model: str = "demo", preset: str | None = None, mode: str | None 
 def run(args) -> int:
     import uvicorn
 
-    from .http import make_app
+    from clockwork_engine.serving.http import make_app
 
     engine = engine_for(args.model, args.preset, args.mode, args.batching, args.max_queue, args.timeout, args.backend,
                         args.dtype, not args.no_compile)

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from . import checkpoint
-from .adaptor import model_fingerprint, num_parameters
+from clockwork_engine.clockwork.adaptors import model_fingerprint, num_parameters
+from clockwork_engine.models import checkpoint
 
 FORMAT_VERSION = 1
 FOLDER = "tiny_decoder"  # inside a model directory: its tiny decoder, if it ships one

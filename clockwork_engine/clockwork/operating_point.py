@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import adaptor as adaptor_io
-from . import sampler, schedulers
-from .unet_split import UNetSplit
+from clockwork_engine import sampler
+from clockwork_engine.clockwork import adaptors as adaptor_io
+from clockwork_engine.clockwork.unet_split import UNetSplit
+from clockwork_engine.sampler import noise_schedulers
 
 
 @dataclass(eq=False)  # compared and hashed by identity: a lane key holds one
@@ -87,9 +88,9 @@ class OperatingPoints:
         if (meta.get("training") or {}).get("train_on") == "clock" and fitted != running:
             mismatch = f"the adaptor was fitted only on the steps of clock {fitted}, running clock {running}"
         fitted_scheduler = meta.get("scheduler")
-        if fitted_scheduler and not schedulers.same(fitted_scheduler, self.scheduler):
+        if fitted_scheduler and not noise_schedulers.same(fitted_scheduler, self.scheduler):
             warnings.warn(f"the adaptor was fitted under {fitted_scheduler}, running "
-                          f"{schedulers.describe(self.scheduler)}", stacklevel=5)
+                          f"{noise_schedulers.describe(self.scheduler)}", stacklevel=5)
         return _point(source, adaptor, meta, split, mismatch)
 
 

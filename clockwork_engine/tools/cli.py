@@ -31,7 +31,9 @@ def _edit(args) -> int:
 def _run(args, edit) -> int:
     from tqdm import tqdm
 
-    from . import Engine, clock_search, reuse_search
+    from clockwork_engine import Engine
+    from clockwork_engine.clockwork import clock_search
+    from clockwork_engine.reuse import search as reuse_search
 
     config = Engine.default_config(args.model, args.preset)
     if args.clock_schedule:  # clockwork on its clock, at its step count
@@ -52,7 +54,7 @@ def _run(args, edit) -> int:
     steps = config.steps if args.steps is None else args.steps
     config = config.with_(steps=steps)  # the adaptor fitted for these steps, where the model has several
     engine = Engine.from_pretrained(args.model, config=config, preset=args.preset)
-    evals = engine.schedule(steps, "full")  # one entry a model evaluation (Heun: about two a step)
+    evals = engine.step_kinds(steps, "full")  # one entry a model evaluation (Heun: about two a step)
     if args.reuse_schedule:
         spec = args.reuse_schedule
         reuse = reuse_search.late(int(spec[5:]), len(evals)) if spec.startswith("late:") else reuse_search.load(spec)
@@ -84,7 +86,7 @@ def _exit_zero(run):
 
 def _sampling_options(gen):
     """The options generate and edit share."""
-    from .config import MODES, TEXT_DTYPES
+    from clockwork_engine.config import MODES, TEXT_DTYPES
 
     gen.add_argument("-o", "--output", default="out.png", help="output image path (default: out.png)")
     gen.add_argument("--model", default="demo",
@@ -144,16 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_options(edit)
     edit.set_defaults(run=_edit)
 
-    from .distill import adaptor as distill_adaptor
+    from clockwork_engine.distill import fit_adaptor as distill_adaptor
 
     distill = sub.add_parser("distill", help="train a clockwork adaptor on the teacher's trajectories",
                              description=distill_adaptor.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     distill_adaptor.build_parser(distill)
     distill.set_defaults(run=_exit_zero(distill_adaptor.run))
 
-    from .distill import decoder as distill_decoder
-    from .distill import guidance as distill_guidance
-    from .distill import progressive as distill_progressive
+    from clockwork_engine.distill import decoder as distill_decoder
+    from clockwork_engine.distill import guidance as distill_guidance
+    from clockwork_engine.distill import progressive as distill_progressive
 
     for name, module, text in (("distill-guidance", distill_guidance, "stage 1: a w-conditioned student (no CFG batch)"),
                                ("distill-progressive", distill_progressive, "stage 2: halve the student's steps"),
@@ -163,8 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
         module.build_parser(p)
         p.set_defaults(run=module.run)
 
-    from . import bench, clock_search, compile_command, flops, import_graph, profile, reuse_search
-    from .serving import server
+    from clockwork_engine.clockwork import clock_search
+    from clockwork_engine.reuse import search as reuse_search
+    from clockwork_engine.serving import server
+    from clockwork_engine.tools import bench, compile_command, flops, import_graph, profile
 
     for name, module, text in (
             ("flops", flops, "count FLOPs per step type (full vs clockwork)"),

@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 import time
 
-from .artifacts import ARTIFACTS, FOLDER, ArtifactsError, save
-from .engine import model_dir
-from .serving.server import engine_for
+from clockwork_engine.artifacts import ARTIFACTS, FOLDER, ArtifactsError, save
+from clockwork_engine.engine import model_dir
+from clockwork_engine.serving.server import engine_for
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:

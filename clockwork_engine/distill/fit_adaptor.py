@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import adaptor as A
-from .. import schedulers
-from ..clock import Clock
-from ..demo import shapes
-from ..demo.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
-from . import trajectories as T
+from clockwork_engine.clockwork import adaptors as A
+from clockwork_engine.clockwork.clock import Clock
+from clockwork_engine.demo import shapes
+from clockwork_engine.demo.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
+from clockwork_engine.distill import trajectories as T
+from clockwork_engine.sampler import noise_schedulers
 
 
 def build_parser(parser=None):
@@ -133,8 +133,8 @@ def main(argv=None):
 
 
 def run(args):
-    from .. import Engine
-    from ..unet_split import UNetSplit
+    from clockwork_engine import Engine
+    from clockwork_engine.clockwork.unet_split import UNetSplit
 
     torch.manual_seed(args.seed)
     engine = Engine.from_pretrained(args.model, config="full")
@@ -209,7 +209,7 @@ def run(args):
                 "captions_per_epoch": args.captions_per_epoch, "passes": args.passes,
                 "lr": args.lr, "guidance": args.guidance, "seed": args.seed, "held_out": history[-1:] or None}
     A.save(args.out, adaptor, cut=args.cut, base_fingerprint=A.model_fingerprint(engine.unet),
-           scheduler=schedulers.describe(engine.scheduler), steps=args.steps, clock=clock.to_dict(), training=training)
+           scheduler=noise_schedulers.describe(engine.scheduler), steps=args.steps, clock=clock.to_dict(), training=training)
     with open(os.path.join(args.out, "history.json"), "w") as f:
         json.dump(history, f, indent=1)
     print(f"saved {args.out}")

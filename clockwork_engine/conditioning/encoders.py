@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .text import PromptEncoder
+from clockwork_engine.conditioning.text import PromptEncoder
 
 
 class TextConditioning:

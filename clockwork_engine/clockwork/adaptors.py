@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from . import checkpoint
-from .ops import group_norm_act
+from clockwork_engine.models import checkpoint
+from clockwork_engine.ops import group_norm_act
 
 FORMAT_VERSION = 1
 # Inside a model directory, beside its default clockwork_adaptor/: adaptors fitted for other

@@ -74,8 +74,8 @@ def run(args) -> dict:
     import numpy as np
     from tqdm import tqdm
 
-    from . import Engine, EngineConfig
-    from .demo import shapes
+    from clockwork_engine import Engine, EngineConfig
+    from clockwork_engine.demo import shapes
 
     engine = Engine.from_pretrained(args.model, config=EngineConfig(attention_reuse=(), reuse_layers=args.layers))
     rng = np.random.default_rng(0)

@@ -71,8 +71,8 @@ def build(unet_config: dict, cut: int = 1, adaptor_hidden: int | None = None, ad
     pooled text too)."""
     from diffusers import UNet2DConditionModel
 
-    from .adaptor import Adaptor, AdaptorConfig
-    from .unet_split import UNetSplit
+    from clockwork_engine.clockwork.adaptors import Adaptor, AdaptorConfig
+    from clockwork_engine.clockwork.unet_split import UNetSplit
 
     unet = UNet2DConditionModel(**unet_config).eval()
     split = UNetSplit(unet, cut)
@@ -100,8 +100,8 @@ def count_arch(unet_config: dict, text_tokens: int, text_dim: int, adaptor_hidde
                adaptor_text: bool = False) -> dict:
     from diffusers.models.attention_processor import AttnProcessor
 
-    from .adaptor import num_parameters
-    from .clock import Clock
+    from clockwork_engine.clockwork.adaptors import num_parameters
+    from clockwork_engine.clockwork.clock import Clock
 
     with torch.device("meta"):
         unet, split, adaptor = build(unet_config, cut, adaptor_hidden, adaptor_text)
@@ -179,10 +179,10 @@ def _shipped_demo() -> tuple:
     clockwork_adaptor/ metadata, so the count follows what ships."""
     from diffusers import UNet2DConditionModel
 
-    from .adaptor import read_meta
-    from .demo import models
-    from .demo.pipeline import DEMO_DIR
-    from .engine import ADAPTOR_FOLDER
+    from clockwork_engine.clockwork.adaptors import read_meta
+    from clockwork_engine.demo import models
+    from clockwork_engine.demo.pipeline import DEMO_DIR
+    from clockwork_engine.engine import ADAPTOR_FOLDER
 
     config = {k: v for k, v in UNet2DConditionModel.load_config(DEMO_DIR, subfolder="unet").items()
               if not k.startswith("_")}
@@ -197,7 +197,7 @@ def run(args) -> dict:
     elif args.arch == "sdxl":
         result = count_arch(SDXL_UNET, SD15_TEXT_TOKENS, 2048, None, args.steps, args.clock, cut=args.cut)
     else:
-        from .demo.pipeline import fingerprint
+        from clockwork_engine.demo.pipeline import fingerprint
 
         config, tokens, text_dim, hidden, adaptor_text = _shipped_demo()
         result = count_arch(config, tokens, text_dim, hidden, args.steps, args.clock, cut=args.cut,

@@ -13,7 +13,7 @@ import ast
 import os
 
 PACKAGE = "clockwork_engine"
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the package
 
 
 def modules() -> dict[str, str]:

@@ -58,7 +58,7 @@ def build_parser(ap):
 
 
 def run(args) -> dict:
-    from . import Engine
+    from clockwork_engine import Engine
 
     engine = Engine.from_pretrained(args.model)
     if args.backend:

@@ -23,7 +23,7 @@ def resolve(name_or_path: str) -> str:
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"model must be 'demo' or a directory path, got {type(name_or_path).__name__}")
     if name_or_path == "demo":
-        from .demo.pipeline import DEMO_DIR
+        from clockwork_engine.demo.pipeline import DEMO_DIR
 
         return DEMO_DIR
     path = os.fspath(name_or_path)
@@ -154,7 +154,7 @@ def load_components(path: str, tokenizer=None, text_encoder=None, torch_dtype=No
             loaded_tok, loaded_te = text_pair("text_encoder", "tokenizer")
             tokenizer, text_encoder = tokenizer or loaded_tok, text_encoder or loaded_te
         elif index.get("text_encoder", [None, None])[1] == "BertModel":
-            from .demo.models import load_text_encoder
+            from clockwork_engine.demo.models import load_text_encoder
 
             demo_tok, demo_te = _load("the MiniLM text encoder", load_text_encoder)
             tokenizer, text_encoder = tokenizer or demo_tok, text_encoder or demo_te

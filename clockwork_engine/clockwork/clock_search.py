@@ -227,7 +227,7 @@ def calibration_captions(n: int, seed: int = 0) -> list[str]:
     """n captions of the demo's training split (never the held-out captions the benches score)."""
     import numpy as np
 
-    from .demo import shapes
+    from clockwork_engine.demo import shapes
 
     scenes = shapes.split_scenes("train")
     rng = np.random.default_rng(seed)
@@ -274,7 +274,7 @@ def _budgets(spec) -> list[int]:
 def run(args) -> list[dict]:
     from tqdm import tqdm
 
-    from . import Engine
+    from clockwork_engine import Engine
 
     budgets = _budgets(args.budget)
     if len(budgets) > 1 and "{budget}" not in args.out:
@@ -310,9 +310,9 @@ def run(args) -> list[dict]:
     cost = adaptor_step_cost(engine, args.steps, guidance)
     folder = args.adaptor
     if args.adaptor == "model":
-        from . import adaptor as adaptor_io
-        from . import loading
-        from .engine import ADAPTOR_FOLDER
+        from clockwork_engine.clockwork import adaptors as adaptor_io
+        from clockwork_engine.engine import ADAPTOR_FOLDER
+        from clockwork_engine.models import loading
 
         model_dir = loading.resolve(args.model)
         folder = os.path.relpath(adaptor_io.for_steps(os.path.join(model_dir, ADAPTOR_FOLDER), args.steps), model_dir)

@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 import torch
 
-from .compile import compiled
+from clockwork_engine.compile import compiled
 
 
 class PromptEncoder:

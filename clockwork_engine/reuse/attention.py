@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .ops.attention_pv import attention_pv
+from clockwork_engine.ops.attention_pv import attention_pv
 
 ACTIONS = ("off", "compute", "reuse")
 

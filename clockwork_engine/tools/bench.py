@@ -43,8 +43,8 @@ def build_parser(ap=None):
 def _variants(args):
     from diffusers import StableDiffusionPipeline
 
-    from . import Engine
-    from .engine import student_presets
+    from clockwork_engine import Engine
+    from clockwork_engine.engine import student_presets
 
     config = Engine.default_config(args.model).with_(mode="full")
     if args.scheduler:
@@ -78,8 +78,8 @@ def _call(pipe, engine, kw, prompt, seed=0, output="pt"):
 
 
 def run(args) -> dict:
-    from .eval.compare import gflops_of, interleaved
-    from .eval.metrics import psnr
+    from clockwork_engine.eval.compare import gflops_of, interleaved
+    from clockwork_engine.eval.metrics import psnr
 
     base, pipe, variants, trained = _variants(args)
     fns, counter = {}, iter(range(10**9))

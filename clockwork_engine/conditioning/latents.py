@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .images import EditInputs
-from .sampler import TEXT_TO_IMAGE, NoiseStream, RequestInputs, SolverTable, Start
+from clockwork_engine.conditioning.images import EditInputs
+from clockwork_engine.sampler import TEXT_TO_IMAGE, NoiseStream, RequestInputs, SolverTable, Start
 
 
 def start_for(edit: EditInputs | None, in_channels: int) -> Start:

@@ -1,0 +1,2 @@
+"""Model families and loading: reading a diffusers directory (safetensors only), checkpoints,
+the tiny decoder."""
