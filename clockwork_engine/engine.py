@@ -26,6 +26,7 @@ from clockwork_engine import artifacts, request
 from clockwork_engine.config import EngineConfig
 from clockwork_engine.config import preset as preset_config
 from clockwork_engine.models import loading, tiny_decoder
+from clockwork_engine.models.family import pipeline_family
 from clockwork_engine.request import NonFiniteError
 from clockwork_engine.runner import ModelRunner
 from clockwork_engine.sampler import release_device_memory
@@ -39,14 +40,14 @@ SETTINGS_FILE = "clockwork_engine.json"  # inside a model directory: EngineConfi
 
 
 class Engine:
-    def __init__(self, unet, vae, tokenizer, text_encoder, scheduler, config: EngineConfig | None = None,
-                 adaptor_dir: str | None = None, decoder_dir: str | None = None, tokenizer_2=None,
-                 text_encoder_2=None, force_zeros_for_empty_prompt: bool = False):
-        """tokenizer_2 / text_encoder_2 / force_zeros_for_empty_prompt: SDXL's second text encoder
-        and its pipeline's setting (conditioning.py)."""
+    def __init__(self, model, vae, tokenizer, text_encoder, scheduler, config: EngineConfig | None = None,
+                 adaptor_dir: str | None = None, decoder_dir: str | None = None, **text_components):
+        """model: the denoiser (a UNet2DConditionModel, or SD3's transformer); text_components:
+        its family's other text parts (SDXL: tokenizer_2, text_encoder_2,
+        force_zeros_for_empty_prompt; SD3: also tokenizer_3, text_encoder_3; models/family.py)."""
         self.config = config or EngineConfig()
-        self.runner = ModelRunner(unet, vae, tokenizer, text_encoder, scheduler, self.config, adaptor_dir,
-                                  decoder_dir, tokenizer_2, text_encoder_2, force_zeros_for_empty_prompt)
+        self.runner = ModelRunner(model, vae, tokenizer, text_encoder, scheduler, self.config, adaptor_dir,
+                                  decoder_dir, **text_components)
         self._batcher, self._batcher_guard = None, threading.Lock()
 
     def __getattr__(self, name: str):
@@ -58,8 +59,8 @@ class Engine:
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def from_pretrained(cls, model: str = "demo", *, config: EngineConfig | str | None = None, preset: str | None = None,
-                        tokenizer=None, text_encoder=None, torch_dtype=None, device=None) -> Engine:
+    def from_pretrained(cls, model: str = "demo", *, config: EngineConfig | str | None = None,
+                        preset: str | None = None, tokenizer=None, text_encoder=None, torch_dtype=None, device=None) -> Engine:
         """'demo' (the embedded default) or a local diffusers Stable-Diffusion directory.
 
         preset: a distilled student shipped with the model (a folder under its students/,
@@ -85,9 +86,9 @@ class Engine:
         _load_artifacts(config, path)
         components = loading.load_components(path, tokenizer, text_encoder, torch_dtype)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-            if components.get(name) is not None:
-                components[name] = components[name].to(device)
+        for name, part in components.items():
+            if isinstance(part, torch.nn.Module):
+                components[name] = part.to(device)
         return cls(**components, config=config, adaptor_dir=adaptor_dir if os.path.isdir(adaptor_dir) else None,
                    decoder_dir=decoder_dir)
 
@@ -101,17 +102,14 @@ class Engine:
 
     @classmethod
     def from_pipeline(cls, pipe, *, config: EngineConfig | str | None = None) -> Engine:
-        """Wrap an already loaded diffusers StableDiffusionPipeline (its scheduler is copied whole:
-        from_config would drop the fields the pipeline rewrote, e.g. SD's steps_offset=1)."""
-        for name in ("unet", "vae", "tokenizer", "text_encoder", "scheduler"):
-            if getattr(pipe, name, None) is None:
-                raise ValueError(f"pipeline has no {name}; Engine.from_pipeline needs a Stable Diffusion pipeline")
-        second = dict(tokenizer_2=getattr(pipe, "tokenizer_2", None),
-                      text_encoder_2=getattr(pipe, "text_encoder_2", None),
-                      force_zeros_for_empty_prompt=bool(pipe.config.get("force_zeros_for_empty_prompt", False)))
-        loading.check_compatible(pipe.unet, pipe.vae, pipe.text_encoder, type(pipe).__name__, second["text_encoder_2"])
-        scheduler = copy.deepcopy(pipe.scheduler)
-        return cls(pipe.unet, pipe.vae, pipe.tokenizer, pipe.text_encoder, scheduler, config=_config(config), **second)
+        """Wrap an already loaded diffusers pipeline: StableDiffusion(XL)Pipeline or
+        StableDiffusion3Pipeline (its scheduler is copied whole: from_config would drop the
+        fields the pipeline rewrote, e.g. SD's steps_offset=1)."""
+        family = pipeline_family(pipe)
+        parts = loading.pipeline_components(pipe, family)
+        model = parts.pop(family.model_component)
+        return cls(model, parts.pop("vae"), parts.pop("tokenizer"), parts.pop("text_encoder"),
+                   copy.deepcopy(parts.pop("scheduler")), config=_config(config), **parts)
 
     def with_config(self, scheduler=None, **changes) -> Engine:
         """Another engine on the same loaded components (shared weights), its config changed;
@@ -121,9 +119,9 @@ class Engine:
         if isinstance(scheduler, str):
             changes["scheduler"], scheduler = scheduler, None
         r = self.runner
-        other = Engine(r.unet, r.vae, r.prompts.tokenizer, r.text_encoder, scheduler or copy.deepcopy(r.scheduler),
+        other = Engine(r.model, r.vae, r.prompts.tokenizer, r.text_encoder, scheduler or copy.deepcopy(r.scheduler),
                        config=self.config.with_(**changes), adaptor_dir=r.adaptor_dir, decoder_dir=r.decoder_dir,
-                       **r.second_text)
+                       **r.text_components)
         r.share_with(other.runner)
         return other
 

@@ -100,8 +100,12 @@ def parse(engine, prompt, *, steps=None, guidance_scale=None, seed=None, height=
                                 "guidance_scale")
     max_side = cfg.max_size_factor * engine.default_size
     edit = None
-    unet_channels = engine.unet.config.in_channels
+    unet_channels = engine.model.config.in_channels
     if image is not None or mask_image is not None:
+        family = engine.runner.family
+        if "edit" not in family.supports:
+            raise ValueError(f"image-to-image and inpainting run on UNet models; a {family.pipeline_class} model "
+                             "takes text-to-image requests only")
         edit = images.edit_inputs(image, mask_image, strength, len(prompts), engine.size_multiple, max_side,
                                   unet_channels, height, width)
         height, width = edit.height, edit.width

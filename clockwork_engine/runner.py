@@ -1,8 +1,9 @@
 """ModelRunner: one loaded model on its device and everything that runs it.
 
-It owns the modules (UNet, VAE, text encoders), the lock that serialises their device work,
-the solver tables, clockwork's operating points, attention reuse, the step programs and their
-graphs (sampler.GraphSampler), the prompt encoders and the decoder. Engine is the thin front
+It owns the modules (the denoiser, a UNet or a transformer as its family says (models/);
+the VAE, the text encoders), the lock that serialises their device work, the solver tables,
+clockwork's operating points, attention reuse, the step programs and their graphs
+(sampler.GraphSampler), the prompt encoders and the decoder. Engine is the thin front
 over it (configuration, validation, generate); the request scheduler (serving/) and the
 distillation code (distill/) call its public methods.
 
@@ -29,9 +30,10 @@ from clockwork_engine.clockwork.cache import CacheState
 from clockwork_engine.clockwork.operating_point import OperatingPoint, OperatingPoints
 from clockwork_engine.clockwork.unet_split import UNetSplit
 from clockwork_engine.compile import CUDA_MODULE_OPTIONS, MODULE_OPTIONS, compiled, cuda_options
-from clockwork_engine.conditioning import encoders, latents
+from clockwork_engine.conditioning import latents
 from clockwork_engine.config import EngineConfig
 from clockwork_engine.models import tiny_decoder
+from clockwork_engine.models.family import family_of
 from clockwork_engine.ops import fused_unet
 from clockwork_engine.request import NonFiniteError
 from clockwork_engine.reuse import attention
@@ -50,21 +52,27 @@ def model_lock(unet) -> threading.RLock:
 
 
 class ModelRunner:
-    def __init__(self, unet, vae, tokenizer, text_encoder, scheduler, config: EngineConfig | None = None,
-                 adaptor_dir: str | None = None, decoder_dir: str | None = None, tokenizer_2=None,
-                 text_encoder_2=None, force_zeros_for_empty_prompt: bool = False):
-        """tokenizer_2 / text_encoder_2 / force_zeros_for_empty_prompt: SDXL's second text encoder
-        and its pipeline's setting (conditioning.py)."""
+    def __init__(self, model, vae, tokenizer, text_encoder, scheduler, config: EngineConfig | None = None,
+                 adaptor_dir: str | None = None, decoder_dir: str | None = None, **text_components):
+        """model: the denoiser network (a UNet, or an SD3 transformer); its family
+        (models/family.py) says what else it needs. text_components: the family's other text
+        parts (SDXL: tokenizer_2, text_encoder_2, force_zeros_for_empty_prompt; SD3 also
+        tokenizer_3, text_encoder_3)."""
         self.config = config or EngineConfig()
-        self.unet = unet.eval().requires_grad_(False)
+        self.family = family_of(model)
+        self.model = model.eval().requires_grad_(False)
         self.vae = vae.eval().requires_grad_(False)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
-        self.text_encoder_2 = None if text_encoder_2 is None else text_encoder_2.eval().requires_grad_(False)
-        self.second_text = dict(tokenizer_2=tokenizer_2, text_encoder_2=self.text_encoder_2,
-                                force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
+        for name in ("text_encoder_2", "text_encoder_3"):
+            if text_components.get(name) is not None:
+                text_components[name] = text_components[name].eval().requires_grad_(False)
+        self.components = {self.family.model_component: self.model, "vae": vae, "tokenizer": tokenizer,
+                           "text_encoder": self.text_encoder, **text_components}
+        self.family.check(self.components, type(model).__name__)
         if self.config.scheduler is not None:
             scheduler = noise_schedulers.from_name(self.config.scheduler, scheduler)
         self.scheduler = scheduler
+        self._check_supported()
         self.adaptor_dir, self.decoder_dir = adaptor_dir, decoder_dir
         self.tiny_decoder = self._load_tiny_decoder(self.config.decoder)
         self.graphs = sampler.GraphSampler(self.config.backend, self.config.max_graphs,
@@ -73,36 +81,57 @@ class ModelRunner:
         # cuda backend, eager otherwise.
         module_options = MODULE_OPTIONS if self.graphs.backend == "inductor" else \
             CUDA_MODULE_OPTIONS if self.graphs.cuda_compile is not None else None
-        self.conditioning = encoders.for_model(
-            unet, tokenizer, self.text_encoder, tokenizer_2, self.text_encoder_2, force_zeros_for_empty_prompt,
-            capacity=self.config.prompt_cache_size, compile_options=module_options,
+        self.conditioning = self.family.conditioning(
+            self.components, capacity=self.config.prompt_cache_size, compile_options=module_options,
             dtype=getattr(torch, self.config.text_dtype))
         self.prompts = self.conditioning.prompts  # the (first) text encoder's prompt cache
         self.decode_fn = self.decode_eager if module_options is None else \
             compiled(self.decode_eager, module_options, "image decoder", dynamic=None)
         if self.config.fused_norms:
-            fused_unet.install(self.unet)
+            fused_unet.install(self.model)
             fused_unet.install(self.vae)
         self.vae_factor = tiny_decoder.vae_upscale(vae)
-        # Image sides must survive the VAE and every UNet downsampler without rounding.
-        self.size_multiple = self.vae_factor * 2 ** (len(unet.config.block_out_channels) - 1)
-        sample_size = unet.config.sample_size
-        self.default_size = (sample_size if isinstance(sample_size, int) else sample_size[0]) * self.vae_factor
+        self.size_multiple = self.family.size_multiple(model, self.vae_factor)
+        self.default_size = self.family.default_size(model, self.vae_factor)
         self._tables: dict[tuple, sampler.SolverTable] = {}
-        self.lock = model_lock(self.unet)
+        self.lock = model_lock(self.model)
         grid = self.config.timesteps  # fail now on an unsupported scheduler, or a grid it cannot take
         self.table(len(grid) if grid else self.config.steps)
-        # A guidance-distilled UNet embeds the guidance scale (time_cond_proj_dim) instead of CFG.
-        self.guidance_dim = unet.config.time_cond_proj_dim or 0
-        self.denoisers = {"full": sampler.unet_denoiser(self.unet)}
+        self.guidance_dim = self.family.guidance_dim(model)
+        self.denoisers = {"full": self.family.denoiser(self.model)}
         self.points = None  # clockwork's adaptors by step count (operating_point.py)
         if self.config.mode == "clockwork":
-            self.points = OperatingPoints(self.unet, self.config, self.scheduler, adaptor_dir, self.lock)
+            self.points = OperatingPoints(self.model, self.config, self.scheduler, adaptor_dir, self.lock,
+                                          self.family.split, "learned_adaptor" in self.family.supports)
             self.points.at(self.config.steps)  # a bad adaptor fails here, not at the first request
         self.reuse = None
         if self.config.attention_reuse is not None:
-            self.reuse = attention.apply_reuse(self.unet, attention.ReuseConfig(
+            self.reuse = attention.apply_reuse(self.model, attention.ReuseConfig(
                 self.config.reuse_layers, self.config.max_attention_bytes))
+
+    def _check_supported(self):
+        """Refuse, by name, what this family does not run (never run it approximately)."""
+        family, kind = self.family, type(self.scheduler).__name__
+        if kind.startswith("FlowMatch") != family.flow_matching:
+            need = "a flow-matching scheduler (FlowMatchEulerDiscreteScheduler)" if family.flow_matching else \
+                "a diffusion scheduler, not a flow-matching one"
+            raise ValueError(f"{kind} cannot sample a {family.pipeline_class} model: it needs {need}")
+        if self.config.attention_reuse is not None and "attention_reuse" not in family.supports:
+            raise ValueError(f"attention reuse runs on UNet models; a {family.pipeline_class} model cannot use it")
+
+    @property
+    def unet(self):
+        """The UNet of a UNet family (SD 1.x/2.x, SDXL)."""
+        if self.family.model_component != "unet":
+            raise AttributeError(f"a {self.family.name} model has no UNet (its denoiser is runner.model)")
+        return self.model
+
+    @property
+    def text_components(self) -> dict:
+        """The family's text components beyond the first encoder (what another runner on the
+        same modules is built with)."""
+        return {k: v for k, v in self.components.items()
+                if k not in (self.family.model_component, "vae", "tokenizer", "text_encoder")}
 
     def _load_tiny_decoder(self, choice: str):
         if choice == "vae":
@@ -136,7 +165,7 @@ class ModelRunner:
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self.model.device
 
     def share_with(self, other: ModelRunner):
         """Give `other` (a runner on the same modules) this runner's prompt encoders (and their
@@ -150,15 +179,20 @@ class ModelRunner:
         if same("compile", "inductor", "decoder"):
             other.tiny_decoder, other.decode_fn = self.tiny_decoder, self.decode_fn
 
-    def table(self, steps: int, start: sampler.Start = sampler.TEXT_TO_IMAGE) -> sampler.SolverTable:
+    def table(self, steps: int, start: sampler.Start = sampler.TEXT_TO_IMAGE,
+              size: tuple[int, int] | None = None) -> sampler.SolverTable:
+        """size (height, width): the image's, where the family's grid depends on it (SD3 with
+        dynamic shifting); default the model's own size."""
         steps = validate.positive_int(steps, "steps", request.MAX_STEPS)
-        key = (steps, start)
+        height, width = size or (self.default_size, self.default_size)
+        options = self.family.table_options(self.model, self.scheduler, height, width, self.vae_factor)
+        key = (steps, start, tuple(sorted(options.items())))
         if key not in self._tables:
             if len(self._tables) >= MAX_TABLES:  # a bounded cache: drop the oldest
                 self._tables.pop(next(iter(self._tables)))
             grid = self.config.timesteps if self.config.timesteps and len(self.config.timesteps) == steps else None
             try:
-                table = sampler.build_table(self.scheduler, steps, grid, self.config.eta, start)
+                table = sampler.build_table(self.scheduler, steps, grid, self.config.eta, start, options)
             except (IndexError, RuntimeError, ZeroDivisionError) as e:  # the scheduler's own step failed
                 raise ValueError(f"{noise_schedulers.describe(self.scheduler)} cannot run {steps} steps: "
                                  f"{type(e).__name__}: {e}") from e
@@ -166,13 +200,14 @@ class ModelRunner:
             self._tables[key] = table.to(self.device)
         return self._tables[key]
 
-    def step_kinds(self, steps: int, mode: str, start: sampler.Start = sampler.TEXT_TO_IMAGE) -> list[str]:
+    def step_kinds(self, steps: int, mode: str, start: sampler.Start = sampler.TEXT_TO_IMAGE,
+                   size: tuple[int, int] | None = None) -> list[str]:
         """The step kinds the loop runs for `steps` inference steps, one a model evaluation
         (Heun, KDPM2 and PNDM evaluate the model more often than once a step; an edit runs the
         evaluations its strength leaves): e.g. clockwork.full, clockwork.adaptor, ..., each with
         "+compute" / "+reuse" where attention maps are cached / reused. The clock counts the
         evaluations that run, the first one full."""
-        evals = self.table(steps, start).num_steps
+        evals = self.table(steps, start, size).num_steps
         if mode == "full":
             kinds = ["full"] * evals
         else:
@@ -187,7 +222,7 @@ class ModelRunner:
                 full = [j for j in range(i) if kinds[j] == "clockwork.full"]
                 if full and actions[full[-1]] == "off":
                     actions[full[-1]] = "compute"
-        return [k if a == "off" else f"{k}+{a}" for k, a in zip(kinds, actions)]
+        return [k if a == "off" else f"{k}+{a}" for k, a in zip(kinds, actions, strict=True)]
 
     def step_fn(self, kind: str, table, bufs, cfg_on: bool, point: OperatingPoint | None = None):
         """The step program of one step kind; clockwork's kinds run `point`'s denoisers."""
@@ -212,11 +247,11 @@ class ModelRunner:
                 negative_given=True):
         cfg_on = self.uses_cfg(guidance)
         text, added = self.conditioning.encode(prompts, negatives, cfg_on, height, width, negative_given)
-        start = latents.start_for(edit, self.unet.config.in_channels)
-        table = self.table(steps, start)
+        start = latents.start_for(edit, self.model.config.in_channels)
+        table = self.table(steps, start, (height, width))
         inputs = self.request_inputs(table, height, width, guidance, seeds, cfg_on, text, added, edit)
         shape = inputs.latents.shape
-        kinds = self.step_kinds(steps, mode, start)
+        kinds = self.step_kinds(steps, mode, start, (height, width))
         point = self.operating_point(steps) if mode == "clockwork" else None
 
         def make_steps(bufs):
@@ -225,9 +260,8 @@ class ModelRunner:
         feature_shape = None
         if point is not None:
             point.warn_off_point(steps)
-            s = point.split.scale
-            feature_shape = (inputs.text.shape[0], point.split.r_out_channels, shape[2] // s, shape[3] // s)
-        key = (len(prompts), height, width, str(self.unet.dtype), mode, cfg_on, steps, start)
+            feature_shape = point.split.feature_shape(inputs.text.shape[0], inputs.text.shape[1], *shape[2:])
+        key = (len(prompts), height, width, str(self.model.dtype), mode, cfg_on, steps, start)
         result = self.graphs.run(key, make_steps, kinds, table, inputs, feature_shape, CacheState(), callback)
         if not torch.isfinite(result).all():
             raise NonFiniteError("the sampler produced NaN/Inf latents (check the model weights and guidance_scale)")
@@ -236,7 +270,7 @@ class ModelRunner:
     def request_inputs(self, table, height, width, guidance, seeds, cfg_on: bool, text, added=None, edit=None):
         """A request's RequestInputs on the device: its noise from its seeds, its text and added
         conditioning (conditioning.encode's) in the model's dtype, its guidance scales."""
-        dtype = self.unet.dtype
+        dtype = self.model.dtype
         shape = (len(guidance), self.vae.config.latent_channels, height // self.vae_factor, width // self.vae_factor)
         # Under CFG a row with a scale <= 1 gets scale 1 (its conditional output), as it would alone.
         scales = torch.tensor([g if g > 1.0 or not cfg_on else 1.0 for g in guidance], device=self.device)

@@ -65,5 +65,6 @@ def per_row(value, count: int, check, name: str) -> list:
 def image_side(value, name: str, multiple: int, maximum: int) -> int:
     value = positive_int(value, name, maximum)
     if value % multiple:
-        raise ValueError(f"{name} must be a multiple of {multiple} (VAE factor x UNet downsampling), got {value}")
+        raise ValueError(f"{name} must be a multiple of {multiple} (the VAE factor times the UNet's downsampling "
+                         f"or the transformer's patch), got {value}")
     return value

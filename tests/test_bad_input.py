@@ -175,15 +175,14 @@ def test_mismatched_components(tiny_dir, tmp_path):
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda cfg: __import__("diffusers").FlowMatchEulerDiscreteScheduler(),
-     "FlowMatchEulerDiscreteScheduler is not supported"),
+    (lambda cfg: __import__("diffusers").IPNDMScheduler.from_config(cfg), "IPNDMScheduler is not supported"),
     (lambda cfg: __import__("diffusers").DPMSolverMultistepScheduler.from_config(cfg, thresholding=True),
      "thresholding=True is not supported"),
     (lambda cfg: __import__("diffusers").DDPMScheduler.from_config(cfg, variance_type="learned"),
      "variance_type='learned' is not supported"),
     (lambda cfg: __import__("diffusers").UniPCMultistepScheduler.from_config(cfg, solver_type="bh1"),
      "not finite"),  # diffusers' own bh1 step gives NaN on a final sigma of 0
-], ids=["flow-match", "thresholding", "learned-variance", "unipc-bh1-zero-sigma"])
+], ids=["ipndm", "thresholding", "learned-variance", "unipc-bh1-zero-sigma"])
 def test_unsupported_scheduler_is_refused_naming_it(tiny_pipe, make, match):
     import copy
 

@@ -12,6 +12,8 @@ from conftest import TINY_UNET, make_tiny_pipeline
 from PIL import Image
 
 from clockwork_engine import Engine, EngineConfig
+from clockwork_engine.conditioning import images as edit_images
+from clockwork_engine.conditioning import latents
 from clockwork_engine.sampler import noise_schedulers
 
 TOL = 1e-4
@@ -150,8 +152,7 @@ def test_clockwork_on_partial_trajectories(parts, scheduler):
     pipe = pipeline(diffusers.StableDiffusionImg2ImgPipeline, parts, scheduler)
     engine = Engine.from_pipeline(pipe, config=EngineConfig(mode="clockwork", adaptor="identity"))
     edit = dict(image=images(1), strength=0.6, steps=8, seed=2, output="latent")
-    start = __import__("clockwork_engine").latents.start_for(
-        __import__("clockwork_engine").images.edit_inputs(images(1), None, 0.6, 1, 8, 64, 4), 4)
+    start = latents.start_for(edit_images.edit_inputs(images(1), None, 0.6, 1, 8, 64, 4), 4)
     evals = engine.runner.table(8, start).num_steps
     assert evals < engine.runner.table(8).num_steps
     kinds = engine.step_kinds(8, "clockwork", start)

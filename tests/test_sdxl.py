@@ -86,7 +86,7 @@ def test_guidance_rescale_matches_diffusers(sdxl):
 def test_sdxl_directory_round_trip(sdxl, tmp_path):
     sdxl.save_pretrained(tmp_path / "sdxl")
     engine = Engine.from_pretrained(str(tmp_path / "sdxl"), config="full")
-    assert engine.conditioning.sdxl and engine.text_encoder_2 is not None
+    assert engine.conditioning.sdxl and engine.components["text_encoder_2"] is not None
     pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(tmp_path / "sdxl")
     got, ref = both(pipe)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)

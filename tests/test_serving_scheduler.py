@@ -219,11 +219,16 @@ def test_bad_batching_settings_are_refused():
         EngineConfig(request_timeout=float("nan"))
 
 
-def test_sdxl_rows_batch_with_their_added_conditioning(tmp_path_factory):
+@pytest.mark.parametrize("family, mode", [("sdxl", "full"), ("sd3", "full"), ("sd3", "clockwork")])
+def test_rows_batch_with_their_added_conditioning(tmp_path_factory, family, mode):
+    """SDXL's added conditioning (pooled text, time ids), SD3's pooled projections and its
+    clockwork features (the middle blocks' token residual) ride in the lane's row-doubled
+    buffers: each row gets the image it gets alone."""
+    from test_sd3 import make_sd3_pipeline
     from test_sdxl import make_sdxl_pipeline
 
-    pipe = make_sdxl_pipeline(tmp_path_factory.mktemp("tok"))
-    alone = Engine.from_pipeline(pipe, config="full")
+    pipe = (make_sdxl_pipeline if family == "sdxl" else make_sd3_pipeline)(tmp_path_factory.mktemp("tok"))
+    alone = Engine.from_pipeline(pipe, config=EngineConfig(mode=mode, adaptor="identity"))
     batched = alone.with_config(batching="step")
     calls = [("a red circle", 3, 5.0), ("a blue square", 4, 5.0), ("a green ring", 2, 2.0)]
     reqs = [dict(prompt=p, steps=s, seed=k, height=16, width=16, output="latent", guidance_scale=g)

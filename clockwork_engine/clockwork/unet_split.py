@@ -96,6 +96,10 @@ class UNetSplit(torch.nn.Module):
         self.text_embed_dim = dim if isinstance(dim, int) else dim[0]  # an adaptor's pooled text input
         self.scale = 2**cut  # r_in / r_out are 2^cut times smaller than the latents (cut 0: as large)
 
+    def feature_shape(self, rows: int, text_tokens: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """r_out's shape for `rows` model rows over [rows, C, height, width] latents."""
+        return (rows, self.r_out_channels, height // self.scale, width // self.scale)
+
     def h_in(self, x, t, text, timestep_cond=None, added=None) -> HInOutput:
         """added: SDXL's added conditioning (text_embeds, time_ids), folded into the time
         embedding as the UNet's forward does."""

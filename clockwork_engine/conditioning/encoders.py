@@ -74,23 +74,10 @@ def for_sampler(engine, prompts: list[str], cfg: bool, height: int | None = None
     height, width = height or engine.default_size, width or engine.default_size
     text, added = engine.conditioning.encode(list(prompts), [""] * len(prompts), cfg, height, width,
                                              negative_given=False)
-    added = None if added is None else {k: v.to(engine.device, engine.unet.dtype) for k, v in added.items()}
-    return text.to(engine.device, engine.unet.dtype), added
+    added = None if added is None else {k: v.to(engine.device, engine.model.dtype) for k, v in added.items()}
+    return text.to(engine.device, engine.model.dtype), added
 
 
 def rows(added: dict | None, index) -> dict | None:
     """The rows `index` (a slice or index tensor) of added conditioning; None stays None."""
     return None if added is None else {k: v[index] for k, v in added.items()}
-
-
-def for_model(unet, tokenizer, text_encoder, tokenizer_2, text_encoder_2, force_zeros: bool, **encoder_kw):
-    """The conditioning a UNet asks for: SDXL's when its addition_embed_type is "text_time"."""
-    sdxl = unet.config.addition_embed_type == "text_time"
-    if sdxl and (tokenizer_2 is None or text_encoder_2 is None):
-        raise ValueError("an SDXL UNet (addition_embed_type 'text_time') needs tokenizer_2 and text_encoder_2")
-    if not sdxl:
-        if unet.config.addition_embed_type is not None:
-            raise ValueError(f"UNets with addition_embed_type={unet.config.addition_embed_type!r} are not supported")
-        return TextConditioning(PromptEncoder(tokenizer, text_encoder, **encoder_kw))
-    return SDXLConditioning(PromptEncoder(tokenizer, text_encoder, penultimate=True, **encoder_kw),
-                            PromptEncoder(tokenizer_2, text_encoder_2, penultimate=True, **encoder_kw), force_zeros)

@@ -39,7 +39,7 @@ def encode(vae, pixels: torch.Tensor, stream: NoiseStream) -> torch.Tensor:
 def prepare(table: SolverTable, vae, shape, generators, dtype, device, text, guidance,
             edit: EditInputs | None = None, added: dict | None = None) -> RequestInputs:
     """The request's RequestInputs; shape [B, C, h, w] of the latents, dtype the model's;
-    added: SDXL's added conditioning (conditioning.py), carried as it is."""
+    added: the family's added conditioning (conditioning/), carried as it is."""
     stream = NoiseStream(generators, shape)
     start = table.start
     image = encode(vae, edit.pixels, stream).float() if start.from_image or start.blend else None
@@ -54,9 +54,8 @@ def prepare(table: SolverTable, vae, shape, generators, dtype, device, text, gui
             extra = torch.cat([mask, encode(vae, masked, stream).float()], dim=1)
     noise_terms = table.noise_terms([stream.draw(dtype) for _ in range(table.draws)])
     to = lambda t: None if t is None else t.to(device)  # noqa: E731
-    added = added or {}
     return RequestInputs(
         latents=table.initial(noise, image).to(device), text=text, guidance=guidance, noise=to(noise_terms),
         extra=to(extra), mask=mask if start.blend else None,
         kept=to(table.blend_terms(image, noise)) if start.blend else None,
-        text_embeds=added.get("text_embeds"), time_ids=added.get("time_ids"))
+        added=added or None)

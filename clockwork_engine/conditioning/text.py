@@ -19,17 +19,20 @@ from clockwork_engine.compile import compiled
 
 class PromptEncoder:
     def __init__(self, tokenizer, text_encoder, capacity: int = 256, compile_options: dict | None = None,
-                 dtype: torch.dtype | None = None, penultimate: bool = False):
+                 dtype: torch.dtype | None = None, penultimate: bool = False, max_length: int | None = None):
         """compile_options: run the text encoder compiled by TorchInductor with these options (the
         inductor backend's, or the compiled cuda backend's; None: eager);
         dtype: run a copy of the encoder in this dtype (None: as loaded). Embeddings are returned
         in the loaded encoder's dtype either way. penultimate: the hidden states of the layer
         before the last (SDXL's choice), and the encoder's pooled output kept too when its first
-        output is one (CLIPTextModelWithProjection's text_embeds: encode_with_pooled)."""
+        output is one (CLIPTextModelWithProjection's text_embeds: encode_with_pooled).
+        max_length: tokens a prompt is padded / truncated to (default the tokenizer's
+        model_max_length; SD3's T5: the pipeline's max_sequence_length)."""
         if capacity < 0:
             raise ValueError(f"prompt cache capacity must be >= 0, got {capacity}")
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
+        self._max_length = max_length
         out_dtype = text_encoder.dtype
         runner = text_encoder if dtype in (None, out_dtype) else copy.deepcopy(text_encoder).to(dtype)
 
@@ -50,7 +53,7 @@ class PromptEncoder:
 
     @property
     def max_length(self) -> int:
-        return self.tokenizer.model_max_length
+        return self._max_length or self.tokenizer.model_max_length
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -94,13 +97,13 @@ class PromptEncoder:
     @torch.no_grad()
     def _encode_uncached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         tok = self.tokenizer
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+        ids = tok(prompts, padding="max_length", max_length=self.max_length, truncation=True,
                   return_tensors="pt")
         full_lengths = [len(x) for x in tok(prompts, truncation=False)["input_ids"]]
-        for prompt, n in zip(prompts, full_lengths):
-            if n > tok.model_max_length:
+        for prompt, n in zip(prompts, full_lengths, strict=True):
+            if n > self.max_length:
                 warnings.warn(
-                    f"prompt is {n} tokens, longer than the text encoder's {tok.model_max_length}; "
+                    f"prompt is {n} tokens, longer than the text encoder's {self.max_length}; "
                     f"it was truncated: {prompt[:80]!r}", stacklevel=5,
                 )
         device = self.text_encoder.device

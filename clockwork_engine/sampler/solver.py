@@ -36,6 +36,7 @@ SUPPORTED = (
     "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
     "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
     "UniPCMultistepScheduler", "DEISMultistepScheduler", "LCMScheduler", "TCDScheduler",
+    "FlowMatchEulerDiscreteScheduler",
 )
 # Config values that make a step nonlinear in its inputs: refused, naming the field.
 _UNSUPPORTED = {
@@ -72,6 +73,7 @@ class SolverTable:
     start: Start = TEXT_TO_IMAGE
     start_mix: tuple[float, float] = (0.0, 1.0)  # x_0 = [0] * image latents + [1] * noise
     blend_mix: torch.Tensor | None = None  # [E, 2] float64 (image, noise) outside the mask after step i
+    options: tuple = ()  # extra set_timesteps arguments, as (name, value) pairs (e.g. SD3's mu)
 
     @property
     def num_steps(self) -> int:
@@ -141,12 +143,12 @@ def check_supported(scheduler, eta: float = 0.0):
         raise ValueError(f"{name} takes no eta; eta={eta} applies to DDIM and TCD only")
 
 
-def _set_timesteps(scheduler, num_steps: int, timesteps, start: Start) -> int:
+def _set_timesteps(scheduler, num_steps: int, timesteps, start: Start, options: tuple = ()) -> int:
     """Set the scheduler's grid as the pipeline does; returns the index of the first timestep
     that runs (diffusers' get_timesteps: t_start * order, also set as the scheduler's begin index)."""
     name = type(scheduler).__name__
     if timesteps is None:
-        scheduler.set_timesteps(num_steps, device="cpu")
+        scheduler.set_timesteps(num_steps, device="cpu", **dict(options))
     elif max(timesteps) >= scheduler.config.num_train_timesteps:
         raise ValueError(f"timesteps {list(timesteps)} go past the scheduler's {scheduler.config.num_train_timesteps}")
     elif "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
@@ -166,14 +168,16 @@ def _set_timesteps(scheduler, num_steps: int, timesteps, start: Start) -> int:
 
 
 def build_table(scheduler, num_steps: int, timesteps: list[int] | None = None, eta: float = 0.0,
-                start: Start = TEXT_TO_IMAGE) -> SolverTable:
+                start: Start = TEXT_TO_IMAGE, options: dict | None = None) -> SolverTable:
     """Set a copy of the scheduler to num_steps (or to the given timesteps, for a scheduler whose
-    set_timesteps takes them), run the pipeline's loop on coefficient vectors, return the table."""
+    set_timesteps takes them; options: its other set_timesteps arguments, e.g. SD3's mu), run the
+    pipeline's loop on coefficient vectors, return the table."""
     check_supported(scheduler, eta)
     scheduler = copy.deepcopy(scheduler)
-    begin = _set_timesteps(scheduler, num_steps, timesteps, start)
+    options = tuple(sorted((options or {}).items()))
+    begin = _set_timesteps(scheduler, num_steps, timesteps, start, options)
     ts = scheduler.timesteps[begin:].clone()
-    init_sigma = float(scheduler.init_noise_sigma)
+    init_sigma = float(getattr(scheduler, "init_noise_sigma", 1.0))  # flow matching starts from the noise itself
     install_noise_hook(scheduler)
     rec = Recorder(len(ts))
     with rec:
@@ -187,11 +191,11 @@ def build_table(scheduler, num_steps: int, timesteps: list[int] | None = None, e
         outputs, in_div, blend = [], [], []
         for i, t in enumerate(ts):
             rec.eval = i
-            scaled = plain(scheduler.scale_model_input(x, t))
+            scaled = plain(scale_model_input(scheduler, x, t))
             s = rec.coeff(scaled, "x", i)
             if not torch.equal(scaled, s * plain(x)) or s <= 0:
                 raise ValueError(f"{type(scheduler).__name__}.scale_model_input is not a scaling of the sample")
-            in_div.append(_float32_divisor(s, scheduler.scale_model_input(_PROBE_INPUT, t)))
+            in_div.append(_float32_divisor(s, scale_model_input(scheduler, _PROBE_INPUT, t)))
             m = rec.var("m")
             outputs.append(plain(scheduler.step(m, t, x, return_dict=False, **step_kwargs(scheduler, eta))[0]))
             if start.blend:  # the image noised to the next timestep, as StableDiffusionInpaintPipeline does
@@ -201,7 +205,14 @@ def build_table(scheduler, num_steps: int, timesteps: list[int] | None = None, e
             rec.eval = i + 1
             x = rec.var("x")
     blend_mix = torch.tensor(blend, dtype=torch.float64) if start.blend else None
-    return _table(rec, outputs, ts, in_div, init_sigma, num_steps, start, start_mix, blend_mix)
+    return replace(_table(rec, outputs, ts, in_div, init_sigma, num_steps, start, start_mix, blend_mix),
+                   options=options)
+
+
+def scale_model_input(scheduler, x, t):
+    """The scheduler's scale_model_input; flow-matching schedulers have none (the input is x)."""
+    scale = getattr(scheduler, "scale_model_input", None)
+    return x if scale is None else scale(x, t)
 
 
 _PROBE_INPUT = torch.randn(256, generator=torch.Generator().manual_seed(0))
@@ -303,7 +314,7 @@ def verify(scheduler, table: SolverTable, timesteps=None, eta: float = 0.0, seed
     (random model outputs, image latents and mask, the same noise draws); refuse the scheduler
     where they part by more than tol (relative)."""
     sched = copy.deepcopy(scheduler)
-    begin = _set_timesteps(sched, table.steps, timesteps, table.start)
+    begin = _set_timesteps(sched, table.steps, timesteps, table.start, table.options)
     shape = (2, 3, 2, 2)
     gen = torch.Generator().manual_seed(seed)
     image, mask = torch.randn(shape, generator=gen), (torch.rand(2, 1, 2, 2, generator=gen) > 0.5).float()
@@ -311,7 +322,7 @@ def verify(scheduler, table: SolverTable, timesteps=None, eta: float = 0.0, seed
                                                                              shape)
     noise_ref, noise = torch.randn(shape, generator=real_gen), stream.draw()
     ts = sched.timesteps[begin:]
-    x_ref = sched.add_noise(image, noise_ref, ts[:1]) if table.start.from_image else noise_ref * sched.init_noise_sigma
+    x_ref = sched.add_noise(image, noise_ref, ts[:1]) if table.start.from_image else noise_ref * table.init_noise_sigma
     x, history = table.initial(noise, image), table.empty_history(noise)
     terms = table.noise_terms([stream.draw() for _ in range(table.draws)])
     blend = (mask, table.blend_terms(image, noise)) if table.start.blend else None
@@ -321,7 +332,7 @@ def verify(scheduler, table: SolverTable, timesteps=None, eta: float = 0.0, seed
     for i, t in enumerate(ts):
         out = torch.randn(shape, generator=gen)
         what = "input scale"
-        ok = torch.allclose(sched.scale_model_input(x_ref, t), x_ref / table.in_div[i], rtol=tol, atol=0)
+        ok = torch.allclose(scale_model_input(sched, x_ref, t), x_ref / table.in_div[i], rtol=tol, atol=0)
         if ok:
             what = "update"
             x, history = update(table, torch.tensor(i), x, out, history, terms, blend)

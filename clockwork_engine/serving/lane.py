@@ -24,7 +24,7 @@ import torch
 from clockwork_engine.sampler.bank import TableBank
 from clockwork_engine.sampler.graphs import StaticBuffers
 
-ROW_DOUBLED = ("text", "features", "text_embeds", "time_ids")  # [2B, ...] under CFG
+ROW_DOUBLED = ("text", "features")  # [2B, ...] under CFG, as is each added conditioning tensor
 PER_ROW = ("step", "x", "guidance", "noise")  # [B, ...]
 
 
@@ -40,7 +40,7 @@ class Row:
     text: torch.Tensor  # [2, L, D] (negative, prompt) under CFG, else [1, L, D]
     guidance: torch.Tensor  # [] its guidance scale (1 under CFG for a scale <= 1)
     noise: torch.Tensor | None = None  # [E, C, h, w] the noise terms of a stochastic scheduler
-    added: dict = field(default_factory=dict)  # SDXL: name -> [2 or 1, ...]
+    added: dict = field(default_factory=dict)  # the family's added conditioning: name -> [2 or 1, ...]
     k: int = 0  # evaluations done
 
     @property
@@ -96,7 +96,7 @@ class Lane:
             for j, slot in enumerate(slots):
                 bufs.text[slot].copy_(row.text[j])
                 for name, value in row.added.items():
-                    getattr(bufs, name)[slot].copy_(value[j])
+                    bufs.added[name][slot].copy_(value[j])
             self.rows.append(row)
 
     def drop(self, leaving: set[int]):
@@ -171,15 +171,13 @@ class Lane:
 
     def _build(self, bucket: int, like: Row) -> tuple[StaticBuffers, dict]:
         runner, table = self.runner, self.bank.table
-        device, dtype = runner.device, runner.unet.dtype
+        device, dtype = runner.device, runner.model.dtype
         doubled = 2 * bucket if self.cfg else bucket
         x_shape = (bucket,) + tuple(like.x0.shape)
         features = None
         if self.mode == "clockwork":
-            split = self.point.split
-            s = split.scale
-            features = torch.zeros((doubled, split.r_out_channels, x_shape[2] // s, x_shape[3] // s),
-                                   dtype=dtype, device=device)
+            shape = self.point.split.feature_shape(doubled, like.text.shape[1], *x_shape[2:])
+            features = torch.zeros(shape, dtype=dtype, device=device)
         added = {name: torch.zeros((doubled,) + tuple(v.shape[1:]), dtype=dtype, device=device)
                  for name, v in like.added.items()}
         bufs = StaticBuffers(
@@ -189,7 +187,7 @@ class Lane:
             features=features,
             text=torch.zeros((doubled,) + tuple(like.text.shape[1:]), dtype=dtype, device=device),
             guidance=torch.ones(bucket, dtype=torch.float32, device=device),
-            noise=torch.zeros(x_shape, dtype=torch.float32, device=device), **added)
+            noise=torch.zeros(x_shape, dtype=torch.float32, device=device), added=added or None)
         kinds = {"full"} if self.mode == "full" else {"clockwork.full", "clockwork.adaptor"}
         step_fns = {kind: runner.step_fn(kind, table, bufs, self.cfg, self.point) for kind in kinds}
         programs = runner.graphs.build(step_fns, bufs, kinds, bufs.text.clone())
@@ -211,8 +209,9 @@ def _gather(dst: StaticBuffers, src: StaticBuffers, slots: list[int], cfg: bool)
     v = min(src.history.shape[1], dst.history.shape[1])
     dst.history[dst.history.shape[0] - k:, :v, :n] = src.history[src.history.shape[0] - k:, :v].index_select(2, index)
     b_src, b_dst = src.x.shape[0], dst.x.shape[0]
-    for name in ROW_DOUBLED:
-        s, d = getattr(src, name), getattr(dst, name)
+    doubled = [(getattr(src, name), getattr(dst, name)) for name in ROW_DOUBLED]
+    doubled += [(src.added[name], dst.added[name]) for name in src.added or {}]
+    for s, d in doubled:
         if s is None:
             continue
         d[:n] = s.index_select(0, index)

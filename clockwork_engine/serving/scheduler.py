@@ -96,7 +96,8 @@ class BatchScheduler:
             raise ValueError("this request is not batched (an edit, a callback or attention reuse): "
                              "run it with Engine.run_alone")
         cfg = self.runner.uses_cfg(req.guidance)
-        kinds = self.runner.step_kinds(req.steps, req.mode)  # builds the table: a scheduler's error is the caller's
+        # step_kinds builds the table: a scheduler's error is the caller's
+        kinds = self.runner.step_kinds(req.steps, req.mode, size=(req.height, req.width))
         point = self.runner.operating_point(req.steps) if req.mode == "clockwork" else None  # loads its adaptor
         job = Job(req, Future(), (req.height, req.width, req.mode, cfg, point), kinds)
         with self._cond:
@@ -231,15 +232,14 @@ class BatchScheduler:
 
     def _rows(self, job: Job, lane: Lane, text, added, tables) -> list[Row]:
         runner, req = self.runner, job.request
-        table = runner.table(req.steps)
+        table = runner.table(req.steps, size=(req.height, req.width))
         tables[(req.steps,)] = table
         if lane.point is not None:
             lane.point.warn_off_point(req.steps)
         inputs = runner.request_inputs(table, req.height, req.width, req.guidance, req.seeds, lane.cfg, text, added)
         n = req.rows
         picks = (lambda j: [j, n + j]) if lane.cfg else (lambda j: [j])
-        added = {name: getattr(inputs, name) for name in ("text_embeds", "time_ids")
-                 if getattr(inputs, name) is not None}
+        added = inputs.added or {}
         return [Row(job, j, (req.steps,), job.kinds, inputs.latents[j], inputs.text[picks(j)], inputs.guidance[j],
                     None if inputs.noise is None else inputs.noise[:, j],
                     {k: v[picks(j)] for k, v in added.items()}) for j in range(n)]

@@ -1,0 +1,168 @@
+"""SD3 / SD3.5 in full mode equal to StableDiffusion3Pipeline (latents within 1e-4, scaled to
+their magnitude) on a test-sized MMDiT: flow-match Euler with and without shift and with
+dynamic shifting, CFG on and off, T5 present and absent, a negative prompt, a batch with
+per-row seeds and guidance; a saved directory; the transformer's clockwork split; and what
+the family refuses by name."""
+
+import copy
+
+import diffusers
+import pytest
+import torch
+from conftest import TINY_VAE
+from test_standard_dirs import clip_tokenizer
+from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+from clockwork_engine import Engine, EngineConfig
+from clockwork_engine.clockwork.transformer_split import TransformerSplit
+from clockwork_engine.demo import models
+
+TOL = 1e-4
+PROMPTS = ["a red circle", "a blue square"]
+# diffusers' own test-sized SD3 transformer (tests/pipelines/stable_diffusion_3), 4 joint blocks
+TINY_SD3 = dict(sample_size=8, patch_size=2, in_channels=4, num_layers=4, attention_head_dim=8, num_attention_heads=2,
+                joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=24, out_channels=4,
+                pos_embed_max_size=16)
+
+
+def make_sd3_pipeline(tokenizer_dir, t5: bool = True, **scheduler_kw):
+    """A StableDiffusion3Pipeline of random test-sized components (16x16 images, 8x8 latents):
+    CLIP-L 8-d and CLIP-G 16-d (pooled 8 + 16), T5 32-d (the joint attention width)."""
+    torch.manual_seed(0)
+    tokenizer = clip_tokenizer(tokenizer_dir)
+
+    def clip(width):
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            hidden_size=width, projection_dim=width, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+            vocab_size=len(tokenizer), max_position_embeddings=16, hidden_act="gelu")).eval()
+
+    t5_parts = dict(text_encoder_3=None, tokenizer_3=None)
+    if t5:  # a T5 encoder reading a WordPiece vocabulary: no SentencePiece model offline
+        t5_tokenizer = AutoTokenizer.from_pretrained(models.minilm_dir(), model_max_length=12)
+        t5_parts = dict(tokenizer_3=t5_tokenizer, text_encoder_3=T5EncoderModel(T5Config(
+            d_model=32, d_ff=37, d_kv=8, num_layers=1, num_heads=2, vocab_size=t5_tokenizer.vocab_size)).eval())
+    vae = diffusers.AutoencoderKL(**TINY_VAE, shift_factor=0.0609, scaling_factor=1.5035)
+    return diffusers.StableDiffusion3Pipeline(
+        transformer=diffusers.SD3Transformer2DModel(**TINY_SD3), vae=vae,
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**{"shift": 3.0, **scheduler_kw}),
+        text_encoder=clip(8), tokenizer=tokenizer, text_encoder_2=clip(16), tokenizer_2=tokenizer, **t5_parts)
+
+
+@pytest.fixture(scope="module")
+def sd3(tmp_path_factory):
+    return make_sd3_pipeline(tmp_path_factory.mktemp("tok"))
+
+
+def assert_latents_close(got, ref):
+    torch.testing.assert_close(got, ref, atol=TOL * max(1.0, ref.abs().max().item()), rtol=0)
+
+
+def both(pipe, steps=4, guidance=5.0, seeds=(1, 2), size=16, negative_prompt=None, engine=None):
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(PROMPTS, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
+               output_type="latent", negative_prompt=negative_prompt,
+               generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+    engine = engine or Engine.from_pipeline(pipe, config="full")
+    got = engine.generate(PROMPTS, steps=steps, guidance_scale=guidance, seed=list(seeds), height=size, width=size,
+                          output="latent", negative_prompt=negative_prompt)
+    return got, ref
+
+
+@pytest.mark.parametrize("guidance", [1.0, 5.0], ids=["no-cfg", "cfg"])
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_sd3_matches_diffusers(sd3, shift, guidance):
+    pipe = copy.copy(sd3)
+    pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
+    got, ref = both(pipe, guidance=guidance)
+    assert_latents_close(got, ref)
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_dynamic_shifting_follows_the_image_size(sd3, size):
+    """With use_dynamic_shifting the pipeline's mu follows the image's token count: each size
+    gets its own solver table."""
+    pipe = copy.copy(sd3)
+    pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=16,
+                                                               max_image_seq_len=64)
+    got, ref = both(pipe, size=size)
+    assert_latents_close(got, ref)
+
+
+def test_sd3_without_t5_and_with_a_negative_prompt(tmp_path):
+    """No text_encoder_3: the T5 tokens are zeros, as diffusers makes them."""
+    pipe = make_sd3_pipeline(tmp_path, t5=False)
+    got, ref = both(pipe, negative_prompt=["blurry", "a green triangle"])
+    assert_latents_close(got, ref)
+
+
+def test_per_row_guidance_is_each_rows_own(sd3):
+    engine = Engine.from_pipeline(sd3, config="full")
+    kw = dict(steps=3, height=16, width=16, output="latent")
+    batch = engine.generate(PROMPTS, guidance_scale=[1.0, 6.0], seed=[3, 4], **kw)
+    for row, (prompt, g, s) in enumerate(zip(PROMPTS, [1.0, 6.0], [3, 4], strict=True)):
+        alone = engine.generate(prompt, guidance_scale=g, seed=s, **kw)
+        assert_latents_close(batch[row], alone)
+
+
+def test_sd3_directory_round_trip(sd3, tmp_path):
+    sd3.save_pretrained(tmp_path / "sd3", safe_serialization=True)
+    engine = Engine.from_pretrained(str(tmp_path / "sd3"), config="full", device="cpu")
+    assert engine.runner.family.name == "sd3" and engine.runner.components["text_encoder_3"] is not None
+    got, ref = both(sd3, engine=engine)
+    assert_latents_close(got, ref)
+
+
+def test_transformer_split_equals_the_transformer(sd3):
+    model = sd3.transformer
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 7, 32, generator=g)
+    added = {"pooled_projections": torch.randn(2, 24, generator=g)}
+    t = torch.tensor([500.0, 250.0])
+    with torch.no_grad():
+        ref = model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False,
+                    pooled_projections=added["pooled_projections"])[0]
+        split = TransformerSplit(model, 1)
+        out, r_out = split(x, t, text, None, added)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert r_out.shape == split.feature_shape(2, 7, 8, 8) == (2, 16 + 7, 16)
+
+
+def test_clockwork_on_sd3(sd3):
+    """The identity adaptor reuses the middle blocks' residual on clocked steps; with no
+    adaptor step clockwork equals full mode."""
+    kw = dict(steps=6, guidance_scale=5.0, seed=[1, 2], height=16, width=16, output="latent")
+    full = Engine.from_pipeline(sd3, config="full").generate(PROMPTS, **kw)
+    engine = Engine.from_pipeline(sd3, config=EngineConfig(mode="clockwork", adaptor="identity"))
+    assert engine.step_kinds(6, "clockwork")[:2] == ["clockwork.full", "clockwork.adaptor"]
+    torch.testing.assert_close(engine.with_config(clock_every=0).generate(PROMPTS, **kw), full, atol=1e-5, rtol=1e-5)
+    clocked = engine.generate(PROMPTS, **kw)
+    assert torch.isfinite(clocked).all() and not torch.allclose(clocked, full, atol=1e-4)
+    # the adaptor steps run the first and last joint block only: the clocked output stays near full
+    assert (clocked - full).abs().max() < full.abs().max()
+
+
+def test_what_sd3_refuses(sd3, tmp_path):
+    with pytest.raises(ValueError, match="EulerDiscreteScheduler cannot sample a StableDiffusion3Pipeline model"):
+        Engine.from_pipeline(sd3, config=EngineConfig(mode="full", scheduler="euler"))
+    with pytest.raises(ValueError, match="attention reuse runs on UNet models"):
+        Engine.from_pipeline(sd3, config=EngineConfig(mode="full", attention_reuse=(2,)))
+    with pytest.raises(ValueError, match=r"cut must be an int k with 1 <= k and 2k < 4"):
+        Engine.from_pipeline(sd3, config=EngineConfig(mode="clockwork", adaptor="identity", cut=2))
+    with pytest.raises(ValueError, match="learned adaptors run on UNet models"):
+        Engine.from_pipeline(sd3, config=EngineConfig(mode="clockwork", adaptor=str(tmp_path)))
+    engine = Engine.from_pipeline(sd3, config="full")
+    with pytest.raises(ValueError, match="image-to-image and inpainting run on UNet models"):
+        engine.generate("a red circle", image=torch.zeros(1, 3, 16, 16), steps=2)
+    with pytest.raises(ValueError, match="height must be a multiple of 4 .* the transformer's patch"):
+        engine.generate("a red circle", height=18, width=16, steps=2)
+    no_clip_g = copy.copy(sd3)
+    no_clip_g.text_encoder_2 = None
+    with pytest.raises(ValueError, match="needs text_encoder_2"):
+        Engine.from_pipeline(no_clip_g, config="full")
+
+
+def test_a_unet_refuses_a_flow_matching_scheduler(tiny_pipe):
+    pipe = copy.copy(tiny_pipe)
+    pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler()
+    with pytest.raises(ValueError, match="FlowMatchEulerDiscreteScheduler cannot sample a StableDiffusionPipeline"):
+        Engine.from_pipeline(pipe, config="full")
