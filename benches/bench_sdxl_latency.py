@@ -30,7 +30,7 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, interleaved, machine, write  # noqa: E402
+from common import RESULTS, interleaved, machine, time_engines, write  # noqa: E402
 
 from clockwork_engine.eval.compare import paired_speedup  # noqa: E402
 from clockwork_engine.tools.flops import SD15_TEXT_TOKENS, SDXL_UNET, build, count_arch, example_inputs  # noqa: E402
@@ -101,7 +101,6 @@ def end_to_end(repeats: int, folder: str) -> dict:
     from clockwork_engine import Engine, EngineConfig
     from clockwork_engine.clockwork import adaptors as adaptor_io
     from clockwork_engine.clockwork.clock import Clock
-    from clockwork_engine.eval.compare import fresh_prompts
     from clockwork_engine.sampler import noise_schedulers
 
     torch.manual_seed(0)
@@ -120,21 +119,7 @@ def end_to_end(repeats: int, folder: str) -> dict:
     clock = Engine.from_pipeline(pipe, config=EngineConfig(mode="clockwork", adaptor=adaptor_dir, steps=8,
                                                            clock_every=2))
 
-    class Warm(Exception):
-        pass
-
-    def cancel(i, n, x):
-        raise Warm  # stop after the first step: the build (dry runs) is what warms up
-
-    prompts = iter(fresh_prompts(2 * repeats + 2))
-    for engine, mode in ((full, "full"), (clock, "clockwork")):
-        try:
-            engine.generate(next(prompts), mode=mode, callback=cancel, **kw)
-        except Warm:
-            pass
-    fns = {"full": lambda: full.generate(next(prompts), mode="full", **kw),
-           "clockwork": lambda: clock.generate(next(prompts), mode="clockwork", **kw)}
-    timings = interleaved(fns, repeats, warmup=0)
+    timings = time_engines({"full": (full, "full"), "clockwork": (clock, "clockwork")}, kw, repeats)
     return {"timings": timings, "schedule": clock.step_kinds(8, "clockwork"), "steps": 8, "guidance": 5.0,
             "scheduler": "EulerDiscreteScheduler", "size": 512,
             "speedup": timings["full"]["median_s"] / timings["clockwork"]["median_s"],

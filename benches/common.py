@@ -86,3 +86,26 @@ def write(name: str, result: dict) -> str:
     print(json.dumps(result, indent=1))
     print(f"wrote {path}")
     return path
+
+
+def time_engines(engines: dict, kw: dict, repeats: int) -> dict:
+    """Interleaved end-to-end timings of engines: name -> (engine, mode), a new prompt each call.
+    Each engine is first warmed up by a request cancelled after its first step (the step
+    programs' build is what warms up)."""
+    from clockwork_engine.eval.compare import fresh_prompts
+
+    class Warm(Exception):
+        pass
+
+    def cancel(i, n, x):
+        raise Warm
+
+    prompts = iter(fresh_prompts((repeats + 1) * len(engines)))
+    for engine, mode in engines.values():
+        try:
+            engine.generate(next(prompts), mode=mode, callback=cancel, **kw)
+        except Warm:
+            pass
+    fns = {name: (lambda e=engine, m=mode: e.generate(next(prompts), mode=m, **kw))
+           for name, (engine, mode) in engines.items()}
+    return interleaved(fns, repeats, warmup=0)

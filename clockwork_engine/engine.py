@@ -60,7 +60,8 @@ class Engine:
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_pretrained(cls, model: str = "demo", *, config: EngineConfig | str | None = None,
-                        preset: str | None = None, tokenizer=None, text_encoder=None, torch_dtype=None, device=None) -> Engine:
+                        preset: str | None = None, tokenizer=None, text_encoder=None, torch_dtype=None,
+                        device=None) -> Engine:
         """'demo' (the embedded default) or a local diffusers Stable-Diffusion directory.
 
         preset: a distilled student shipped with the model (a folder under its students/,

@@ -33,7 +33,7 @@ from clockwork_engine.compile import CUDA_MODULE_OPTIONS, MODULE_OPTIONS, compil
 from clockwork_engine.conditioning import latents
 from clockwork_engine.config import EngineConfig
 from clockwork_engine.models import tiny_decoder
-from clockwork_engine.models.family import family_of
+from clockwork_engine.models.family import check_runs, family_of
 from clockwork_engine.ops import fused_unet
 from clockwork_engine.request import NonFiniteError
 from clockwork_engine.reuse import attention
@@ -72,7 +72,7 @@ class ModelRunner:
         if self.config.scheduler is not None:
             scheduler = noise_schedulers.from_name(self.config.scheduler, scheduler)
         self.scheduler = scheduler
-        self._check_supported()
+        check_runs(self.family, scheduler, self.config)
         self.adaptor_dir, self.decoder_dir = adaptor_dir, decoder_dir
         self.tiny_decoder = self._load_tiny_decoder(self.config.decoder)
         self.graphs = sampler.GraphSampler(self.config.backend, self.config.max_graphs,
@@ -108,16 +108,6 @@ class ModelRunner:
         if self.config.attention_reuse is not None:
             self.reuse = attention.apply_reuse(self.model, attention.ReuseConfig(
                 self.config.reuse_layers, self.config.max_attention_bytes))
-
-    def _check_supported(self):
-        """Refuse, by name, what this family does not run (never run it approximately)."""
-        family, kind = self.family, type(self.scheduler).__name__
-        if kind.startswith("FlowMatch") != family.flow_matching:
-            need = "a flow-matching scheduler (FlowMatchEulerDiscreteScheduler)" if family.flow_matching else \
-                "a diffusion scheduler, not a flow-matching one"
-            raise ValueError(f"{kind} cannot sample a {family.pipeline_class} model: it needs {need}")
-        if self.config.attention_reuse is not None and "attention_reuse" not in family.supports:
-            raise ValueError(f"attention reuse runs on UNet models; a {family.pipeline_class} model cannot use it")
 
     @property
     def unet(self):

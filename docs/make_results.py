@@ -258,6 +258,39 @@ def section_flops():
                "not been fitted, so what it costs in quality is unmeasured. At cut 0 an adaptor step runs only "
                "conv_in, the adaptor and the UNet's last layer (with its attention in SD v1.5), the point DeepCache "
                "caches at: the identity adaptor there is DeepCache (tests/test_deepcache_parity.py).\n")
+    out.append(section_flops_sd3())
+    return "\n".join(out)
+
+
+SD3_FLOPS = (("flops_sd35_medium.json", "SD3.5 medium"), ("flops_sd35_large.json", "SD3.5 large"))
+
+
+def section_flops_sd3() -> str:
+    """The SD3.5 transformers with the identity adaptor (clockwork_engine.tools.flops.count_transformer)."""
+    out = ["### SD3.5 transformers, 1024x1024, the identity adaptor\n"]
+    rows, commands = [], []
+    for name, label in SD3_FLOPS:
+        d = load(name)
+        if not d:
+            out.append(missing(name))
+            continue
+        f = d["full"]
+        rows.append([label, d["joint_blocks"], d["always_run_blocks"], f"{f['model_forward_batch1_gflops']:.0f}",
+                     f"{f['adaptor_step_fraction']:.3f}", f"{f['baseline_tflops_per_image']:.1f}",
+                     f"{f['clockwork_tflops_per_image']:.1f}", pct(-f["saving"]), pct(-d["paper"]["saving"])])
+        commands.append(d["command"])
+    if rows:
+        d = load(SD3_FLOPS[0][0]) or load(SD3_FLOPS[1][0])
+        out.append(f"{d['steps']} steps, clock {d['clock_every']}, CFG batch {d['cfg_batch']}, cut {d['cut']}, "
+                   f"{d['image_tokens']} image and {d['text_tokens']} text tokens. Commands: "
+                   + "; ".join(f"`{c}`" for c in commands) + "\n")
+        out.append(table(["model", "joint blocks", "always run", "forward GFLOPs (batch 1)", "adaptor step / full",
+                          "full TFLOPs/image", "clockwork TFLOPs/image", "change", "change (no attention scores)"],
+                         rows) + "\n")
+        out.append("An identity-adaptor step runs the embeddings, the first and last joint block and the output "
+                   "layers, and adds the middle blocks' residual from the last full step. No learned transformer "
+                   "adaptor exists yet, so these are the identity adaptor's FLOPs; what it costs in quality on SD3 "
+                   "is unmeasured (random weights).\n")
     return "\n".join(out)
 
 
@@ -1318,10 +1351,12 @@ def headline_schedulers() -> str:
 FLOPS_HEADLINE = (("flops_sd15.json", "SD v1.5, 512x512"), ("flops_sd15_cut0.json", "SD v1.5, 512x512, cut 0"),
                   ("flops_sdxl.json", "SDXL base, 1024x1024"), ("flops_sdxl_cut0.json", "SDXL base, 1024x1024, cut 0"),
                   ("flops_demo.json", "demo, 64x64"))
+FLOPS_HEADLINE_SD3 = (("flops_sd35_medium.json", "SD3.5 medium, 1024x1024, 28 steps, identity adaptor"),
+                      ("flops_sd35_large.json", "SD3.5 large, 1024x1024, 28 steps, identity adaptor"))
 
 
 def headline_flops() -> str:
-    title = "FLOPs per image (8 steps, clock 2, CFG batch 2, adaptor included)"
+    title = "FLOPs per image (8 steps unless named, clock 2, CFG batch 2, adaptor included)"
     rows, commands = [], []
     for name, label in FLOPS_HEADLINE:
         d = load(name)
@@ -1331,10 +1366,17 @@ def headline_flops() -> str:
         rows.append([label, f"{d['adaptor_parameters'] / 1e6:.2f}M", f"{f['baseline_tflops_per_image']:.4f}",
                      f"{f['clockwork_tflops_per_image']:.4f}", pct(-f["saving"]), pct(-d["paper"]["saving"])])
         commands.append(d["command"])
+    for name, label in FLOPS_HEADLINE_SD3:
+        d = load(name)
+        if d:
+            f = d["full"]
+            rows.append([label, "0", f"{f['baseline_tflops_per_image']:.1f}", f"{f['clockwork_tflops_per_image']:.1f}",
+                         pct(-f["saving"]), pct(-d["paper"]["saving"])])
+            commands.append(d["command"])
     if not rows:
         return _not_measured(title, "flops", "flops_sd15.json")
     body = ("TFLOPs counted with the attention-score matmuls (`full`); the last column counts as the paper does "
-            "(without them).\n\n" + table(["UNet", "adaptor", "full TFLOPs", "clockwork TFLOPs", "change",
+            "(without them).\n\n" + table(["model", "adaptor", "full TFLOPs", "clockwork TFLOPs", "change",
                                            "change (paper's count)"], rows))
     return _headline(title, "flops", commands, body)
 

@@ -62,3 +62,19 @@ def test_cut_0_runs_only_conv_in_and_the_last_layer():
     full = cut0["full"]
     assert 0 < full["always_run_batch1_gflops"] < 0.1 * full["unet_forward_batch1_gflops"]
     assert full["clockwork_tflops_per_image"] < full["baseline_tflops_per_image"]
+
+
+def test_sd35_medium_counts():
+    """SD3.5 medium at 1024x1024 (4096 image + 333 text tokens): a forward is the linear layers
+    of 24 joint blocks (13 with a second, image-only attention) plus joint attention over 4429
+    tokens, 11.25 TFLOPs, as the hand count gives; an identity-adaptor step at cut 1 runs the
+    first and last block and the embeddings, about a twelfth of that."""
+    r = flops.run(argparse.Namespace(arch="sd3.5-medium", steps=28, clock=2, cut=1, json=None))
+    full = r["full"]
+    d, img, txt, blocks = 1536, 4096, 333, 24
+    hand = blocks * 2 * 12 * d * d * (img + txt)  # q, k, v, out (4 D^2) and the 4x MLP (8 D^2), both streams
+    hand += 13 * 2 * 4 * d * d * img + blocks * 4 * (img + txt) ** 2 * d + 13 * 4 * img ** 2 * d  # attentions
+    assert full["model_forward_batch1_gflops"] == pytest.approx(hand / 1e9, rel=0.02)
+    assert 0.07 < full["adaptor_step_fraction"] < 2 / blocks
+    assert full["clockwork_tflops_per_image"] == pytest.approx(14 * full["full_step_tflops"] +
+                                                               14 * full["adaptor_step_tflops"])

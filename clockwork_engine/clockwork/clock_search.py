@@ -41,11 +41,7 @@ and its cut too).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import shlex
-import time
 import warnings
 
 import torch
@@ -147,71 +143,86 @@ def search(engine, captions: list[str], steps: int, budget: int, guidance: float
         raise ValueError(f"candidates must be >= 0 (0: every remaining step), got {candidates}")
     if direction not in ("forward", "local"):
         raise ValueError(f"direction must be 'forward' or 'local', got {direction!r}")
-    kw = dict(steps=steps, guidance_scale=guidance, output="latent")
-    size = engine.config.max_batch_size  # captions go in calls of at most this many; call k draws seed + k
-    calls = [(list(captions[i:i + size]), seed + i // size) for i in range(0, len(captions), size)]
+    calibration = _Calibration(engine, captions, steps, guidance, seed, progress)
+    if direction == "local":
+        chosen, rounds, profile = _local(calibration, steps, budget, max_rounds)
+    else:
+        chosen, rounds, profile = _forward(calibration, steps, budget, candidates)
+    return {"adaptor_steps": sorted(chosen), "profile": profile, "rounds": rounds,
+            "evaluations": calibration.evaluations, "direction": direction}
 
-    def latents(e, mode):
-        return torch.cat([e.generate(batch, mode=mode, seed=s, **kw) for batch, s in calls])
 
-    reference = latents(engine, "full")
-    evaluations = 1
+class _Calibration:
+    """The full model's final latents on the calibration captions, and the MSE of a clock's."""
 
-    def mse(adaptor_steps) -> float:
-        nonlocal evaluations
-        run = engine.with_config(mode="clockwork", adaptor_steps=tuple(sorted(adaptor_steps)))
+    def __init__(self, engine, captions, steps, guidance, seed, progress):
+        self.engine, self.progress = engine, progress
+        self.kw = dict(steps=steps, guidance_scale=guidance, output="latent")
+        size = engine.config.max_batch_size  # captions go in calls of at most this many; call k draws seed + k
+        self.calls = [(list(captions[i:i + size]), seed + i // size) for i in range(0, len(captions), size)]
+        self.reference = self._latents(engine, "full")
+        self.evaluations = 1
+
+    def _latents(self, engine, mode):
+        return torch.cat([engine.generate(batch, mode=mode, seed=s, **self.kw) for batch, s in self.calls])
+
+    def mse(self, adaptor_steps) -> float:
+        run = self.engine.with_config(mode="clockwork", adaptor_steps=tuple(sorted(adaptor_steps)))
         with warnings.catch_warnings():  # the fitted-for-another-clock/steps warnings: known here
             warnings.simplefilter("ignore")
-            out = latents(run, "clockwork")
-        evaluations += 1
-        if progress:
-            progress()
-        return float(out.sub(reference).pow(2).mean())
+            out = self._latents(run, "clockwork")
+        self.evaluations += 1
+        if self.progress:
+            self.progress()
+        return float(out.sub(self.reference).pow(2).mean())
 
-    every = set(range(1, steps))
-    rounds, profile = [], []
-    if direction == "local":
-        starts = {"spread": spread(steps, budget)}
-        for interval, clock in uniform(steps, budget).items():
-            if clock not in starts.values():
-                starts[f"deepcache_i{interval}"] = clock
-        scored = {name: mse(start) for name, start in starts.items()}
-        first = min(scored, key=lambda name: (scored[name], name))
-        chosen, current = set(starts[first]), scored[first]
-        rounds.append({"step": None, "adaptor_steps": sorted(chosen), "mse": current, "start": first,
-                       "starts": {name: {"adaptor_steps": starts[name], "mse": v} for name, v in scored.items()}})
-        for _ in range(max_rounds):
-            moves = {}  # (full step made adaptor, adaptor step made full) -> the set
-            for f in sorted(every - chosen):
-                for a in (f - 1, f + 1):
-                    if a in chosen:
-                        moves[(f, a)] = (chosen - {a}) | {f}
-            measured = {m: mse(v) for m, v in moves.items()}
-            if not measured:
-                break
-            best = min(measured, key=lambda m: (measured[m], m))
-            if measured[best] >= current:
-                break
-            chosen, current = moves[best], measured[best]
-            rounds.append({"step": list(best), "adaptor_steps": sorted(chosen), "mse": current,
-                           "evaluated": len(measured)})
-        return {"adaptor_steps": sorted(chosen), "profile": profile, "rounds": rounds,
-                "evaluations": evaluations, "direction": direction}
-    chosen = set()
+
+def _local(cal: _Calibration, steps: int, budget: int, max_rounds: int):
+    """From the best of the spread and DeepCache clocks, swap a full step with a neighbouring
+    adaptor step while the best swap lowers the MSE."""
+    starts = {"spread": spread(steps, budget)}
+    for interval, clock in uniform(steps, budget).items():
+        if clock not in starts.values():
+            starts[f"deepcache_i{interval}"] = clock
+    scored = {name: cal.mse(start) for name, start in starts.items()}
+    first = min(scored, key=lambda name: (scored[name], name))
+    chosen, current = set(starts[first]), scored[first]
+    rounds = [{"step": None, "adaptor_steps": sorted(chosen), "mse": current, "start": first,
+               "starts": {name: {"adaptor_steps": starts[name], "mse": v} for name, v in scored.items()}}]
+    for _ in range(max_rounds):
+        moves = {}  # (full step made adaptor, adaptor step made full) -> the set
+        for f in sorted(set(range(1, steps)) - chosen):
+            for a in (f - 1, f + 1):
+                if a in chosen:
+                    moves[(f, a)] = (chosen - {a}) | {f}
+        measured = {m: cal.mse(v) for m, v in moves.items()}
+        if not measured:
+            break
+        best = min(measured, key=lambda m: (measured[m], m))
+        if measured[best] >= current:
+            break
+        chosen, current = moves[best], measured[best]
+        rounds.append({"step": list(best), "adaptor_steps": sorted(chosen), "mse": current,
+                       "evaluated": len(measured)})
+    return chosen, rounds, []
+
+
+def _forward(cal: _Calibration, steps: int, budget: int, candidates: int):
+    """From no adaptor step, add the step whose adaptor keeps the latents closest, `budget` times."""
+    chosen, rounds, profile = set(), [], []
     score: dict[int, float] = {}  # each step's MSE when last measured
     for _ in range(budget):
-        pool = sorted(every - chosen, key=lambda i: (score.get(i, 0.0), i))
+        pool = sorted(set(range(1, steps)) - chosen, key=lambda i: (score.get(i, 0.0), i))
         if candidates and profile:
             pool = pool[:candidates]
-        measured = {c: mse(chosen | {c}) for c in pool}
+        measured = {c: cal.mse(chosen | {c}) for c in pool}
         score.update(measured)
         profile = profile or [{"step": i, "mse": v} for i, v in sorted(measured.items())]
         best = min(measured, key=lambda c: (measured[c], c))
         chosen = chosen | {best}
         rounds.append({"step": best, "adaptor_steps": sorted(chosen), "mse": measured[best],
                        "evaluated": sorted(measured)})
-    return {"adaptor_steps": sorted(chosen), "profile": profile, "rounds": rounds,
-            "evaluations": evaluations, "direction": direction}
+    return chosen, rounds, profile
 
 
 def schedule_for(found: dict, budget: int) -> tuple[list[int], float]:
@@ -221,140 +232,3 @@ def schedule_for(found: dict, budget: int) -> tuple[list[int], float]:
         if len(r["adaptor_steps"]) == budget:
             return r["adaptor_steps"], r["mse"]
     raise ValueError(f"the {found['direction']} search passed no schedule of {budget} adaptor steps")
-
-
-def calibration_captions(n: int, seed: int = 0) -> list[str]:
-    """n captions of the demo's training split (never the held-out captions the benches score)."""
-    import numpy as np
-
-    from clockwork_engine.demo import shapes
-
-    scenes = shapes.split_scenes("train")
-    rng = np.random.default_rng(seed)
-    return [scenes[i].caption for i in rng.integers(0, len(scenes), n)]
-
-
-_OPTIONS = ("model", "steps", "budget", "adaptor", "cut", "captions", "candidates", "direction", "rounds", "guidance",
-            "scheduler", "seed", "out")
-
-
-def build_parser(ap):
-    ap.add_argument("--model", default="demo")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--budget", required=True,
-                    help="number of adaptor steps, or several (11,14,17): one search to the largest, one file each")
-    ap.add_argument("--adaptor", default="model",
-                    help="the adaptor searched with: 'model' (the model directory's, the one fitted for --steps "
-                         "where it has several), 'identity', or an adaptor folder")
-    ap.add_argument("--cut", type=int, default=None,
-                    help="--adaptor identity: the UNet split level (default 1, the paper's; 0: DeepCache's cut, "
-                         "an adaptor step runs only conv_in and the UNet's last layer)")
-    ap.add_argument("--captions", type=int, default=16, help="calibration captions (demo training split)")
-    ap.add_argument("--candidates", type=int, default=6,
-                    help="steps evaluated per greedy round, the best-scoring ones (0: every remaining step)")
-    ap.add_argument("--direction", choices=("local", "forward"), default="local",
-                    help="local: from the evenly spread clock, move full steps while it pays (default); "
-                         "forward: add adaptor steps greedily from none")
-    ap.add_argument("--rounds", type=int, default=8, help="local: at most this many moves")
-    ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's)")
-    ap.add_argument("--scheduler", default=None, help="sampler (default: the model's own)")
-    ap.add_argument("--seed", type=int, default=0, help="noise seed of the calibration batch")
-    ap.add_argument("--out", required=True, help="schedule JSON to write ({budget} in it: one file a budget)")
-    return ap
-
-
-def _budgets(spec) -> list[int]:
-    try:
-        budgets = sorted({int(b) for b in str(spec).split(",")})
-    except ValueError as e:
-        raise ValueError(f"--budget takes adaptor-step counts, e.g. 12 or 11,14,17; got {spec!r}") from e
-    return budgets
-
-
-def run(args) -> list[dict]:
-    from tqdm import tqdm
-
-    from clockwork_engine import Engine
-
-    budgets = _budgets(args.budget)
-    if len(budgets) > 1 and "{budget}" not in args.out:
-        raise ValueError("several budgets write one file each: put {budget} in --out, e.g. clock_{budget}.json")
-    start = time.perf_counter()
-    config = Engine.default_config(args.model).with_(mode="clockwork", steps=args.steps)
-    if args.adaptor != "model":
-        config = config.with_(adaptor=args.adaptor)
-    if args.cut is not None:
-        if args.adaptor != "identity":
-            raise ValueError("--cut is the identity adaptor's split level; a trained adaptor carries its own")
-        config = config.with_(cut=args.cut)
-    if args.scheduler:
-        config = config.with_(scheduler=args.scheduler)
-    engine = Engine.from_pretrained(args.model, config=config)
-    guidance = engine.config.guidance_scale if args.guidance is None else args.guidance
-    captions = calibration_captions(args.captions, args.seed)
-    if args.direction == "forward":
-        pool = args.steps - 1 if args.candidates == 0 else args.candidates
-        total = sum(args.steps - 1 - r if r == 0 else min(pool, args.steps - 1 - r) for r in range(budgets[-1]))
-        with tqdm(total=total, desc="clock search (forward)") as bar:
-            found = search(engine, captions, args.steps, budgets[-1], guidance, args.seed, args.candidates,
-                           "forward", progress=lambda: bar.update(1))
-        per_budget = {b: (*schedule_for(found, b), found) for b in budgets}
-    else:  # one local search a budget
-        per_budget, found = {}, None
-        for b in budgets:
-            with tqdm(desc=f"clock search (local, budget {b})") as bar:
-                one = search(engine, captions, args.steps, b, guidance, args.seed, direction="local",
-                             progress=lambda: bar.update(1), max_rounds=args.rounds)
-            per_budget[b] = (one["adaptor_steps"], one["rounds"][-1]["mse"], one)
-    seconds = round(time.perf_counter() - start, 1)
-    cost = adaptor_step_cost(engine, args.steps, guidance)
-    folder = args.adaptor
-    if args.adaptor == "model":
-        from clockwork_engine.clockwork import adaptors as adaptor_io
-        from clockwork_engine.engine import ADAPTOR_FOLDER
-        from clockwork_engine.models import loading
-
-        model_dir = loading.resolve(args.model)
-        folder = os.path.relpath(adaptor_io.for_steps(os.path.join(model_dir, ADAPTOR_FOLDER), args.steps), model_dir)
-    command = "clockwork search-clock " + " ".join(  # every option spelled out, defaults too
-        f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(args).items()
-        if k in _OPTIONS and v is not None)
-    results = []
-    runs = sum(one["evaluations"] for one in {id(v[2]): v[2] for v in per_budget.values()}.values())
-    for budget in budgets:
-        chosen, calibration_mse, one = per_budget[budget]
-        result = {
-            "format": FORMAT, "steps": args.steps, "adaptor_steps": chosen, "budget": budget,
-            "budget_unit": "adaptor steps", "adaptor": args.adaptor, "adaptor_folder": folder,
-            "cut": engine.split.cut,
-            "scheduler": type(engine.scheduler).__name__, "guidance": guidance,
-            "adaptor_step_flops_over_full": cost, "unet_flop_fraction": flop_fraction(cost, args.steps, chosen),
-            "calibration_mse": calibration_mse,
-            "calibration_mse_start": one["rounds"][0]["mse"] if args.direction == "local" else None,
-            "search": {"seconds": seconds, "sampler_runs": runs, "budgets": budgets, "direction": args.direction,
-                       "note": "the cost of the whole command (every budget listed); forward: one greedy run, "
-                               "this file its round that left `budget`; local: one search a budget",
-                       "candidates_per_round": args.candidates, "profile": one["profile"],
-                       "rounds": one["rounds"]},
-            "calibration": {"split": "demo train", "captions": captions, "seed": args.seed},
-            "command": command,
-        }
-        out = args.out.replace("{budget}", str(budget))
-        with open(out, "w") as f:
-            json.dump(result, f, indent=1)
-        print(json.dumps({k: v for k, v in result.items() if k not in ("search", "calibration")}))
-        print(f"wrote {out}")
-        results.append(result)
-    print(f"search: {seconds} s, {runs} sampler runs")
-    return results
-
-
-def main(argv=None):
-    ap = build_parser(argparse.ArgumentParser(prog="clockwork search-clock", description=__doc__,
-                                              formatter_class=argparse.RawDescriptionHelpFormatter))
-    return run(ap.parse_args(argv))
-
-
-if __name__ == "__main__":
-    torch.set_grad_enabled(False)
-    main()

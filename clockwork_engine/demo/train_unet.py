@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from clockwork_engine.demo import models, pipeline, shapes
-from clockwork_engine.demo.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
+from clockwork_engine.distill.training import cosine_lr, load_checkpoint, min_snr_weights, plot_losses, save_checkpoint
 
 
 @torch.no_grad()
@@ -34,12 +34,7 @@ def encode_captions(tokenizer, text_encoder, captions: list[str], batch: int = 2
     return torch.cat(out)
 
 
-def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
-    snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
-    return torch.clamp(snr, max=gamma) / snr
-
-
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vae", default="runs/vae/final", help="trained VAE folder (diffusers layout)")
     ap.add_argument("--out", default="runs/unet")
@@ -55,18 +50,11 @@ def main(argv=None):
                     help="the earlier demo architecture: transformer blocks at 16x16 too (models.TOP_ATTENTION)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=500)
-    args = ap.parse_args(argv)
+    return ap
 
-    from diffusers import AutoencoderKL, DDPMScheduler
 
-    torch.manual_seed(args.seed)
-    vae = AutoencoderKL.from_pretrained(args.vae).requires_grad_(False).eval()
-    tokenizer, text_encoder = models.load_text_encoder()
-    scenes = shapes.split_scenes("train")
-    caption_index = {s.caption: i for i, s in enumerate(scenes)}
-    embeds = encode_captions(tokenizer, text_encoder, [s.caption for s in scenes] + [""])
-    uncond = len(scenes)
-
+def _unet(args):
+    """The UNet to train: built fresh, or with every weight from --init."""
     unet = models.build_unet(**(models.TOP_ATTENTION if args.top_attention else {}))
     if args.init:
         from diffusers import UNet2DConditionModel
@@ -79,7 +67,22 @@ def main(argv=None):
             raise ValueError(f"--init {args.init} lacks weights the new UNet needs: {missing[:5]}")
         if dropped:
             print(f"--init {args.init}: {len(dropped)} weights dropped (not in the new UNet), e.g. {dropped[0]}")
-    unet.train()
+    return unet.train()
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    torch.manual_seed(args.seed)
+    vae = AutoencoderKL.from_pretrained(args.vae).requires_grad_(False).eval()
+    tokenizer, text_encoder = models.load_text_encoder()
+    scenes = shapes.split_scenes("train")
+    caption_index = {s.caption: i for i, s in enumerate(scenes)}
+    embeds = encode_captions(tokenizer, text_encoder, [s.caption for s in scenes] + [""])
+    uncond = len(scenes)
+
+    unet = _unet(args)
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=1e-2)
     step, losses = load_checkpoint(args.out, unet, opt)
@@ -114,7 +117,7 @@ def main(argv=None):
         opt.step()
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, p in zip(ema.parameters(), unet.parameters()):
+            for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
                 pe.lerp_(p, 1 - decay)
         losses.append(per_sample.mean().item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from clockwork_engine.demo import models, shapes
-from clockwork_engine.demo.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
+from clockwork_engine.distill.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
 
 
 def kl_loss(posterior) -> torch.Tensor:

@@ -133,7 +133,7 @@ def run(args):
             held_psnr = psnr(decoder.eval()(held_z), held_images)
             held_sampled = sampled_pairs(engine, args.model, 128, args.seed + 12345, split="eval")
             sampled_psnr = psnr(decoder(held_sampled[0]), held_sampled[1])
-        from clockwork_engine.demo.training import plot_losses
+        from clockwork_engine.distill.training import plot_losses
 
         plot_losses(losses, os.path.join(args.out, "loss.png"), "tiny decoder: L1 + L2 to the VAE decoder")
         final = os.path.join(args.out, "final")

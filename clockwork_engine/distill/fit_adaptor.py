@@ -29,8 +29,8 @@ from tqdm import tqdm
 from clockwork_engine.clockwork import adaptors as A
 from clockwork_engine.clockwork.clock import Clock
 from clockwork_engine.demo import shapes
-from clockwork_engine.demo.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
 from clockwork_engine.distill import trajectories as T
+from clockwork_engine.distill.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
 from clockwork_engine.sampler import noise_schedulers
 
 
@@ -132,6 +132,54 @@ def main(argv=None):
     return run(args)
 
 
+def _held_out(engine, split, args, adaptor_steps):
+    """(inputs..., target) pairs on 128 held-out captions for the per-epoch report (None when
+    the adaptor is fitted on the caller's --prompts)."""
+    if args.prompts:
+        return None
+    rng = np.random.default_rng(10_000 + args.seed)
+    captions = [s.caption for s in shapes.split_scenes("eval")]
+    captions = [captions[i] for i in rng.integers(0, len(captions), 128)]
+    val_args = argparse.Namespace(**{**vars(args), "mode": "unrolled"})
+    return T.pairs(_features(engine, split, val_args, captions, None, torch.Generator().manual_seed(999)),
+                   adaptor_steps)
+
+
+def _train_epoch(adaptor, opt, data, batches, args, it: int, total_iters: int, losses: list) -> int:
+    """One epoch of L2 steps over `batches` (row indices into data); returns the iteration count."""
+    adaptor.train()
+    for idx in batches:
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(it, total_iters, args.lr, warmup=50)
+        *inputs, target = (d[idx] for d in data)
+        pred = predict(adaptor, *inputs)
+        if args.loss == "guided":
+            pred, target = guided_mix(pred, args.guidance), guided_mix(target, args.guidance)
+        loss = (pred - target).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        it += 1
+        batches.set_postfix(loss=f"{loss.item():.5f}")
+    adaptor.eval()
+    return it
+
+
+def _save(args, adaptor, engine, clock, history, losses):
+    """The adaptor folder: weights, metadata (model fingerprint, steps, clock, scheduler, how it
+    was fitted), its per-epoch held-out errors and the loss curve."""
+    plot_losses(losses, os.path.join(args.out, "loss.png"), f"adaptor L2 ({args.mode})")
+    training = {"mode": args.mode, "loss": args.loss, "train_on": args.train_on, "epochs": args.epochs,
+                "captions_per_epoch": args.captions_per_epoch, "passes": args.passes,
+                "lr": args.lr, "guidance": args.guidance, "seed": args.seed, "held_out": history[-1:] or None}
+    A.save(args.out, adaptor, cut=args.cut, base_fingerprint=A.model_fingerprint(engine.unet), steps=args.steps,
+           scheduler=noise_schedulers.describe(engine.scheduler), clock=clock.to_dict(), training=training)
+    with open(os.path.join(args.out, "history.json"), "w") as f:
+        json.dump(history, f, indent=1)
+    print(f"saved {args.out}")
+
+
 def run(args):
     from clockwork_engine import Engine
     from clockwork_engine.clockwork.unet_split import UNetSplit
@@ -156,23 +204,17 @@ def run(args):
                                                   text_embed_dim=split.text_embed_dim if args.pooled_text else 0))
     opt = torch.optim.Adam(adaptor.parameters(), lr=args.lr)
     ckpt = os.path.join(args.out, "checkpoint")
-    epoch, losses = load_checkpoint(ckpt, adaptor, opt)
+    first, losses = load_checkpoint(ckpt, adaptor, opt)
     print(f"adaptor: {A.num_parameters(adaptor) / 1e6:.3f}M parameters; adaptor steps {adaptor_steps}; "
-          f"mode {args.mode}; resuming at epoch {epoch}")
+          f"mode {args.mode}; resuming at epoch {first}")
 
-    val_rng = np.random.default_rng(10_000 + args.seed)  # held-out captions for the report
-    val_caps = [s.caption for s in shapes.split_scenes("eval")]
-    val_caps = [val_caps[i] for i in val_rng.integers(0, len(val_caps), 128)] if not args.prompts else None
-    val_args = argparse.Namespace(**{**vars(args), "mode": "unrolled"})
-    val = T.pairs(_features(engine, split, val_args, val_caps, None, torch.Generator().manual_seed(999)),
-                  adaptor_steps) if val_caps else None
-
+    val = _held_out(engine, split, args, adaptor_steps)
     groups = 1 + engine.uses_cfg(args.guidance)  # rows per sample: (uncond, cond) with CFG
     pair_batch = max(1, args.batch // groups)  # --batch counts model rows, as the sampler does
     iters_per_epoch = args.passes * ((args.captions_per_epoch * len(adaptor_steps)) // pair_batch)
-    total_iters, it = args.epochs * iters_per_epoch, epoch * iters_per_epoch
+    total_iters, it = args.epochs * iters_per_epoch, first * iters_per_epoch
     history = []
-    for epoch in range(epoch, args.epochs):
+    for epoch in range(first, args.epochs):
         rng = np.random.default_rng(args.seed * 100_003 + epoch)
         gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
         captions, images = _captions(args, rng, args.captions_per_epoch)
@@ -181,38 +223,15 @@ def run(args):
         # [passes, n // pair_batch, pair_batch]: a fresh permutation per pass
         batches = torch.stack([torch.randperm(n, generator=gen)[: n - n % pair_batch].view(-1, pair_batch)
                                for _ in range(args.passes)]).flatten(0, 1)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}")
-        adaptor.train()
-        for idx in bar:
-            for g in opt.param_groups:
-                g["lr"] = cosine_lr(it, total_iters, args.lr, warmup=50)
-            *inputs, target = (d[idx] for d in data)
-            pred = predict(adaptor, *inputs)
-            if args.loss == "guided":
-                pred, target = guided_mix(pred, args.guidance), guided_mix(target, args.guidance)
-            loss = (pred - target).pow(2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            it += 1
-            bar.set_postfix(loss=f"{loss.item():.5f}")
-        adaptor.eval()
+        it = _train_epoch(adaptor, opt, data, tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}"), args, it,
+                          total_iters, losses)
         if val is not None:
             errors = relative_errors(adaptor, val, args.guidance)
             history.append({"epoch": epoch + 1, **errors})
             print(f"epoch {epoch + 1}: held-out relative error " + ", ".join(f"{k} {v:.4f}" for k, v in errors.items()))
         save_checkpoint(ckpt, adaptor, opt, epoch + 1, losses)
 
-    plot_losses(losses, os.path.join(args.out, "loss.png"), f"adaptor L2 ({args.mode})")
-    training = {"mode": args.mode, "loss": args.loss, "train_on": args.train_on, "epochs": args.epochs,
-                "captions_per_epoch": args.captions_per_epoch, "passes": args.passes,
-                "lr": args.lr, "guidance": args.guidance, "seed": args.seed, "held_out": history[-1:] or None}
-    A.save(args.out, adaptor, cut=args.cut, base_fingerprint=A.model_fingerprint(engine.unet),
-           scheduler=noise_schedulers.describe(engine.scheduler), steps=args.steps, clock=clock.to_dict(), training=training)
-    with open(os.path.join(args.out, "history.json"), "w") as f:
-        json.dump(history, f, indent=1)
-    print(f"saved {args.out}")
+    _save(args, adaptor, engine, clock, history, losses)
     return history
 
 

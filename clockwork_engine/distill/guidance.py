@@ -28,8 +28,8 @@ import torch
 
 from clockwork_engine.conditioning import encoders
 from clockwork_engine.demo import shapes
-from clockwork_engine.demo.train_unet import min_snr_weights
 from clockwork_engine.distill import student_loop
+from clockwork_engine.distill.training import min_snr_weights
 from clockwork_engine.sampler.steps import guidance_embedding
 
 GUIDANCE_EMBED_DIM = 256

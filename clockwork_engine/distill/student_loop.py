@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from clockwork_engine.demo.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
 from clockwork_engine.distill import dist
+from clockwork_engine.distill.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
 
 # loss_fn(model, rng, gen) -> (loss to optimise, per-example loss to log)
 LossFn = Callable[[torch.nn.Module, np.random.Generator, torch.Generator], tuple[torch.Tensor, torch.Tensor]]

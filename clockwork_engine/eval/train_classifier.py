@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from clockwork_engine.demo import shapes
-from clockwork_engine.demo.training import cosine_lr, plot_losses
+from clockwork_engine.distill.training import cosine_lr, plot_losses
 from clockwork_engine.eval import classifier as C
 
 

@@ -74,6 +74,17 @@ def pipeline_family(pipe):
     return family_of(model)
 
 
+def check_runs(family, scheduler, config):
+    """Refuse, by name, a scheduler or setting this family does not run (never approximately)."""
+    kind = type(scheduler).__name__
+    if kind.startswith("FlowMatch") != family.flow_matching:
+        need = "a flow-matching scheduler (FlowMatchEulerDiscreteScheduler)" if family.flow_matching else \
+            "a diffusion scheduler, not a flow-matching one"
+        raise ValueError(f"{kind} cannot sample a {family.pipeline_class} model: it needs {need}")
+    if config.attention_reuse is not None and "attention_reuse" not in family.supports:
+        raise ValueError(f"attention reuse runs on UNet models; a {family.pipeline_class} model cannot use it")
+
+
 def by_name(name: str):
     for family in families():
         if family.name == name:

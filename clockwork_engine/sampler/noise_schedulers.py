@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 
-from clockwork_engine.sampler.solver import SUPPORTED
+from clockwork_engine.sampler.tables import SUPPORTED
 
 _DPM = "DPMSolverMultistepScheduler"
 # short name -> (diffusers class, config overrides)

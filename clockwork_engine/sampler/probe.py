@@ -4,7 +4,7 @@ The pipeline's own loop (add_noise, scale_model_input, step, the inpainting blen
 on coefficient vectors: a vector has one entry per variable (a sample x_j, a model output
 m_j, a clipped x0 prediction c_j, a noise draw z, the image latents and initial noise of an
 edit), so whatever the scheduler computes from them comes out as the coefficients of a
-linear combination. Used by solver.build_table.
+linear combination. Used by tables.build_table.
 """
 
 from __future__ import annotations

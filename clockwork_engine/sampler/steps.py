@@ -26,13 +26,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Optional
 
 import torch
 
 from clockwork_engine.sampler.solver import SolverTable, per_row, update
 
-Features = Optional[torch.Tensor]
+Features = torch.Tensor | None
 Denoiser = Callable[..., tuple[torch.Tensor, Features]]
 
 

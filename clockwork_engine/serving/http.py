@@ -17,7 +17,6 @@ import io
 import logging
 import os
 import secrets
-import socket
 import threading
 import time
 from typing import Literal
@@ -32,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clockwork_engine import request as requests
 from clockwork_engine.request import NonFiniteError
+from clockwork_engine.serving.middleware import BodyLimit, ReplicaHeader
 from clockwork_engine.serving.scheduler import QueueFull
 
 log = logging.getLogger("clockwork_engine.serving")
@@ -93,95 +93,18 @@ class _Metrics:
         running.set_function(lambda: sum(e.batcher.running() for e in engines() if e.batcher))
 
 
-class _BodyLimit:
-    """ASGI middleware: a body over `limit` bytes gets 413 (declared or streamed)."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await _error(413, f"request body over {self.limit} bytes")(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge()
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _error(413, f"request body over {self.limit} bytes")(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _ReplicaHeader:
-    """ASGI middleware: x-clockwork-replica (host:pid) names the server that answered (Ray Serve:
-    the replica). Plain ASGI, not BaseHTTPMiddleware, so a dropped connection still reaches
-    the endpoint as http.disconnect."""
-
-    def __init__(self, app):
-        self.app = app
-        self.name = f"{socket.gethostname()}:{os.getpid()}".encode()
-
-    async def __call__(self, scope, receive, send):
-        async def named(message):
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"x-clockwork-replica", self.name)]}
-            await send(message)
-
-        await self.app(scope, receive, named if scope["type"] == "http" else send)
-
-
 def make_app(engine, *, api_key: str | None = None, model_name: str = "demo",
              max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The API over one engine (config.batching "step" for continuous batching; "off" runs the
     requests one at a time, as generate() does). api_key: required as `Authorization: Bearer
     KEY` on /v1/ (default: the CLOCKWORK_API_KEY environment variable; unset: open)."""
     api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
-    engines = {}  # request's scheduler name (None: the engine's own) -> engine
-    engines_guard = threading.Lock()
-    metrics = _Metrics(lambda: list(engines.values()))
-
-    def serve(name: str | None, served):
-        if served.batcher is not None:
-            served.batcher.tick_hooks.append(metrics.batch.observe)
-        engines[name] = served
-        return served
-
-    def engine_for(scheduler: str | None):
-        with engines_guard:
-            if scheduler in engines:
-                return engines[scheduler]
-            if len(engines) > MAX_SCHEDULERS:
-                raise ValueError(f"at most {MAX_SCHEDULERS} schedulers are served at once")
-            return serve(scheduler, engine.with_config(scheduler=scheduler))
-
-    serve(None, engine)
-
+    engines = _Engines(engine)
+    metrics = engines.metrics
     app = FastAPI(title="clockwork-engine", version="1", description="OpenAI-compatible image generation")
-    app.add_middleware(_BodyLimit, limit=max_body_bytes)
-    app.add_middleware(_ReplicaHeader)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_, exc: StarletteHTTPException):  # 404, 405, ...: OpenAI's error shape too
-        return _error(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(_, exc: RequestValidationError):
-        metrics.requests.labels("bad_request").inc()
-        parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()]
-        return _error(400, "; ".join(parts) or "invalid request")
+    app.add_middleware(BodyLimit, limit=max_body_bytes, error=_error)
+    app.add_middleware(ReplicaHeader)
+    _error_handlers(app, metrics)
 
     @app.get("/healthz")
     async def healthz():
@@ -204,34 +127,15 @@ def make_app(engine, *, api_key: str | None = None, model_name: str = "demo",
             metrics.requests.labels("unauthorized").inc()
             return _error(401, "missing or wrong API key", "authentication_error")
         try:
-            target = await run_in_threadpool(engine_for, body.scheduler)
-            height, width = _size(body.size)
-            seed = None if body.seed is None else [body.seed + k for k in range(body.n)]
-            negative = None if body.negative_prompt is None else [body.negative_prompt] * body.n
-            req = requests.parse(target, [body.prompt] * body.n, steps=body.steps, guidance_scale=body.guidance_scale,
-                                 seed=seed, height=height, width=width, mode=body.mode, timeout=body.timeout,
-                                 negative_prompt=negative)
+            target = await run_in_threadpool(engines.for_scheduler, body.scheduler)
+            req = _parse(target, body)
         except (ValueError, TypeError, OverflowError) as e:
             metrics.requests.labels("bad_request").inc()
             return _error(400, str(e))
         try:
             images, outcome = await _run(target, req, request)
-        except QueueFull as e:
-            metrics.requests.labels("queue_full").inc()
-            return _error(429, str(e), "rate_limit_error", "queue_full")
-        except requests.DeadlineExceeded as e:
-            metrics.requests.labels("timeout").inc()
-            return _error(504, str(e), "timeout_error", "deadline_exceeded")
-        except requests.DeviceMemoryError as e:  # too large for the device: the caller's to shrink
-            metrics.requests.labels("too_large").inc()
-            return _error(413, str(e), "invalid_request_error", "request_too_large")
-        except (NonFiniteError, ValueError, TypeError) as e:  # what the engine refuses to run
-            metrics.requests.labels("bad_request").inc()
-            return _error(400, str(e))
         except Exception as e:  # noqa: BLE001  (the service stays up; the caller gets the message)
-            log.exception("image request failed")
-            metrics.requests.labels("error").inc()
-            return _error(500, f"{type(e).__name__}: {e}", "server_error")
+            return _failure(e, metrics)
         if outcome == "cancelled":
             metrics.requests.labels("cancelled").inc()
             return Response(status_code=499)
@@ -242,8 +146,76 @@ def make_app(engine, *, api_key: str | None = None, model_name: str = "demo",
         items = [{"b64_json": d, "seed": s} for d, s in zip(data, seeds, strict=True)]
         return {"created": int(time.time()), "data": items}
 
-    app.state.engines = engines
+    app.state.engines = engines.by_scheduler
     return app
+
+
+def _error_handlers(app: FastAPI, metrics):
+    """Errors FastAPI answers itself (404, 405, a body that fails validation) in OpenAI's shape."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_, exc: RequestValidationError):
+        metrics.requests.labels("bad_request").inc()
+        parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()]
+        return _error(400, "; ".join(parts) or "invalid request")
+
+
+class _Engines:
+    """The served engine and one engine per other scheduler a request names (shared weights),
+    each reporting its batches to the metrics."""
+
+    def __init__(self, engine):
+        self.engine, self.by_scheduler, self._guard = engine, {}, threading.Lock()
+        self.metrics = _Metrics(lambda: list(self.by_scheduler.values()))
+        self._serve(None, engine)
+
+    def _serve(self, name: str | None, served):
+        if served.batcher is not None:
+            served.batcher.tick_hooks.append(self.metrics.batch.observe)
+        self.by_scheduler[name] = served
+        return served
+
+    def for_scheduler(self, scheduler: str | None):
+        with self._guard:
+            if scheduler in self.by_scheduler:
+                return self.by_scheduler[scheduler]
+            if len(self.by_scheduler) > MAX_SCHEDULERS:
+                raise ValueError(f"at most {MAX_SCHEDULERS} schedulers are served at once")
+            return self._serve(scheduler, self.engine.with_config(scheduler=scheduler))
+
+
+# What a request may fail with -> (HTTP status, metrics outcome, OpenAI error type, code), first match
+_FAILURES = (
+    (QueueFull, 429, "queue_full", "rate_limit_error", "queue_full"),
+    (requests.DeadlineExceeded, 504, "timeout", "timeout_error", "deadline_exceeded"),
+    # too large for the device: the caller's to shrink
+    (requests.DeviceMemoryError, 413, "too_large", "invalid_request_error", "request_too_large"),
+    ((NonFiniteError, ValueError, TypeError), 400, "bad_request", "invalid_request_error", None),  # refused
+)
+
+
+def _failure(e: Exception, metrics) -> JSONResponse:
+    for types, status, outcome, kind, code in _FAILURES:
+        if isinstance(e, types):
+            metrics.requests.labels(outcome).inc()
+            return _error(status, str(e), kind, code)
+    log.exception("image request failed", exc_info=e)
+    metrics.requests.labels("error").inc()
+    return _error(500, f"{type(e).__name__}: {e}", "server_error")
+
+
+def _parse(engine, body: ImageRequest):
+    """The engine's request for an API body: n images of one prompt, seeds seed, seed + 1, ..."""
+    height, width = _size(body.size)
+    seed = None if body.seed is None else [body.seed + k for k in range(body.n)]
+    negative = None if body.negative_prompt is None else [body.negative_prompt] * body.n
+    return requests.parse(engine, [body.prompt] * body.n, steps=body.steps, guidance_scale=body.guidance_scale,
+                          seed=seed, height=height, width=width, mode=body.mode, timeout=body.timeout,
+                          negative_prompt=negative)
 
 
 def _authorized(request: Request, api_key: str | None) -> bool:

@@ -28,37 +28,15 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 
 import torch
 
 from clockwork_engine.conditioning import encoders
 from clockwork_engine.request import DeadlineExceeded, GenerationRequest, NonFiniteError, out_of_memory
+from clockwork_engine.serving.jobs import Job, QueueFull, jobs_of
 from clockwork_engine.serving.lane import Lane, Row
 
 log = logging.getLogger("clockwork_engine.serving")
-
-
-class QueueFull(RuntimeError):
-    """The queue is full: the request was refused at once (retry later)."""
-
-
-@dataclass
-class Job:
-    request: GenerationRequest
-    future: Future
-    lane_key: tuple  # (height, width, mode, cfg on, clockwork's operating point or None)
-    kinds: list[str]  # the step kinds of each of its rows (Engine.schedule)
-    images: list = field(init=False)  # one a row, filled as rows finish
-    rows_left: int = field(init=False)
-    ended: bool = False  # answered, failed or cancelled, and counted
-
-    def __post_init__(self):
-        self.images, self.rows_left = [None] * self.request.rows, self.request.rows
-
-    def fail(self, error: BaseException):
-        if not self.future.done():
-            self.future.set_exception(error)
 
 
 class BatchScheduler:
@@ -135,7 +113,7 @@ class BatchScheduler:
                 log.exception("the batch scheduler failed; its running requests get the error")
                 with self._cond:
                     for lane in self._lanes.values():
-                        for job in _jobs(lane.rows):
+                        for job in jobs_of(lane.rows):
                             self._fail(job, e)
                         lane.clear()
 
@@ -227,7 +205,7 @@ class BatchScheduler:
                 with runner.lock:
                     lane.admit(rows, tables)
             except Exception as e:  # noqa: BLE001
-                for job in _jobs(rows):
+                for job in jobs_of(rows):
                     self._fail(job, e)
 
     def _rows(self, job: Job, lane: Lane, text, added, tables) -> list[Row]:
@@ -250,7 +228,7 @@ class BatchScheduler:
                 n = len(lane.rows)
                 finished = lane.step()
         except Exception as e:  # noqa: BLE001  (fail this lane's requests; the service goes on)
-            for job in _jobs(lane.rows):
+            for job in jobs_of(lane.rows):
                 self._fail(job, e)
             lane.clear()
             return
@@ -325,8 +303,3 @@ class BatchScheduler:
             for row in lane.rows:
                 row.job.fail(error)
             lane.clear()
-
-
-def _jobs(rows: list[Row]) -> list[Job]:
-    """The jobs these rows belong to, each once."""
-    return list({id(r.job): r.job for r in rows}.values())

@@ -126,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also show the libraries' own warnings and progress bars (transformers, diffusers)")
     sub = parser.add_subparsers(dest="command", required=True)
+    _image_commands(sub)
+    _tool_commands(sub)
+    return parser
+
+
+def _image_commands(sub):
+    """generate and edit: one image from a prompt (and an input image)."""
     gen = sub.add_parser("generate", help="generate one image from a prompt",
                          description="Generate one image from a text prompt and save it as PNG.")
     gen.add_argument("prompt", help='the text prompt, e.g. "a red circle above a blue square"')
@@ -146,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_options(edit)
     edit.set_defaults(run=_edit)
 
+
+def _tool_commands(sub):
+    """distillation, measurement, search, serving and build commands: each a module's parser."""
     from clockwork_engine.distill import fit_adaptor as distill_adaptor
 
     distill = sub.add_parser("distill", help="train a clockwork adaptor on the teacher's trajectories",
@@ -157,25 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
     from clockwork_engine.distill import guidance as distill_guidance
     from clockwork_engine.distill import progressive as distill_progressive
 
-    for name, module, text in (("distill-guidance", distill_guidance, "stage 1: a w-conditioned student (no CFG batch)"),
-                               ("distill-progressive", distill_progressive, "stage 2: halve the student's steps"),
-                               ("distill-decoder", distill_decoder, "a tiny decoder in place of the VAE decoder")):
+    for name, module, text in (
+            ("distill-guidance", distill_guidance, "stage 1: a w-conditioned student (no CFG batch)"),
+            ("distill-progressive", distill_progressive, "stage 2: halve the student's steps"),
+            ("distill-decoder", distill_decoder, "a tiny decoder in place of the VAE decoder")):
         p = sub.add_parser(name, help=text, description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.build_parser(p)
         p.set_defaults(run=module.run)
 
-    from clockwork_engine.clockwork import clock_search
     from clockwork_engine.reuse import search as reuse_search
     from clockwork_engine.serving import server
-    from clockwork_engine.tools import bench, compile_command, flops, import_graph, profile
+    from clockwork_engine.tools import bench, compile_command, flops, import_graph, profile, search_clock
 
     for name, module, text in (
             ("flops", flops, "count FLOPs per step type (full vs clockwork)"),
             ("bench", bench, "your model: the engine's variants against stock diffusers, in one run"),
             ("profile", profile, "write a torch.profiler trace and a per-step table"),
             ("search-reuse", reuse_search, "greedy search of an attention-reuse schedule"),
-            ("search-clock", clock_search, "greedy search of a clockwork clock (which steps run the adaptor)"),
+            ("search-clock", search_clock, "greedy search of a clockwork clock (which steps run the adaptor)"),
             ("serve", server, "the HTTP API (OpenAI images API, /healthz, /metrics) with batching"),
             ("compile", compile_command, "compile a model's step programs for its sizes and save them for fast starts"),
             ("imports", import_graph, "the package's import graph in layers (and any cycle)")):
@@ -183,7 +193,6 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.build_parser(p)
         p.set_defaults(run=_exit_zero(module.run))
-    return parser
 
 
 def _quiet_libraries():

@@ -32,10 +32,19 @@ SDXL_UNET = dict(  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (
     use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
     projection_class_embeddings_input_dim=2816,
 )
+# stabilityai/stable-diffusion-3.5-medium and -large transformer/config.json (the fields that shape compute)
+SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
+                   num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                   pooled_projection_dim=2048, pos_embed_max_size=384, dual_attention_layers=tuple(range(13)),
+                   qk_norm="rms_norm")
+SD35_LARGE = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=38, attention_head_dim=64,
+                  num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
+                  pooled_projection_dim=2048, pos_embed_max_size=192, qk_norm="rms_norm")
+SD3_TEXT_TOKENS = 77 + 256  # CLIP's tokens, then T5's (StableDiffusion3Pipeline's max_sequence_length)
 SDXL_POOLED_DIM = 1280  # text_encoder_2's projection: 2816 = 1280 + 6 * 256
 SD15_TEXT_TOKENS = 77
 SD15_ADAPTOR_HIDDEN = 416  # 13.8M parameters: the paper's "about 14M" ResNet adaptor
-ATTENTION_SCORE_OPS = ("aten.baddbmm", "aten.bmm")
+ATTENTION_SCORE_OPS = ("aten.baddbmm", "aten.bmm", "aten._scaled_dot_product")
 
 
 def _count(fn) -> dict[str, int]:
@@ -153,6 +162,55 @@ def count_arch(unet_config: dict, text_tokens: int, text_dim: int, adaptor_hidde
     return result
 
 
+def count_transformer(config: dict, steps: int, clock_every: int, cfg_batch: int = 2, cut: int = 1,
+                      text_tokens: int = SD3_TEXT_TOKENS) -> dict:
+    """An SD3 transformer's full step against an identity-adaptor step (the first and last
+    `cut` joint blocks, the embeddings and the output layers run; the middle's residual is
+    reused), at the config's sample size (128 latents: 1024x1024)."""
+    from diffusers import SD3Transformer2DModel
+
+    from clockwork_engine.clockwork.clock import Clock
+    from clockwork_engine.clockwork.transformer_split import TransformerSplit
+
+    with torch.device("meta"):
+        model = SD3Transformer2DModel(**config).eval()
+        split = TransformerSplit(model, cut)
+        side = config["sample_size"]
+        x = torch.randn(cfg_batch, config["in_channels"], side, side)
+        text = torch.randn(cfg_batch, text_tokens, config["joint_attention_dim"])
+        added = {"pooled_projections": torch.randn(cfg_batch, config["pooled_projection_dim"])}
+        t = torch.full((cfg_batch,), 500.0)
+        with torch.no_grad():
+            model_ops = _count(lambda: model(x, text, added["pooled_projections"], t, return_dict=False))
+            full_ops = _count(lambda: split(x, t, text, None, added))
+
+            def adaptor_step():  # the identity adaptor: r_out is the previous step's
+                hin = split.h_in(x, t, text, None, added)
+                split.h_out(torch.empty_like(hin.r_in), hin.skips, hin.emb, text)
+
+            adaptor_ops = _count(adaptor_step)
+    # the split's residual (one subtraction and one addition) is all it adds to the model
+    assert abs(sum(full_ops.values()) - sum(model_ops.values())) <= sum(model_ops.values()) * 1e-3
+    schedule = Clock(every=clock_every).schedule(steps)
+    n_adaptor = sum(schedule)
+    result = {"steps": steps, "clock_every": clock_every, "cfg_batch": cfg_batch, "cut": cut,
+              "joint_blocks": config["num_layers"], "always_run_blocks": 2 * cut, "text_tokens": text_tokens,
+              "image_tokens": (side // config["patch_size"]) ** 2, "adaptor": "identity", "adaptor_parameters": 0,
+              "adaptor_steps_0based": [i for i, a in enumerate(schedule) if a]}
+    for conv in ("paper", "full"):
+        full_step = _conventions(model_ops)[conv] / 1e12
+        adapt_step = _conventions(adaptor_ops)[conv] / 1e12
+        baseline = steps * full_step
+        clockwork = (steps - n_adaptor) * full_step + n_adaptor * adapt_step
+        result[conv] = {"model_forward_batch1_gflops": _conventions(model_ops)[conv] / cfg_batch / 1e9,
+                        "full_step_tflops": full_step, "adaptor_step_tflops": adapt_step,
+                        "adaptor_step_fraction": adapt_step / full_step,
+                        "baseline_tflops_per_image": baseline, "clockwork_tflops_per_image": clockwork,
+                        "saving": 1 - clockwork / baseline}
+    result["ops_full_step"] = {k: v / 1e9 for k, v in sorted(model_ops.items())}
+    return result
+
+
 def main(argv=None, parser=None):
     ap = parser or argparse.ArgumentParser(prog="clockwork flops", description=__doc__,
                                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,9 +219,11 @@ def main(argv=None, parser=None):
 
 
 def build_parser(ap):
-    ap.add_argument("--arch", choices=("sd15", "sdxl", "demo"), default="sd15",
+    ap.add_argument("--arch", choices=("sd15", "sdxl", "demo", "sd3.5-medium", "sd3.5-large"), default="sd15",
                     help="sd15: the SD v1.5 UNet config at 512x512 with a 14M adaptor; sdxl: the SDXL base UNet at "
-                         "1024x1024 (cut at 64x64, the adaptor as wide as its r_out); demo: the demo UNet")
+                         "1024x1024 (cut at 64x64, the adaptor as wide as its r_out); demo: the demo UNet; "
+                         "sd3.5-medium / sd3.5-large: the SD3.5 transformer at 1024x1024 with the identity adaptor "
+                         "(--cut k: the first and last k joint blocks always run)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--clock", type=int, default=2, help="adaptor on every N-th step")
     ap.add_argument("--cut", type=int, default=1,
@@ -194,6 +254,9 @@ def _shipped_demo() -> tuple:
 def run(args) -> dict:
     if args.arch == "sd15":
         result = count_arch(SD15_UNET, SD15_TEXT_TOKENS, 768, SD15_ADAPTOR_HIDDEN, args.steps, args.clock, cut=args.cut)
+    elif args.arch.startswith("sd3.5"):
+        config = SD35_MEDIUM if args.arch == "sd3.5-medium" else SD35_LARGE
+        result = count_transformer(config, args.steps, args.clock, cut=args.cut)
     elif args.arch == "sdxl":
         result = count_arch(SDXL_UNET, SD15_TEXT_TOKENS, 2048, None, args.steps, args.clock, cut=args.cut)
     else:

@@ -1,4 +1,5 @@
-"""Shared pieces of the demo trainers: resumable safetensors checkpoints and loss plots.
+"""Shared pieces of every trainer (the demo's, the distillations'): resumable safetensors
+checkpoints, loss plots, the cosine learning rate and min-SNR loss weights.
 
 A checkpoint is a folder with model.safetensors (weights), optimizer.safetensors (the
 optimizer's tensors, flattened) and state.json (step, losses, optimizer hyper-parameters,
@@ -78,3 +79,9 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return peak * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item())
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    """Min-SNR-gamma weights of epsilon-loss terms at timesteps t (Hang et al. 2023)."""
+    snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+    return torch.clamp(snr, max=gamma) / snr
