@@ -30,7 +30,7 @@ import torch
 from common import interleaved, machine, write
 
 from clockwork_engine import Engine
-from clockwork_engine.demo import shapes
+from clockwork_engine.datasets import shapes
 from clockwork_engine.eval import alignment
 from clockwork_engine.eval import classifier as C
 from clockwork_engine.eval.compare import fresh_prompts

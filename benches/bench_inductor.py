@@ -39,7 +39,7 @@ def main():
     ap.add_argument("--check", type=int, default=8, help="captions for the compiled-vs-eager image check")
     args = ap.parse_args()
 
-    from clockwork_engine.demo import shapes
+    from clockwork_engine.datasets import shapes
     from clockwork_engine.demo.pipeline import load as load_pipe
     from clockwork_engine.eval.baselines import DiffusersBaseline
     from clockwork_engine.eval.compare import latency, paired_speedup

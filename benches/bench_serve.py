@@ -137,7 +137,7 @@ def summarize(results, offered, offered_s, wall_s, deadline):
 async def run(args):
     import aiohttp
 
-    from clockwork_engine.demo import shapes
+    from clockwork_engine.datasets import shapes
 
     prompts = sorted({s.caption for s in shapes.split_scenes("eval")})
     rng = random.Random(0)

@@ -39,7 +39,7 @@ def main():
     args = ap.parse_args()
 
     from clockwork_engine import Engine
-    from clockwork_engine.demo import shapes
+    from clockwork_engine.datasets import shapes
 
     config = Engine.default_config("demo").with_(prompt_cache_size=64)
     engine = Engine.from_pretrained("demo", config=config.with_(backend=args.backend) if args.backend else config)

@@ -64,7 +64,7 @@ def main():
     args = ap.parse_args()
 
     from clockwork_engine import Engine
-    from clockwork_engine.demo import shapes
+    from clockwork_engine.datasets import shapes
     from clockwork_engine.eval.evaluate import generate_all
     from clockwork_engine.eval.metrics import psnr
 

@@ -102,7 +102,7 @@ class ModelRunner:
         self.points = None  # clockwork's adaptors by step count (operating_point.py)
         if self.config.mode == "clockwork":
             self.points = OperatingPoints(self.model, self.config, self.scheduler, adaptor_dir, self.lock,
-                                          self.family.split, "learned_adaptor" in self.family.supports)
+                                          self.family.split)
             self.points.at(self.config.steps)  # a bad adaptor fails here, not at the first request
         self.reuse = None
         if self.config.attention_reuse is not None:

@@ -275,22 +275,31 @@ def section_flops_sd3() -> str:
             out.append(missing(name))
             continue
         f = d["full"]
-        rows.append([label, d["joint_blocks"], d["always_run_blocks"], f"{f['model_forward_batch1_gflops']:.0f}",
-                     f"{f['adaptor_step_fraction']:.3f}", f"{f['baseline_tflops_per_image']:.1f}",
-                     f"{f['clockwork_tflops_per_image']:.1f}", pct(-f["saving"]), pct(-d["paper"]["saving"])])
+        rows.append([label, "identity", d["joint_blocks"], d["always_run_blocks"],
+                     f"{f['model_forward_batch1_gflops']:.0f}", f"{f['adaptor_step_fraction']:.3f}",
+                     f"{f['baseline_tflops_per_image']:.1f}", f"{f['clockwork_tflops_per_image']:.1f}",
+                     pct(-f["saving"]), pct(-d["paper"]["saving"])])
+        if "learned_saving" in f:
+            a = d["learned_adaptor"]
+            rows.append([label, f"learned, {a['parameters'] / 1e6:.1f}M ({a['hidden']} wide)", d["joint_blocks"],
+                         d["always_run_blocks"], f"{f['model_forward_batch1_gflops']:.0f}",
+                         f"{f['learned_adaptor_step_fraction']:.3f}", f"{f['baseline_tflops_per_image']:.1f}",
+                         f"{f['learned_clockwork_tflops_per_image']:.1f}", pct(-f["learned_saving"]),
+                         pct(-d["paper"]["learned_saving"])])
         commands.append(d["command"])
     if rows:
         d = load(SD3_FLOPS[0][0]) or load(SD3_FLOPS[1][0])
         out.append(f"{d['steps']} steps, clock {d['clock_every']}, CFG batch {d['cfg_batch']}, cut {d['cut']}, "
                    f"{d['image_tokens']} image and {d['text_tokens']} text tokens. Commands: "
                    + "; ".join(f"`{c}`" for c in commands) + "\n")
-        out.append(table(["model", "joint blocks", "always run", "forward GFLOPs (batch 1)", "adaptor step / full",
+        out.append(table(["model", "adaptor", "joint blocks", "always run", "forward GFLOPs (batch 1)",
+                          "adaptor step / full",
                           "full TFLOPs/image", "clockwork TFLOPs/image", "change", "change (no attention scores)"],
                          rows) + "\n")
-        out.append("An identity-adaptor step runs the embeddings, the first and last joint block and the output "
-                   "layers, and adds the middle blocks' residual from the last full step. No learned transformer "
-                   "adaptor exists yet, so these are the identity adaptor's FLOPs; what it costs in quality on SD3 "
-                   "is unmeasured (random weights).\n")
+        out.append("An adaptor step runs the embeddings, the first and last joint block and the output layers; "
+                   "the identity adaptor adds the middle blocks' residual from the last full step, the learned "
+                   "token-wise adaptor (adaptors.TokenAdaptor, its cost included) predicts it. What either costs "
+                   "in quality on SD3 is unmeasured: the weights are random.\n")
     return "\n".join(out)
 
 
@@ -390,6 +399,39 @@ def _sdxl_latency(d):
                    "the VAE decode cost both modes alike.\n")
     else:
         out.append("End to end: not measured yet (`python benches/bench_sdxl_latency.py --e2e-only`).\n")
+    return "\n".join(out)
+
+
+def section_sd35_latency():
+    return render("latency_sd35_medium.json", "SD3.5 medium latency (CPU, 2 cores, random weights)", _sd35_latency)
+
+
+def _sd35_latency(d):
+    t = d["timings"]
+    out = [f"Command: `{d['command']}`. {d['what']}; {d['repeats']} interleaved repeats after one warm-up call "
+           f"each, medians. Random weights ({d['transformer_parameters'] / 1e9:.2f}B parameters): honest for "
+           "latency, meaningless for quality.\n"]
+    labels = {"full_step": "full step (the transformer through the split)",
+              "identity_adaptor_step": "identity-adaptor step (embeddings, first and last joint block, output)"}
+    rows = [[labels.get(k, k), f"{v['median_s']:.2f}", f"{v['p25_s']:.2f}-{v['p75_s']:.2f}",
+             ", ".join(f"{x:.2f}" for x in v["times_s"])] for k, v in t.items()]
+    out.append(table(["variant", "median s", "p25-p75 s", "each repeat s"], rows))
+    flops = d["flops_512"]
+    out.append(f"\nAn identity-adaptor step costs **{d['identity_step_over_full_step']:.3f}** of a full step "
+               f"(paired: {d['paired_identity_step_speedup']:.1f}x); in FLOPs {flops['full']:.3f} at this size.\n")
+    e = d.get("end_to_end")
+    if e:
+        out.append(f"End to end: the engine on a StableDiffusion3Pipeline of the random transformer with CLIP-L and "
+                   f"CLIP-G of their published sizes, T5 {e['t5']}, {e['size']}x{e['size']}, {e['steps']} steps of "
+                   f"{e['scheduler']}, guidance {e['guidance']}, latents out (no VAE decode), a new prompt per call, "
+                   f"{e['repeats']} interleaved repeats after a warm-up request cancelled after its first step:\n")
+        out.append(table(["variant", "median s", "each repeat s"],
+                         [[k, f"{v['median_s']:.1f}", ", ".join(f"{x:.1f}" for x in v["times_s"])]
+                          for k, v in e["timings"].items()]))
+        adaptor_steps = [i for i, k in enumerate(e["schedule"]) if k.endswith("adaptor")]
+        out.append(f"\nClockwork with the identity adaptor (clock 2, adaptor steps {adaptor_steps}) against full: "
+                   f"**{e['speedup']:.2f}x**" + (f" (paired {e['paired_speedup']:.2f}x)" if e["repeats"] > 1 else "")
+                   + ".\n")
     return "\n".join(out)
 
 
@@ -1009,6 +1051,15 @@ def _gpu_sdxl(p, d, legacy):
     return out + [""]
 
 
+def _gpu_sd35(p, d, legacy):
+    out = _gpu_sdxl(p, d, legacy)
+    caches = ", ".join(f"`{n}` ({c['kind']}: " + ", ".join(f"{k}={v}" for k, v in c.items() if k != "kind") + ")"
+                       for n, c in p.get("caches", {}).items())
+    out.insert(-1, f"diffusers' caches, each on its own copy of the transformer (eval/diffusers_caches.py): {caches}; "
+                   "FirstBlockCache does not run on SD3.\n")
+    return out
+
+
 def _gpu_serving(p, d, legacy):
     out = [f"### Serving: {p['what']}\n",
            f"One request alone: {p['service_s']:.3f} s; offered {p['offered_rate_per_s']:.2f} requests/s.\n"]
@@ -1069,7 +1120,7 @@ def _gpu_sd15_compile(p, d, legacy):  # the earlier check's torch.compile phase
 
 
 GPU_PHASES = {"sd15": _gpu_sd15, "profile": _gpu_profile, "batch4": _gpu_batch4, "cold_start": _gpu_cold_start,
-              "sdxl": _gpu_sdxl, "serving": _gpu_serving, "options": _gpu_options,
+              "sdxl": _gpu_sdxl, "sd35": _gpu_sd35, "serving": _gpu_serving, "options": _gpu_options,
               "sd15_compile": _gpu_sd15_compile}
 
 
@@ -1185,12 +1236,14 @@ PAGES = [
      [("schedulers_demo.json", section_schedulers)]),
     ("flops", "FLOPs: what clockwork removes",
      "FLOPs per image of the full model and of clockwork (torch.utils.flop_counter on meta tensors), for the "
-     "demo UNet and the SD v1.5 and SDXL architectures, at the paper's cut and at cut 0.",
+     "demo UNet and the SD v1.5 and SDXL architectures, at the paper's cut and at cut 0, and the SD3.5 "
+     "transformers with the identity adaptor.",
      [("flops_demo.json", section_flops)]),
     ("latency", "Latency on a 2-core x86 CPU",
-     "Where the time of a clockwork request goes on the demo, SD v1.5 and SDXL (random weights), eager and "
-     "compiled; and the engine's own overhead per step.",
+     "Where the time of a clockwork request goes on the demo, SD v1.5, SDXL and SD3.5 medium (random weights), "
+     "eager and compiled; and the engine's own overhead per step.",
      [("latency_demo.json", section_latency), ("latency_sdxl.json", section_sdxl_latency),
+      ("latency_sd35_medium.json", section_sd35_latency),
       ("overhead_demo.json", section_overhead)]),
     ("students", "Distilled students, the tiny decoder and the compiled backend",
      "Guidance and progressive distillation (Meng et al.), the tiny VAE decoder, the bfloat16 text encoder "
@@ -1372,6 +1425,12 @@ def headline_flops() -> str:
             f = d["full"]
             rows.append([label, "0", f"{f['baseline_tflops_per_image']:.1f}", f"{f['clockwork_tflops_per_image']:.1f}",
                          pct(-f["saving"]), pct(-d["paper"]["saving"])])
+            if "learned_saving" in f:
+                rows.append([label.replace("identity adaptor", "learned adaptor"),
+                             f"{d['learned_adaptor']['parameters'] / 1e6:.1f}M",
+                             f"{f['baseline_tflops_per_image']:.1f}",
+                             f"{f['learned_clockwork_tflops_per_image']:.1f}", pct(-f["learned_saving"]),
+                             pct(-d["paper"]["learned_saving"])])
             commands.append(d["command"])
     if not rows:
         return _not_measured(title, "flops", "flops_sd15.json")
@@ -1404,6 +1463,15 @@ def headline_latency() -> str:
                          f"({'one call each' if e['repeats'] == 1 else str(e['repeats']) + ' repeats'})",
                          f"{e['speedup']:.2f}x"])
         commands += [x["command"], e["command"] if e else None]
+    m = load("latency_sd35_medium.json")
+    if m:
+        rows.append(["SD3.5 medium, 512x512, random weights: an identity-adaptor step over a full step",
+                     f"{m['identity_step_over_full_step']:.3f}"])
+        e = m.get("end_to_end")
+        if e:
+            rows.append([f"SD3.5 medium, {e['size']}x{e['size']}, {e['steps']} steps: clockwork (identity) vs full, "
+                         "latents out", f"{e['speedup']:.2f}x"])
+        commands.append(m["command"])
     body = "Ratios of medians of interleaved repeats.\n\n" + table(["what", "figure"], rows)
     return _headline(title, "latency", commands, body)
 

@@ -23,7 +23,7 @@ def test_latency_gives_every_call_a_fresh_prompt():
 
 
 def test_fresh_prompts_are_never_held_out_captions():
-    from clockwork_engine.demo import shapes
+    from clockwork_engine.datasets import shapes
 
     assert not any(shapes.is_held_out(p) for p in compare.fresh_prompts(50))
 

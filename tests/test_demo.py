@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from clockwork_engine import Engine
-from clockwork_engine.demo import models, pipeline, shapes
+from clockwork_engine.datasets import shapes
+from clockwork_engine.demo import models, pipeline
 from clockwork_engine.eval import alignment
 from clockwork_engine.eval import classifier as C
 from clockwork_engine.eval.metrics import psnr

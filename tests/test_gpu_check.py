@@ -23,7 +23,7 @@ import pack  # noqa: E402
 
 SD15_VARIANTS = {"diffusers", "diffusers_compiled", "engine_full_uncompiled", "engine_full",
                  "clockwork_identity_uncompiled", "clockwork_identity", "clockwork_adaptor", "clockwork_reuse_uncompiled"}
-PHASES = ("sd15", "profile", "batch4", "cold_start", "sdxl", "serving", "options")
+PHASES = ("sd15", "profile", "batch4", "cold_start", "sdxl", "sd35", "serving", "options")
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,11 @@ def test_dry_run_runs_every_phase_and_measures_it(dry_run):
     _timed(sdxl, {"diffusers", "diffusers_compiled", "engine_full", "clockwork_identity"})
     assert set(sdxl["speedup_vs_peer"]) == {"diffusers", "engine_full", "clockwork_identity"}
     assert sdxl["parity"]["compiled_engine_vs_diffusers_max_abs"] < 1e-4 < sdxl["parity"]["latents_max_abs"]
+    sd35 = d["phases"]["sd35"]
+    _timed(sd35, {"diffusers", "engine_full", "clockwork_identity", "diffusers_taylorseer_i2", "diffusers_pab_2",
+                  "diffusers_faster_2", "diffusers_mag_0.06"})
+    assert len(sd35["mag_ratios"]) == 8 and sd35["schedule_clockwork"][:2] == ["clockwork.full", "clockwork.adaptor"]
+    assert sd35["parity"]["compiled_engine_vs_diffusers_max_abs"] < 1e-4 * max(1.0, sd35["parity"]["latents_max_abs"])
     serving = d["phases"]["serving"]
     assert serving["service_s"] > 0 and serving["offered_rate_per_s"] > 0
     for policy in ("off", "step"):

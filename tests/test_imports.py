@@ -46,3 +46,13 @@ def test_clockwork_imports_prints_the_layers(capsys):
     assert main(["imports"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("layer 0: ") and "engine" in out and "cycle" not in out
+
+
+def test_the_demo_is_imported_only_by_tools_and_its_loader():
+    """demo/ (the demo model, its trainers and weights) sits last: the library reaches it only to
+    load or save the demo's layout; the shapes world it is trained on is datasets/shapes.py."""
+    allowed = ("clockwork_engine.demo", "clockwork_engine.tools.", "clockwork_engine.models.loading",
+               "clockwork_engine.distill.student_loop")
+    importers = {module for module, targets in import_graph.graph().items()
+                 if any(t == "clockwork_engine.demo" or t.startswith("clockwork_engine.demo.") for t in targets)}
+    assert importers and all(m.startswith(allowed) for m in importers), sorted(importers)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from clockwork_engine.demo import shapes
+from clockwork_engine.datasets import shapes
 
 
 def test_stream_is_deterministic_and_endless():

@@ -16,7 +16,7 @@ import string
 
 import torch
 
-from clockwork_engine.tools.flops import SD15_ADAPTOR_HIDDEN, SD15_UNET, SDXL_UNET
+from clockwork_engine.tools.flops import SD15_ADAPTOR_HIDDEN, SD15_UNET, SD35_MEDIUM, SDXL_UNET
 
 TOKENS = 77
 # The ids of <|startoftext|> / <|endoftext|> in the tokenizer built here (CLIP's own are 49406 /
@@ -45,6 +45,10 @@ SCHEDULER = dict(  # SD's noise schedule (scheduler/scheduler_config.json), samp
     solver_order=2,
 )
 
+# stabilityai/stable-diffusion-3.5-medium vae/config.json (16 latent channels, no quant convs)
+SD3_VAE = {**SD15_VAE, "latent_channels": 16, "sample_size": 1024, "scaling_factor": 1.5305, "shift_factor": 0.0609,
+           "use_quant_conv": False, "use_post_quant_conv": False}
+
 # Test-sized stand-ins with the same block layouts (the CPU dry run).
 TINY = dict(
     sd15_unet={**SD15_UNET, "block_out_channels": (8, 16, 32, 32), "layers_per_block": 1, "cross_attention_dim": 32,
@@ -56,6 +60,9 @@ TINY = dict(
     clip=dict(vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
               max_position_embeddings=TOKENS, hidden_act="quick_gelu", projection_dim=32, **SPECIAL_IDS),
     adaptor_hidden=16,
+    sd35={**SD35_MEDIUM, "num_layers": 4, "num_attention_heads": 2, "attention_head_dim": 8, "joint_attention_dim": 64,
+          "caption_projection_dim": 16, "pooled_projection_dim": 64, "sample_size": 8, "pos_embed_max_size": 16,
+          "dual_attention_layers": (0,)},
 )
 
 
@@ -119,6 +126,34 @@ def sdxl_pipeline(folder, device="cuda", dtype=torch.float16, tiny=False, seed=0
         text_encoder=_on(device, dtype, lambda: CLIPTextModel(CLIPTextConfig(**clip1))),
         text_encoder_2=_on(device, dtype, lambda: CLIPTextModelWithProjection(CLIPTextConfig(**clip2))),
         tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=_scheduler(), force_zeros_for_empty_prompt=True)
+
+
+def sd35_pipeline(folder, device="cuda", dtype=torch.float16, tiny=False, seed=0):
+    """StableDiffusion3Pipeline of the SD3.5 medium architecture with random weights: CLIP-L and
+    CLIP-G with projections, no T5 (its 256 tokens are zeros, as diffusers makes them without
+    text_encoder_3), flow-match Euler at shift 3."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    if tiny:
+        model_cfg, vae_cfg = TINY["sd35"], {**TINY["vae"], "latent_channels": 16, "shift_factor": 0.0609}
+        clip1, clip2 = TINY["clip"], TINY["clip"]
+    else:
+        model_cfg, vae_cfg, clip1, clip2 = SD35_MEDIUM, SD3_VAE, CLIP_L, CLIP_BIGG
+    tokenizer = clip_tokenizer(folder / "tokenizer")
+    return StableDiffusion3Pipeline(
+        transformer=_on(device, dtype, lambda: SD3Transformer2DModel(**model_cfg)),
+        vae=_on(device, dtype, lambda: AutoencoderKL(**vae_cfg)),
+        text_encoder=_on(device, dtype, lambda: CLIPTextModelWithProjection(CLIPTextConfig(**clip1))),
+        text_encoder_2=_on(device, dtype, lambda: CLIPTextModelWithProjection(CLIPTextConfig(**clip2))),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
 
 
 def untrained_adaptor(unet, folder, steps: int, tiny=False) -> str:

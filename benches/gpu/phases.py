@@ -365,6 +365,69 @@ def sdxl(ctx, result: dict):
         torch.cuda.empty_cache()
 
 
+# diffusers' caches on the SD3 transformer (eval/diffusers_caches.py), each at its published default
+# or the setting its docs show; MagCache calibrated on this pipeline first. FirstBlockCache does
+# not run on SD3 (its last joint block returns no text stream).
+SD3_CACHES = {"taylorseer_i2": ("taylorseer", dict(cache_interval=2, disable_cache_before_step=1)),
+              "pab_2": ("pab", dict(spatial_attention_block_skip_range=2,
+                                    spatial_attention_timestep_skip_range=(100, 800))),
+              "faster_2": ("faster", dict(spatial_attention_block_skip_range=2)),
+              "mag_0.06": ("mag", dict(threshold=0.06))}
+
+
+def sd35(ctx, result: dict):
+    """SD3.5 medium: stock diffusers, diffusers with each of its caches (a copy of the transformer
+    each: their hooks stay on it), the engine (compiled CUDA graphs) full and clockwork with the
+    identity adaptor, interleaved."""
+    import copy
+
+    from clockwork_engine.eval import diffusers_caches
+
+    s = ctx.settings
+    pipe = models.sd35_pipeline(ctx.tmp, s.device, s.dtype, s.tiny)
+    pipe.set_progress_bar_config(disable=True)
+    size = s.sd15_size
+    result.update(what=f"SD3.5 medium architecture (random weights), {size}x{size}, {s.dtype_name}, {STEPS} "
+                       f"flow-match Euler steps (shift 3), CFG {GUIDANCE}, batch 1, no T5, a new prompt per call, "
+                       "image tensor out")
+    call = dict(prompt="a red circle", guidance_scale=GUIDANCE, height=size, width=size, output_type="latent",
+                generator=torch.Generator().manual_seed(0))
+    ratios = diffusers_caches.calibrate_mag(pipe, STEPS, **call)
+    prompts = Prompts()
+    fns, caches = {"diffusers": diffusers_call(pipe, size, prompts)}, {}
+    for name, (kind, settings) in SD3_CACHES.items():
+        peer = type(pipe)(**{**pipe.components, "transformer": copy.deepcopy(pipe.transformer)})
+        peer.set_progress_bar_config(disable=True)
+        caches[name] = diffusers_caches.CachedTransformer(peer.transformer, kind, STEPS,
+                                                          mag_ratios=ratios if kind == "mag" else None, **settings)
+        fns[f"diffusers_{name}"] = _reset_first(caches[name], diffusers_call(peer, size, prompts))
+    full = Engine.from_pipeline(pipe, config=EngineConfig(steps=STEPS, guidance_scale=GUIDANCE, backend="auto"))
+    engines = {"engine_full": full, "clockwork_identity": full.with_config(mode="clockwork", adaptor="identity")}
+    fns |= {name: engine_call(e, size, prompts) for name, e in engines.items()}
+    timings = measure(fns, s.compile_warmup, ctx.budget(s.sdxl_timing_s), s.min_repeats, s.sdxl_repeats)
+    result.update(timings=timings, first_call_s=first_calls(timings),
+                  speedup_vs_diffusers=speedups(timings, "diffusers"),
+                  caches={name: {"kind": kind, **settings} for name, (kind, settings) in SD3_CACHES.items()},
+                  mag_ratios=ratios, schedule_clockwork=engines["clockwork_identity"].step_kinds(STEPS, "clockwork"))
+    ctx.save()
+    ref = pipe(num_inference_steps=STEPS, **{**call, "generator": torch.Generator().manual_seed(0)}).images.float()
+    got = full.generate("a red circle", steps=STEPS, guidance_scale=GUIDANCE, height=size, width=size, seed=0,
+                        output="latent").float()
+    result["parity"] = {"compiled_engine_vs_diffusers_max_abs": (got - ref).abs().max().item(),
+                        "latents_max_abs": ref.abs().max().item()}
+    del pipe, engines, fns, caches
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _reset_first(cache, fn):
+    def call():
+        cache.reset()  # no cache state of the last image survives
+        return fn()
+
+    return call
+
+
 def serving(ctx, result: dict):
     """Open-loop Poisson arrivals from threads calling generate(): step-level continuous
     batching against one request at a time (batching off), the same arrival times for both."""

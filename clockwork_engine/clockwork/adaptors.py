@@ -1,4 +1,5 @@
-"""The attention-free adaptor phi that stands in for the UNet's low-resolution middle L.
+"""The attention-free adaptor phi that stands in for the model's middle L (a UNet's
+low-resolution levels, a transformer's middle joint blocks).
 
     r_out(t) ~= phi(r_in(t), r_out(t+1), t_emb) = r_out(t+1) + Up(Blocks(Down([r_in, r_out(t+1)]) + P(t_emb)))
 
@@ -10,6 +11,15 @@ Down is a stride-2 3x3 conv, P a linear projection of the time embedding, Blocks
 ResNet blocks (GroupNorm -> SiLU -> conv, the time embedding added as a per-channel shift
 inside the fused group_norm_act op), Up a stride-2 transposed conv whose weights start at
 zero, so an untrained adaptor is the identity adaptor (reuse r_out(t+1) as it is).
+
+On a transformer split (layout "tokens": r_in and r_out are [B, N, D] token streams, r_out
+the middle blocks' residual) phi is token-wise, so it runs at every image size and token count:
+
+    r_out(t) ~= r_out(t+1) + Out(Blocks(In([LN(r_in), LN(r_out(t+1))]), cond))
+
+In a linear projection of the two, Blocks are pre-norm MLP blocks whose LayerNorm is shifted
+and scaled by the conditioning vector (adaLN, as the transformer's own blocks are), Out a
+linear layer that starts at zero (the identity adaptor again, untrained).
 """
 
 from __future__ import annotations
@@ -41,8 +51,11 @@ class AdaptorConfig:
     use_r_in: bool = True
     use_r_out: bool = True  # False: the "no previous features" ablation (the paper's failure case)
     text_embed_dim: int = 0  # > 0: also conditioned on the mean-pooled text embedding [B, text_embed_dim]
+    layout: str = "conv"  # "conv": [B, C, h, w] feature maps (UNet); "tokens": [B, N, D] streams (transformer)
 
     def __post_init__(self):
+        if self.layout not in ("conv", "tokens"):
+            raise ValueError(f"layout must be 'conv' or 'tokens', got {self.layout!r}")
         if not (self.use_r_in or self.use_r_out):
             raise ValueError("the adaptor needs r_in, r_out(t+1) or both")
         if self.text_embed_dim < 0:
@@ -53,8 +66,9 @@ class AdaptorConfig:
     @classmethod
     def for_split(cls, split, hidden_channels: int | None = None, **kw) -> AdaptorConfig:
         hidden = hidden_channels or split.r_out_channels
-        return cls(split.r_in_channels, split.r_out_channels, split.time_embed_dim, hidden,
-                   groups=kw.pop("groups", min(32, hidden)), **kw)
+        groups = kw.pop("groups", min(32, hidden) if split.layout == "conv" else 1)
+        return cls(split.r_in_channels, split.r_out_channels, split.time_embed_dim, hidden, groups=groups,
+                   layout=split.layout, **kw)
 
 
 class _GroupNormParams(nn.Module):
@@ -103,16 +117,70 @@ class Adaptor(nn.Module):
         encoder_hidden_states; used when text_embed_dim > 0) -> r_out [B, C_out, h, w]."""
         c = self.config
         parts = ([r_in] if c.use_r_in else []) + ([r_out_prev] if c.use_r_out else [])
-        cond = nn.functional.silu(emb)  # [B, E]
-        if c.text_embed_dim:
-            if text is None:
-                raise ValueError("this adaptor is conditioned on text: pass the UNet's encoder_hidden_states")
-            cond = torch.cat([cond, text.mean(1)], 1)  # [B, E + D]
+        cond = _condition(c, emb, text)  # [B, E (+ D)]
         h = self.down(torch.cat(parts, 1)) + self.cond_proj(cond)[:, :, None, None]
         for block in self.blocks:
             h = block(h, cond)
         delta = self.up(self.norm_out(h), output_size=r_in.shape[-2:])
         return r_out_prev + delta if c.use_r_out else delta
+
+
+class _TokenBlock(nn.Module):
+    """Pre-norm MLP over each token, its LayerNorm modulated by the conditioning (adaLN)."""
+
+    def __init__(self, width: int, cond_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.modulation = nn.Linear(cond_dim, 2 * width)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(approximate="tanh"), nn.Linear(2 * width, width))
+
+    def forward(self, h, cond):  # h [B, N, H], cond [B, E]
+        shift, scale = self.modulation(cond)[:, None].chunk(2, dim=-1)
+        return h + self.mlp(self.norm(h) * (1 + scale) + shift)
+
+
+class TokenAdaptor(nn.Module):
+    """phi on a transformer split's token streams (layout "tokens")."""
+
+    def __init__(self, config: AdaptorConfig):
+        super().__init__()
+        self.config = c = config
+        c_in = c.r_in_channels * c.use_r_in + c.r_out_channels * c.use_r_out
+        cond_dim = c.time_embed_dim + c.text_embed_dim
+        self.norm_in = nn.LayerNorm(c.r_in_channels, elementwise_affine=False)
+        self.norm_prev = nn.LayerNorm(c.r_out_channels, elementwise_affine=False)
+        self.proj_in = nn.Linear(c_in, c.hidden_channels)
+        self.blocks = nn.ModuleList(_TokenBlock(c.hidden_channels, cond_dim) for _ in range(c.num_blocks))
+        self.norm_out = nn.LayerNorm(c.hidden_channels)
+        self.proj_out = nn.Linear(c.hidden_channels, c.r_out_channels)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, r_in, r_out_prev, emb, text=None):
+        """r_in [B, N, D_in], r_out_prev [B, N, D_out], emb [B, E], text [B, L, D_text] -> r_out [B, N, D_out]."""
+        c = self.config
+        parts = ([self.norm_in(r_in)] if c.use_r_in else []) + ([self.norm_prev(r_out_prev)] if c.use_r_out else [])
+        cond = _condition(c, emb, text)
+        h = self.proj_in(torch.cat(parts, -1))
+        for block in self.blocks:
+            h = block(h, cond)
+        delta = self.proj_out(self.norm_out(h))
+        return r_out_prev + delta if c.use_r_out else delta
+
+
+def _condition(c: AdaptorConfig, emb, text):
+    """[SiLU(t_emb)] or [SiLU(t_emb), mean-pooled text]: [B, E (+ D)]."""
+    cond = nn.functional.silu(emb)
+    if not c.text_embed_dim:
+        return cond
+    if text is None:
+        raise ValueError("this adaptor is conditioned on text: pass the model's encoder_hidden_states")
+    return torch.cat([cond, text.mean(1)], 1)
+
+
+def build(config: AdaptorConfig) -> nn.Module:
+    """The adaptor of a config's layout: Adaptor (UNet feature maps) or TokenAdaptor (transformer)."""
+    return (Adaptor if config.layout == "conv" else TokenAdaptor)(config)
 
 
 class IdentityAdaptor(nn.Module):
@@ -144,7 +212,7 @@ class AdaptorLoadError(ValueError):
     """An adaptor checkpoint is missing, corrupt or made for another model/operating point."""
 
 
-def save(folder: str, adaptor: Adaptor, *, cut: int, base_fingerprint: str, scheduler: str, steps: int,
+def save(folder: str, adaptor: nn.Module, *, cut: int, base_fingerprint: str, scheduler: str, steps: int,
          clock: dict, training: dict | None = None):
     checkpoint.save(folder, "adaptor", adaptor, {
         "format_version": FORMAT_VERSION, "adaptor": asdict(adaptor.config), "cut": cut,
@@ -166,7 +234,7 @@ def read_meta(folder: str) -> dict:
 def load(folder: str) -> tuple[Adaptor, dict]:
     """(adaptor, metadata) from an adaptor folder; AdaptorLoadError names what is wrong."""
     meta = read_meta(folder)
-    adaptor = checkpoint.load_weights(Adaptor(AdaptorConfig(**meta["adaptor"])), folder, "adaptor", AdaptorLoadError)
+    adaptor = checkpoint.load_weights(build(AdaptorConfig(**meta["adaptor"])), folder, "adaptor", AdaptorLoadError)
     return adaptor, meta
 
 
@@ -201,6 +269,9 @@ def check_compatible(meta: dict, folder: str, split, base_fingerprint: str):
         raise AdaptorLoadError(f"adaptor {folder!r} was trained for model {meta.get('base_fingerprint')}, "
                                f"this UNet is {base_fingerprint}")
     c = meta["adaptor"]
+    if c.get("layout", "conv") != split.layout:
+        raise AdaptorLoadError(f"adaptor {folder!r} was fitted on a {c.get('layout', 'conv')} split; this model's "
+                               f"split is {split.layout} ({type(split).__name__})")
     want = (split.r_in_channels, split.r_out_channels, split.time_embed_dim)
     got = (c["r_in_channels"], c["r_out_channels"], c["time_embed_dim"])
     if want != got:

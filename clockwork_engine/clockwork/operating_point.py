@@ -45,13 +45,11 @@ class OperatingPoint:
 class OperatingPoints:
     """The operating points of one engine, by step count."""
 
-    def __init__(self, model, config, scheduler, model_adaptor: str | None, model_lock, make_split=UNetSplit,
-                 learned: bool = True):
+    def __init__(self, model, config, scheduler, model_adaptor: str | None, model_lock, make_split=UNetSplit):
         """model_adaptor: the model directory's clockwork_adaptor/ (None if it has none);
         config.adaptor, when set, is the one adaptor every step count runs. model_lock: the
         model's lock, held while an adaptor loads (no device copy while a graph is captured).
-        make_split(model, cut): the family's clockwork split (models/family.py); learned: the
-        family runs learned adaptors (else the identity adaptor only)."""
+        make_split(model, cut): the family's clockwork split (models/family.py)."""
         source = config.adaptor or model_adaptor
         if source is None:
             raise ValueError("mode 'clockwork' needs an adaptor: config.adaptor='identity', an adaptor folder, "
@@ -60,7 +58,7 @@ class OperatingPoints:
         self._default, self._per_steps = source, config.adaptor is None
         self._by_source: dict[str, OperatingPoint] = {}
         self._by_steps: dict[int, OperatingPoint] = {}
-        self._model_lock, self._guard, self._learned = model_lock, threading.Lock(), learned
+        self._model_lock, self._guard = model_lock, threading.Lock()
 
     def at(self, steps: int) -> OperatingPoint:
         """The operating point a request of `steps` steps runs (loads its adaptor on first use:
@@ -82,9 +80,6 @@ class OperatingPoints:
         if source == "identity":
             split = self.make_split(self.model, self.config.cut)
             return _point(source, adaptor_io.IdentityAdaptor(), {}, split)
-        if not self._learned:
-            raise adaptor_io.AdaptorLoadError(f"{source}: learned adaptors run on UNet models; a "
-                                              f"{type(self.model).__name__} runs the identity adaptor only")
         adaptor, meta = adaptor_io.load(source)
         split = self.make_split(self.model, meta["cut"])
         adaptor_io.check_compatible(meta, source, split, adaptor_io.model_fingerprint(self.model))

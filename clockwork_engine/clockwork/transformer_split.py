@@ -39,6 +39,7 @@ class TransformerSplit(torch.nn.Module):
         self.time_embed_dim = self.width
         self.text_embed_dim = model.config.joint_attention_dim
         self.patch = model.config.patch_size
+        self.layout = "tokens"  # r_in / r_out are [B, N, D] token streams (adaptors.py)
 
     def feature_shape(self, rows: int, text_tokens: int, height: int, width: int) -> tuple[int, int, int]:
         """r_out's shape for `rows` model rows over [rows, C, height, width] latents."""

@@ -95,6 +95,7 @@ class UNetSplit(torch.nn.Module):
         dim = cfg.cross_attention_dim  # an int, or one per block (all read the same encoder_hidden_states)
         self.text_embed_dim = dim if isinstance(dim, int) else dim[0]  # an adaptor's pooled text input
         self.scale = 2**cut  # r_in / r_out are 2^cut times smaller than the latents (cut 0: as large)
+        self.layout = "conv"  # r_in / r_out are [B, C, h, w] feature maps (adaptors.py)
 
     def feature_shape(self, rows: int, text_tokens: int, height: int, width: int) -> tuple[int, int, int, int]:
         """r_out's shape for `rows` model rows over [rows, C, height, width] latents."""

@@ -17,7 +17,8 @@ import os
 import torch
 from tqdm import tqdm
 
-from clockwork_engine.demo import models, pipeline, shapes
+from clockwork_engine.datasets import shapes
+from clockwork_engine.demo import models, pipeline
 from clockwork_engine.distill.training import cosine_lr, load_checkpoint, min_snr_weights, plot_losses, save_checkpoint
 
 

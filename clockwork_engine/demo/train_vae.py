@@ -14,7 +14,8 @@ import os
 import torch
 from tqdm import tqdm
 
-from clockwork_engine.demo import models, shapes
+from clockwork_engine.datasets import shapes
+from clockwork_engine.demo import models
 from clockwork_engine.distill.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
 
 

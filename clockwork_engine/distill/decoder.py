@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from clockwork_engine.clockwork.adaptors import model_fingerprint
-from clockwork_engine.demo import shapes
+from clockwork_engine.datasets import shapes
 from clockwork_engine.distill import dist, student_loop
 from clockwork_engine.models import tiny_decoder
 

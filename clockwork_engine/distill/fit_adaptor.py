@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from clockwork_engine.clockwork import adaptors as A
 from clockwork_engine.clockwork.clock import Clock
-from clockwork_engine.demo import shapes
+from clockwork_engine.datasets import shapes
 from clockwork_engine.distill import trajectories as T
 from clockwork_engine.distill.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
 from clockwork_engine.sampler import noise_schedulers
@@ -61,7 +61,8 @@ def build_parser(parser=None):
     ap.add_argument("--batch", type=int, default=64, help="adaptor training batch")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--hidden", type=int, default=None, help="adaptor width (default: r_out's channels)")
-    ap.add_argument("--cut", type=int, default=1, help="UNet split level")
+    ap.add_argument("--cut", type=int, default=1,
+                    help="split level (a UNet's level; a transformer's first and last joint blocks that always run)")
     ap.add_argument("--no-r-out", action="store_true", help="ablation: adaptor without r_out(t+1)")
     ap.add_argument("--pooled-text", action="store_true", help="also condition phi on the mean-pooled text embedding")
     ap.add_argument("--seed", type=int, default=0)
@@ -101,7 +102,7 @@ def _features(engine, split, args, captions, images, gen, adaptor=None, schedule
 
 
 def predict(adaptor, r_in, r_prev, emb, text):
-    """[N, G, ...] inputs -> [N, G, C_out, h, w]: phi runs on every row of the pair."""
+    """[N, G, ...] inputs -> [N, G, ...] (r_out's shape): phi runs on every row of the pair."""
     rows = lambda v: v.flatten(0, 1)  # noqa: E731
     return adaptor(rows(r_in), rows(r_prev), rows(emb), rows(text)).unflatten(0, r_in.shape[:2])
 
@@ -173,7 +174,7 @@ def _save(args, adaptor, engine, clock, history, losses):
     training = {"mode": args.mode, "loss": args.loss, "train_on": args.train_on, "epochs": args.epochs,
                 "captions_per_epoch": args.captions_per_epoch, "passes": args.passes,
                 "lr": args.lr, "guidance": args.guidance, "seed": args.seed, "held_out": history[-1:] or None}
-    A.save(args.out, adaptor, cut=args.cut, base_fingerprint=A.model_fingerprint(engine.unet), steps=args.steps,
+    A.save(args.out, adaptor, cut=args.cut, base_fingerprint=A.model_fingerprint(engine.model), steps=args.steps,
            scheduler=noise_schedulers.describe(engine.scheduler), clock=clock.to_dict(), training=training)
     with open(os.path.join(args.out, "history.json"), "w") as f:
         json.dump(history, f, indent=1)
@@ -182,7 +183,6 @@ def _save(args, adaptor, engine, clock, history, losses):
 
 def run(args):
     from clockwork_engine import Engine
-    from clockwork_engine.clockwork.unet_split import UNetSplit
 
     torch.manual_seed(args.seed)
     engine = Engine.from_pretrained(args.model, config="full")
@@ -190,7 +190,7 @@ def run(args):
         engine = engine.with_config(scheduler=args.scheduler)
     if args.guidance is None:
         args.guidance = engine.config.guidance_scale
-    split = UNetSplit(engine.unet, args.cut)
+    split = engine.runner.family.split(engine.model, args.cut)
     clock = Clock(every=args.clock, adaptor_steps=frozenset(int(s) for s in args.adaptor_steps.split(","))
                   if args.adaptor_steps else None)
     evals = engine.runner.table(args.steps).num_steps  # the clock counts model evaluations
@@ -200,8 +200,8 @@ def run(args):
         raise ValueError(f"the clock has no adaptor step in {args.steps} steps")
     if args.train_on == "all":
         adaptor_steps = list(range(1, evals))
-    adaptor = A.Adaptor(A.AdaptorConfig.for_split(split, args.hidden, use_r_out=not args.no_r_out,
-                                                  text_embed_dim=split.text_embed_dim if args.pooled_text else 0))
+    adaptor = A.build(A.AdaptorConfig.for_split(split, args.hidden, use_r_out=not args.no_r_out,
+                                                text_embed_dim=split.text_embed_dim if args.pooled_text else 0))
     opt = torch.optim.Adam(adaptor.parameters(), lr=args.lr)
     ckpt = os.path.join(args.out, "checkpoint")
     first, losses = load_checkpoint(ckpt, adaptor, opt)

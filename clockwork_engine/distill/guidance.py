@@ -27,7 +27,7 @@ import argparse
 import torch
 
 from clockwork_engine.conditioning import encoders
-from clockwork_engine.demo import shapes
+from clockwork_engine.datasets import shapes
 from clockwork_engine.distill import student_loop
 from clockwork_engine.distill.training import min_snr_weights
 from clockwork_engine.sampler.steps import guidance_embedding

@@ -42,7 +42,7 @@ import torch
 from tqdm import tqdm
 
 from clockwork_engine.conditioning import encoders
-from clockwork_engine.demo import shapes
+from clockwork_engine.datasets import shapes
 from clockwork_engine.distill import student_loop
 from clockwork_engine.distill.guidance import demo_batch
 from clockwork_engine.sampler.solver import update

@@ -26,9 +26,9 @@ from clockwork_engine.conditioning.latents import prepare as request_inputs
 
 @dataclass
 class Record:
-    r_in: torch.Tensor  # [B, G, C_in, h, w]
+    r_in: torch.Tensor  # [B, G, C_in, h, w] (a transformer's: [B, G, N, D])
     emb: torch.Tensor  # [B, G, E]
-    r_out: torch.Tensor  # [B, G, C_out, h, w]: the teacher's L, the target
+    r_out: torch.Tensor  # [B, G, C_out, h, w] (a transformer's: [B, G, N, D]): the teacher's L, the target
     r_cached: torch.Tensor | None = None  # phi's output on an adaptor step (the sampler cached it, not r_out)
     # [B, G, 1, D]: the UNet's encoder_hidden_states mean-pooled over the tokens, all phi reads
     # of them (its text.mean(1) of one token is that token), at 1/L of the memory.
@@ -79,7 +79,7 @@ def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: fl
     size = engine.default_size // engine.vae_factor
     text, added = _conditioning(engine, prompts, cfg)
     guidance = torch.full((len(prompts),), float(guidance))
-    inputs = request_inputs(table, engine.vae, (len(prompts), engine.unet.config.in_channels, size, size),
+    inputs = request_inputs(table, engine.vae, (len(prompts), engine.model.config.in_channels, size, size),
                              [generator], torch.float32, engine.device, text, guidance)
     common = dict(text=text, guidance=guidance, cfg=cfg, embed_guidance=engine.guidance_dim, noise=inputs.noise,
                   added=added)
@@ -92,7 +92,11 @@ def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: fl
 @torch.no_grad()
 def noised(engine, split, prompts: list[str], latents: torch.Tensor, steps: int, guidance: float,
            generator: torch.Generator):
-    """latents [B, C, h, w]: clean data latents (already scaled) for the prompts."""
+    """latents [B, C, h, w]: clean data latents (already scaled) for the prompts; DDPM forward
+    noising, so a diffusion model's (a flow-matching model is fitted on unrolled or rollout)."""
+    if engine.runner.family.flow_matching:
+        raise ValueError("--mode noised forward-noises by the diffusion schedule; a flow-matching model "
+                         f"({engine.runner.family.pipeline_class}) is fitted with --mode unrolled or rollout")
     table = engine.runner.table(steps)
     cfg = engine.uses_cfg(guidance)
     text, added = _conditioning(engine, prompts, cfg)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from clockwork_engine.demo import shapes
+from clockwork_engine.datasets import shapes
 from clockwork_engine.eval import classifier as C
 
 SIZE_THRESHOLDS = (6.5 / shapes.IMAGE_SIZE, 9.5 / shapes.IMAGE_SIZE)  # between small/medium/large

@@ -10,7 +10,7 @@ import os
 import torch
 from torch import nn
 
-from clockwork_engine.demo import shapes
+from clockwork_engine.datasets import shapes
 
 COLOURS = list(shapes.COLOURS)
 PAIRS = [(c, s) for c in COLOURS for s in shapes.SHAPES]  # presence classes, colour-major

@@ -42,7 +42,7 @@ def paired_speedup(timings: dict, baseline: str, variant: str) -> float:
 def fresh_prompts(n: int, skip: int = 0) -> list[str]:
     """n training-split captions (after the first `skip`): never among the held-out captions an
     evaluation generated (and so encoded and cached) before timing."""
-    from clockwork_engine.demo import shapes
+    from clockwork_engine.datasets import shapes
 
     captions = [s.caption for s in shapes.split_scenes("train")]
     if len(captions) < skip + n:

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from clockwork_engine.demo import shapes
+from clockwork_engine.datasets import shapes
 from clockwork_engine.eval import alignment
 from clockwork_engine.eval import classifier as C
 from clockwork_engine.eval.metrics import frechet_distance

@@ -27,8 +27,8 @@ class ModelFamily(Protocol):
     pipeline_class: str  # the diffusers pipeline it is at parity with
     pipeline_settings: tuple[str, ...]  # the pipeline's config values it reads (SDXL's force_zeros_for_empty_prompt)
     flow_matching: bool  # sampled by a flow-matching scheduler (SD3), else by a diffusion one
-    # What the engine runs on it beyond full-mode text-to-image and clockwork's identity adaptor:
-    # "edit" (image-to-image, inpainting), "attention_reuse", "learned_adaptor".
+    # What the engine runs on it beyond text-to-image, full or clockwork (identity or learned
+    # adaptor): "edit" (image-to-image, inpainting), "attention_reuse".
     supports: frozenset[str]
 
     def matches(self, model) -> bool: ...

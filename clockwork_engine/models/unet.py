@@ -17,7 +17,7 @@ class UNetFamily:
     pipeline_settings: tuple[str, ...] = ()  # the pipeline's config values the family reads
     model_component: str = "unet"
     flow_matching: bool = False
-    supports: frozenset[str] = frozenset({"edit", "attention_reuse", "learned_adaptor"})
+    supports: frozenset[str] = frozenset({"edit", "attention_reuse"})
 
     def matches(self, model) -> bool:
         from diffusers import UNet2DConditionModel

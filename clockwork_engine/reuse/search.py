@@ -75,7 +75,7 @@ def run(args) -> dict:
     from tqdm import tqdm
 
     from clockwork_engine import Engine, EngineConfig
-    from clockwork_engine.demo import shapes
+    from clockwork_engine.datasets import shapes
 
     engine = Engine.from_pretrained(args.model, config=EngineConfig(attention_reuse=(), reuse_layers=args.layers))
     rng = np.random.default_rng(0)

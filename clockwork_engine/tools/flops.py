@@ -163,12 +163,15 @@ def count_arch(unet_config: dict, text_tokens: int, text_dim: int, adaptor_hidde
 
 
 def count_transformer(config: dict, steps: int, clock_every: int, cfg_batch: int = 2, cut: int = 1,
-                      text_tokens: int = SD3_TEXT_TOKENS) -> dict:
-    """An SD3 transformer's full step against an identity-adaptor step (the first and last
-    `cut` joint blocks, the embeddings and the output layers run; the middle's residual is
-    reused), at the config's sample size (128 latents: 1024x1024)."""
+                      text_tokens: int = SD3_TEXT_TOKENS, adaptor_hidden: int | None = None) -> dict:
+    """An SD3 transformer's full step against an adaptor step (the first and last `cut` joint
+    blocks, the embeddings and the output layers run): the identity adaptor (the middle's
+    residual reused) and the learned token-wise adaptor (adaptors.TokenAdaptor, adaptor_hidden
+    wide, default half the transformer's width), at the config's sample size (128 latents:
+    1024x1024)."""
     from diffusers import SD3Transformer2DModel
 
+    from clockwork_engine.clockwork import adaptors
     from clockwork_engine.clockwork.clock import Clock
     from clockwork_engine.clockwork.transformer_split import TransformerSplit
 
@@ -180,6 +183,7 @@ def count_transformer(config: dict, steps: int, clock_every: int, cfg_batch: int
         text = torch.randn(cfg_batch, text_tokens, config["joint_attention_dim"])
         added = {"pooled_projections": torch.randn(cfg_batch, config["pooled_projection_dim"])}
         t = torch.full((cfg_batch,), 500.0)
+        learned = adaptors.build(adaptors.AdaptorConfig.for_split(split, adaptor_hidden or split.width // 2))
         with torch.no_grad():
             model_ops = _count(lambda: model(x, text, added["pooled_projections"], t, return_dict=False))
             full_ops = _count(lambda: split(x, t, text, None, added))
@@ -189,6 +193,8 @@ def count_transformer(config: dict, steps: int, clock_every: int, cfg_batch: int
                 split.h_out(torch.empty_like(hin.r_in), hin.skips, hin.emb, text)
 
             adaptor_ops = _count(adaptor_step)
+            r = torch.empty(cfg_batch, split.feature_shape(1, text_tokens, side, side)[1], split.width)
+            learned_ops = _count(lambda: learned(r, r, torch.empty(cfg_batch, split.time_embed_dim), text))
     # the split's residual (one subtraction and one addition) is all it adds to the model
     assert abs(sum(full_ops.values()) - sum(model_ops.values())) <= sum(model_ops.values()) * 1e-3
     schedule = Clock(every=clock_every).schedule(steps)
@@ -196,17 +202,20 @@ def count_transformer(config: dict, steps: int, clock_every: int, cfg_batch: int
     result = {"steps": steps, "clock_every": clock_every, "cfg_batch": cfg_batch, "cut": cut,
               "joint_blocks": config["num_layers"], "always_run_blocks": 2 * cut, "text_tokens": text_tokens,
               "image_tokens": (side // config["patch_size"]) ** 2, "adaptor": "identity", "adaptor_parameters": 0,
+              "learned_adaptor": {"hidden": learned.config.hidden_channels,
+                                  "parameters": adaptors.num_parameters(learned)},
               "adaptor_steps_0based": [i for i, a in enumerate(schedule) if a]}
     for conv in ("paper", "full"):
         full_step = _conventions(model_ops)[conv] / 1e12
-        adapt_step = _conventions(adaptor_ops)[conv] / 1e12
         baseline = steps * full_step
-        clockwork = (steps - n_adaptor) * full_step + n_adaptor * adapt_step
         result[conv] = {"model_forward_batch1_gflops": _conventions(model_ops)[conv] / cfg_batch / 1e9,
-                        "full_step_tflops": full_step, "adaptor_step_tflops": adapt_step,
-                        "adaptor_step_fraction": adapt_step / full_step,
-                        "baseline_tflops_per_image": baseline, "clockwork_tflops_per_image": clockwork,
-                        "saving": 1 - clockwork / baseline}
+                        "full_step_tflops": full_step, "baseline_tflops_per_image": baseline}
+        for name, extra in (("", {}), ("learned_", learned_ops)):  # the learned adaptor adds its own cost
+            adapt_step = (_conventions(adaptor_ops)[conv] + (_conventions(extra)[conv] if extra else 0)) / 1e12
+            clockwork = (steps - n_adaptor) * full_step + n_adaptor * adapt_step
+            result[conv] |= {f"{name}adaptor_step_tflops": adapt_step,
+                             f"{name}adaptor_step_fraction": adapt_step / full_step,
+                             f"{name}clockwork_tflops_per_image": clockwork, f"{name}saving": 1 - clockwork / baseline}
     result["ops_full_step"] = {k: v / 1e9 for k, v in sorted(model_ops.items())}
     return result
 

@@ -25,7 +25,7 @@ def calibration_captions(n: int, seed: int = 0) -> list[str]:
     """n captions of the demo's training split (never the held-out captions the benches score)."""
     import numpy as np
 
-    from clockwork_engine.demo import shapes
+    from clockwork_engine.datasets import shapes
 
     scenes = shapes.split_scenes("train")
     rng = np.random.default_rng(seed)
