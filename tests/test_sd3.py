@@ -153,8 +153,8 @@ def test_distill_a_token_adaptor_for_sd3(sd3, tmp_path):
     sd3.save_pretrained(tmp_path / "sd3", safe_serialization=True)
     out = tmp_path / "adaptor"  # fitted on the shapes world's captions, scored on its held-out ones
     assert cli.main(["distill", "--model", str(tmp_path / "sd3"), "--out", str(out), "--epochs", "3", "--steps", "4",
-                     "--captions-per-epoch", "8", "--traj-batch", "4", "--batch", "8", "--hidden", "32", "--guidance", "3.0", "--passes", "8",
-                     "--lr", "2e-3"]) == 0
+                     "--captions-per-epoch", "8", "--traj-batch", "4", "--batch", "8", "--hidden", "32",
+                     "--guidance", "3.0", "--passes", "8", "--lr", "2e-3"]) == 0
     meta = adaptors.read_meta(str(out))
     assert meta["adaptor"]["layout"] == "tokens" and meta["cut"] == 1
     held_out = json.loads((out / "history.json").read_text())[-1]
