@@ -62,7 +62,7 @@ def steps(model, repeats: int) -> dict:
     t = torch.full((2,), 500.0)
     with torch.inference_mode():
         first = split.h_in(x, t, text, None, added)
-        r_prev = split.low(first.r_in, first.emb, text)  # a middle residual, as the last full step left it
+        r_prev = split.low(first.r_in, first.emb, text, first.skips)  # a middle residual, as the last full step left it
 
         def identity_step():
             h = split.h_in(x, t, text, None, added)
@@ -110,7 +110,7 @@ def main():
     ap.add_argument("--out", default="latency_sd35_medium.json")
     args = ap.parse_args()
     command = "python " + " ".join(["benches/bench_sd3_latency.py", *sys.argv[1:]])
-    counted = count_transformer({**SD35_MEDIUM, "sample_size": LATENT}, args.e2e_steps, 2)
+    counted = count_transformer(SD35_MEDIUM, args.e2e_steps, 2, latent=LATENT)
     result = {"what": "SD3.5 medium transformer architecture (random weights), 512x512, fp32, CFG batch 2, cut 1",
               "machine": machine(), "command": command, "repeats": args.repeats,
               # the same comparison in FLOPs at this size (meta tensors, untimed)

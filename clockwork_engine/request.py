@@ -100,9 +100,8 @@ def parse(engine, prompt, *, steps=None, guidance_scale=None, seed=None, height=
                                 "guidance_scale")
     max_side = cfg.max_size_factor * engine.default_size
     edit = None
-    unet_channels = engine.model.config.in_channels
+    unet_channels, family = engine.model.config.in_channels, engine.runner.family
     if image is not None or mask_image is not None:
-        family = engine.runner.family
         if "edit" not in family.supports:
             raise ValueError(f"image-to-image and inpainting run on UNet models; a {family.pipeline_class} model "
                              "takes text-to-image requests only")
@@ -111,7 +110,7 @@ def parse(engine, prompt, *, steps=None, guidance_scale=None, seed=None, height=
         height, width = edit.height, edit.width
     elif strength is not None:
         raise ValueError("strength applies to an edit: pass image= (and mask_image= to inpaint)")
-    elif unet_channels != engine.vae.config.latent_channels:
+    elif "edit" in family.supports and unet_channels != engine.vae.config.latent_channels:
         raise ValueError(f"this UNet takes {unet_channels} input channels (an inpainting UNet): "
                          "it needs image= and mask_image=")
     height = validate.image_side(cfg.height or engine.default_size if height is None else height, "height",

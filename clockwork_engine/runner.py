@@ -175,7 +175,7 @@ class ModelRunner:
         dynamic shifting); default the model's own size."""
         steps = validate.positive_int(steps, "steps", request.MAX_STEPS)
         height, width = size or (self.default_size, self.default_size)
-        options = self.family.table_options(self.model, self.scheduler, height, width, self.vae_factor)
+        options = self.family.table_options(self.model, self.scheduler, steps, height, width, self.vae_factor)
         key = (steps, start, tuple(sorted(options.items())))
         if key not in self._tables:
             if len(self._tables) >= MAX_TABLES:  # a bounded cache: drop the oldest
@@ -231,7 +231,7 @@ class ModelRunner:
         """Two model evaluations per step (CFG batch) or one (no guidance, or a distilled model);
         guidance: a scale or one a row (the batch runs CFG when any row asks for it)."""
         scales = guidance if isinstance(guidance, (list, tuple)) else [guidance]
-        return max(scales) > 1.0 and not self.guidance_dim
+        return max(scales) > 1.0 and not self.guidance_dim and self.family.cfg
 
     def sample(self, prompts, negatives, steps, guidance, seeds, height, width, mode, callback, edit=None,
                 negative_given=True):
@@ -264,8 +264,8 @@ class ModelRunner:
         shape = (len(guidance), self.vae.config.latent_channels, height // self.vae_factor, width // self.vae_factor)
         # Under CFG a row with a scale <= 1 gets scale 1 (its conditional output), as it would alone.
         scales = torch.tensor([g if g > 1.0 or not cfg_on else 1.0 for g in guidance], device=self.device)
-        if added is not None:
-            added = {k: v.to(self.device, dtype) for k, v in added.items()}
+        added = {**(added or {}), **self.family.guidance_inputs(self.model, scales)}
+        added = {k: v.to(self.device, dtype) for k, v in added.items()} or None
         # CPU generators whatever the device (the same seed gives the same image everywhere), drawn
         # in the model's dtype as diffusers' pipeline draws them.
         return latents.prepare(table, self.vae, shape, [torch.Generator().manual_seed(s) for s in seeds], dtype,

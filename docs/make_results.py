@@ -262,12 +262,13 @@ def section_flops():
     return "\n".join(out)
 
 
-SD3_FLOPS = (("flops_sd35_medium.json", "SD3.5 medium"), ("flops_sd35_large.json", "SD3.5 large"))
+SD3_FLOPS = (("flops_sd35_medium.json", "SD3.5 medium"), ("flops_sd35_large.json", "SD3.5 large"),
+             ("flops_flux_dev.json", "Flux-dev"), ("flops_flux_schnell.json", "Flux-schnell"))
 
 
 def section_flops_sd3() -> str:
     """The SD3.5 transformers with the identity adaptor (clockwork_engine.tools.flops.count_transformer)."""
-    out = ["### SD3.5 transformers, 1024x1024, the identity adaptor\n"]
+    out = ["### Transformers (SD3.5, Flux), 1024x1024\n"]
     rows, commands = [], []
     for name, label in SD3_FLOPS:
         d = load(name)
@@ -288,11 +289,12 @@ def section_flops_sd3() -> str:
                          pct(-d["paper"]["learned_saving"])])
         commands.append(d["command"])
     if rows:
-        d = load(SD3_FLOPS[0][0]) or load(SD3_FLOPS[1][0])
-        out.append(f"{d['steps']} steps, clock {d['clock_every']}, CFG batch {d['cfg_batch']}, cut {d['cut']}, "
-                   f"{d['image_tokens']} image and {d['text_tokens']} text tokens. Commands: "
+        d = next(load(name) for name, _ in SD3_FLOPS if load(name))
+        out.append(f"{d['steps']} steps, clock {d['clock_every']}, cut {d['cut']}, {d['image_tokens']} image tokens; "
+                   "SD3.5: CFG batch 2 and 333 text tokens (CLIP's 77, T5's 256), Flux: no CFG (dev embeds the "
+                   "guidance) and T5's 512 (dev) or 256 (schnell) text tokens. Commands: "
                    + "; ".join(f"`{c}`" for c in commands) + "\n")
-        out.append(table(["model", "adaptor", "joint blocks", "always run", "forward GFLOPs (batch 1)",
+        out.append(table(["model", "adaptor", "blocks", "always run", "forward GFLOPs (batch 1)",
                           "adaptor step / full",
                           "full TFLOPs/image", "clockwork TFLOPs/image", "change", "change (no attention scores)"],
                          rows) + "\n")
@@ -1060,6 +1062,14 @@ def _gpu_sd35(p, d, legacy):
     return out
 
 
+def _gpu_flux(p, d, legacy):
+    out = _gpu_sdxl(p, d, legacy)
+    caches = ", ".join(f"`{n}` ({c['config']}: " + ", ".join(f"{k}={v}" for k, v in c.items() if k != "config") + ")"
+                       for n, c in p.get("caches", {}).items())
+    out.insert(-1, f"diffusers' caches, enabled on the shared transformer around their own calls: {caches}.\n")
+    return out
+
+
 def _gpu_serving(p, d, legacy):
     out = [f"### Serving: {p['what']}\n",
            f"One request alone: {p['service_s']:.3f} s; offered {p['offered_rate_per_s']:.2f} requests/s.\n"]
@@ -1120,7 +1130,7 @@ def _gpu_sd15_compile(p, d, legacy):  # the earlier check's torch.compile phase
 
 
 GPU_PHASES = {"sd15": _gpu_sd15, "profile": _gpu_profile, "batch4": _gpu_batch4, "cold_start": _gpu_cold_start,
-              "sdxl": _gpu_sdxl, "sd35": _gpu_sd35, "serving": _gpu_serving, "options": _gpu_options,
+              "sdxl": _gpu_sdxl, "sd35": _gpu_sd35, "flux": _gpu_flux, "serving": _gpu_serving, "options": _gpu_options,
               "sd15_compile": _gpu_sd15_compile}
 
 
@@ -1236,8 +1246,8 @@ PAGES = [
      [("schedulers_demo.json", section_schedulers)]),
     ("flops", "FLOPs: what clockwork removes",
      "FLOPs per image of the full model and of clockwork (torch.utils.flop_counter on meta tensors), for the "
-     "demo UNet and the SD v1.5 and SDXL architectures, at the paper's cut and at cut 0, and the SD3.5 "
-     "transformers with the identity adaptor.",
+     "demo UNet and the SD v1.5 and SDXL architectures, at the paper's cut and at cut 0, and the SD3.5 and "
+     "Flux transformers with the identity and a learned token adaptor.",
      [("flops_demo.json", section_flops)]),
     ("latency", "Latency on a 2-core x86 CPU",
      "Where the time of a clockwork request goes on the demo, SD v1.5, SDXL and SD3.5 medium (random weights), "
@@ -1405,7 +1415,8 @@ FLOPS_HEADLINE = (("flops_sd15.json", "SD v1.5, 512x512"), ("flops_sd15_cut0.jso
                   ("flops_sdxl.json", "SDXL base, 1024x1024"), ("flops_sdxl_cut0.json", "SDXL base, 1024x1024, cut 0"),
                   ("flops_demo.json", "demo, 64x64"))
 FLOPS_HEADLINE_SD3 = (("flops_sd35_medium.json", "SD3.5 medium, 1024x1024, 28 steps, identity adaptor"),
-                      ("flops_sd35_large.json", "SD3.5 large, 1024x1024, 28 steps, identity adaptor"))
+                      ("flops_sd35_large.json", "SD3.5 large, 1024x1024, 28 steps, identity adaptor"),
+                      ("flops_flux_dev.json", "Flux-dev, 1024x1024, 28 steps, no CFG, identity adaptor"))
 
 
 def headline_flops() -> str:

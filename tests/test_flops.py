@@ -78,3 +78,17 @@ def test_sd35_medium_counts():
     assert 0.07 < full["adaptor_step_fraction"] < 2 / blocks
     assert full["clockwork_tflops_per_image"] == pytest.approx(14 * full["full_step_tflops"] +
                                                                14 * full["adaptor_step_tflops"])
+
+
+def test_flux_dev_counts():
+    """Flux-dev at 1024x1024 (4096 image + 512 text tokens, no CFG): 19 double- and 38 single-stream
+    blocks, each 12 D^2 of linear layers a token plus attention over 4608 tokens, 74.4 TFLOPs;
+    an identity-adaptor step at cut 1 runs one block at each end, about a thirtieth."""
+    r = flops.run(argparse.Namespace(arch="flux-dev", steps=28, clock=2, cut=1, json=None))
+    full, d, tokens = r["full"], 3072, 4096 + 512
+    hand = 57 * (2 * 12 * d * d * tokens + 4 * tokens ** 2 * d)
+    assert r["cfg_batch"] == 1 and r["joint_blocks"] == 57 and r["text_tokens"] == 512
+    assert full["model_forward_batch1_gflops"] == pytest.approx(hand / 1e9, rel=0.02)
+    assert 0.03 < full["adaptor_step_fraction"] < 2 / 57 + 0.01
+    assert full["learned_adaptor_step_fraction"] > full["adaptor_step_fraction"]  # its cost is counted
+    assert 0.45 < full["learned_saving"] < full["saving"] < 0.5

@@ -23,7 +23,7 @@ import pack  # noqa: E402
 
 SD15_VARIANTS = {"diffusers", "diffusers_compiled", "engine_full_uncompiled", "engine_full",
                  "clockwork_identity_uncompiled", "clockwork_identity", "clockwork_adaptor", "clockwork_reuse_uncompiled"}
-PHASES = ("sd15", "profile", "batch4", "cold_start", "sdxl", "sd35", "serving", "options")
+PHASES = ("sd15", "profile", "batch4", "cold_start", "sdxl", "sd35", "flux", "serving", "options")
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,10 @@ def test_dry_run_runs_every_phase_and_measures_it(dry_run):
                   "diffusers_faster_2", "diffusers_mag_0.06"})
     assert len(sd35["mag_ratios"]) == 8 and sd35["schedule_clockwork"][:2] == ["clockwork.full", "clockwork.adaptor"]
     assert sd35["parity"]["compiled_engine_vs_diffusers_max_abs"] < 1e-4 * max(1.0, sd35["parity"]["latents_max_abs"])
+    flux = d["phases"]["flux"]
+    _timed(flux, {"diffusers", "engine_full", "clockwork_identity", "diffusers_first_block_0.08",
+                  "diffusers_taylorseer_i2"})
+    assert flux["parity"]["compiled_engine_vs_diffusers_max_abs"] < 1e-4 * max(1.0, flux["parity"]["latents_max_abs"])
     serving = d["phases"]["serving"]
     assert serving["service_s"] > 0 and serving["offered_rate_per_s"] > 0
     for policy in ("off", "step"):

@@ -36,7 +36,7 @@ from timing import Deadline  # noqa: E402
 # SD v1.5 program set took 32 s (full) and 79 s (clockwork) in a probe, diffusers' 45 s.
 PHASES = (("sd15", phases.sd15, 240), ("profile", phases.profile, 20), ("batch4", phases.batch4, 150),
           ("cold_start", phases.cold_start, 120), ("sdxl", phases.sdxl, 240), ("sd35", phases.sd35, 180),
-          ("serving", phases.serving, 60),
+          ("flux", phases.flux, 180), ("serving", phases.serving, 60),
           ("options", phases.options, 150))
 
 

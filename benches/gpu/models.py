@@ -16,7 +16,7 @@ import string
 
 import torch
 
-from clockwork_engine.tools.flops import SD15_ADAPTOR_HIDDEN, SD15_UNET, SD35_MEDIUM, SDXL_UNET
+from clockwork_engine.tools.flops import FLUX_DEV, SD15_ADAPTOR_HIDDEN, SD15_UNET, SD35_MEDIUM, SDXL_UNET
 
 TOKENS = 77
 # The ids of <|startoftext|> / <|endoftext|> in the tokenizer built here (CLIP's own are 49406 /
@@ -60,6 +60,10 @@ TINY = dict(
     clip=dict(vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
               max_position_embeddings=TOKENS, hidden_act="quick_gelu", projection_dim=32, **SPECIAL_IDS),
     adaptor_hidden=16,
+    flux={**FLUX_DEV, "in_channels": 64, "num_layers": 1, "num_single_layers": 2, "attention_head_dim": 16,
+          "num_attention_heads": 2, "joint_attention_dim": 32, "pooled_projection_dim": 32,
+          "axes_dims_rope": (4, 4, 8)},
+    t5=dict(vocab_size=1000, d_model=32, d_ff=37, d_kv=8, num_layers=1, num_heads=2),
     sd35={**SD35_MEDIUM, "num_layers": 4, "num_attention_heads": 2, "attention_head_dim": 8, "joint_attention_dim": 64,
           "caption_projection_dim": 16, "pooled_projection_dim": 64, "sample_size": 8, "pos_embed_max_size": 16,
           "dual_attention_layers": (0,)},
@@ -154,6 +158,36 @@ def sd35_pipeline(folder, device="cuda", dtype=torch.float16, tiny=False, seed=0
         text_encoder_2=_on(device, dtype, lambda: CLIPTextModelWithProjection(CLIPTextConfig(**clip2))),
         tokenizer=tokenizer, tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+
+
+# google/t5-v1_1-xxl encoder (FLUX.1's text_encoder_2)
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_layers=24, num_heads=64,
+              feed_forward_proj="gated-gelu", is_gated_act=True, dense_act_fn="gelu_new")
+
+
+def flux_pipeline(folder, device="cuda", dtype=torch.bfloat16, tiny=False, seed=0):
+    """FluxPipeline of the FLUX.1-dev architecture with random weights (T5-XXL included: 4.8B
+    parameters, its 512 tokens; a byte-level CLIP tokenizer for both text encoders), flow-match
+    Euler with Flux's resolution-dependent shift."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    if tiny:
+        model_cfg, vae_cfg = TINY["flux"], {**TINY["vae"], "latent_channels": 16, "shift_factor": 0.1159}
+        clip, t5 = TINY["clip"], TINY["t5"]
+    else:
+        model_cfg, vae_cfg, clip, t5 = FLUX_DEV, {**SD3_VAE, "shift_factor": 0.1159, "scaling_factor": 0.3611}, \
+            CLIP_L, T5_XXL
+    tokenizer = clip_tokenizer(folder / "tokenizer")
+    return FluxPipeline(
+        transformer=_on(device, dtype, lambda: FluxTransformer2DModel(**model_cfg)),
+        vae=_on(device, dtype, lambda: AutoencoderKL(**vae_cfg)),
+        text_encoder=_on(device, dtype, lambda: CLIPTextModel(CLIPTextConfig(**clip))),
+        text_encoder_2=_on(device, dtype, lambda: T5EncoderModel(T5Config(**t5))), tokenizer=tokenizer,
+        tokenizer_2=tokenizer, scheduler=FlowMatchEulerDiscreteScheduler(
+            shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256, max_image_seq_len=4096, base_shift=0.5,
+            max_shift=1.15))
 
 
 def untrained_adaptor(unet, folder, steps: int, tiny=False) -> str:

@@ -401,23 +401,83 @@ def sd35(ctx, result: dict):
         caches[name] = diffusers_caches.CachedTransformer(peer.transformer, kind, STEPS,
                                                           mag_ratios=ratios if kind == "mag" else None, **settings)
         fns[f"diffusers_{name}"] = _reset_first(caches[name], diffusers_call(peer, size, prompts))
-    full = Engine.from_pipeline(pipe, config=EngineConfig(steps=STEPS, guidance_scale=GUIDANCE, backend="auto"))
-    engines = {"engine_full": full, "clockwork_identity": full.with_config(mode="clockwork", adaptor="identity")}
-    fns |= {name: engine_call(e, size, prompts) for name, e in engines.items()}
-    timings = measure(fns, s.compile_warmup, ctx.budget(s.sdxl_timing_s), s.min_repeats, s.sdxl_repeats)
-    result.update(timings=timings, first_call_s=first_calls(timings),
-                  speedup_vs_diffusers=speedups(timings, "diffusers"),
-                  caches={name: {"kind": kind, **settings} for name, (kind, settings) in SD3_CACHES.items()},
-                  mag_ratios=ratios, schedule_clockwork=engines["clockwork_identity"].step_kinds(STEPS, "clockwork"))
+    full = _time_against_peers(ctx, pipe, size, fns, prompts, result)
+    result.update(caches={name: {"kind": kind, **settings} for name, (kind, settings) in SD3_CACHES.items()},
+                  mag_ratios=ratios)
     ctx.save()
     ref = pipe(num_inference_steps=STEPS, **{**call, "generator": torch.Generator().manual_seed(0)}).images.float()
     got = full.generate("a red circle", steps=STEPS, guidance_scale=GUIDANCE, height=size, width=size, seed=0,
                         output="latent").float()
     result["parity"] = {"compiled_engine_vs_diffusers_max_abs": (got - ref).abs().max().item(),
                         "latents_max_abs": ref.abs().max().item()}
-    del pipe, engines, fns, caches
+    del pipe, full, fns, caches
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+# diffusers' caches on Flux, enabled around their own calls (the transformer is shared): FluxPipeline
+# drives them itself (its cache_context and current_timestep)
+FLUX_CACHES = {"first_block_0.08": ("FirstBlockCacheConfig", dict(threshold=0.08)),
+               "taylorseer_i2": ("TaylorSeerCacheConfig", dict(cache_interval=2, disable_cache_before_step=1))}
+
+
+def flux(ctx, result: dict):
+    """FLUX.1-dev architecture (random weights, bf16): stock diffusers, diffusers with
+    FirstBlockCache and TaylorSeer, the engine full and clockwork (identity adaptor), interleaved."""
+    from diffusers import hooks
+
+    s = ctx.settings
+    dtype = s.dtype if s.tiny else torch.bfloat16
+    pipe = models.flux_pipeline(ctx.tmp, s.device, dtype, s.tiny)
+    pipe.set_progress_bar_config(disable=True)
+    size = s.sdxl_size
+    result.update(what=f"FLUX.1-dev architecture (random weights), {size}x{size}, {dtype}, {STEPS} flow-match Euler "
+                       f"steps, guidance embedding {GUIDANCE}, batch 1, a new prompt per call, image tensor out",
+                  caches={name: {"config": cls, **kw} for name, (cls, kw) in FLUX_CACHES.items()})
+    prompts = Prompts()
+    fns = {"diffusers": diffusers_call(pipe, size, prompts)}
+    for name, (cls, kw) in FLUX_CACHES.items():
+        fns[f"diffusers_{name}"] = _cache_on(pipe.transformer, getattr(hooks, cls)(**kw),
+                                             diffusers_call(pipe, size, prompts))
+    full = _time_against_peers(ctx, pipe, size, fns, prompts, result)
+    ctx.save()
+    ref = pipe("a red circle", num_inference_steps=STEPS, guidance_scale=GUIDANCE, height=size, width=size,
+               output_type="latent", generator=torch.Generator().manual_seed(0)).images.float()
+    got = full.generate("a red circle", steps=STEPS, guidance_scale=GUIDANCE, height=size, width=size, seed=0,
+                        output="latent").float()
+    from clockwork_engine.models.flux import pack
+
+    result["parity"] = {"compiled_engine_vs_diffusers_max_abs": (pack(got[None]) - ref).abs().max().item(),
+                        "latents_max_abs": ref.abs().max().item()}
+    del pipe, full, fns
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _time_against_peers(ctx, pipe, size: int, fns, prompts, result: dict):
+    """The engine (compiled CUDA graphs) full and clockwork with the identity adaptor, timed
+    interleaved with the peers' calls `fns`; returns the full-mode engine."""
+    s = ctx.settings
+    full = Engine.from_pipeline(pipe, config=EngineConfig(steps=STEPS, guidance_scale=GUIDANCE, backend="auto"))
+    engines = {"engine_full": full, "clockwork_identity": full.with_config(mode="clockwork", adaptor="identity")}
+    fns = fns | {name: engine_call(e, size, prompts) for name, e in engines.items()}
+    timings = measure(fns, s.compile_warmup, ctx.budget(s.sdxl_timing_s), s.min_repeats, s.sdxl_repeats)
+    result.update(timings=timings, first_call_s=first_calls(timings),
+                  speedup_vs_diffusers=speedups(timings, "diffusers"),
+                  schedule_clockwork=engines["clockwork_identity"].step_kinds(STEPS, "clockwork"))
+    return full
+
+
+def _cache_on(transformer, config, fn):
+    """fn with a diffusers cache enabled on the (shared) transformer for its own call only."""
+    def call():
+        transformer.enable_cache(config)
+        try:
+            return fn()
+        finally:
+            transformer.disable_cache()
+
+    return call
 
 
 def _reset_first(cache, fn):

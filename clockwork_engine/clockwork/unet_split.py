@@ -122,7 +122,8 @@ class UNetSplit(torch.nn.Module):
         # The last skip is r_in itself: L's first up block consumes it, not H_out.
         return HInOutput(r_in=h, skips=skips[:-1], emb=emb)
 
-    def low(self, r_in, emb, text) -> torch.Tensor:
+    def low(self, r_in, emb, text, skips=None) -> torch.Tensor:
+        """skips: H_in's (a transformer split's L reads them; L here needs none of them)."""
         u = self.unet
         h, skips = r_in, (r_in,)
         for block in u.down_blocks[self.cut :]:

@@ -19,7 +19,8 @@ from clockwork_engine.compile import compiled
 
 class PromptEncoder:
     def __init__(self, tokenizer, text_encoder, capacity: int = 256, compile_options: dict | None = None,
-                 dtype: torch.dtype | None = None, penultimate: bool = False, max_length: int | None = None):
+                 dtype: torch.dtype | None = None, penultimate: bool = False, max_length: int | None = None,
+                 pooler: bool = False):
         """compile_options: run the text encoder compiled by TorchInductor with these options (the
         inductor backend's, or the compiled cuda backend's; None: eager);
         dtype: run a copy of the encoder in this dtype (None: as loaded). Embeddings are returned
@@ -27,7 +28,8 @@ class PromptEncoder:
         before the last (SDXL's choice), and the encoder's pooled output kept too when its first
         output is one (CLIPTextModelWithProjection's text_embeds: encode_with_pooled).
         max_length: tokens a prompt is padded / truncated to (default the tokenizer's
-        model_max_length; SD3's T5: the pipeline's max_sequence_length)."""
+        model_max_length; SD3's T5: the pipeline's max_sequence_length). pooler: the encoder's
+        pooler_output [N, P] is the embedding (Flux's CLIP), not its hidden states."""
         if capacity < 0:
             raise ValueError(f"prompt cache capacity must be >= 0, got {capacity}")
         self.tokenizer = tokenizer
@@ -37,6 +39,8 @@ class PromptEncoder:
         runner = text_encoder if dtype in (None, out_dtype) else copy.deepcopy(text_encoder).to(dtype)
 
         def forward(ids, mask):  # [N, L] token ids (and mask or None) -> ([N, L, D], [N, P] pooled or None)
+            if pooler:
+                return runner(ids, attention_mask=mask).pooler_output.to(out_dtype), None
             if not penultimate:
                 return runner(ids, attention_mask=mask)[0].to(out_dtype), None
             out = runner(ids, attention_mask=mask, output_hidden_states=True)

@@ -68,7 +68,7 @@ def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: fl
     def denoiser(use_adaptor: bool):
         def denoise(x, t, text, r_out_prev, cond=None, added=None):
             hin = split.h_in(x, t, text, cond, added)
-            r_out = split.low(hin.r_in, hin.emb, text)
+            r_out = split.low(hin.r_in, hin.emb, text, hin.skips)
             phi = adaptor(hin.r_in, r_out_prev, hin.emb, text) if use_adaptor else None
             records.append(Record.from_batch(hin.r_in, hin.emb, r_out, 1 + cfg, r_cached=phi, text=text))
             used = r_out if phi is None else phi
@@ -110,7 +110,8 @@ def noised(engine, split, prompts: list[str], latents: torch.Tensor, steps: int,
         x = ac[t].sqrt() * latents + (1 - ac[t]).sqrt() * noise
         x = torch.cat([x, x]) if cfg else x
         hin = split.h_in(x, t, text, cond, added)
-        records.append(Record.from_batch(hin.r_in, hin.emb, split.low(hin.r_in, hin.emb, text), 1 + cfg, text=text))
+        r_out = split.low(hin.r_in, hin.emb, text, hin.skips)
+        records.append(Record.from_batch(hin.r_in, hin.emb, r_out, 1 + cfg, text=text))
     return records
 
 

@@ -8,11 +8,13 @@ The runner, the sampler and clockwork see a family only through these methods:
     family.size_multiple(model, vae_factor) image sides must be multiples of this
     family.default_size(model, vae_factor)  the model's native image side
     family.guidance_dim(model)              a guidance-distilled model's embedding size, else 0
-    family.table_options(model, scheduler, h, w, vae_factor)  set_timesteps extras (SD3's mu), or {}
+    family.table_options(model, scheduler, steps, h, w, vae_factor)  set_timesteps extras (mu, sigmas)
+    family.cfg                              CFG runs as a batched model call (not on Flux)
+    family.guidance_inputs(model, scales)   added conditioning from the rows' guidance (Flux-dev's)
     family.check(components, where)         the components fit together, else ModelLoadError
 
-A family is one module (models/unet.py, models/sd3.py); FAMILIES lists them in the order
-family_of() tries them.
+A family is one module (models/unet.py, models/sd3.py, models/flux.py); families() lists them
+in the order family_of() tries them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ class ModelFamily(Protocol):
     text_components: tuple[str, ...]  # the pipeline's text components this family reads
     pipeline_class: str  # the diffusers pipeline it is at parity with
     pipeline_settings: tuple[str, ...]  # the pipeline's config values it reads (SDXL's force_zeros_for_empty_prompt)
-    flow_matching: bool  # sampled by a flow-matching scheduler (SD3), else by a diffusion one
+    flow_matching: bool  # sampled by a flow-matching scheduler (SD3, Flux), else by a diffusion one
+    cfg: bool  # classifier-free guidance as a batched call (False: Flux, guidance-distilled or -free)
     # What the engine runs on it beyond text-to-image, full or clockwork (identity or learned
     # adaptor): "edit" (image-to-image, inpainting), "attention_reuse".
     supports: frozenset[str]
@@ -45,15 +48,17 @@ class ModelFamily(Protocol):
 
     def guidance_dim(self, model) -> int: ...
 
-    def table_options(self, model, scheduler, height: int, width: int, vae_factor: int) -> dict: ...
+    def table_options(self, model, scheduler, steps: int, height: int, width: int, vae_factor: int) -> dict: ...
+
+    def guidance_inputs(self, model, scales) -> dict: ...
 
     def check(self, components: dict, where: str) -> None: ...
 
 
 def families() -> tuple:
-    from clockwork_engine.models import sd3, unet
+    from clockwork_engine.models import flux, sd3, unet
 
-    return (unet.SDXL, unet.SD, sd3.SD3)
+    return (unet.SDXL, unet.SD, sd3.SD3, flux.FLUX)
 
 
 def family_of(model):
@@ -70,7 +75,7 @@ def pipeline_family(pipe):
     model = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     if model is None:
         raise ValueError("pipeline has no unet or transformer; Engine.from_pipeline needs a Stable Diffusion "
-                         "(1.x / 2.x, XL or 3) pipeline")
+                         "(1.x / 2.x, XL or 3) or Flux pipeline")
     return family_of(model)
 
 

@@ -18,6 +18,7 @@ class SD3Family:
                                          "tokenizer_3", "text_encoder_3")
     pipeline_class: str = "StableDiffusion3Pipeline"
     pipeline_settings: tuple[str, ...] = ()
+    cfg: bool = True
     flow_matching: bool = True
     supports: frozenset[str] = frozenset()
 
@@ -62,10 +63,13 @@ class SD3Family:
     def default_size(self, model, vae_factor: int) -> int:
         return model.config.sample_size * vae_factor
 
+    def guidance_inputs(self, model, scales) -> dict:
+        return {}
+
     def guidance_dim(self, model) -> int:
         return 0
 
-    def table_options(self, model, scheduler, height: int, width: int, vae_factor: int) -> dict:
+    def table_options(self, model, scheduler, steps: int, height: int, width: int, vae_factor: int) -> dict:
         """StableDiffusion3Pipeline's mu: with dynamic shifting, the shift follows the image's
         token count (calculate_shift), so each size has its own solver table."""
         cfg = scheduler.config

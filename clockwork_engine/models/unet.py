@@ -16,6 +16,7 @@ class UNetFamily:
     pipeline_class: str
     pipeline_settings: tuple[str, ...] = ()  # the pipeline's config values the family reads
     model_component: str = "unet"
+    cfg: bool = True
     flow_matching: bool = False
     supports: frozenset[str] = frozenset({"edit", "attention_reuse"})
 
@@ -60,11 +61,14 @@ class UNetFamily:
         size = model.config.sample_size
         return (size if isinstance(size, int) else size[0]) * vae_factor
 
+    def guidance_inputs(self, model, scales) -> dict:
+        return {}
+
     def guidance_dim(self, model) -> int:
         # a guidance-distilled UNet embeds the guidance scale (time_cond_proj_dim) instead of CFG
         return model.config.time_cond_proj_dim or 0
 
-    def table_options(self, model, scheduler, height: int, width: int, vae_factor: int) -> dict:
+    def table_options(self, model, scheduler, steps: int, height: int, width: int, vae_factor: int) -> dict:
         return {}
 
     def check(self, components: dict, where: str) -> None:

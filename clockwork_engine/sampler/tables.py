@@ -56,8 +56,10 @@ def _set_timesteps(scheduler, num_steps: int, timesteps, start: Start, options: 
     """Set the scheduler's grid as the pipeline does; returns the index of the first timestep
     that runs (diffusers' get_timesteps: t_start * order, also set as the scheduler's begin index)."""
     name = type(scheduler).__name__
+    options = dict(options)
+    first = options.pop("begin_index", None)  # a pipeline that sets it (FluxPipeline: 0) steps in order from it
     if timesteps is None:
-        scheduler.set_timesteps(num_steps, device="cpu", **dict(options))
+        scheduler.set_timesteps(num_steps, device="cpu", **options)
     elif max(timesteps) >= scheduler.config.num_train_timesteps:
         raise ValueError(f"timesteps {list(timesteps)} go past the scheduler's {scheduler.config.num_train_timesteps}")
     elif "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
@@ -65,6 +67,8 @@ def _set_timesteps(scheduler, num_steps: int, timesteps, start: Start, options: 
     else:
         scheduler.set_timesteps(device="cpu", timesteps=list(timesteps))
     if start.strength is None:
+        if first is not None:
+            scheduler.set_begin_index(first)
         return 0
     n = num_steps
     t_start = max(n - min(int(n * start.strength), n), 0)

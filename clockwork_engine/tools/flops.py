@@ -40,6 +40,13 @@ SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=1
 SD35_LARGE = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=38, attention_head_dim=64,
                   num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
                   pooled_projection_dim=2048, pos_embed_max_size=192, qk_norm="rms_norm")
+# black-forest-labs/FLUX.1-dev and -schnell transformer/config.json: FluxTransformer2DModel's
+# defaults (19 double-stream and 38 single-stream blocks, 24 x 128 heads); dev embeds the guidance
+FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                axes_dims_rope=(16, 56, 56))
+FLUX_SCHNELL = {**FLUX_DEV, "guidance_embeds": False}
+FLUX_TEXT_TOKENS = {"flux-dev": 512, "flux-schnell": 256}  # FluxPipeline's max_sequence_length for each
 SD3_TEXT_TOKENS = 77 + 256  # CLIP's tokens, then T5's (StableDiffusion3Pipeline's max_sequence_length)
 SDXL_POOLED_DIM = 1280  # text_encoder_2's projection: 2816 = 1280 + 6 * 256
 SD15_TEXT_TOKENS = 77
@@ -163,29 +170,36 @@ def count_arch(unet_config: dict, text_tokens: int, text_dim: int, adaptor_hidde
 
 
 def count_transformer(config: dict, steps: int, clock_every: int, cfg_batch: int = 2, cut: int = 1,
-                      text_tokens: int = SD3_TEXT_TOKENS, adaptor_hidden: int | None = None) -> dict:
-    """An SD3 transformer's full step against an adaptor step (the first and last `cut` joint
-    blocks, the embeddings and the output layers run): the identity adaptor (the middle's
-    residual reused) and the learned token-wise adaptor (adaptors.TokenAdaptor, adaptor_hidden
-    wide, default half the transformer's width), at the config's sample size (128 latents:
+                      text_tokens: int = SD3_TEXT_TOKENS, adaptor_hidden: int | None = None,
+                      flux: bool = False, latent: int = 128) -> dict:
+    """An SD3 (or, flux=True, a Flux) transformer's full step against an adaptor step (the first
+    and last `cut` blocks, the embeddings and the output layers run): the identity adaptor (the
+    middle's residual reused) and the learned token-wise adaptor (adaptors.TokenAdaptor,
+    adaptor_hidden wide, default half the transformer's width), at `latent`-sided latents (128:
     1024x1024)."""
-    from diffusers import SD3Transformer2DModel
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
     from clockwork_engine.clockwork import adaptors
     from clockwork_engine.clockwork.clock import Clock
     from clockwork_engine.clockwork.transformer_split import TransformerSplit
+    from clockwork_engine.models import flux as flux_family
+    from clockwork_engine.models import sd3
 
     with torch.device("meta"):
-        model = SD3Transformer2DModel(**config).eval()
+        model = (FluxTransformer2DModel if flux else SD3Transformer2DModel)(**config).eval()
+        family = flux_family.FLUX if flux else sd3.SD3
         split = TransformerSplit(model, cut)
-        side = config["sample_size"]
-        x = torch.randn(cfg_batch, config["in_channels"], side, side)
+        side = latent
+        x = torch.randn(cfg_batch, config["in_channels"] // (4 if flux else 1), side, side)
         text = torch.randn(cfg_batch, text_tokens, config["joint_attention_dim"])
         added = {"pooled_projections": torch.randn(cfg_batch, config["pooled_projection_dim"])}
+        if config.get("guidance_embeds"):
+            added["guidance"] = torch.full((cfg_batch,), 3.5)
         t = torch.full((cfg_batch,), 500.0)
         learned = adaptors.build(adaptors.AdaptorConfig.for_split(split, adaptor_hidden or split.width // 2))
+        denoise = family.denoiser(model)
         with torch.no_grad():
-            model_ops = _count(lambda: model(x, text, added["pooled_projections"], t, return_dict=False))
+            model_ops = _count(lambda: denoise(x, t, text, None, None, added))
             full_ops = _count(lambda: split(x, t, text, None, added))
 
             def adaptor_step():  # the identity adaptor: r_out is the previous step's
@@ -200,8 +214,9 @@ def count_transformer(config: dict, steps: int, clock_every: int, cfg_batch: int
     schedule = Clock(every=clock_every).schedule(steps)
     n_adaptor = sum(schedule)
     result = {"steps": steps, "clock_every": clock_every, "cfg_batch": cfg_batch, "cut": cut,
-              "joint_blocks": config["num_layers"], "always_run_blocks": 2 * cut, "text_tokens": text_tokens,
-              "image_tokens": (side // config["patch_size"]) ** 2, "adaptor": "identity", "adaptor_parameters": 0,
+                "joint_blocks": config["num_layers"] + config.get("num_single_layers", 0), "always_run_blocks": 2 * cut,
+              "text_tokens": text_tokens, "image_tokens": (side // split.patch) ** 2, "adaptor": "identity",
+              "adaptor_parameters": 0,
               "learned_adaptor": {"hidden": learned.config.hidden_channels,
                                   "parameters": adaptors.num_parameters(learned)},
               "adaptor_steps_0based": [i for i, a in enumerate(schedule) if a]}
@@ -228,11 +243,13 @@ def main(argv=None, parser=None):
 
 
 def build_parser(ap):
-    ap.add_argument("--arch", choices=("sd15", "sdxl", "demo", "sd3.5-medium", "sd3.5-large"), default="sd15",
+    ap.add_argument("--arch", choices=("sd15", "sdxl", "demo", "sd3.5-medium", "sd3.5-large", "flux-dev",
+                                       "flux-schnell"), default="sd15",
                     help="sd15: the SD v1.5 UNet config at 512x512 with a 14M adaptor; sdxl: the SDXL base UNet at "
                          "1024x1024 (cut at 64x64, the adaptor as wide as its r_out); demo: the demo UNet; "
-                         "sd3.5-medium / sd3.5-large: the SD3.5 transformer at 1024x1024 with the identity adaptor "
-                         "(--cut k: the first and last k joint blocks always run)")
+                         "sd3.5-medium / sd3.5-large: the SD3.5 transformer at 1024x1024, flux-dev / flux-schnell: "
+                         "the Flux transformer at 1024x1024 (no CFG), each with the identity and a learned token "
+                         "adaptor (--cut k: the first and last k blocks always run)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--clock", type=int, default=2, help="adaptor on every N-th step")
     ap.add_argument("--cut", type=int, default=1,
@@ -263,6 +280,10 @@ def _shipped_demo() -> tuple:
 def run(args) -> dict:
     if args.arch == "sd15":
         result = count_arch(SD15_UNET, SD15_TEXT_TOKENS, 768, SD15_ADAPTOR_HIDDEN, args.steps, args.clock, cut=args.cut)
+    elif args.arch.startswith("flux"):
+        config = FLUX_DEV if args.arch == "flux-dev" else FLUX_SCHNELL
+        result = count_transformer(config, args.steps, args.clock, cfg_batch=1, cut=args.cut,
+                                   text_tokens=FLUX_TEXT_TOKENS[args.arch], flux=True)
     elif args.arch.startswith("sd3.5"):
         config = SD35_MEDIUM if args.arch == "sd3.5-medium" else SD35_LARGE
         result = count_transformer(config, args.steps, args.clock, cut=args.cut)
