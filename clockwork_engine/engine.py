@@ -189,6 +189,30 @@ class Engine:
             raise request.out_of_memory(req, self.runner.device)
         return req.result(result)
 
+    # ----------------------------------------------------------------- LoRA
+    def load_lora(self, source, *, name: str | None = None, scale: float = 1.0) -> str:
+        """Fuse a LoRA (a file or folder diffusers' load_lora_weights reads, or its state dict)
+        into the model's weights at `scale`; several stack. No step program is recompiled or
+        recaptured. Returns its name."""
+        self._idle("load a LoRA")
+        return self.runner.load_lora(source, name, scale)
+
+    def set_lora_scales(self, scales: dict[str, float]):
+        self._idle("rescale LoRAs")
+        self.runner.set_lora_scales(scales)
+
+    def unload_lora(self, name: str | None = None):
+        """Unfuse one LoRA, or every one (None): the base weights come back bit for bit."""
+        self._idle("unload a LoRA")
+        self.runner.unload_lora(name)
+
+    def _idle(self, what: str):
+        """A request runs under one LoRA set: with the request scheduler on, change it only while
+        no request is queued or running (with batching off, the model's lock waits for them)."""
+        b = self._batcher
+        if b is not None and (b.queue_depth() or b.running()):
+            raise RuntimeError(f"cannot {what} while {b.queue_depth() + b.running()} request(s) are in flight")
+
     @property
     def batcher(self) -> BatchScheduler | None:
         """The request scheduler of this engine (config.batching), started on first use; None when off."""

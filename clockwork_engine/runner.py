@@ -32,7 +32,7 @@ from clockwork_engine.clockwork.unet_split import UNetSplit
 from clockwork_engine.compile import CUDA_MODULE_OPTIONS, MODULE_OPTIONS, compiled, cuda_options
 from clockwork_engine.conditioning import latents
 from clockwork_engine.config import EngineConfig
-from clockwork_engine.models import tiny_decoder
+from clockwork_engine.models import lora, tiny_decoder
 from clockwork_engine.models.family import check_runs, family_of
 from clockwork_engine.ops import fused_unet
 from clockwork_engine.request import NonFiniteError
@@ -85,6 +85,7 @@ class ModelRunner:
             self.components, capacity=self.config.prompt_cache_size, compile_options=module_options,
             dtype=getattr(torch, self.config.text_dtype))
         self.prompts = self.conditioning.prompts  # the (first) text encoder's prompt cache
+        self._text_version = lora.set_for(self.model).text_version
         self.decode_fn = self.decode_eager if module_options is None else \
             compiled(self.decode_eager, module_options, "image decoder", dynamic=None)
         if self.config.fused_norms:
@@ -227,6 +228,60 @@ class ModelRunner:
                        embed_guidance=self.guidance_dim, noise=bufs.noise, extra=bufs.extra, blend=bufs.blend,
                        added=bufs.added, rescale=self.config.guidance_rescale)
 
+    # ----------------------------------------------------------------- LoRA (models/lora.py)
+    def load_lora(self, source, name: str | None = None, scale: float = 1.0) -> str:
+        """Fuse a LoRA into the model's weights (a running request finishes first); returns its name."""
+        if self.graphs.backend == "inductor" or (self.graphs.cuda_compile is not None and
+                                                 self.config.inductor == "freezing"):
+            raise ValueError("a LoRA changes the weights in place; step programs compiled with frozen weights "
+                             "(backend 'inductor', or inductor='freezing') would not see it: use backend 'cpu' or "
+                             "'cuda'")
+        scale = validate.finite_float(scale, "scale")
+        deltas = lora.read(source, self.family, self.components)
+        loras = lora.set_for(self.model)
+        with self.lock:
+            name = name or f"lora_{len(loras.loras)}"
+            loras.loras[name] = lora.Lora(deltas, scale)
+            loras.apply(self.components)
+        return name
+
+    def set_lora_scales(self, scales: dict[str, float]):
+        loras = lora.set_for(self.model)
+        unknown = set(scales) - set(loras.loras)
+        if unknown:
+            raise ValueError(f"no LoRA named {sorted(unknown)}; loaded: {sorted(loras.loras)}")
+        scales = {name: validate.finite_float(v, f"scale of {name}") for name, v in scales.items()}
+        with self.lock:
+            for name, value in scales.items():
+                loras.loras[name].scale = value
+            loras.apply(self.components)
+
+    def unload_lora(self, name: str | None = None):
+        """Unfuse one LoRA (None: every one); with none left the base weights are back bit for bit."""
+        loras = lora.set_for(self.model)
+        if name is not None and name not in loras.loras:
+            raise ValueError(f"no LoRA named {name!r}; loaded: {sorted(loras.loras)}")
+        with self.lock:
+            for key in [name] if name is not None else list(loras.loras):
+                del loras.loras[key]
+            loras.apply(self.components)
+
+    @property
+    def loras(self) -> dict[str, float]:
+        """The LoRAs fused into the model, name -> scale."""
+        return lora.set_for(self.model).scales()
+
+    def encode(self, prompts, negatives, cfg_on: bool, height: int, width: int, negative_given: bool = True):
+        """The family's conditioning of a batch; prompt caches are dropped when a LoRA changed a
+        text encoder since they were filled."""
+        version = lora.set_for(self.model).text_version
+        if version != self._text_version:
+            for encoder in vars(self.conditioning).values():
+                if hasattr(encoder, "clear") and hasattr(encoder, "encode"):
+                    encoder.clear()
+            self._text_version = version
+        return self.conditioning.encode(prompts, negatives, cfg_on, height, width, negative_given)
+
     def uses_cfg(self, guidance) -> bool:
         """Two model evaluations per step (CFG batch) or one (no guidance, or a distilled model);
         guidance: a scale or one a row (the batch runs CFG when any row asks for it)."""
@@ -236,7 +291,7 @@ class ModelRunner:
     def sample(self, prompts, negatives, steps, guidance, seeds, height, width, mode, callback, edit=None,
                 negative_given=True):
         cfg_on = self.uses_cfg(guidance)
-        text, added = self.conditioning.encode(prompts, negatives, cfg_on, height, width, negative_given)
+        text, added = self.encode(prompts, negatives, cfg_on, height, width, negative_given)
         start = latents.start_for(edit, self.model.config.in_channels)
         table = self.table(steps, start, (height, width))
         inputs = self.request_inputs(table, height, width, guidance, seeds, cfg_on, text, added, edit)

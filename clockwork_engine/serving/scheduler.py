@@ -183,8 +183,8 @@ class BatchScheduler:
                 prompts = [p for j in group for p in j.request.prompts]
                 negatives = [n for j in group for n in j.request.negatives]
                 first = group[0].request
-                text, added = runner.conditioning.encode(prompts, negatives, lane.cfg, first.height, first.width,
-                                                         negative_given)
+                text, added = runner.encode(prompts, negatives, lane.cfg, first.height, first.width,
+                                            negative_given)
             except Exception as e:  # noqa: BLE001  (a failure of these requests, not of the service)
                 for job in group:
                     self._fail(job, e)
