@@ -130,7 +130,7 @@ class Engine:
     @torch.no_grad()
     def generate(self, prompt, *, steps=None, guidance_scale=None, seed=None, height=None, width=None,
                  negative_prompt=None, mode=None, output: str = "pil", callback=None, image=None, mask_image=None,
-                 strength=None, timeout=None):
+                 strength=None, timeout=None, lora=None):
         """Images for a prompt (str -> one image) or a list of prompts (list -> list).
 
         image: an edit (diffusers' Img2Img pipeline, SDEdit): the image is encoded, noised to
@@ -158,7 +158,7 @@ class Engine:
         req = request.parse(self, prompt, steps=steps, guidance_scale=guidance_scale, seed=seed, height=height,
                             width=width, negative_prompt=negative_prompt, mode=mode, output=output,
                             callback=callback, image=image, mask_image=mask_image, strength=strength,
-                            timeout=timeout)
+                            timeout=timeout, lora=lora)
         if self.batcher is not None and self.batcher.accepts(req):
             return self.batcher.submit(req).result()
         return self.run_alone(req)
@@ -176,6 +176,7 @@ class Engine:
                     req.check_deadline()
                     if user is not None:
                         user(i, n, x)
+            self.runner.lora.use(req.loras)
             final = self.runner.sample(req.prompts, req.negatives, req.steps, req.guidance, req.seeds, req.height,
                                        req.width, req.mode, callback, req.edit, req.negative_given)
             result = final if req.output == "latent" else self.runner.decode(final, req.output)
@@ -195,16 +196,21 @@ class Engine:
         into the model's weights at `scale`; several stack. No step program is recompiled or
         recaptured. Returns its name."""
         self._idle("load a LoRA")
-        return self.runner.load_lora(source, name, scale)
+        return self.runner.lora.load(source, name, scale)
 
     def set_lora_scales(self, scales: dict[str, float]):
         self._idle("rescale LoRAs")
-        self.runner.set_lora_scales(scales)
+        self.runner.lora.set_scales(scales)
 
     def unload_lora(self, name: str | None = None):
         """Unfuse one LoRA, or every one (None): the base weights come back bit for bit."""
         self._idle("unload a LoRA")
-        self.runner.unload_lora(name)
+        self.runner.lora.unload(name)
+
+    @property
+    def loras(self) -> dict[str, float]:
+        """The default LoRA set (name -> scale): what a request without its own runs under."""
+        return self.runner.lora.default
 
     def _idle(self, what: str):
         """A request runs under one LoRA set: with the request scheduler on, change it only while

@@ -56,6 +56,7 @@ class GenerationRequest:
     callback: object = None
     edit: images.EditInputs | None = None
     deadline: float | None = None  # time.monotonic() past which the request is dropped
+    loras: tuple = ()  # ((name, scale), ...): the LoRA set it runs under (models/lora.py)
 
     @property
     def rows(self) -> int:
@@ -76,7 +77,7 @@ class GenerationRequest:
 
 def parse(engine, prompt, *, steps=None, guidance_scale=None, seed=None, height=None, width=None,
           negative_prompt=None, mode=None, output="pil", callback=None, image=None, mask_image=None,
-          strength=None, timeout=None) -> GenerationRequest:
+          strength=None, timeout=None, lora=None) -> GenerationRequest:
     """Engine.generate's arguments checked against the engine (its config, adaptor and model):
     a TypeError / ValueError naming the argument for anything it cannot run."""
     cfg = engine.config
@@ -127,6 +128,7 @@ def parse(engine, prompt, *, steps=None, guidance_scale=None, seed=None, height=
     timeout = cfg.request_timeout if timeout is None else timeout
     if timeout is not None:
         timeout = validate.finite_float(timeout, "timeout", 0.0)
+    loras = engine.runner.lora.key(lora)  # resolved now: a later change of the default does not reach it
     return GenerationRequest(prompts, negatives, negative_prompt is not None, steps, guidance, seeds, height, width,
                              mode, output, isinstance(prompt, str), callback, edit,
-                             None if timeout is None else time.monotonic() + timeout)
+                             None if timeout is None else time.monotonic() + timeout, loras)

@@ -74,7 +74,7 @@ class ModelRunner:
         self.scheduler = scheduler
         check_runs(self.family, scheduler, self.config)
         self.adaptor_dir, self.decoder_dir = adaptor_dir, decoder_dir
-        self.tiny_decoder = self._load_tiny_decoder(self.config.decoder)
+        self.tiny_decoder = tiny_decoder.for_choice(self.config.decoder, decoder_dir, vae, self.device)
         self.graphs = sampler.GraphSampler(self.config.backend, self.config.max_graphs,
                                            cuda_options(self.config.inductor) if self.config.compile else None)
         # The text encoder and the decoder: compiled on the inductor backend and on the compiled
@@ -85,7 +85,6 @@ class ModelRunner:
             self.components, capacity=self.config.prompt_cache_size, compile_options=module_options,
             dtype=getattr(torch, self.config.text_dtype))
         self.prompts = self.conditioning.prompts  # the (first) text encoder's prompt cache
-        self._text_version = lora.set_for(self.model).text_version
         self.decode_fn = self.decode_eager if module_options is None else \
             compiled(self.decode_eager, module_options, "image decoder", dynamic=None)
         if self.config.fused_norms:
@@ -96,6 +95,10 @@ class ModelRunner:
         self.default_size = self.family.default_size(model, self.vae_factor)
         self._tables: dict[tuple, sampler.SolverTable] = {}
         self.lock = model_lock(self.model)
+        frozen = self.graphs.backend == "inductor" or (self.graphs.cuda_compile is not None and
+                                                       self.config.inductor == "freezing")
+        self.lora = lora.ModelLoras(self.model, self.components, self.family, self.lock, frozen)
+        self._text_version = self.lora.text_version
         grid = self.config.timesteps  # fail now on an unsupported scheduler, or a grid it cannot take
         self.table(len(grid) if grid else self.config.steps)
         self.guidance_dim = self.family.guidance_dim(model)
@@ -123,16 +126,6 @@ class ModelRunner:
         same modules is built with)."""
         return {k: v for k, v in self.components.items()
                 if k not in (self.family.model_component, "vae", "tokenizer", "text_encoder")}
-
-    def _load_tiny_decoder(self, choice: str):
-        if choice == "vae":
-            return None
-        source = self.decoder_dir if choice == "tiny" else choice
-        if source is None:
-            raise ValueError(f"decoder 'tiny' needs a tiny decoder: a model directory with {tiny_decoder.FOLDER}/ "
-                             "(clockwork distill-decoder makes one), or its folder as config.decoder")
-        decoder, _ = tiny_decoder.load(source, self.vae)
-        return decoder.to(self.device, self.vae.dtype)
 
     def operating_point(self, steps: int) -> OperatingPoint:
         """The adaptor, split and denoisers clockwork runs at `steps` steps: on the model's own
@@ -228,53 +221,10 @@ class ModelRunner:
                        embed_guidance=self.guidance_dim, noise=bufs.noise, extra=bufs.extra, blend=bufs.blend,
                        added=bufs.added, rescale=self.config.guidance_rescale)
 
-    # ----------------------------------------------------------------- LoRA (models/lora.py)
-    def load_lora(self, source, name: str | None = None, scale: float = 1.0) -> str:
-        """Fuse a LoRA into the model's weights (a running request finishes first); returns its name."""
-        if self.graphs.backend == "inductor" or (self.graphs.cuda_compile is not None and
-                                                 self.config.inductor == "freezing"):
-            raise ValueError("a LoRA changes the weights in place; step programs compiled with frozen weights "
-                             "(backend 'inductor', or inductor='freezing') would not see it: use backend 'cpu' or "
-                             "'cuda'")
-        scale = validate.finite_float(scale, "scale")
-        deltas = lora.read(source, self.family, self.components)
-        loras = lora.set_for(self.model)
-        with self.lock:
-            name = name or f"lora_{len(loras.loras)}"
-            loras.loras[name] = lora.Lora(deltas, scale)
-            loras.apply(self.components)
-        return name
-
-    def set_lora_scales(self, scales: dict[str, float]):
-        loras = lora.set_for(self.model)
-        unknown = set(scales) - set(loras.loras)
-        if unknown:
-            raise ValueError(f"no LoRA named {sorted(unknown)}; loaded: {sorted(loras.loras)}")
-        scales = {name: validate.finite_float(v, f"scale of {name}") for name, v in scales.items()}
-        with self.lock:
-            for name, value in scales.items():
-                loras.loras[name].scale = value
-            loras.apply(self.components)
-
-    def unload_lora(self, name: str | None = None):
-        """Unfuse one LoRA (None: every one); with none left the base weights are back bit for bit."""
-        loras = lora.set_for(self.model)
-        if name is not None and name not in loras.loras:
-            raise ValueError(f"no LoRA named {name!r}; loaded: {sorted(loras.loras)}")
-        with self.lock:
-            for key in [name] if name is not None else list(loras.loras):
-                del loras.loras[key]
-            loras.apply(self.components)
-
-    @property
-    def loras(self) -> dict[str, float]:
-        """The LoRAs fused into the model, name -> scale."""
-        return lora.set_for(self.model).scales()
-
     def encode(self, prompts, negatives, cfg_on: bool, height: int, width: int, negative_given: bool = True):
         """The family's conditioning of a batch; prompt caches are dropped when a LoRA changed a
         text encoder since they were filled."""
-        version = lora.set_for(self.model).text_version
+        version = self.lora.text_version
         if version != self._text_version:
             for encoder in vars(self.conditioning).values():
                 if hasattr(encoder, "clear") and hasattr(encoder, "encode"):

@@ -111,3 +111,52 @@ def test_loras_are_refused_on_a_transformer(tmp_path, loras):
 
     with pytest.raises(LoraLoadError, match="LoRAs run on UNet models"):
         Engine.from_pipeline(make_sd3_pipeline(tmp_path), config="full").load_lora(loras[0])
+
+
+def test_an_sdxl_lora_matches_diffusers(tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+    from test_sdxl import make_sdxl_pipeline
+
+    sdxl = make_sdxl_pipeline(tmp_path / "tok")
+    sdxl.set_progress_bar_config(disable=True)
+    torch.manual_seed(4)
+    unet = copy.deepcopy(sdxl.unet)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_v", "conv1"]))
+    StableDiffusionXLPipeline.save_lora_weights(str(tmp_path / "xl"), unet_lora_layers=get_peft_model_state_dict(unet),
+                                                safe_serialization=True)
+    engine = Engine.from_pipeline(copy.deepcopy(sdxl), config="full")
+    engine.load_lora(str(tmp_path / "xl"), scale=0.8)
+    ref = copy.deepcopy(sdxl)
+    ref.load_lora_weights(str(tmp_path / "xl"), adapter_name="xl")
+    ref.set_adapters(["xl"], adapter_weights=[0.8])
+    want = ref(PROMPTS, num_inference_steps=4, guidance_scale=5.0, height=16, width=16, output_type="latent",
+               generator=[torch.Generator().manual_seed(s) for s in (1, 2)]).images
+    got = engine.generate(PROMPTS, **KW)
+    torch.testing.assert_close(got, want, atol=1e-4 * max(1.0, want.abs().max().item()), rtol=0)
+
+
+def test_requests_run_under_their_own_lora_sets_and_batch_per_set(pipe, loras):
+    """A request names its LoRA set ({name: scale}) or runs under the default one; the server
+    batches rows of one set together and each row gets the image it gets alone."""
+    from clockwork_engine import request
+
+    alone = Engine.from_pipeline(copy.deepcopy(pipe), config="full")
+    alone.load_lora(loras[0], name="a", scale=1.0)
+    alone.load_lora(loras[1], name="b", scale=0.5)
+    alone.set_lora_scales({"a": 0.0, "b": 0.0})  # the default set: both at zero, the base model
+    sets = [None, {"a": 0.8}, {"b": 1.0}, {"a": 0.8}, None, {"b": 1.0}]
+    reqs = [dict(prompt=PROMPTS[k % 2], steps=3 + k % 2, seed=k, height=16, width=16, output="latent", lora=s)
+            for k, s in enumerate(sets)]
+    expected = [alone.generate(**r) for r in reqs]
+    assert not torch.allclose(expected[1], alone.generate(**{**reqs[1], "lora": None}), atol=1e-3)
+    fresh = Engine.from_pipeline(copy.deepcopy(pipe), config="full")
+    fresh.load_lora(loras[0], name="a", scale=0.8)
+    torch.testing.assert_close(expected[1], fresh.generate(**{**reqs[1], "lora": None}), atol=1e-5, rtol=0)
+    batched = alone.with_config(batching="step")
+    with batched.runner.lock:
+        futures = [batched.batcher.submit(request.parse(batched, **r)) for r in reqs]
+    for f, want in zip(futures, expected, strict=True):
+        torch.testing.assert_close(f.result(timeout=120), want, atol=1e-4, rtol=0)
+    assert len({lane.loras for lane in batched.batcher.lanes().values()}) <= 3  # one lane a set
+    with pytest.raises(ValueError, match=r"no LoRA named \['c'\] is loaded"):
+        alone.generate("a red circle", steps=2, lora={"c": 1.0})

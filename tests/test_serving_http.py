@@ -99,6 +99,8 @@ def test_images_equal_the_engine_alone(client, alone):
     ({"prompt": "a red circle", "colour": "red"}, "colour"),
     ({"prompt": "a red circle", "guidance_scale": 1e9}, "guidance_scale"),
     ({"prompt": "a red circle", "steps": 1000}, "cannot run 1000 steps"),
+    ({"prompt": "a red circle", "lora": {"style": 0.8}}, "no LoRA named ['style'] is loaded"),
+    ({"prompt": "a red circle", "lora": {"style": "x"}}, "lora.style"),
     ({}, "prompt"),
 ])
 def test_bad_input_is_400_with_the_message(client, body, message):

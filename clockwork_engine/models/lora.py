@@ -7,9 +7,11 @@ same parameter tensor: the step programs and CUDA graphs read those tensors, so 
 rescaling or unloading a LoRA recaptures and recompiles nothing. The base weights of every
 touched layer are kept, so unloading the last LoRA restores them bit for bit.
 
-The set of LoRAs belongs to the model (every engine on the same modules sees it), as the lock
-that serialises its device work does; changes take that lock, so they wait for a running
-request to end.
+The LoRAs belong to the model (every engine on the same modules sees them), as the lock that
+serialises its device work does: the loaded ones (by name), the default set a request without
+its own runs under (name -> scale), and the set fused into the weights now. A request carries
+its set (request.loras); the runner fuses it under the model's lock before the request (or a
+batch step of its lane) runs, so a request runs under one set from start to end.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 
@@ -29,12 +30,6 @@ class LoraLoadError(ValueError):
     """A LoRA file is unreadable, of a kind the engine does not fuse, or made for another model."""
 
 
-@dataclass
-class Lora:
-    deltas: dict  # (component, module path) -> dW [out, in(, k, k)] float32 at scale 1 (alpha / r included)
-    scale: float
-
-
 def set_for(model) -> LoraSet:
     """The LoRA set of a model (one per denoiser module, shared by the engines on it)."""
     with _SETS_GUARD:
@@ -43,23 +38,38 @@ def set_for(model) -> LoraSet:
 
 class LoraSet:
     def __init__(self):
-        self.loras: OrderedDict[str, Lora] = OrderedDict()
+        self.library: OrderedDict[str, dict] = OrderedDict()  # name -> (component, module path) -> dW
+        self.default: dict[str, float] = {}  # the set a request without its own runs under
+        self.fused: tuple = ()  # ((name, scale), ...) in the weights now
         self._base: dict[tuple, torch.Tensor] = {}  # (component, module path) -> the base weight
         self.text_version = 0  # bumped when a text encoder's weights change: prompt caches go stale
 
-    def scales(self) -> dict[str, float]:
-        return {name: lora.scale for name, lora in self.loras.items()}
+    def resolve(self, loras: dict | None) -> tuple:
+        """A request's set as a key: its own ({name: scale}) or the default (None)."""
+        if loras is None:
+            return tuple(sorted(self.default.items()))
+        if not isinstance(loras, dict):
+            raise TypeError(f"lora must be a {{name: scale}} dict, got {type(loras).__name__}")
+        unknown = sorted(set(loras) - set(self.library))
+        if unknown:
+            raise ValueError(f"no LoRA named {unknown} is loaded; loaded: {list(self.library)}")
+        return tuple(sorted(loras.items()))
 
-    def apply(self, components: dict):
-        """Write base + the LoRAs' deltas into every touched weight (the base alone where none
-        is left, and forget it)."""
-        touched = set(self._base) | {k for lora in self.loras.values() for k in lora.deltas}
+    def use(self, components: dict, key: tuple):
+        """Fuse the set `key` ((name, scale), ...) into the weights, if it is not there already."""
+        if key != self.fused:
+            self.apply(components, dict(key))
+
+    def apply(self, components: dict, active: dict[str, float]):
+        """Write base + the active LoRAs' deltas into every touched weight (the base alone where
+        none is active, and forget it)."""
+        touched = set(self._base) | {k for name in active for k in self.library[name]}
         if any(component.startswith("text_encoder") for component, _ in touched):
             self.text_version += 1
         for key in touched:
             weight = _module(components, key).weight
             base = self._base.setdefault(key, weight.detach().clone())
-            deltas = [lora.scale * lora.deltas[key] for lora in self.loras.values() if key in lora.deltas]
+            deltas = [scale * self.library[name][key] for name, scale in active.items() if key in self.library[name]]
             with torch.no_grad():
                 if not deltas:
                     weight.copy_(base)
@@ -67,6 +77,76 @@ class LoraSet:
                     continue
                 fused = base.float() + sum(d.to(base.device) for d in deltas)
                 weight.copy_(fused.to(weight.dtype))
+        self.fused = tuple(sorted(active.items()))
+
+
+class ModelLoras:
+    """A runner's view of its model's LoRAs (runner.lora): changes under the model's lock."""
+
+    def __init__(self, model, components: dict, family, lock, frozen: bool):
+        """frozen: the step programs hold the weights as constants (a change would not reach them)."""
+        self.set, self.components, self.family = set_for(model), components, family
+        self.lock, self.frozen = lock, frozen
+
+    def load(self, source, name: str | None = None, scale: float = 1.0) -> str:
+        """Add a LoRA to the default set (a running request finishes first); returns its name."""
+        if self.frozen:
+            raise ValueError("a LoRA changes the weights in place; step programs compiled with frozen weights "
+                             "(backend 'inductor', or inductor='freezing') would not see it: use backend 'cpu' or "
+                             "'cuda'")
+        scale = _scale(scale, "scale")
+        deltas = read(source, self.family, self.components)
+        with self.lock:
+            name = name or f"lora_{len(self.set.library)}"
+            self.set.library[name] = deltas
+            self.set.default[name] = scale
+            self.set.use(self.components, self.set.resolve(None))
+        return name
+
+    def set_scales(self, scales: dict[str, float]):
+        """Rescale LoRAs of the default set (a scale for a loaded LoRA outside it adds it)."""
+        self.set.resolve(scales)  # names it does not know are refused
+        scales = {name: _scale(v, f"scale of {name}") for name, v in scales.items()}
+        with self.lock:
+            self.set.default.update(scales)
+            self.set.use(self.components, self.set.resolve(None))
+
+    def unload(self, name: str | None = None):
+        """Drop one LoRA (None: every one); with none fused the base weights are back bit for bit."""
+        if name is not None and name not in self.set.library:
+            raise ValueError(f"no LoRA named {name!r}; loaded: {list(self.set.library)}")
+        with self.lock:
+            for key in [name] if name is not None else list(self.set.library):
+                del self.set.library[key]
+                self.set.default.pop(key, None)
+            self.set.apply(self.components, dict(self.set.resolve(None)))
+
+    @property
+    def default(self) -> dict[str, float]:
+        """The default set (name -> scale): what a request without its own runs under."""
+        return dict(self.set.default)
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self.set.library)
+
+    @property
+    def text_version(self) -> int:
+        return self.set.text_version
+
+    def key(self, loras: dict | None) -> tuple:
+        """A request's set, resolved now ((name, scale), ...; None: the default set)."""
+        return tuple((name, _scale(scale, f"scale of LoRA {name}")) for name, scale in self.set.resolve(loras))
+
+    def use(self, key: tuple):
+        """Fuse a request's set before its steps run (the caller holds the lock)."""
+        self.set.use(self.components, key)
+
+
+def _scale(value, name: str) -> float:
+    from clockwork_engine import validate
+
+    return validate.finite_float(value, name)
 
 
 def read(source, family, components: dict) -> dict:

@@ -86,6 +86,19 @@ def save(folder: str, decoder: TinyDecoder, *, vae_fingerprint: str, training: d
         "parameters": num_parameters(decoder), "training": training or {}})
 
 
+def for_choice(choice: str, decoder_dir: str | None, vae, device):
+    """EngineConfig.decoder's decoder: None for "vae" (the model's own), the model directory's
+    tiny decoder for "tiny", else the tiny decoder folder named; on the device, in the VAE's dtype."""
+    if choice == "vae":
+        return None
+    source = decoder_dir if choice == "tiny" else choice
+    if source is None:
+        raise ValueError(f"decoder 'tiny' needs a tiny decoder: a model directory with {FOLDER}/ "
+                         "(clockwork distill-decoder makes one), or its folder as config.decoder")
+    decoder, _ = load(source, vae)
+    return decoder.to(device, vae.dtype)
+
+
 def load(folder: str, vae=None) -> tuple[TinyDecoder, dict]:
     """(decoder, metadata); with vae, also checks the decoder was distilled from that VAE.
     TinyDecoderLoadError names what is wrong."""

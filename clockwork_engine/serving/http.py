@@ -57,6 +57,8 @@ class ImageRequest(BaseModel):
     mode: Literal["full", "clockwork"] | None = None
     scheduler: str | None = Field(None, max_length=64, description="e.g. euler-a, dpm++2m-karras, unipc")
     timeout: float | None = Field(None, gt=0.0, le=3600.0, description="seconds; past it: 504")
+    lora: dict[str, float] | None = Field(None, max_length=8, description="the LoRA set, {name: scale}, of LoRAs "
+                                                                          "loaded into the model (default: its set)")
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
@@ -215,7 +217,7 @@ def _parse(engine, body: ImageRequest):
     negative = None if body.negative_prompt is None else [body.negative_prompt] * body.n
     return requests.parse(engine, [body.prompt] * body.n, steps=body.steps, guidance_scale=body.guidance_scale,
                           seed=seed, height=height, width=width, mode=body.mode, timeout=body.timeout,
-                          negative_prompt=negative)
+                          negative_prompt=negative, lora=body.lora)
 
 
 def _authorized(request: Request, api_key: str | None) -> bool:

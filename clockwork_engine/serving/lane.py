@@ -50,9 +50,11 @@ class Row:
 
 class Lane:
     def __init__(self, runner, key: tuple, buckets: tuple[int, ...]):
-        """key: the scheduler's lane key, (height, width, mode, CFG on, operating point or None)."""
+        """key: the scheduler's lane key, (height, width, mode, CFG on, operating point or None[,
+        LoRA set: ((name, scale), ...), default none])."""
         self.runner, self.buckets = runner, buckets
-        _, _, self.mode, self.cfg, self.point = key
+        _, _, self.mode, self.cfg, self.point, *rest = key
+        self.loras = rest[0] if rest else ()
         self.clock = runner.config.clock()
         self.bank = TableBank(runner.device)
         self.rows: list[Row] = []

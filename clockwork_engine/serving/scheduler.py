@@ -9,21 +9,19 @@ its public methods.
   policy "request"  request-level batching: requests waiting together start together; a
                     lane takes no one new until it is empty.
 
-Compatible requests (a lane): same height, width, mode and CFG on or off. FIFO within a lane
-(a request that cannot join yet holds back those behind it). Lanes take turns, one tick each.
-The queue holds at most config.max_queue waiting images: beyond that submit() raises QueueFull
-at once. A request past its deadline, or cancelled by its caller (Future.cancel()), is dropped
-at the next step boundary and frees its rows. Prompts of the requests joining at a boundary
-are encoded in one call, and the rows finishing at a tick are decoded in one call.
-
-A row's image does not depend on its neighbours: every op in the step is per row (the UNet's
-GroupNorm and attention are per sample); what differs from the request alone is the float
-summation order of a larger batch (tests/test_serving_scheduler.py checks 1e-4).
+A lane holds compatible requests: same height, width, mode, CFG on or off and LoRA set (fused
+before each of its ticks). FIFO within a lane; lanes take turns, one tick each. At most
+config.max_queue images wait: beyond that submit() raises QueueFull at once. A request past its
+deadline or cancelled (Future.cancel()) is dropped at the next step boundary. Joining prompts
+are encoded in one call, finishing rows decoded in one. A row's image does not depend on its
+neighbours (every op in the step is per row); only the float summation order of a larger batch
+differs from the request alone (tests/test_serving_scheduler.py checks 1e-4).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -77,7 +75,7 @@ class BatchScheduler:
         # step_kinds builds the table: a scheduler's error is the caller's
         kinds = self.runner.step_kinds(req.steps, req.mode, size=(req.height, req.width))
         point = self.runner.operating_point(req.steps) if req.mode == "clockwork" else None  # loads its adaptor
-        job = Job(req, Future(), (req.height, req.width, req.mode, cfg, point), kinds)
+        job = Job(req, Future(), (req.height, req.width, req.mode, cfg, point, req.loras), kinds)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
@@ -183,8 +181,12 @@ class BatchScheduler:
                 prompts = [p for j in group for p in j.request.prompts]
                 negatives = [n for j in group for n in j.request.negatives]
                 first = group[0].request
-                text, added = runner.encode(prompts, negatives, lane.cfg, first.height, first.width,
-                                            negative_given)
+                # With LoRAs loaded, the prompts are encoded under the lane's set (a text encoder's
+                # LoRA changes them), holding the model's lock as the steps do.
+                with runner.lock if runner.lora.loaded else contextlib.nullcontext():
+                    runner.lora.use(lane.loras)
+                    text, added = runner.encode(prompts, negatives, lane.cfg, first.height, first.width,
+                                                negative_given)
             except Exception as e:  # noqa: BLE001  (a failure of these requests, not of the service)
                 for job in group:
                     self._fail(job, e)
@@ -225,6 +227,7 @@ class BatchScheduler:
     def _tick(self, lane: Lane):
         try:
             with self.runner.lock, torch.no_grad():
+                self.runner.lora.use(lane.loras)  # a lane's rows share one LoRA set
                 n = len(lane.rows)
                 finished = lane.step()
         except Exception as e:  # noqa: BLE001  (fail this lane's requests; the service goes on)
@@ -255,13 +258,7 @@ class BatchScheduler:
                     self._fail(row.job, e)
                 continue
             for (row, _), image in zip(items, images, strict=True):
-                job = row.job
-                job.images[row.index] = image
-                job.rows_left -= 1
-                if job.rows_left == 0 and not job.future.done():
-                    out = job.images if output == "pil" else torch.stack(job.images)
-                    job.future.set_result(job.request.result(out))
-                    job.ended = True
+                if row.job.place(row.index, image, output):
                     self.counts["ok"] += 1
 
     def _drop_gone(self, lane: Lane):
@@ -296,10 +293,8 @@ class BatchScheduler:
         job.fail(error)
 
     def _fail_all(self, error: BaseException):
-        for job in list(self._waiting):
+        for job in list(self._waiting) + [row.job for lane in self._lanes.values() for row in lane.rows]:
             job.fail(error)
         self._waiting.clear()
         for lane in self._lanes.values():
-            for row in lane.rows:
-                row.job.fail(error)
             lane.clear()
