@@ -95,9 +95,7 @@ class ModelRunner:
         self.default_size = self.family.default_size(model, self.vae_factor)
         self._tables: dict[tuple, sampler.SolverTable] = {}
         self.lock = model_lock(self.model)
-        frozen = self.graphs.backend == "inductor" or (self.graphs.cuda_compile is not None and
-                                                       self.config.inductor == "freezing")
-        self.lora = lora.ModelLoras(self.model, self.components, self.family, self.lock, frozen)
+        self.lora = lora.ModelLoras(self.model, self.components, self.family, self.lock, self.graphs.weights_frozen)
         self._text_version = self.lora.text_version
         grid = self.config.timesteps  # fail now on an unsupported scheduler, or a grid it cannot take
         self.table(len(grid) if grid else self.config.steps)

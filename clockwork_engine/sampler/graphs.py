@@ -215,6 +215,12 @@ class GraphSampler:
     def clear(self):
         self._entries.clear()
 
+    @property
+    def weights_frozen(self) -> bool:
+        """The compiled programs hold the weights as constants (the inductor backend, or CUDA
+        programs compiled with freezing): a change of the weights in place does not reach them."""
+        return self.backend == "inductor" or bool((self.cuda_compile or {}).get("freezing"))
+
     def build(self, step_fns: dict, bufs: StaticBuffers, kinds, text: torch.Tensor) -> dict:
         """build_programs with this sampler's backend, pool and compile options; a set that ran
         out of device memory is freed before the error goes on."""

@@ -135,8 +135,7 @@ class BatchScheduler:
         return True
 
     def _forget_idle_lanes(self, keep: int = 4):
-        """Empty lanes keep their program sets for the next request of their shape; the oldest
-        beyond `keep` are dropped (every new image size would otherwise hold memory)."""
+        """Empty lanes keep their programs for the next request of their shape; the oldest beyond `keep` go."""
         with self._cond:
             idle = [key for key, lane in self._lanes.items() if not lane.rows
                     and not any(j.lane_key == key for j in self._waiting)]

@@ -18,39 +18,20 @@ from collections import defaultdict
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-SD15_UNET = dict(  # runwayml/stable-diffusion-v1-5 unet/config.json (the fields that shape compute)
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+from clockwork_engine.tools.architectures import (  # noqa: F401  (the published configs, used from here too)
+    FLUX_DEV,
+    FLUX_SCHNELL,
+    FLUX_TEXT_TOKENS,
+    SD3_TEXT_TOKENS,
+    SD15_ADAPTOR_HIDDEN,
+    SD15_TEXT_TOKENS,
+    SD15_UNET,
+    SD35_LARGE,
+    SD35_MEDIUM,
+    SDXL_POOLED_DIM,
+    SDXL_UNET,
 )
-SDXL_UNET = dict(  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (the fields that shape compute)
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
-# stabilityai/stable-diffusion-3.5-medium and -large transformer/config.json (the fields that shape compute)
-SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
-                   num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
-                   pooled_projection_dim=2048, pos_embed_max_size=384, dual_attention_layers=tuple(range(13)),
-                   qk_norm="rms_norm")
-SD35_LARGE = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=38, attention_head_dim=64,
-                  num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
-                  pooled_projection_dim=2048, pos_embed_max_size=192, qk_norm="rms_norm")
-# black-forest-labs/FLUX.1-dev and -schnell transformer/config.json: FluxTransformer2DModel's
-# defaults (19 double-stream and 38 single-stream blocks, 24 x 128 heads); dev embeds the guidance
-FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-                axes_dims_rope=(16, 56, 56))
-FLUX_SCHNELL = {**FLUX_DEV, "guidance_embeds": False}
-FLUX_TEXT_TOKENS = {"flux-dev": 512, "flux-schnell": 256}  # FluxPipeline's max_sequence_length for each
-SD3_TEXT_TOKENS = 77 + 256  # CLIP's tokens, then T5's (StableDiffusion3Pipeline's max_sequence_length)
-SDXL_POOLED_DIM = 1280  # text_encoder_2's projection: 2816 = 1280 + 6 * 256
-SD15_TEXT_TOKENS = 77
-SD15_ADAPTOR_HIDDEN = 416  # 13.8M parameters: the paper's "about 14M" ResNet adaptor
+
 ATTENTION_SCORE_OPS = ("aten.baddbmm", "aten.bmm", "aten._scaled_dot_product")
 
 
@@ -169,6 +150,17 @@ def count_arch(unet_config: dict, text_tokens: int, text_dim: int, adaptor_hidde
     return result
 
 
+def _transformer_inputs(config: dict, batch: int, text_tokens: int, side: int, flux: bool):
+    """(x, t, text, added) for one transformer call: [B, C, side, side] latents (Flux: its packed
+    channels / 4), timestep 500, text states, pooled projections (and Flux-dev's guidance)."""
+    x = torch.randn(batch, config["in_channels"] // (4 if flux else 1), side, side)
+    text = torch.randn(batch, text_tokens, config["joint_attention_dim"])
+    added = {"pooled_projections": torch.randn(batch, config["pooled_projection_dim"])}
+    if config.get("guidance_embeds"):
+        added["guidance"] = torch.full((batch,), 3.5)
+    return x, torch.full((batch,), 500.0), text, added
+
+
 def count_transformer(config: dict, steps: int, clock_every: int, cfg_batch: int = 2, cut: int = 1,
                       text_tokens: int = SD3_TEXT_TOKENS, adaptor_hidden: int | None = None,
                       flux: bool = False, latent: int = 128) -> dict:
@@ -190,12 +182,7 @@ def count_transformer(config: dict, steps: int, clock_every: int, cfg_batch: int
         family = flux_family.FLUX if flux else sd3.SD3
         split = TransformerSplit(model, cut)
         side = latent
-        x = torch.randn(cfg_batch, config["in_channels"] // (4 if flux else 1), side, side)
-        text = torch.randn(cfg_batch, text_tokens, config["joint_attention_dim"])
-        added = {"pooled_projections": torch.randn(cfg_batch, config["pooled_projection_dim"])}
-        if config.get("guidance_embeds"):
-            added["guidance"] = torch.full((cfg_batch,), 3.5)
-        t = torch.full((cfg_batch,), 500.0)
+        x, t, text, added = _transformer_inputs(config, cfg_batch, text_tokens, side, flux)
         learned = adaptors.build(adaptors.AdaptorConfig.for_split(split, adaptor_hidden or split.width // 2))
         denoise = family.denoiser(model)
         with torch.no_grad():
