@@ -130,7 +130,8 @@ class Engine:
     @torch.no_grad()
     def generate(self, prompt, *, steps=None, guidance_scale=None, seed=None, height=None, width=None,
                  negative_prompt=None, mode=None, output: str = "pil", callback=None, image=None, mask_image=None,
-                 strength=None, timeout=None, lora=None):
+                 strength=None, timeout=None, lora=None, control_image=None, controlnet_conditioning_scale=1.0,
+                 guess_mode=False, control_guidance_start=0.0, control_guidance_end=1.0):
         """Images for a prompt (str -> one image) or a list of prompts (list -> list).
 
         image: an edit (diffusers' Img2Img pipeline, SDEdit): the image is encoded, noised to
@@ -158,7 +159,9 @@ class Engine:
         req = request.parse(self, prompt, steps=steps, guidance_scale=guidance_scale, seed=seed, height=height,
                             width=width, negative_prompt=negative_prompt, mode=mode, output=output,
                             callback=callback, image=image, mask_image=mask_image, strength=strength,
-                            timeout=timeout, lora=lora)
+                            timeout=timeout, lora=lora, control=None if control_image is None else dict(
+                                image=control_image, scale=controlnet_conditioning_scale, guess_mode=guess_mode,
+                                start=control_guidance_start, end=control_guidance_end))
         if self.batcher is not None and self.batcher.accepts(req):
             return self.batcher.submit(req).result()
         return self.run_alone(req)
@@ -178,7 +181,7 @@ class Engine:
                         user(i, n, x)
             self.runner.lora.use(req.loras)
             final = self.runner.sample(req.prompts, req.negatives, req.steps, req.guidance, req.seeds, req.height,
-                                       req.width, req.mode, callback, req.edit, req.negative_given)
+                                       req.width, req.mode, callback, req.edit, req.negative_given, req.control)
             result = final if req.output == "latent" else self.runner.decode(final, req.output)
         except torch.OutOfMemoryError:
             out_of_memory = True  # raised below, once this traceback (and the tensors it holds) is gone

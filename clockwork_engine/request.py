@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from clockwork_engine import validate
+from clockwork_engine.conditioning import control as control_inputs
 from clockwork_engine.conditioning import images
 from clockwork_engine.config import MAX_GUIDANCE, MODES
 
@@ -57,6 +58,7 @@ class GenerationRequest:
     edit: images.EditInputs | None = None
     deadline: float | None = None  # time.monotonic() past which the request is dropped
     loras: tuple = ()  # ((name, scale), ...): the LoRA set it runs under (models/lora.py)
+    control: object = None  # conditioning/control.ControlInputs of a ControlNet request
 
     @property
     def rows(self) -> int:
@@ -77,9 +79,11 @@ class GenerationRequest:
 
 def parse(engine, prompt, *, steps=None, guidance_scale=None, seed=None, height=None, width=None,
           negative_prompt=None, mode=None, output="pil", callback=None, image=None, mask_image=None,
-          strength=None, timeout=None, lora=None) -> GenerationRequest:
+          strength=None, timeout=None, lora=None, control=None) -> GenerationRequest:
     """Engine.generate's arguments checked against the engine (its config, adaptor and model):
-    a TypeError / ValueError naming the argument for anything it cannot run."""
+    a TypeError / ValueError naming the argument for anything it cannot run. control: the
+    ControlNet arguments (control_image, controlnet_conditioning_scale, guess_mode,
+    control_guidance_start, control_guidance_end) or None."""
     cfg = engine.config
     mode = cfg.mode if mode is None else mode
     if mode not in MODES:
@@ -87,14 +91,7 @@ def parse(engine, prompt, *, steps=None, guidance_scale=None, seed=None, height=
     if mode == "clockwork" and engine.points is None:
         raise ValueError("mode 'clockwork' needs an adaptor; build the engine with a clockwork config")
     prompts = validate.prompts(prompt, cfg.max_batch_size)
-    negatives = validate.prompts(negative_prompt, cfg.max_batch_size, "negative_prompt") \
-        if negative_prompt is not None else [""]
-    if negative_prompt is not None and engine.guidance_dim:
-        raise ValueError("negative_prompt needs classifier-free guidance; this model is guidance-distilled")
-    if len(negatives) == 1:
-        negatives = negatives * len(prompts)
-    elif len(negatives) != len(prompts):
-        raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts")
+    negatives = _negatives(engine, negative_prompt, len(prompts))
     steps = validate.positive_int(cfg.steps if steps is None else steps, "steps", MAX_STEPS)
     guidance = validate.per_row(cfg.guidance_scale if guidance_scale is None else guidance_scale, len(prompts),
                                 lambda g: validate.finite_float(g, "guidance_scale", 0.0, MAX_GUIDANCE),
@@ -114,6 +111,8 @@ def parse(engine, prompt, *, steps=None, guidance_scale=None, seed=None, height=
     elif "edit" in family.supports and unet_channels != engine.vae.config.latent_channels:
         raise ValueError(f"this UNet takes {unet_channels} input channels (an inpainting UNet): "
                          "it needs image= and mask_image=")
+    if control is not None:
+        height, width = _control_size(engine, control, edit, mode, height, width)
     height = validate.image_side(cfg.height or engine.default_size if height is None else height, "height",
                                  engine.size_multiple, max_side)
     width = validate.image_side(cfg.width or engine.default_size if width is None else width, "width",
@@ -129,6 +128,42 @@ def parse(engine, prompt, *, steps=None, guidance_scale=None, seed=None, height=
     if timeout is not None:
         timeout = validate.finite_float(timeout, "timeout", 0.0)
     loras = engine.runner.lora.key(lora)  # resolved now: a later change of the default does not reach it
+    if control is not None:
+        control = control_inputs.control_inputs(engine.runner.controlnet, rows=len(prompts), height=height,
+                                                width=width, vae_factor=engine.vae_factor, **control)
     return GenerationRequest(prompts, negatives, negative_prompt is not None, steps, guidance, seeds, height, width,
                              mode, output, isinstance(prompt, str), callback, edit,
-                             None if timeout is None else time.monotonic() + timeout, loras)
+                             None if timeout is None else time.monotonic() + timeout, loras, control)
+
+
+def _negatives(engine, negative_prompt, rows: int) -> list[str]:
+    """One negative prompt a row (the empty one where none is given)."""
+    negatives = validate.prompts(negative_prompt, engine.config.max_batch_size, "negative_prompt") \
+        if negative_prompt is not None else [""]
+    if negative_prompt is not None and engine.guidance_dim:
+        raise ValueError("negative_prompt needs classifier-free guidance; this model is guidance-distilled")
+    if len(negatives) == 1:
+        return negatives * rows
+    if len(negatives) != rows:
+        raise ValueError(f"negative_prompt has {len(negatives)} entries for {rows} prompts")
+    return negatives
+
+
+def _control_size(engine, control: dict, edit, mode: str, height, width):
+    """A ControlNet request is checked here; its size defaults to its (first) control image's,
+    as the pipeline's does."""
+    if engine.runner.controlnet is None:
+        raise ValueError("control_image needs a ControlNet: build the engine from a ControlNet pipeline")
+    if edit is not None or mode == "clockwork":
+        raise ValueError("ControlNet requests run text-to-image in mode 'full' (edits and clockwork with a "
+                         "ControlNet are not built yet)")
+    if height is None and width is None and engine.config.height is None and engine.config.width is None:
+        from diffusers.image_processor import VaeImageProcessor
+
+        image = control["image"]
+        image = image[0] if isinstance(image, (list, tuple)) else image
+        try:
+            height, width = VaeImageProcessor(vae_scale_factor=engine.vae_factor).get_default_height_width(image)
+        except Exception as e:  # not an image
+            raise ValueError(f"control_image is not an image the pipeline takes: {e}") from e
+    return height, width

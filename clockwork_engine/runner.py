@@ -30,6 +30,7 @@ from clockwork_engine.clockwork.cache import CacheState
 from clockwork_engine.clockwork.operating_point import OperatingPoint, OperatingPoints
 from clockwork_engine.clockwork.unet_split import UNetSplit
 from clockwork_engine.compile import CUDA_MODULE_OPTIONS, MODULE_OPTIONS, compiled, cuda_options
+from clockwork_engine.conditioning import control as control_inputs
 from clockwork_engine.conditioning import latents
 from clockwork_engine.config import EngineConfig
 from clockwork_engine.models import lora, tiny_decoder
@@ -63,7 +64,7 @@ class ModelRunner:
         self.model = model.eval().requires_grad_(False)
         self.vae = vae.eval().requires_grad_(False)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
-        for name in ("text_encoder_2", "text_encoder_3"):
+        for name in ("text_encoder_2", "text_encoder_3", "controlnet"):
             if text_components.get(name) is not None:
                 text_components[name] = text_components[name].eval().requires_grad_(False)
         self.components = {self.family.model_component: self.model, "vae": vae, "tokenizer": tokenizer,
@@ -96,11 +97,11 @@ class ModelRunner:
         self._tables: dict[tuple, sampler.SolverTable] = {}
         self.lock = model_lock(self.model)
         self.lora = lora.ModelLoras(self.model, self.components, self.family, self.lock, self.graphs.weights_frozen)
-        self._text_version = self.lora.text_version
         grid = self.config.timesteps  # fail now on an unsupported scheduler, or a grid it cannot take
         self.table(len(grid) if grid else self.config.steps)
         self.guidance_dim = self.family.guidance_dim(model)
-        self.denoisers = {"full": self.family.denoiser(self.model)}
+        self.denoisers = {"full": self.family.denoiser(self.model) if self.controlnet is None else
+                          control_inputs.with_control(self.model, self.controlnet)}
         self.points = None  # clockwork's adaptors by step count (operating_point.py)
         if self.config.mode == "clockwork":
             self.points = OperatingPoints(self.model, self.config, self.scheduler, adaptor_dir, self.lock,
@@ -117,6 +118,11 @@ class ModelRunner:
         if self.family.model_component != "unet":
             raise AttributeError(f"a {self.family.name} model has no UNet (its denoiser is runner.model)")
         return self.model
+
+    @property
+    def controlnet(self):
+        """The ControlNet(s) of a ControlNet pipeline (a ControlNetModel or MultiControlNetModel), or None."""
+        return self.components.get("controlnet")
 
     @property
     def text_components(self) -> dict:
@@ -220,14 +226,8 @@ class ModelRunner:
                        added=bufs.added, rescale=self.config.guidance_rescale)
 
     def encode(self, prompts, negatives, cfg_on: bool, height: int, width: int, negative_given: bool = True):
-        """The family's conditioning of a batch; prompt caches are dropped when a LoRA changed a
-        text encoder since they were filled."""
-        version = self.lora.text_version
-        if version != self._text_version:
-            for encoder in vars(self.conditioning).values():
-                if hasattr(encoder, "clear") and hasattr(encoder, "encode"):
-                    encoder.clear()
-            self._text_version = version
+        """The family's conditioning of a batch (prompt caches a LoRA made stale dropped first)."""
+        self.lora.drop_stale_prompts(self.conditioning)
         return self.conditioning.encode(prompts, negatives, cfg_on, height, width, negative_given)
 
     def uses_cfg(self, guidance) -> bool:
@@ -237,11 +237,14 @@ class ModelRunner:
         return max(scales) > 1.0 and not self.guidance_dim and self.family.cfg
 
     def sample(self, prompts, negatives, steps, guidance, seeds, height, width, mode, callback, edit=None,
-                negative_given=True):
+                negative_given=True, control=None):
+        """control: the request's ControlNet inputs (conditioning/control.py), or None."""
         cfg_on = self.uses_cfg(guidance)
         text, added = self.encode(prompts, negatives, cfg_on, height, width, negative_given)
         start = latents.start_for(edit, self.model.config.in_channels)
         table = self.table(steps, start, (height, width))
+        if control is not None:
+            added = {**(added or {}), **control_inputs.added(control, table.num_steps, cfg_on)}
         inputs = self.request_inputs(table, height, width, guidance, seeds, cfg_on, text, added, edit)
         shape = inputs.latents.shape
         kinds = self.step_kinds(steps, mode, start, (height, width))
@@ -254,7 +257,8 @@ class ModelRunner:
         if point is not None:
             point.warn_off_point(steps)
             feature_shape = point.split.feature_shape(inputs.text.shape[0], inputs.text.shape[1], *shape[2:])
-        key = (len(prompts), height, width, str(self.model.dtype), mode, cfg_on, steps, start)
+        key = (len(prompts), height, width, str(self.model.dtype), mode, cfg_on, steps, start,
+               None if control is None else control.signature())
         result = self.graphs.run(key, make_steps, kinds, table, inputs, feature_shape, CacheState(), callback)
         if not torch.isfinite(result).all():
             raise NonFiniteError("the sampler produced NaN/Inf latents (check the model weights and guidance_scale)")

@@ -31,7 +31,7 @@ class ModelFamily(Protocol):
     flow_matching: bool  # sampled by a flow-matching scheduler (SD3, Flux), else by a diffusion one
     cfg: bool  # classifier-free guidance as a batched call (False: Flux, guidance-distilled or -free)
     # What the engine runs on it beyond text-to-image, full or clockwork (identity or learned
-    # adaptor): "edit" (image-to-image, inpainting), "attention_reuse", "lora".
+    # adaptor): "edit" (image-to-image, inpainting), "attention_reuse", "lora", "controlnet".
     supports: frozenset[str]
 
     def matches(self, model) -> bool: ...

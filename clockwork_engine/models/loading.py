@@ -12,7 +12,7 @@ from clockwork_engine.models.errors import ModelLoadError
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 USED_COMPONENTS = ("vae", "scheduler", "tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2", "tokenizer_3",
-                   "text_encoder_3")
+                   "text_encoder_3", "controlnet")
 log = logging.getLogger("clockwork_engine")
 
 
@@ -186,6 +186,9 @@ def load_components(path: str, tokenizer=None, text_encoder=None, torch_dtype=No
         if te in family.text_components:
             extra[tok], extra[te] = d.text_pair(te, tok) if d.listed(te) else (None, None)
     tokenizer, text_encoder = d.first_text_pair(tokenizer, text_encoder)
+    if d.listed("controlnet"):  # a ControlNet pipeline's directory (one ControlNetModel)
+        check_safetensors(os.path.join(path, "controlnet"))
+        extra["controlnet"] = d.diffusers_part("controlnet", "ControlNetModel")
     components = {model_name: model, "vae": vae, "scheduler": scheduler, "tokenizer": tokenizer,
                   "text_encoder": text_encoder, **extra}
     family.check(components, path)
@@ -201,5 +204,10 @@ def pipeline_components(pipe, family) -> dict:
             raise ValueError(f"pipeline has no {name}; Engine.from_pipeline needs a {family.pipeline_class}")
     parts = {name: getattr(pipe, name, None) for name in required + family.text_components}
     parts.update({k: pipe.config.get(k) for k in family.pipeline_settings if pipe.config.get(k) is not None})
+    if getattr(pipe, "controlnet", None) is not None:  # a ControlNet pipeline of the family
+        if "controlnet" not in family.supports:
+            raise ValueError(f"{type(pipe).__name__}: ControlNets run on UNet models; a {family.pipeline_class} "
+                             "model takes none yet")
+        parts["controlnet"] = pipe.controlnet
     family.check(parts, type(pipe).__name__)
     return parts

@@ -87,6 +87,7 @@ class ModelLoras:
         """frozen: the step programs hold the weights as constants (a change would not reach them)."""
         self.set, self.components, self.family = set_for(model), components, family
         self.lock, self.frozen = lock, frozen
+        self._prompts_version = self.set.text_version  # of the text encoders the caller's prompt caches saw
 
     def load(self, source, name: str | None = None, scale: float = 1.0) -> str:
         """Add a LoRA to the default set (a running request finishes first); returns its name."""
@@ -130,9 +131,13 @@ class ModelLoras:
     def loaded(self) -> bool:
         return bool(self.set.library)
 
-    @property
-    def text_version(self) -> int:
-        return self.set.text_version
+    def drop_stale_prompts(self, conditioning):
+        """Clear the caller's prompt caches if a LoRA changed a text encoder since they were filled."""
+        if self.set.text_version != self._prompts_version:
+            for encoder in vars(conditioning).values():
+                if hasattr(encoder, "clear") and hasattr(encoder, "encode"):
+                    encoder.clear()
+            self._prompts_version = self.set.text_version
 
     def key(self, loras: dict | None) -> tuple:
         """A request's set, resolved now ((name, scale), ...; None: the default set)."""

@@ -18,7 +18,7 @@ class UNetFamily:
     model_component: str = "unet"
     cfg: bool = True
     flow_matching: bool = False
-    supports: frozenset[str] = frozenset({"edit", "attention_reuse", "lora"})
+    supports: frozenset[str] = frozenset({"edit", "attention_reuse", "lora", "controlnet"})
 
     def matches(self, model) -> bool:
         from diffusers import UNet2DConditionModel

@@ -91,6 +91,8 @@ def step(denoise: Denoiser, table: SolverTable, i, x, history, features, text, g
         cond = guidance_embedding(guidance, embed_guidance).to(text.dtype)
     # The profile's "model compute" range; a compiled program has no Python ranges inside it.
     model_range = nullcontext() if torch.compiler.is_compiling() else torch.profiler.record_function("clockwork.model")
+    if added is not None and "controlnet_scales" in added:  # the ControlNets' scales of this evaluation
+        added = {**added, "controlnet_step": i}
     with model_range:
         out, features = denoise(model_in, t, text, features, cond, added)
     if cfg:

@@ -63,7 +63,7 @@ class BatchScheduler:
     def accepts(self, req: GenerationRequest) -> bool:
         """Text-to-image without a step callback, on a model without attention reuse, and no
         more images than the largest bucket; anything else runs alone (Engine.run_alone)."""
-        return (req.edit is None and req.callback is None and self.runner.reuse is None
+        return (req.edit is None and req.control is None and req.callback is None and self.runner.reuse is None
                 and req.rows <= self.buckets[-1])
 
     def submit(self, req: GenerationRequest) -> Future:
