@@ -154,9 +154,8 @@ def _control_size(engine, control: dict, edit, mode: str, height, width):
     as the pipeline's does."""
     if engine.runner.controlnet is None:
         raise ValueError("control_image needs a ControlNet: build the engine from a ControlNet pipeline")
-    if edit is not None or mode == "clockwork":
-        raise ValueError("ControlNet requests run text-to-image in mode 'full' (edits and clockwork with a "
-                         "ControlNet are not built yet)")
+    if edit is not None:
+        raise ValueError("ControlNet requests run text-to-image (edits with a ControlNet are not built yet)")
     if height is None and width is None and engine.config.height is None and engine.config.width is None:
         from diffusers.image_processor import VaeImageProcessor
 

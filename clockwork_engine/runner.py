@@ -103,6 +103,7 @@ class ModelRunner:
         self.denoisers = {"full": self.family.denoiser(self.model) if self.controlnet is None else
                           control_inputs.with_control(self.model, self.controlnet)}
         self.points = None  # clockwork's adaptors by step count (operating_point.py)
+        self._control_denoisers: dict = {}  # operating point -> its denoisers with the ControlNets
         if self.config.mode == "clockwork":
             self.points = OperatingPoints(self.model, self.config, self.scheduler, adaptor_dir, self.lock,
                                           self.family.split)
@@ -215,7 +216,7 @@ class ModelRunner:
     def step_fn(self, kind: str, table, bufs, cfg_on: bool, point: OperatingPoint | None = None):
         """The step program of one step kind; clockwork's kinds run `point`'s denoisers."""
         base, _, action = kind.partition("+")
-        denoise = (point.denoisers if base.startswith("clockwork.") else self.denoisers)[base]
+        denoise = (self._clockwork_denoisers(point) if base.startswith("clockwork.") else self.denoisers)[base]
         if action:
             denoise = attention.reuse_denoiser(denoise, self.reuse, action, bufs.maps)
         compiled_programs = self.graphs.backend == "inductor" or self.graphs.cuda_compile is not None
@@ -229,6 +230,15 @@ class ModelRunner:
         """The family's conditioning of a batch (prompt caches a LoRA made stale dropped first)."""
         self.lora.drop_stale_prompts(self.conditioning)
         return self.conditioning.encode(prompts, negatives, cfg_on, height, width, negative_given)
+
+    def _clockwork_denoisers(self, point: OperatingPoint) -> dict:
+        """The operating point's denoisers; with a ControlNet, its residuals go into the split."""
+        if self.controlnet is None:
+            return point.denoisers
+        if point not in self._control_denoisers:
+            self._control_denoisers[point] = control_inputs.clockwork_denoisers(point.split, point.adaptor,
+                                                                                self.controlnet)
+        return self._control_denoisers[point]
 
     def uses_cfg(self, guidance) -> bool:
         """Two model evaluations per step (CFG batch) or one (no guidance, or a distilled model);

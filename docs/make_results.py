@@ -258,8 +258,25 @@ def section_flops():
                "not been fitted, so what it costs in quality is unmeasured. At cut 0 an adaptor step runs only "
                "conv_in, the adaptor and the UNet's last layer (with its attention in SD v1.5), the point DeepCache "
                "caches at: the identity adaptor there is DeepCache (tests/test_deepcache_parity.py).\n")
+    out.append(section_flops_controlnet())
     out.append(section_flops_sd3())
     return "\n".join(out)
+
+
+def section_flops_controlnet() -> str:
+    """SD v1.5 + its ControlNet under clockwork (tools/flops_controlnet.py)."""
+    d = load("flops_sd15_controlnet.json")
+    if not d:
+        return missing("flops_sd15_controlnet.json")
+    rows = [[conv, f"{c['controlnet_full_step_tflops']:.3f}", f"{c['controlnet_adaptor_step_tflops']:.3f}",
+             f"{c['baseline_tflops_per_image']:.2f}", f"{c['clockwork_tflops_per_image']:.2f}", pct(-c["saving"])]
+            for conv, c in d["controlnet"].items()]
+    return ("### SD v1.5 + ControlNet, 512x512, 8 steps, clock 2\n\n"
+            f"Command: `{d['command']}`. On an adaptor step the ControlNet runs only its conv_in, "
+            "conditioning embedding and first down block (the residuals of the skips H_out consumes); its "
+            "other blocks are skipped with the UNet's L.\n\n"
+            + table(["convention", "ControlNet TFLOPs, full step", "ControlNet TFLOPs, adaptor step",
+                     "UNet + ControlNet TFLOPs/image", "clockwork TFLOPs/image", "change"], rows) + "\n")
 
 
 SD3_FLOPS = (("flops_sd35_medium.json", "SD3.5 medium"), ("flops_sd35_large.json", "SD3.5 large"),

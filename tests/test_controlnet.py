@@ -2,14 +2,12 @@
 1e-4, scaled): one ControlNet and two, conditioning scales, guess mode, a control window
 (control_guidance_start / end), CFG on and off; what is refused by name."""
 
-import copy
-
 import diffusers
 import pytest
 import torch
 from conftest import make_tiny_pipeline
 
-from clockwork_engine import Engine
+from clockwork_engine import Engine, EngineConfig
 
 PROMPTS = ["a red circle", "a blue square"]
 
@@ -78,8 +76,8 @@ def test_control_changes_the_image_and_what_is_refused(pipes):
                               plain.generate("a red circle", **kw), atol=1e-3)
     with pytest.raises(ValueError, match="control_image needs a ControlNet"):
         plain.generate("a red circle", control_image=images(1, 0)[0], **kw)
-    with pytest.raises(ValueError, match="ControlNet requests run text-to-image in mode 'full'"):
-        copy.copy(engine).with_config(mode="clockwork", adaptor="identity").generate(
+    with pytest.raises(ValueError, match="clockwork with a ControlNet runs at cut >= 1"):
+        engine.with_config(mode="clockwork", adaptor="identity", cut=0).generate(
             "a red circle", control_image=images(1, 0)[0], **kw)
     with pytest.raises(ValueError, match="control_guidance_start 0.8 and _end 0.2"):
         engine.generate("a red circle", control_image=images(1, 0)[0], control_guidance_start=0.8,
@@ -108,3 +106,19 @@ def test_a_controlnet_pipeline_directory_round_trip(pipes, tmp_path):
     assert isinstance(engine.runner.controlnet, diffusers.ControlNetModel)
     got, ref = both(pipes[0], images(1, 0)[0], engine=engine)
     close(got, ref)
+
+
+@pytest.mark.parametrize("guess_mode", [False, True])
+def test_clockwork_with_a_controlnet(pipes, guess_mode):
+    """With no adaptor step clockwork equals full mode with the ControlNet; on adaptor steps only
+    the ControlNet's first level runs (the residuals of the skips H_out consumes), and the image
+    still follows the control."""
+    engine = Engine.from_pipeline(pipes[0], config=EngineConfig(mode="clockwork", adaptor="identity"))
+    kw = dict(control_image=images(1, 0)[0], guess_mode=guess_mode, steps=6, seed=[1, 2], height=16, width=16,
+              output="latent")
+    full = engine.generate(PROMPTS, mode="full", **kw)
+    torch.testing.assert_close(engine.with_config(clock_every=0).generate(PROMPTS, **kw), full, atol=1e-5, rtol=1e-5)
+    clocked = engine.generate(PROMPTS, **kw)
+    uncontrolled = engine.generate(PROMPTS, **{**kw, "controlnet_conditioning_scale": 0.0})
+    assert torch.isfinite(clocked).all() and not torch.allclose(clocked, full, atol=1e-4)
+    assert (clocked - full).abs().max() < (uncontrolled - full).abs().max()  # closer to full than no control

@@ -92,3 +92,16 @@ def test_flux_dev_counts():
     assert 0.03 < full["adaptor_step_fraction"] < 2 / 57 + 0.01
     assert full["learned_adaptor_step_fraction"] > full["adaptor_step_fraction"]  # its cost is counted
     assert 0.45 < full["learned_saving"] < full["saving"] < 0.5
+
+
+def test_controlnet_beside_clockwork():
+    """SD v1.5 + its ControlNet at 512x512: an adaptor step runs only the ControlNet's first level
+    (its conv_in, conditioning embedding and first down block), so clock 2 still saves over a
+    quarter of the FLOPs per image with the ControlNet counted."""
+    r = flops.run(argparse.Namespace(arch="sd15", steps=8, clock=2, cut=1, json=None, controlnet=True))
+    c = r["controlnet"]["full"]
+    assert r["command"].endswith("--controlnet")
+    assert 0 < c["controlnet_adaptor_step_tflops"] < 0.5 * c["controlnet_full_step_tflops"]
+    assert c["baseline_tflops_per_image"] == pytest.approx(8 * (r["full"]["full_step_tflops"] +
+                                                                 c["controlnet_full_step_tflops"]))
+    assert 0.25 < c["saving"] < r["full"]["saving"]

@@ -122,18 +122,24 @@ class UNetSplit(torch.nn.Module):
         # The last skip is r_in itself: L's first up block consumes it, not H_out.
         return HInOutput(r_in=h, skips=skips[:-1], emb=emb)
 
-    def low(self, r_in, emb, text, skips=None) -> torch.Tensor:
-        """skips: H_in's (a transformer split's L reads them; L here needs none of them)."""
+    def low(self, r_in, emb, text, skips=None, control=None) -> torch.Tensor:
+        """skips: H_in's (a transformer split's L reads them; L here needs none of them).
+        control: ControlNet residuals of L's skips (r_in's first) and of the mid block, added as
+        the UNet adds them (after its whole down pass)."""
         u = self.unet
         h, skips = r_in, (r_in,)
         for block in u.down_blocks[self.cut :]:
             h, res = _call_block(block, h, emb, text)
             skips += res
+        if control is not None:
+            skips = tuple(s + r for s, r in zip(skips, control[0], strict=True))
         if u.mid_block is not None:
             if getattr(u.mid_block, "has_cross_attention", False):
                 h = u.mid_block(h, emb, encoder_hidden_states=text)
             else:
                 h = u.mid_block(h, emb)
+        if control is not None:
+            h = h + control[1]
         for block in self._low_up:
             k = len(block.resnets)
             h = _call_block(block, h, emb, text, res_hidden_states_tuple=skips[-k:])

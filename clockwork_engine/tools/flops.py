@@ -31,20 +31,7 @@ from clockwork_engine.tools.architectures import (  # noqa: F401  (the published
     SDXL_POOLED_DIM,
     SDXL_UNET,
 )
-
-ATTENTION_SCORE_OPS = ("aten.baddbmm", "aten.bmm", "aten._scaled_dot_product")
-
-
-def _count(fn) -> dict[str, int]:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return {str(op): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
-
-
-def _conventions(ops: dict[str, int]) -> dict[str, float]:
-    full = sum(ops.values())
-    scores = sum(n for op, n in ops.items() if any(op.startswith(s) for s in ATTENTION_SCORE_OPS))
-    return {"full": full, "paper": full - scores}
+from clockwork_engine.tools.counting import _conventions, _count, example_inputs  # noqa: F401
 
 
 def per_level(unet, x, t, text, added=None) -> dict[str, dict[str, float]]:
@@ -76,20 +63,6 @@ def build(unet_config: dict, cut: int = 1, adaptor_hidden: int | None = None, ad
     text_embed_dim = split.text_embed_dim if adaptor_text else 0  # the pooled-text input
     adaptor = Adaptor(AdaptorConfig.for_split(split, adaptor_hidden, text_embed_dim=text_embed_dim)).eval()
     return unet, split, adaptor
-
-
-def example_inputs(unet_config: dict, batch: int, text_tokens: int, text_dim: int, latent: int | None = None):
-    """(x, t, text, added or None) for one UNet call: random latents, timestep 500, text states,
-    and for SDXL its added conditioning (pooled text and the six time ids)."""
-    size = latent or unet_config["sample_size"]
-    x = torch.randn(batch, unet_config["in_channels"], size, size)
-    text = torch.randn(batch, text_tokens, text_dim)
-    added = None
-    if unet_config.get("addition_embed_type") == "text_time":
-        side = float(size * 8)  # the image side the time ids name (a VAE factor of 8)
-        added = {"text_embeds": torch.randn(batch, SDXL_POOLED_DIM),
-                 "time_ids": torch.tensor([[side, side, 0.0, 0.0, side, side]]).repeat(batch, 1)}
-    return x, torch.tensor(500), text, added
 
 
 def count_arch(unet_config: dict, text_tokens: int, text_dim: int, adaptor_hidden: int | None, steps: int,
@@ -242,6 +215,8 @@ def build_parser(ap):
     ap.add_argument("--cut", type=int, default=1,
                     help="the split level (unet_split.py): 1 the paper's; 0 DeepCache's (H_in = conv_in, H_out = "
                          "the UNet's last layer)")
+    ap.add_argument("--controlnet", action="store_true",
+                    help="sd15 / sdxl: also count a ControlNet beside the UNet (flops_controlnet.py)")
     ap.add_argument("--json", default=None, help="also write the JSON here")
     return ap
 
@@ -283,7 +258,15 @@ def run(args) -> dict:
         result = count_arch(config, tokens, text_dim, hidden, args.steps, args.clock, cut=args.cut,
                             adaptor_text=adaptor_text)
         result["demo_unet"] = fingerprint()  # the committed UNet whose config was counted
+    if getattr(args, "controlnet", False):
+        from clockwork_engine.tools import flops_controlnet
+
+        if args.arch not in ("sd15", "sdxl"):
+            raise ValueError("--controlnet counts the SD v1.5 and SDXL ControlNets (--arch sd15 or sdxl)")
+        result = flops_controlnet.add_to(result, SD15_UNET if args.arch == "sd15" else SDXL_UNET, SD15_TEXT_TOKENS,
+                                         768 if args.arch == "sd15" else 2048)
     cut = f" --cut {args.cut}" if args.cut != 1 else ""
+    cut += " --controlnet" if getattr(args, "controlnet", False) else ""
     result = {"arch": args.arch, "command": f"clockwork flops --arch {args.arch} --steps {args.steps} "
               f"--clock {args.clock}{cut}", **result}
     text = json.dumps(result, indent=1)
