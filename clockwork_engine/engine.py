@@ -3,11 +3,12 @@
 Data flow: prompt -> PromptEncoder (LRU); (edit image, mask) -> images.edit_inputs; the
 request's noise and image latents -> latents.prepare; -> sampler loop (the engine's own,
 step index passed down) -> step function -> decoder (the VAE's, or a tiny one) -> image.
-With every acceleration off the result equals diffusers' StableDiffusionPipeline (and its
-Img2Img and Inpaint pipelines) for the same seed, steps, scheduler and guidance
-(tests/test_engine_parity.py, test_schedulers.py, test_edit.py).
+With every acceleration off the result equals diffusers' pipeline of the model's family
+(StableDiffusion, its Img2Img and Inpaint pipelines, SDXL, SD3, Flux, ControlNet) for the same
+seed, steps, scheduler and guidance (tests/test_engine_parity.py, test_schedulers.py,
+test_edit.py, test_sdxl.py, test_sd3.py, test_flux.py, test_controlnet.py).
 
-Concurrency: by default one generate() runs at a time per UNet (a lock); with
+Concurrency: by default one generate() runs at a time per model (a lock); with
 config.batching "step" or "request", concurrent text-to-image calls go through the request
 scheduler (serving/scheduler.py), which batches their rows into shared model calls.
 """
@@ -42,9 +43,10 @@ SETTINGS_FILE = "clockwork_engine.json"  # inside a model directory: EngineConfi
 class Engine:
     def __init__(self, model, vae, tokenizer, text_encoder, scheduler, config: EngineConfig | None = None,
                  adaptor_dir: str | None = None, decoder_dir: str | None = None, **text_components):
-        """model: the denoiser (a UNet2DConditionModel, or SD3's transformer); text_components:
-        its family's other text parts (SDXL: tokenizer_2, text_encoder_2,
-        force_zeros_for_empty_prompt; SD3: also tokenizer_3, text_encoder_3; models/family.py)."""
+        """model: the denoiser (a UNet2DConditionModel, or an SD3 or Flux transformer);
+        text_components: its family's other parts (SDXL: tokenizer_2, text_encoder_2,
+        force_zeros_for_empty_prompt; SD3: also tokenizer_3, text_encoder_3; Flux: tokenizer_2,
+        text_encoder_2 (T5); a ControlNet pipeline's controlnet; models/family.py)."""
         self.config = config or EngineConfig()
         self.runner = ModelRunner(model, vae, tokenizer, text_encoder, scheduler, self.config, adaptor_dir,
                                   decoder_dir, **text_components)
@@ -103,9 +105,9 @@ class Engine:
 
     @classmethod
     def from_pipeline(cls, pipe, *, config: EngineConfig | str | None = None) -> Engine:
-        """Wrap an already loaded diffusers pipeline: StableDiffusion(XL)Pipeline or
-        StableDiffusion3Pipeline (its scheduler is copied whole: from_config would drop the
-        fields the pipeline rewrote, e.g. SD's steps_offset=1)."""
+        """Wrap an already loaded diffusers pipeline: StableDiffusion(XL)Pipeline, their ControlNet
+        pipelines, StableDiffusion3Pipeline or FluxPipeline (its scheduler is copied whole:
+        from_config would drop the fields the pipeline rewrote, e.g. SD's steps_offset=1)."""
         family = pipeline_family(pipe)
         parts = loading.pipeline_components(pipe, family)
         model = parts.pop(family.model_component)
@@ -152,6 +154,10 @@ class Engine:
         "clockwork" (default: the config's; clockwork needs the engine's adaptor).
         timeout: seconds (default config.request_timeout; None: no limit); past it the request
         is dropped at the next step boundary with DeadlineExceeded (a TimeoutError).
+        lora: the request's LoRA set, {name: scale} of LoRAs loaded with load_lora (None: the
+        engine's default set). control_image (one image, or a list, one per ControlNet) and
+        controlnet_conditioning_scale, guess_mode, control_guidance_start / _end: a ControlNet
+        pipeline's inputs, as StableDiffusionControlNetPipeline takes them.
 
         With config.batching on, concurrent text-to-image calls share model calls
         (serving/scheduler.py: step-level continuous batching); each row's image stays its own.
