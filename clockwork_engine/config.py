@@ -33,6 +33,9 @@ class SamplingConfig:
     guidance_rescale: float = 0.0  # CFG rescale (diffusers' guidance_rescale, in [0, 1]; 0: off)
     height: int | None = None  # None: the model's sample size times the VAE factor
     width: int | None = None
+    # SD3's and Flux's T5 tokens (their pipelines' max_sequence_length; None: 256 / 512). SD3
+    # without T5 attends to this many zero tokens after CLIP's; 0 only there.
+    max_sequence_length: int | None = None
 
     def __post_init__(self):
         _tuples(self, "timesteps")
@@ -42,6 +45,9 @@ class SamplingConfig:
         validate.finite_float(self.guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE)
         validate.finite_float(self.eta, "eta", 0.0, 1.0)
         validate.finite_float(self.guidance_rescale, "guidance_rescale", 0.0, 1.0)
+        n = self.max_sequence_length
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 512):
+            raise ValueError(f"max_sequence_length must be an int in [0, 512] or None, got {n!r}")
         if self.scheduler is not None and (not isinstance(self.scheduler, str) or not self.scheduler):
             raise ValueError(f"scheduler must be a scheduler name or None, got {self.scheduler!r}")
         if self.timesteps is not None:

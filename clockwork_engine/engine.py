@@ -246,7 +246,7 @@ def student_presets(model: str = "demo") -> list[str]:
 
 
 def model_dir(model, preset: str | None) -> str:
-    """The directory of a model ("demo" or a folder) or of one of its students (preset)."""
+    """The directory of a model ("demo", "demo-sd3" or a folder) or of one of its students (preset)."""
     path = loading.resolve(model)
     if preset is None:
         return path

@@ -83,8 +83,8 @@ class ModelRunner:
         module_options = MODULE_OPTIONS if self.graphs.backend == "inductor" else \
             CUDA_MODULE_OPTIONS if self.graphs.cuda_compile is not None else None
         self.conditioning = self.family.conditioning(
-            self.components, capacity=self.config.prompt_cache_size, compile_options=module_options,
-            dtype=getattr(torch, self.config.text_dtype))
+            self.components, text_tokens=self.config.max_sequence_length, capacity=self.config.prompt_cache_size,
+            compile_options=module_options, dtype=getattr(torch, self.config.text_dtype))
         self.prompts = self.conditioning.prompts  # the (first) text encoder's prompt cache
         self.decode_fn = self.decode_eager if module_options is None else \
             compiled(self.decode_eager, module_options, "image decoder", dynamic=None)
@@ -132,12 +132,12 @@ class ModelRunner:
         return {k: v for k, v in self.components.items()
                 if k not in (self.family.model_component, "vae", "tokenizer", "text_encoder")}
 
-    def operating_point(self, steps: int) -> OperatingPoint:
-        """The adaptor, split and denoisers clockwork runs at `steps` steps: on the model's own
-        adaptors the one fitted for that step count (the default one if none was)."""
+    def operating_point(self, steps: int, loras: tuple = ()) -> OperatingPoint:
+        """The adaptor, split and denoisers clockwork runs at `steps` steps under the LoRA set
+        `loras`: on the model's own adaptors the one fitted for them (the default if none was)."""
         if self.points is None:
             raise ValueError("mode 'clockwork' needs an adaptor; build the engine with a clockwork config")
-        return self.points.at(steps)
+        return self.points.at(steps, loras)
 
     @property
     def adaptor(self):
@@ -258,7 +258,7 @@ class ModelRunner:
         inputs = self.request_inputs(table, height, width, guidance, seeds, cfg_on, text, added, edit)
         shape = inputs.latents.shape
         kinds = self.step_kinds(steps, mode, start, (height, width))
-        point = self.operating_point(steps) if mode == "clockwork" else None
+        point = self.operating_point(steps, self.lora.fused) if mode == "clockwork" else None  # the request's set
 
         def make_steps(bufs):
             return {kind: self.step_fn(kind, table, bufs, cfg_on, point) for kind in set(kinds)}

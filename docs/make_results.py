@@ -678,19 +678,24 @@ def _has_versus(d) -> bool:
     return any(k.startswith("deepcache_") for k in d["variants"]) and any(k.startswith("clock_") for k in d["variants"])
 
 
-def _versus_rows(d) -> list[list[str]]:
-    """Per DeepCache setting: the fastest clockwork configuration meeting it on all three, and those
+DEEPCACHE = (("deepcache_",), ("clock", "identity_adaptor", "cut0_deepcache_clock"))  # (peers, ours) by name
+SD3_CACHES = (("mag_", "taylorseer_", "pab_", "faster_"), ("identity_", "clockwork_"))  # bench_sd3_peers.py
+
+
+def _versus_rows(d, sides=DEEPCACHE) -> list[list[str]]:
+    """Per peer setting (DeepCache's by default; sides: the name prefixes of the peers' and of
+    clockwork's variants): the fastest clockwork configuration meeting it on all three, and those
     meeting it with the best PSNR and the best colour+shape where they are others; else the fastest
     one meeting it on alignment and PSNR, else the as-fast one with the best PSNR, else the fastest
     one, with what it misses by; and the identity adaptor at cut 0 on DeepCache's own clock."""
     vs = d["variants"]
-    ours = {k: v for k, v in vs.items() if k.startswith(("clock", "identity_adaptor", "cut0_deepcache_clock"))
-            and "latency_ratio" in v}
+    peers, ours_prefixes = sides
+    ours = {k: v for k, v in vs.items() if k.startswith(ours_prefixes) and "latency_ratio" in v}
     speed, psnr = (lambda k: ours[k]["latency_ratio"]), (lambda k: ours[k]["psnr_to_reference"])
     alignment = lambda k: ours[k]["single_colour_and_shape"]  # noqa: E731
     rows = []
     for name, dc in vs.items():
-        if not name.startswith("deepcache_") or not ours:
+        if not name.startswith(peers) or not ours:
             continue
         meets = {k: _meets(v, dc) for k, v in ours.items()}
         full = [k for k in ours if all(meets[k].values())]
@@ -708,7 +713,7 @@ def _versus_rows(d) -> list[list[str]]:
             pick = max(as_good, key=speed) if as_good else max(fast, key=psnr) if fast else max(ours, key=speed)
             picks = [(pick, _shortfall(ours[pick], dc, meets[pick]))]
         same = "cut0_deepcache_clock_" + name.removeprefix("deepcache_")  # DeepCache's images
-        if same in ours and same not in [p for p, _ in picks]:
+        if name.startswith("deepcache_") and same in ours and same not in [p for p, _ in picks]:
             verdict = "meets all three" if all(meets[same].values()) else _shortfall(ours[same], dc, meets[same])
             picks.append((same, verdict + " (DeepCache's clock)"))
         for pick, verdict in picks:
@@ -723,22 +728,29 @@ def _versus_rows(d) -> list[list[str]]:
     return rows
 
 
-def _versus_deepcache(d) -> str:
-    rows = _versus_rows(d)
+def _versus_header(sides=DEEPCACHE) -> list[str]:
+    return ["DeepCache" if sides is DEEPCACHE else "diffusers cache", *VERSUS_HEADER[1:]]
+
+
+def _versus_deepcache(d, sides=DEEPCACHE) -> str:
+    rows = _versus_rows(d, sides)
     n = next(iter(d["variants"].values()))["singles"]["colour_and_shape"]["n"]
-    return ("Clockwork against each DeepCache setting (same run): a configuration meets a setting when it is "
-            "at least as fast (the time ratio: DeepCache's time over its own, the geometric mean over the "
+    peer = "DeepCache" if sides is DEEPCACHE else "the cache"
+    text = (f"Clockwork against each {'DeepCache' if sides is DEEPCACHE else 'cache'} setting (same run): a "
+            "configuration meets a setting when it is "
+            f"at least as fast (the time ratio: {peer}'s time over its own, the geometric mean over the "
             "interleaved latency rounds, each round timing every variant back to back, at least 1 less one "
             "standard error of that mean; in runs that kept no per-call times, its speed-up, a ratio of medians, "
-            "at least DeepCache's), its colour+shape at least DeepCache's less one "
+            f"at least {peer}'s), its colour+shape at least {peer}'s less one "
             f"standard error of the difference (binomial, {n} single-shape images each: "
             "sqrt(SE_a^2 + SE_b^2); ± below is each rate's SE in points) and its PSNR to stock diffusers at least "
-            f"DeepCache's (less {PSNR_TIE_DB} dB: equal images up to float rounding). Listed: the fastest "
+            f"{peer}'s (less {PSNR_TIE_DB} dB: equal images up to float rounding). Listed: the fastest "
             "configuration that meets all three; where none does, the fastest that meets it on colour+shape and "
             "PSNR, else the one as fast with the best PSNR (else the fastest), and what it misses by; where others "
-            "that meet all three have a better PSNR or colour+shape, those too; and the identity adaptor at cut 0 "
-            "on DeepCache's own clock (DeepCache's images).\n\n"
-            + table(VERSUS_HEADER, rows) + "\n")
+            "that meet all three have a better PSNR or colour+shape, those too")
+    if sides is DEEPCACHE:
+        text += "; and the identity adaptor at cut 0 on DeepCache's own clock (DeepCache's images)"
+    return text + ".\n\n" + table(_versus_header(sides), rows) + "\n"
 
 
 def _clock_schedules(d) -> str:
@@ -1193,6 +1205,53 @@ def _quality_section(name, title, note=""):
     return name, lambda: section_quality(name, title, note)
 
 
+SD3_STEPS = (8, 20, 28)
+
+
+def section_sd3_peers():
+    out = ["## SD3 demo: clockwork against diffusers' caches (one run per step count)\n",
+           "demo-sd3 (StableDiffusion3Pipeline layout, flow-match Euler, CFG 3, 64x64) with "
+           "`benches/bench_sd3_peers.py`. Peers: diffusers' own caches on its transformer, driven as a CacheMixin "
+           "pipeline drives them (eval/diffusers_caches.py): `mag_t<threshold>` MagCache (calibrated for the step "
+           "count), `taylorseer_i<interval>`, `pab_r<block skip range>` PyramidAttentionBroadcast, "
+           "`faster_r<block skip range>` FasterCache. Clockwork: `identity_c<clock>` reuses the middle joint "
+           "blocks' stale output on clocked steps (the first and last block always run; `_cut2`: the first and "
+           "last two), `clockwork_c<clock>` runs the learned token-wise adaptor there instead.\n"]
+    found = False
+    for n in SD3_STEPS:
+        name = f"sd3_peers_{n}.json"
+        d = load(name)
+        if not d:
+            continue
+        found = True
+        out.append(section_quality(name, f"{n} steps").replace("## ", "### "))
+        not_run = "; ".join(f"`{k}`: {v}" for k, v in d["not_run"].items())
+        out.append(f"Adaptor: {d['adaptor']}. Not run: {not_run}"
+                   + " (its hook subtracts the last joint block's text stream, which SD3's last block does not "
+                   "return).\n")
+        out.append(_versus_deepcache(d, SD3_CACHES))
+    if not found:
+        out.append(missing("sd3_peers_8.json"))
+    return "\n".join(out)
+
+
+def headline_sd3_peers() -> str:
+    title = "Clockwork against diffusers' caches (SD3-layout demo, flow-match Euler, CFG 3)"
+    rows, commands = [], []
+    for n in SD3_STEPS:
+        d = load(f"sd3_peers_{n}.json")
+        if d:
+            rows += [[n, *r] for r in _versus_rows(d, SD3_CACHES)]
+            commands.append(f"{n} steps: `{d['command']}`")
+    if not rows:
+        return _not_measured(title, "peers-sd3", "sd3_peers_8.json")
+    body = ("Per diffusers cache setting, the clockwork configurations that meet it (as fast by paired time ratio, "
+            "colour+shape within one SE, PSNR to stock diffusers at least the cache's), else the closest and what "
+            "it misses by. FirstBlockCache does not run on SD3.\n\n"
+            + table(["steps", *_versus_header(SD3_CACHES)], rows))
+    return f"## {title}\n\n{body}\n\nCommands: " + "; ".join(commands) + f". Details: {_link('peers-sd3')}.\n"
+
+
 # The per-topic pages: (file under docs/results/, title, what it holds, its sections as (the JSON
 # that decides which demo UNet a section was measured on (None: no demo UNet involved), the
 # function rendering it)). Within a page, sections measured on the earlier demo UNet come last.
@@ -1206,6 +1265,10 @@ PAGES = [
      "the paper's cut and DeepCache's), DeepCache and the students against stock diffusers, in one run a step "
      "count; and SD v1.5's architecture end to end.",
      [("e2e_8.json", section_e2e)]),
+    ("peers-sd3", "Against the peers on SD3: diffusers' caches",
+     "The SD3-layout demo at 8, 20 and 28 steps: clockwork (identity and learned token-wise adaptors) against "
+     "stock diffusers and diffusers' own caches on its transformer, in one run a step count.",
+     [(None, section_sd3_peers)]),
     ("clockwork", "Clockwork: the adaptor's quality and its ablations",
      "Why clockwork works, and what each choice of the adaptor's recipe (loss, training data, width, inputs, "
      "steps, scheduler) costs in alignment, PSNR and time at 8 (and 4) steps.",
@@ -1595,8 +1658,8 @@ def headline_kernels() -> str:
                                         "benches/results/kernels.json"], body)
 
 
-HEADLINES = (headline_gpu, headline_peers, headline_clockwork, headline_schedulers, headline_flops, headline_latency,
-             headline_students, headline_editing, headline_reuse, headline_serving, headline_kernels)
+HEADLINES = (headline_gpu, headline_peers, headline_sd3_peers, headline_clockwork, headline_schedulers, headline_flops,
+             headline_latency, headline_students, headline_editing, headline_reuse, headline_serving, headline_kernels)
 
 
 def summary() -> str:

@@ -10,7 +10,8 @@ from test_sd3 import make_sd3_pipeline
 from clockwork_engine.eval import diffusers_caches
 
 STEPS = 8
-CALL = dict(prompt="a red circle", guidance_scale=5.0, height=16, width=16, output_type="latent")
+# two prompts: a cache that halves the CFG batch must halve every batched input (FasterCache)
+CALL = dict(prompt=["a red circle", "a blue square"], guidance_scale=5.0, height=16, width=16, output_type="latent")
 
 
 @pytest.fixture(scope="module")

@@ -51,12 +51,13 @@ def assert_latents_close(got, ref):
     torch.testing.assert_close(got, ref, atol=TOL * max(1.0, ref.abs().max().item()), rtol=0)
 
 
-def both(pipe, steps=4, guidance=3.5, seeds=(1, 2), size=16, engine=None):
+def both(pipe, steps=4, guidance=3.5, seeds=(1, 2), size=16, engine=None, text_tokens=None):
     pipe.set_progress_bar_config(disable=True)
+    tokens = {} if text_tokens is None else {"max_sequence_length": text_tokens}
     packed = pipe(PROMPTS, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
-                  output_type="latent", generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+                  output_type="latent", generator=[torch.Generator().manual_seed(s) for s in seeds], **tokens).images
     ref = flux.unpack(packed, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
-    engine = engine or Engine.from_pipeline(pipe, config="full")
+    engine = engine or Engine.from_pipeline(pipe, config=EngineConfig(mode="full", **tokens))
     got = engine.generate(PROMPTS, steps=steps, guidance_scale=guidance, seed=list(seeds), height=size, width=size,
                           output="latent")
     return got, ref
@@ -80,6 +81,13 @@ def test_flux_dev_matches_diffusers(dev, size):
 def test_flux_schnell_matches_diffusers(tmp_path):
     got, ref = both(make_flux_pipeline(tmp_path, guidance_embeds=False), guidance=0.0)
     assert_latents_close(got, ref)
+
+
+def test_max_sequence_length_is_the_pipelines(dev):
+    got, ref = both(dev, text_tokens=5)
+    assert_latents_close(got, ref)
+    with pytest.raises(ValueError, match="max_sequence_length must be >= 1 on Flux"):
+        Engine.from_pipeline(dev, config=EngineConfig(mode="full", max_sequence_length=0))
 
 
 def test_per_row_guidance_is_each_rows_own(dev):

@@ -160,3 +160,19 @@ def test_requests_run_under_their_own_lora_sets_and_batch_per_set(pipe, loras):
     assert len({lane.loras for lane in batched.batcher.lanes().values()}) <= 3  # one lane a set
     with pytest.raises(ValueError, match=r"no LoRA named \['c'\] is loaded"):
         alone.generate("a red circle", steps=2, lora={"c": 1.0})
+
+
+def test_an_adaptor_loads_under_a_fused_lora(tmp_path):
+    """The demo's 20-step adaptor is loaded on the first 20-step request, after a LoRA was fused:
+    it is checked against the base model's fingerprint (lora.base_weights), not the fused one's."""
+    from clockwork_engine.clockwork.adaptors import model_fingerprint
+    from clockwork_engine.demo import pipeline
+    from clockwork_engine.models.lora import base_weights
+
+    engine = Engine.from_pretrained("demo", device="cpu")
+    base = model_fingerprint(engine.model)
+    engine.load_lora(make_lora(pipeline.load(), tmp_path / "lora", 3), name="a", scale=0.5)
+    assert model_fingerprint(engine.model) != base  # the weights changed
+    assert model_fingerprint(engine.model, base_weights(engine.model)) == base
+    latents = engine.generate("a red circle", steps=20, seed=0, output="latent")
+    assert torch.isfinite(latents).all() and engine.operating_point(20).meta["steps"] == 20

@@ -20,13 +20,14 @@ KW = dict(guidance_scale=3.0, seed=0, output="latent", mode="clockwork")
 TOL = 1e-4  # a batched row against the request alone: only the batch's float summation order differs
 
 
-def _save_adaptor(folder, unet, steps, seed):
+def _save_adaptor(folder, unet, steps, seed, lora=None):
     torch.manual_seed(seed)
     split = UNetSplit(unet, 1)
     adaptor = A.Adaptor(A.AdaptorConfig.for_split(split))
     torch.nn.init.normal_(adaptor.up.weight, std=0.01)  # not the identity: the choice shows in the output
     A.save(str(folder), adaptor, cut=1, base_fingerprint=A.model_fingerprint(unet),
-           scheduler="DPMSolverMultistepScheduler", steps=steps, clock={"every": 2, "adaptor_steps": None})
+           scheduler="DPMSolverMultistepScheduler", steps=steps, clock={"every": 2, "adaptor_steps": None},
+           training={"lora": lora})
 
 
 @pytest.fixture
@@ -48,6 +49,27 @@ def test_for_steps_picks_by_fitted_steps(model_with_operating_points):
     assert A.for_steps(default, 20) == str(path / A.OPERATING_POINTS_FOLDER / "20-steps")
     assert A.for_steps(default, 50) == str(path / A.OPERATING_POINTS_FOLDER / "50-steps")
     assert A.for_steps(default, 30) == default  # none fitted for 30: the default (the engine warns)
+
+
+def test_an_adaptor_fitted_under_a_lora_runs_for_that_set(model_with_operating_points, tiny_pipe, tmp_path):
+    """An adaptor fitted under a LoRA set (clockwork distill --lora: training.lora in its metadata)
+    is the one for requests under that set at its step count, in the engine's loop and in the
+    batch scheduler's lanes; without the LoRA, or at another scale, the base model's runs."""
+    from test_lora import make_lora
+
+    path = model_with_operating_points
+    default, under = str(path / "clockwork_adaptor"), str(path / A.OPERATING_POINTS_FOLDER / "8-steps-x")
+    _save_adaptor(under, tiny_pipe.unet, 8, 3, lora={"x": 1.0})
+    assert A.for_steps(default, 8, (("x", 1.0),)) == under
+    assert A.for_steps(default, 8) == default and A.for_steps(default, 8, (("x", 0.5),)) == default
+    assert A.for_steps(default, 20, (("x", 1.0),)) == str(path / A.OPERATING_POINTS_FOLDER / "20-steps")
+    engine = Engine.from_pretrained(str(path), config=EngineConfig(mode="clockwork", steps=8, batching="step"))
+    engine.load_lora(make_lora(tiny_pipe, tmp_path / "x", 1), name="x")
+    kw = dict(KW, steps=8, height=16, width=16)
+    for lora, adaptor in (({"x": 1.0}, under), ({}, default), ({"x": 0.5}, default)):
+        forced = engine.with_config(adaptor=adaptor, batching="off").generate("a red circle", lora=lora, **kw)
+        assert torch.equal(engine.with_config(batching="off").generate("a red circle", lora=lora, **kw), forced)
+        torch.testing.assert_close(engine.generate("a red circle", lora=lora, **kw), forced, atol=TOL, rtol=0)
 
 
 def test_for_steps_without_operating_points_is_the_default(tmp_path, tiny_pipe):

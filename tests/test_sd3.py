@@ -57,12 +57,13 @@ def assert_latents_close(got, ref):
     torch.testing.assert_close(got, ref, atol=TOL * max(1.0, ref.abs().max().item()), rtol=0)
 
 
-def both(pipe, steps=4, guidance=5.0, seeds=(1, 2), size=16, negative_prompt=None, engine=None):
+def both(pipe, steps=4, guidance=5.0, seeds=(1, 2), size=16, negative_prompt=None, engine=None, text_tokens=None):
     pipe.set_progress_bar_config(disable=True)
+    tokens = {} if text_tokens is None else {"max_sequence_length": text_tokens}
     ref = pipe(PROMPTS, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
                output_type="latent", negative_prompt=negative_prompt,
-               generator=[torch.Generator().manual_seed(s) for s in seeds]).images
-    engine = engine or Engine.from_pipeline(pipe, config="full")
+               generator=[torch.Generator().manual_seed(s) for s in seeds], **tokens).images
+    engine = engine or Engine.from_pipeline(pipe, config=EngineConfig(mode="full", **tokens))
     got = engine.generate(PROMPTS, steps=steps, guidance_scale=guidance, seed=list(seeds), height=size, width=size,
                           output="latent", negative_prompt=negative_prompt)
     return got, ref
@@ -93,6 +94,18 @@ def test_sd3_without_t5_and_with_a_negative_prompt(tmp_path):
     pipe = make_sd3_pipeline(tmp_path, t5=False)
     got, ref = both(pipe, negative_prompt=["blurry", "a green triangle"])
     assert_latents_close(got, ref)
+
+
+@pytest.mark.parametrize("t5", [True, False], ids=["t5", "no-t5"])
+def test_max_sequence_length_is_the_pipelines(tmp_path, t5):
+    """EngineConfig(max_sequence_length=n) is the pipeline's max_sequence_length: n T5 tokens,
+    or n zero tokens without T5 (0: the CLIP tokens only, as the SD3 demo runs)."""
+    pipe = make_sd3_pipeline(tmp_path, t5=t5)
+    got, ref = both(pipe, text_tokens=5 if t5 else 0)
+    assert_latents_close(got, ref)
+    if t5:
+        with pytest.raises(ValueError, match="max_sequence_length must be >= 1 where the model has a T5"):
+            Engine.from_pipeline(pipe, config=EngineConfig(mode="full", max_sequence_length=0))
 
 
 def test_per_row_guidance_is_each_rows_own(sd3):
@@ -190,7 +203,11 @@ def test_what_sd3_refuses(sd3, tmp_path):
         Engine.from_pipeline(no_clip_g, config="full")
 
 
-def test_a_unet_refuses_a_flow_matching_scheduler(tiny_pipe):
+def test_a_unet_refuses_a_flow_matching_scheduler_and_t5_tokens(tiny_pipe):
+    with pytest.raises(ValueError, match="max_sequence_length sets SD3's and Flux's T5 tokens"):
+        Engine.from_pipeline(tiny_pipe, config=EngineConfig(mode="full", max_sequence_length=8))
+    with pytest.raises(ValueError, match=r"max_sequence_length must be an int in \[0, 512\]"):
+        EngineConfig(max_sequence_length=513)
     pipe = copy.copy(tiny_pipe)
     pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler()
     with pytest.raises(ValueError, match="FlowMatchEulerDiscreteScheduler cannot sample a StableDiffusionPipeline"):

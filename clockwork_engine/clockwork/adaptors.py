@@ -195,12 +195,13 @@ def num_parameters(module: nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------- saving / loading
-def model_fingerprint(unet) -> str:
+def model_fingerprint(unet, overrides: dict | None = None) -> str:
     """A cheap, stable identity of a UNet's weights: config, every tensor's name, shape and
     dtype, and a strided sample of its values. Private config keys (_name_or_path, ...)
-    depend on how the model was loaded, not on what it is, and are left out."""
+    depend on how the model was loaded, not on what it is, and are left out. overrides: state
+    dict entries to read instead (models/lora.base_weights: the base model under a fused LoRA)."""
     h = hashlib.sha256(json.dumps(checkpoint.public_config(unet.config), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(unet.state_dict().items()):
+    for name, tensor in sorted({**unet.state_dict(), **(overrides or {})}.items()):
         flat = tensor.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // 257)].float().cpu().numpy().tobytes()
         h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
@@ -238,29 +239,35 @@ def load(folder: str) -> tuple[Adaptor, dict]:
     return adaptor, meta
 
 
-def for_steps(folder: str, steps: int) -> str:
-    """The adaptor folder a model directory runs at `steps` sampler steps. `folder` is its
-    default adaptor (clockwork_adaptor/); adaptors fitted for other operating points sit beside
-    it in clockwork_adaptors/<name>/, each with its step count in its metadata. The default
-    wins when it was fitted for `steps` or when no other was; else the first (by name) of
-    clockwork_adaptors/ that was. Reads metadata only; an unreadable folder there is skipped."""
+def for_steps(folder: str, steps: int, loras: tuple = ()) -> str:
+    """The adaptor folder a model directory runs at `steps` sampler steps under the LoRA set
+    `loras` ((name, scale), ...; () for none). `folder` is its default adaptor
+    (clockwork_adaptor/); adaptors fitted for other operating points sit beside it in
+    clockwork_adaptors/<name>/, each with its step count and the LoRA set it was fitted under
+    (`clockwork distill --lora`) in its metadata. First one fitted for exactly this point (the
+    default, else the first by name); else, as for no LoRA, the default when it was fitted for
+    `steps` or when no other base-model adaptor was, else the first that was. Reads metadata
+    only; an unreadable folder there is skipped."""
     import os
 
     others = os.path.join(os.path.dirname(os.path.abspath(folder)), OPERATING_POINTS_FOLDER)
-    if not os.path.isdir(others) or _fitted_steps(folder) == steps:
-        return folder
-    for name in sorted(os.listdir(others)):
-        candidate = os.path.join(others, name)
-        if os.path.isdir(candidate) and _fitted_steps(candidate) == steps:
-            return candidate
+    names = sorted(os.listdir(others)) if os.path.isdir(others) else []
+    candidates = [folder] + [c for c in (os.path.join(others, n) for n in names) if os.path.isdir(c)]
+    for point in dict.fromkeys([(steps, tuple(loras)), (steps, ())]):
+        found = next((c for c in candidates if _fitted_point(c) == point), None)
+        if found is not None:
+            return found
     return folder
 
 
-def _fitted_steps(folder: str) -> int | None:
+def _fitted_point(folder: str) -> tuple | None:
+    """(steps, LoRA set) an adaptor was fitted for, from its metadata."""
     try:
-        return read_meta(folder).get("steps")
+        meta = read_meta(folder)
     except (AdaptorLoadError, OSError):
         return None
+    lora = (meta.get("training") or {}).get("lora") or {}
+    return meta.get("steps"), tuple(sorted(lora.items()))
 
 
 def check_compatible(meta: dict, folder: str, split, base_fingerprint: str):

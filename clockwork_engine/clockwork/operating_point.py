@@ -1,9 +1,10 @@
-"""Clockwork's operating points: the adaptor a request's step count runs, with its split.
+"""Clockwork's operating points: the adaptor a request's step count and LoRA set run, with its split.
 
 A model directory ships its default adaptor (clockwork_adaptor/) and may ship others fitted
-for other step counts beside it (clockwork_adaptors/<name>/). An engine on the model's own
-adaptors runs each request on the one fitted for the request's step count (adaptor.for_steps),
-loaded on first use and kept; an engine given one adaptor (config.adaptor: a folder or
+for other step counts, or under a LoRA set, beside it (clockwork_adaptors/<name>/). An engine
+on the model's own adaptors runs each request on the one fitted for the request's step count
+and LoRA set (adaptor.for_steps; the base model's for a set none was fitted under), loaded on
+first use and kept; an engine given one adaptor (config.adaptor: a folder or
 "identity") runs it at every step count. The engine's loop and the batch scheduler's lanes
 both take their clockwork denoisers from here, so one step count runs one adaptor everywhere.
 """
@@ -20,6 +21,7 @@ import torch
 from clockwork_engine import sampler
 from clockwork_engine.clockwork import adaptors as adaptor_io
 from clockwork_engine.clockwork.unet_split import UNetSplit
+from clockwork_engine.models import lora
 from clockwork_engine.sampler import noise_schedulers
 
 
@@ -43,7 +45,7 @@ class OperatingPoint:
 
 
 class OperatingPoints:
-    """The operating points of one engine, by step count."""
+    """The operating points of one engine, by step count and LoRA set."""
 
     def __init__(self, model, config, scheduler, model_adaptor: str | None, model_lock, make_split=UNetSplit):
         """model_adaptor: the model directory's clockwork_adaptor/ (None if it has none);
@@ -57,24 +59,25 @@ class OperatingPoints:
         self.model, self.config, self.scheduler, self.make_split = model, config, scheduler, make_split
         self._default, self._per_steps = source, config.adaptor is None
         self._by_source: dict[str, OperatingPoint] = {}
-        self._by_steps: dict[int, OperatingPoint] = {}
+        self._by_point: dict[tuple, OperatingPoint] = {}  # (steps, LoRA set) -> its point
         self._model_lock, self._guard = model_lock, threading.Lock()
 
-    def at(self, steps: int) -> OperatingPoint:
-        """The operating point a request of `steps` steps runs (loads its adaptor on first use:
-        an unreadable or mismatched one raises adaptor.AdaptorLoadError)."""
-        point = self._by_steps.get(steps)
+    def at(self, steps: int, loras: tuple = ()) -> OperatingPoint:
+        """The operating point a request of `steps` steps under the LoRA set `loras` ((name,
+        scale), ...) runs (loads its adaptor on first use: an unreadable or mismatched one raises
+        adaptor.AdaptorLoadError)."""
+        point = self._by_point.get((steps, loras))
         if point is not None:
             return point
-        source = adaptor_io.for_steps(self._default, steps) if self._per_steps else self._default  # metadata only
+        source = adaptor_io.for_steps(self._default, steps, loras) if self._per_steps else self._default  # metadata
         # Loading weights moves them to the device: not while another thread runs or captures the
         # UNet, so under its lock (taken first, as the engine's loop holds it when it gets here).
         # The identity adaptor is views of the UNet, built without it.
         with contextlib.nullcontext() if source == "identity" else self._model_lock, self._guard:
             if source not in self._by_source:
                 self._by_source[source] = self._load(source)
-            self._by_steps[steps] = self._by_source[source]
-            return self._by_steps[steps]
+            self._by_point[steps, loras] = self._by_source[source]
+            return self._by_point[steps, loras]
 
     def _load(self, source: str) -> OperatingPoint:
         if source == "identity":
@@ -82,7 +85,8 @@ class OperatingPoints:
             return _point(source, adaptor_io.IdentityAdaptor(), {}, split)
         adaptor, meta = adaptor_io.load(source)
         split = self.make_split(self.model, meta["cut"])
-        adaptor_io.check_compatible(meta, source, split, adaptor_io.model_fingerprint(self.model))
+        base = adaptor_io.model_fingerprint(self.model, lora.base_weights(self.model))  # under a LoRA too
+        adaptor_io.check_compatible(meta, source, split, base)
         adaptor.to(self.model.device, self.model.dtype)
         fitted, running = meta.get("clock"), self.config.clock().to_dict()
         mismatch = None

@@ -31,13 +31,14 @@ from clockwork_engine.clockwork.clock import Clock
 from clockwork_engine.datasets import shapes
 from clockwork_engine.distill import trajectories as T
 from clockwork_engine.distill.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
+from clockwork_engine.models import lora
 from clockwork_engine.sampler import noise_schedulers
 
 
 def build_parser(parser=None):
     ap = parser or argparse.ArgumentParser(prog="clockwork distill", description=__doc__,
                                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="demo", help="teacher: 'demo' or a local diffusers SD directory")
+    ap.add_argument("--model", default="demo", help="teacher: 'demo', 'demo-sd3' or a diffusers model directory")
     ap.add_argument("--out", required=True, help="output adaptor folder (also the checkpoint folder)")
     ap.add_argument("--steps", type=int, default=8, help="sampler steps of the operating point")
     ap.add_argument("--clock", type=int, default=2, help="adaptor on every N-th step (0-based i %% N == N-1)")
@@ -65,6 +66,9 @@ def build_parser(parser=None):
                     help="split level (a UNet's level; a transformer's first and last joint blocks that always run)")
     ap.add_argument("--no-r-out", action="store_true", help="ablation: adaptor without r_out(t+1)")
     ap.add_argument("--pooled-text", action="store_true", help="also condition phi on the mean-pooled text embedding")
+    ap.add_argument("--lora", action="append", default=[], metavar="PATH[=SCALE]",
+                    help="fit under this LoRA, fused into the teacher (repeatable): an adaptor for requests under "
+                         "that LoRA set; named by its folder")
     ap.add_argument("--seed", type=int, default=0)
     return ap
 
@@ -173,8 +177,10 @@ def _save(args, adaptor, engine, clock, history, losses):
     plot_losses(losses, os.path.join(args.out, "loss.png"), f"adaptor L2 ({args.mode})")
     training = {"mode": args.mode, "loss": args.loss, "train_on": args.train_on, "epochs": args.epochs,
                 "captions_per_epoch": args.captions_per_epoch, "passes": args.passes,
-                "lr": args.lr, "guidance": args.guidance, "seed": args.seed, "held_out": history[-1:] or None}
-    A.save(args.out, adaptor, cut=args.cut, base_fingerprint=A.model_fingerprint(engine.model), steps=args.steps,
+                "lr": args.lr, "guidance": args.guidance, "seed": args.seed, "held_out": history[-1:] or None,
+                "lora": engine.runner.lora.default or None}
+    base = A.model_fingerprint(engine.model, lora.base_weights(engine.model))  # the base model, under a LoRA too
+    A.save(args.out, adaptor, cut=args.cut, base_fingerprint=base, steps=args.steps,
            scheduler=noise_schedulers.describe(engine.scheduler), clock=clock.to_dict(), training=training)
     with open(os.path.join(args.out, "history.json"), "w") as f:
         json.dump(history, f, indent=1)
@@ -186,6 +192,9 @@ def run(args):
 
     torch.manual_seed(args.seed)
     engine = Engine.from_pretrained(args.model, config="full")
+    for spec in args.lora:
+        path, _, scale = spec.partition("=")
+        engine.load_lora(path, name=os.path.basename(os.path.normpath(path)), scale=float(scale or 1.0))
     if args.scheduler != "model":
         engine = engine.with_config(scheduler=args.scheduler)
     if args.guidance is None:

@@ -10,7 +10,11 @@ diffusers 0.42's StableDiffusion3Pipeline drives none of them as it ships:
 - PyramidAttentionBroadcast and FasterCache ask a current_timestep_callback for the step's
   timestep, which pipelines read from `pipe.current_timestep`; the SD3 pipeline keeps none;
 - MagCache also needs magnitude ratios calibrated per model and step count (a calibrate=True
-  run computes them; diffusers ships Flux's only).
+  run computes them; diffusers ships Flux's only);
+- FasterCache drops the unconditional half of the CFG batch on some steps, slicing the inputs
+  it knows by name; SD3's pooled_projections is not among them, so with one prompt the full
+  pooled batch broadcasts silently against the halved timesteps (a wrong image) and with more
+  it fails. config_for names pooled_projections too.
 
 CachedTransformer supplies what the pipeline lacks, as those pipelines do: a cache context
 around every transformer call (one name: SD3 runs CFG as one batched call), the timestep of the
@@ -43,8 +47,12 @@ def config_for(kind: str, steps: int, timestep, mag_ratios=None, **settings):
     if kind == "pab":
         return hooks.PyramidAttentionBroadcastConfig(current_timestep_callback=timestep, **settings)
     if kind == "faster":
-        return hooks.FasterCacheConfig(current_timestep_callback=timestep, attention_weight_callback=lambda _: 0.3,
-                                       is_guidance_distilled=False, tensor_format="BCHW", **settings)
+        from diffusers.hooks.faster_cache import _UNCOND_COND_INPUT_KWARGS_IDENTIFIERS as batched
+
+        return hooks.FasterCacheConfig(
+            current_timestep_callback=timestep, attention_weight_callback=lambda _: 0.3, is_guidance_distilled=False,
+            tensor_format="BCHW", _unconditional_conditional_input_kwargs_identifiers=(*batched, "pooled_projections"),
+            **settings)
     raise ValueError(f"unknown diffusers cache {kind!r}; known: first_block, mag, taylorseer, pab, faster")
 
 

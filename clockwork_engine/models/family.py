@@ -2,7 +2,7 @@
 
 The runner, the sampler and clockwork see a family only through these methods:
 
-    family.conditioning(components, **kw)   the prompt -> (text, added) encoder (conditioning/)
+    family.conditioning(components, text_tokens, **kw)  the prompt -> (text, added) encoder (conditioning/)
     family.denoiser(model)                  (x, t, text, features, cond, added) -> (output, None)
     family.split(model, cut)                clockwork's H_in / L / H_out split of the model
     family.size_multiple(model, vae_factor) image sides must be multiples of this
@@ -36,7 +36,7 @@ class ModelFamily(Protocol):
 
     def matches(self, model) -> bool: ...
 
-    def conditioning(self, components: dict, **encoder_kw): ...
+    def conditioning(self, components: dict, text_tokens: int | None = None, **encoder_kw): ...
 
     def denoiser(self, model): ...
 

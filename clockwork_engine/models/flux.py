@@ -37,14 +37,15 @@ class FluxFamily:
 
         return isinstance(model, FluxTransformer2DModel)
 
-    def conditioning(self, components: dict, **encoder_kw):
+    def conditioning(self, components: dict, text_tokens: int | None = None, **encoder_kw):
         from clockwork_engine.conditioning.flux import MAX_SEQUENCE_LENGTH, FluxConditioning
         from clockwork_engine.conditioning.text import PromptEncoder
 
-        c = components
+        c, tokens = components, MAX_SEQUENCE_LENGTH if text_tokens is None else text_tokens
+        if tokens < 1:
+            raise ValueError("max_sequence_length must be >= 1 on Flux: its T5 tokens are the whole text")
         return FluxConditioning(PromptEncoder(c["tokenizer"], c["text_encoder"], pooler=True, **encoder_kw),
-                                PromptEncoder(c["tokenizer_2"], c["text_encoder_2"], max_length=MAX_SEQUENCE_LENGTH,
-                                              **encoder_kw))
+                                PromptEncoder(c["tokenizer_2"], c["text_encoder_2"], max_length=tokens, **encoder_kw))
 
     def denoiser(self, model):
         def denoise(x, t, text, features, cond=None, added=None):  # x [B, C, h, w]

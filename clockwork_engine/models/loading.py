@@ -17,17 +17,22 @@ log = logging.getLogger("clockwork_engine")
 
 
 def resolve(name_or_path: str) -> str:
-    """'demo' -> the committed demo pipeline; anything else must be a local directory."""
+    """'demo' / 'demo-sd3' -> the committed demo pipelines (SD v1.x and SD3 layouts); anything
+    else must be a local directory."""
     if not isinstance(name_or_path, (str, os.PathLike)):
-        raise TypeError(f"model must be 'demo' or a directory path, got {type(name_or_path).__name__}")
+        raise TypeError(f"model must be 'demo', 'demo-sd3' or a directory path, got {type(name_or_path).__name__}")
     if name_or_path == "demo":
         from clockwork_engine.demo.pipeline import DEMO_DIR
 
         return DEMO_DIR
+    if name_or_path == "demo-sd3":
+        from clockwork_engine.demo.sd3 import DEMO_SD3_DIR
+
+        return DEMO_SD3_DIR
     path = os.fspath(name_or_path)
     if not os.path.isdir(path):
         raise ModelLoadError(f"model directory {path!r} does not exist (weights are never downloaded; "
-                             f"pass 'demo' or a local diffusers directory)")
+                             f"pass 'demo', 'demo-sd3' or a local diffusers directory)")
     return path
 
 

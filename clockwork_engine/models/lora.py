@@ -80,6 +80,13 @@ class LoraSet:
         self.fused = tuple(sorted(active.items()))
 
 
+def base_weights(model) -> dict[str, torch.Tensor]:
+    """The base weights (state dict names) of the denoiser's layers a fused LoRA has changed:
+    what identifies the model an adaptor was fitted for is its base, under any LoRA."""
+    fused = set_for(model)._base
+    return {f"{path}.weight": w for (component, path), w in fused.items() if not component.startswith("text_encoder")}
+
+
 class ModelLoras:
     """A runner's view of its model's LoRAs (runner.lora): changes under the model's lock."""
 
@@ -126,6 +133,11 @@ class ModelLoras:
     def default(self) -> dict[str, float]:
         """The default set (name -> scale): what a request without its own runs under."""
         return dict(self.set.default)
+
+    @property
+    def fused(self) -> tuple:
+        """The set in the weights now ((name, scale), ...): the running request's."""
+        return self.set.fused
 
     @property
     def loaded(self) -> bool:

@@ -27,22 +27,24 @@ class SD3Family:
 
         return isinstance(model, SD3Transformer2DModel)
 
-    def conditioning(self, components: dict, **encoder_kw):
-        from clockwork_engine.conditioning.sd3 import SD3Conditioning
+    def conditioning(self, components: dict, text_tokens: int | None = None, **encoder_kw):
+        from clockwork_engine.conditioning.sd3 import MAX_SEQUENCE_LENGTH, SD3Conditioning
         from clockwork_engine.conditioning.text import PromptEncoder
 
         c = components
         for name in ("tokenizer_2", "text_encoder_2"):
             if c.get(name) is None:
                 raise ValueError(f"an SD3 model needs {name} (CLIP-G)")
-        t5 = None
+        t5, tokens = None, MAX_SEQUENCE_LENGTH if text_tokens is None else text_tokens
         if c.get("text_encoder_3") is not None:
             if c.get("tokenizer_3") is None:
                 raise ValueError("text_encoder_3 (T5) needs tokenizer_3")
-            t5 = PromptEncoder(c["tokenizer_3"], c["text_encoder_3"], max_length=256, **encoder_kw)
+            if tokens < 1:
+                raise ValueError("max_sequence_length must be >= 1 where the model has a T5 encoder")
+            t5 = PromptEncoder(c["tokenizer_3"], c["text_encoder_3"], max_length=tokens, **encoder_kw)
         return SD3Conditioning(PromptEncoder(c["tokenizer"], c["text_encoder"], penultimate=True, **encoder_kw),
                                PromptEncoder(c["tokenizer_2"], c["text_encoder_2"], penultimate=True, **encoder_kw),
-                               t5, c["transformer"].config.joint_attention_dim)
+                               t5, c["transformer"].config.joint_attention_dim, tokens)
 
     def denoiser(self, model):
         def denoise(x, t, text, features, cond=None, added=None):

@@ -27,10 +27,12 @@ class UNetFamily:
             return False
         return (model.config.addition_embed_type == "text_time") == self.sdxl
 
-    def conditioning(self, components: dict, **encoder_kw):
+    def conditioning(self, components: dict, text_tokens: int | None = None, **encoder_kw):
         from clockwork_engine.conditioning.encoders import SDXLConditioning, TextConditioning
         from clockwork_engine.conditioning.text import PromptEncoder
 
+        if text_tokens is not None:
+            raise ValueError("max_sequence_length sets SD3's and Flux's T5 tokens; a UNet model has no T5")
         c = components
         if not self.sdxl:
             if c["unet"].config.addition_embed_type is not None:

@@ -74,7 +74,7 @@ class BatchScheduler:
         cfg = self.runner.uses_cfg(req.guidance)
         # step_kinds builds the table: a scheduler's error is the caller's
         kinds = self.runner.step_kinds(req.steps, req.mode, size=(req.height, req.width))
-        point = self.runner.operating_point(req.steps) if req.mode == "clockwork" else None  # loads its adaptor
+        point = self.runner.operating_point(req.steps, req.loras) if req.mode == "clockwork" else None  # loads it
         job = Job(req, Future(), (req.height, req.width, req.mode, cfg, point, req.loras), kinds)
         with self._cond:
             if self._closed:

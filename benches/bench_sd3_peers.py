@@ -1,0 +1,115 @@
+"""Clockwork on the SD3-layout demo against diffusers' own caches: one run per step count.
+
+    python benches/bench_sd3_peers.py [--singles 100 --pairs 50 --steps 8 20 28 --repeats 10]
+
+Per step count, on demo-sd3 (StableDiffusion3Pipeline: flow-match Euler, CFG at its
+recommended scale): stock diffusers (the reference for PSNR/SSIM and the time ratio); diffusers'
+caches on a copy of its transformer (eval/diffusers_caches.py: MagCache calibrated for the step
+count, TaylorSeerCache, PyramidAttentionBroadcast, FasterCache), several settings each; the
+engine in full mode; clockwork with the identity adaptor (the stale middle output, what a
+first-block / DBCache-style cache reuses) and with the learned token-wise adaptor the demo
+ships (clockwork_adaptor/, or the one fitted for the step count), on clocks 2 and 3, and the
+identity adaptor at cut 2 (the first and last two joint blocks always run). FirstBlockCache
+does not run on SD3 (its error is recorded). Writes benches/results/sd3_peers_<steps>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine, write  # noqa: E402
+
+SIZE = 64
+
+
+def cache_settings(steps: int) -> dict[str, tuple[str, dict]]:
+    """name -> (diffusers cache kind, its settings): each cache's default and a setting on either
+    side of it, scaled to the step count where the setting counts steps."""
+    warm = max(1, steps // 8)  # TaylorSeer's full steps before it extrapolates (its default: 3 of 50)
+    return {
+        **{f"mag_t{t}": ("mag", dict(threshold=t)) for t in (0.03, 0.06, 0.12)},
+        **{f"taylorseer_i{i}": ("taylorseer", dict(cache_interval=i, disable_cache_before_step=warm))
+           for i in (2, 3, 5) if i < steps},
+        **{f"pab_r{r}": ("pab", dict(spatial_attention_block_skip_range=r)) for r in (2, 3)},
+        **{f"faster_r{r}": ("faster", dict(spatial_attention_block_skip_range=r)) for r in (2, 3)},
+    }
+
+
+def first_block_error(pipe, steps: int, call: dict) -> str:
+    """FirstBlockCache on the SD3 transformer: the error its first call raises."""
+    import torch
+
+    from clockwork_engine.eval.diffusers_caches import CachedTransformer
+
+    cache = CachedTransformer(pipe.transformer, "first_block", steps, threshold=0.05)
+    try:
+        pipe("a red circle", num_inference_steps=steps, generator=torch.Generator().manual_seed(0), **call)
+    except Exception as e:  # noqa: BLE001 - recorded, not raised: it is the finding
+        return f"{type(e).__name__}: {e}"
+    finally:
+        cache.remove()
+    return "ran"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--singles", type=int, default=100)
+    ap.add_argument("--pairs", type=int, default=50)
+    ap.add_argument("--steps", type=int, nargs="*", default=[8, 20, 28])
+    ap.add_argument("--repeats", type=int, default=10)
+    args = ap.parse_args()
+
+    import torch
+
+    from clockwork_engine import Engine
+    from clockwork_engine.clockwork import adaptors as adaptor_io
+    from clockwork_engine.clockwork.adaptors import model_fingerprint
+    from clockwork_engine.demo import sd3
+    from clockwork_engine.engine import ADAPTOR_FOLDER
+    from clockwork_engine.eval.baselines import DiffusersBaseline, DiffusersCacheBaseline
+    from clockwork_engine.eval.compare import compare
+    from clockwork_engine.eval.diffusers_caches import calibrate_mag
+
+    pipe = sd3.load()
+    pipe.set_progress_bar_config(disable=True)
+    config = Engine.default_config("demo-sd3")
+    # every variant's keys (batch 16 for images, 1 for latency) kept: none is rebuilt while timed
+    base = Engine.from_pipeline(pipe, config=config.with_(mode="full", max_graphs=32))
+    guidance, tokens = config.guidance_scale, config.max_sequence_length
+    call = dict(max_sequence_length=tokens)  # the pipeline's arguments the engine takes from clockwork_engine.json
+    learned = os.path.join(sd3.DEMO_SD3_DIR, ADAPTOR_FOLDER)
+    for n in args.steps:
+        image_call = dict(guidance_scale=guidance, height=SIZE, width=SIZE, output_type="latent", **call)
+        ratios = calibrate_mag(pipe, n, prompt="a red circle", generator=torch.Generator().manual_seed(0),
+                               **image_call)
+        peers = {name: (DiffusersCacheBaseline(pipe, name, kind, n, ratios if kind == "mag" else None, call,
+                                               **settings), dict(steps=n))
+                 for name, (kind, settings) in cache_settings(n).items()}
+        kw = dict(steps=n, mode="clockwork")
+        fitted = adaptor_io.for_steps(learned, n)
+        ours = {
+            "engine_full": (base, dict(steps=n, mode="full")),
+            **{f"identity_c{c}": (base.with_config(mode="clockwork", adaptor="identity", clock_every=c), kw)
+               for c in (2, 3)},
+            "identity_c2_cut2": (base.with_config(mode="clockwork", adaptor="identity", cut=2), kw),
+            **{f"clockwork_c{c}": (base.with_config(mode="clockwork", adaptor=fitted, clock_every=c), kw)
+               for c in (2, 3)},
+        }
+        variants = {"diffusers": (DiffusersBaseline(pipe, **call), dict(steps=n)), **peers, **ours}
+        result = compare(variants, args.singles, args.pairs, guidance=guidance, latency_repeats=args.repeats,
+                         reference="diffusers")
+        result["not_run"] = {"first_block_t0.05": first_block_error(pipe, n, image_call)}
+        result["adaptor"] = os.path.relpath(fitted, os.path.dirname(sd3.DEMO_SD3_DIR))
+        result["mag_ratios"] = ratios
+        result["peer_settings"] = {k: {"kind": kind, **s} for k, (kind, s) in cache_settings(n).items()}
+        env = "".join(f"{k}={os.environ[k]} " for k in ("OMP_NUM_THREADS",) if k in os.environ)
+        write(f"sd3_peers_{n}.json", {"command": env + "python " + " ".join(sys.argv), "steps": n,
+                                      "model": "demo-sd3", "demo_sd3": model_fingerprint(pipe.transformer),
+                                      "size": SIZE, **result, "machine": machine()})
+
+
+if __name__ == "__main__":
+    main()
