@@ -8,9 +8,10 @@ caches on a copy of its transformer (eval/diffusers_caches.py: MagCache calibrat
 count, TaylorSeerCache, PyramidAttentionBroadcast, FasterCache), several settings each; the
 engine in full mode; clockwork with the identity adaptor (the stale middle output, what a
 first-block / DBCache-style cache reuses) and with the learned token-wise adaptor the demo
-ships (clockwork_adaptor/, or the one fitted for the step count), on clocks 2 and 3, and the
-identity adaptor at cut 2 (the first and last two joint blocks always run). FirstBlockCache
-does not run on SD3 (its error is recorded). Writes benches/results/sd3_peers_<steps>.json.
+ships (clockwork_adaptor/, or the one fitted for the step count), on clocks 2 and 3 and on
+two steps of every three (`dense<k>`: k adaptor steps), and the identity adaptor at cut 2 (the
+first and last two joint blocks always run). FirstBlockCache does not run on SD3 (its error
+is recorded). Writes benches/results/sd3_peers_<steps>.json.
 """
 
 from __future__ import annotations
@@ -89,14 +90,18 @@ def main():
                                                **settings), dict(steps=n))
                  for name, (kind, settings) in cache_settings(n).items()}
         kw = dict(steps=n, mode="clockwork")
+        # every 2nd / 3rd step on the adaptor, and two of every three ("dense": full at 0, 3, 6, ...)
+        dense = tuple(i for i in range(n) if i % 3)
+        clocks = {"c2": dict(clock_every=2), "c3": dict(clock_every=3),
+                  f"dense{len(dense)}": dict(adaptor_steps=dense)}
         fitted = adaptor_io.for_steps(learned, n)
         ours = {
             "engine_full": (base, dict(steps=n, mode="full")),
-            **{f"identity_c{c}": (base.with_config(mode="clockwork", adaptor="identity", clock_every=c), kw)
-               for c in (2, 3)},
+            **{f"identity_{name}": (base.with_config(mode="clockwork", adaptor="identity", **clock), kw)
+               for name, clock in clocks.items()},
             "identity_c2_cut2": (base.with_config(mode="clockwork", adaptor="identity", cut=2), kw),
-            **{f"clockwork_c{c}": (base.with_config(mode="clockwork", adaptor=fitted, clock_every=c), kw)
-               for c in (2, 3)},
+            **{f"clockwork_{name}": (base.with_config(mode="clockwork", adaptor=fitted, **clock), kw)
+               for name, clock in clocks.items()},
         }
         variants = {"diffusers": (DiffusersBaseline(pipe, **call), dict(steps=n)), **peers, **ours}
         result = compare(variants, args.singles, args.pairs, guidance=guidance, latency_repeats=args.repeats,

@@ -192,26 +192,16 @@ class ModelRunner:
     def step_kinds(self, steps: int, mode: str, start: sampler.Start = sampler.TEXT_TO_IMAGE,
                    size: tuple[int, int] | None = None) -> list[str]:
         """The step kinds the loop runs for `steps` inference steps, one a model evaluation
-        (Heun, KDPM2 and PNDM evaluate the model more often than once a step; an edit runs the
-        evaluations its strength leaves): e.g. clockwork.full, clockwork.adaptor, ..., each with
-        "+compute" / "+reuse" where attention maps are cached / reused. The clock counts the
-        evaluations that run, the first one full."""
+        (Heun, KDPM2 and PNDM evaluate more often than once a step; an edit runs those its strength
+        leaves): e.g. clockwork.full, clockwork.adaptor, ..., with "+compute" / "+reuse" where
+        attention maps are cached / reused. The clock counts the evaluations, the first one full."""
         evals = self.table(steps, start, size).num_steps
         if mode == "full":
             kinds = ["full"] * evals
         else:
             kinds = ["clockwork.adaptor" if a else "clockwork.full" for a in self.config.clock().schedule(evals)]
-        if self.config.attention_reuse is None:
-            return kinds
-        actions = attention.reuse_actions(evals, self.config.attention_reuse)
-        for i, action in enumerate(actions):
-            # An adaptor step runs no layer of L, so the maps of L's attention layers a reuse run
-            # needs come from the last full step before it: that step computes (stores) them too.
-            if action == "compute" and kinds[i] == "clockwork.adaptor":
-                full = [j for j in range(i) if kinds[j] == "clockwork.full"]
-                if full and actions[full[-1]] == "off":
-                    actions[full[-1]] = "compute"
-        return [k if a == "off" else f"{k}+{a}" for k, a in zip(kinds, actions, strict=True)]
+        reuse = self.config.attention_reuse
+        return kinds if reuse is None else attention.with_reuse(kinds, reuse)
 
     def step_fn(self, kind: str, table, bufs, cfg_on: bool, point: OperatingPoint | None = None):
         """The step program of one step kind; clockwork's kinds run `point`'s denoisers."""

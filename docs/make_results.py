@@ -1208,15 +1208,52 @@ def _quality_section(name, title, note=""):
 SD3_STEPS = (8, 20, 28)
 
 
+def section_sd3_attention():
+    return render("sd3_attention.json", "Attention-map reuse on SD3's joint attention", _sd3_attention)
+
+
+def _sd3_attention(d):
+    sizes = [[k, f"{v['fp16_gib']:.3g}", f"{v['fp32_gib']:.3g}"] for k, v in d["map_gib_per_image"].items()]
+    layer = d["layer"]
+    times = [[k, f"{v['median_s'] * 1e3:.1f} [{v['p25_s'] * 1e3:.1f}-{v['p75_s'] * 1e3:.1f}]",
+              f"{d['vs_sdpa'][k]:.2f}x"] for k, v in d["timings"].items()]
+    return (f"Command: `{d['command']}`. Reuse keeps each layer's P = softmax(QK^T/sqrt(d)); on MMDiT every joint "
+            "attention is over the image and text tokens together, so P is (N_img + N_txt)^2 a head. The maps one "
+            "image must keep (CFG batch 2, every layer; SD3.5 medium's image-only second attention too), from the "
+            "published configs:\n\n" + table(["model@side", "GiB (fp16)", "GiB (fp32)"], sizes)
+            + f"\n\nOne SD3.5-medium joint attention at 512x512 ({layer['rows']} rows, {layer['heads']} heads of "
+            f"{layer['head_dim']}, {layer['tokens']} tokens; one fp32 map {d['map_gib_per_layer_fp32']:.2f} GiB), ms, "
+            "median [p25-p75] of interleaved repeats:\n\n"
+            + table(["path", "ms", "vs fused SDPA"], times) + "\n")
+
+
+def section_lora_drift():
+    return render("lora_drift.json", "The adaptor under a LoRA (demo, 8 DPM++ steps, CFG 3, clock 2)", _lora_drift)
+
+
+def _lora_drift(d):
+    rows = [[v["variant"], f"{v['lora_scale']:g}", "-" if v["psnr_to_full"] is None else f"{v['psnr_to_full']:.2f}",
+             pct(v["colour_and_shape_as_captioned"]), pct(v["colour_and_shape_as_recoloured"])]
+            for v in d["results"].values()]
+    drift = ", ".join(f"{k} {v:+.2f} dB" for k, v in d["psnr_drift_db"].items())
+    return (f"Command: `{d['command']}`; {d['images']} single-shape held-out captions; the LoRA: {d['lora']} "
+            "(demo/train_lora.py: every colour word draws another colour). PSNR to the full model under the same "
+            "LoRA set; colour+shape scored against the caption's colours and against the LoRA's.\n\n"
+            + table(["variant", "LoRA scale", "PSNR to full (dB)", "colour+shape (caption)", "colour+shape (LoRA)"],
+                    rows)
+            + f"\n\nDrift (PSNR to full under the LoRA less without it): {drift}.\n")
+
+
 def section_sd3_peers():
     out = ["## SD3 demo: clockwork against diffusers' caches (one run per step count)\n",
            "demo-sd3 (StableDiffusion3Pipeline layout, flow-match Euler, CFG 3, 64x64) with "
            "`benches/bench_sd3_peers.py`. Peers: diffusers' own caches on its transformer, driven as a CacheMixin "
            "pipeline drives them (eval/diffusers_caches.py): `mag_t<threshold>` MagCache (calibrated for the step "
            "count), `taylorseer_i<interval>`, `pab_r<block skip range>` PyramidAttentionBroadcast, "
-           "`faster_r<block skip range>` FasterCache. Clockwork: `identity_c<clock>` reuses the middle joint "
-           "blocks' stale output on clocked steps (the first and last block always run; `_cut2`: the first and "
-           "last two), `clockwork_c<clock>` runs the learned token-wise adaptor there instead.\n"]
+           "`faster_r<block skip range>` FasterCache. Clockwork: `identity_*` reuses the middle joint "
+           "blocks' stale output on its adaptor steps (the first and last block always run; `_cut2`: the first and "
+           "last two), `clockwork_*` runs the learned token-wise adaptor there instead; `c<N>`: every N-th step, "
+           "`dense<k>`: two steps of every three (k adaptor steps; full at 0, 3, 6, ...).\n"]
     found = False
     for n in SD3_STEPS:
         name = f"sd3_peers_{n}.json"
@@ -1235,21 +1272,25 @@ def section_sd3_peers():
     return "\n".join(out)
 
 
+def _headline_row(row: list) -> bool:
+    """The summary keeps one row per cache setting: the fastest that meets it, or the closest."""
+    return "meets" not in str(row[-1]) or "the fastest" in str(row[-1])
+
+
 def headline_sd3_peers() -> str:
     title = "Clockwork against diffusers' caches (SD3-layout demo, flow-match Euler, CFG 3)"
-    rows, commands = [], []
+    rows = []
     for n in SD3_STEPS:
         d = load(f"sd3_peers_{n}.json")
         if d:
-            rows += [[n, *r] for r in _versus_rows(d, SD3_CACHES)]
-            commands.append(f"{n} steps: `{d['command']}`")
+            rows += [[n, *r] for r in _versus_rows(d, SD3_CACHES) if _headline_row(r)]
     if not rows:
         return _not_measured(title, "peers-sd3", "sd3_peers_8.json")
     body = ("Per diffusers cache setting, the clockwork configurations that meet it (as fast by paired time ratio, "
             "colour+shape within one SE, PSNR to stock diffusers at least the cache's), else the closest and what "
             "it misses by. FirstBlockCache does not run on SD3.\n\n"
             + table(["steps", *_versus_header(SD3_CACHES)], rows))
-    return f"## {title}\n\n{body}\n\nCommands: " + "; ".join(commands) + f". Details: {_link('peers-sd3')}.\n"
+    return f"## {title}\n\n{body}\n\nCommands, every configuration and the images: {_link('peers-sd3')}.\n"
 
 
 # The per-topic pages: (file under docs/results/, title, what it holds, its sections as (the JSON
@@ -1272,7 +1313,7 @@ PAGES = [
     ("clockwork", "Clockwork: the adaptor's quality and its ablations",
      "Why clockwork works, and what each choice of the adaptor's recipe (loss, training data, width, inputs, "
      "steps, scheduler) costs in alignment, PSNR and time at 8 (and 4) steps.",
-     [("perturbation.json", section_perturbation),
+     [("perturbation.json", section_perturbation), ("lora_drift.json", section_lora_drift),
       _quality_section(
           "quality_clockwork_shipped.json", "Clockwork quality: the shipped adaptor and the ablations (CFG 3)",
           "`clockwork` is the shipped adaptor: rollout (fitted on the clockwork sampler's own trajectories, the "
@@ -1356,7 +1397,8 @@ PAGES = [
      "fewer steps, on the demo at 20 steps.",
      [_quality_section("quality_reuse.json", "Attention-map reuse vs fewer steps (demo, 20 steps)",
                        "At CFG 5 (`--guidance 5`); the greedy schedule (reuse_greedy_k4.json, "
-                       "`clockwork search-reuse`) was searched at CFG 5 on the earlier demo UNet.")]),
+                       "`clockwork search-reuse`) was searched at CFG 5 on the earlier demo UNet."),
+      (None, section_sd3_attention)]),
     ("serving", "Serving: throughput, latency and memory under load",
      "`clockwork serve` over HTTP on the demo: serialized, request-level and step-level continuous batching "
      "at saturation and under open-loop arrivals; resident memory over many requests.",
@@ -1442,12 +1484,11 @@ def headline_gpu() -> str:
 
 def headline_peers() -> str:
     title = "Clockwork against DeepCache (demo, DPM++, CFG 3)"
-    rows, commands = [], []
+    rows = []
     for n in (8, 20, 50):
         d = load(f"e2e_{n}.json")
         if d and _has_versus(d):
-            rows += [[n, *r] for r in _versus_rows(d)]
-            commands.append(f"{n} steps: `{d['command']}`")
+            rows += [[n, *r] for r in _versus_rows(d) if _headline_row(r)]
     if not rows:
         return _not_measured(title, "peers", "e2e_8.json")
     body = ("Per DeepCache setting (interval N), the clockwork configurations that meet it: as fast (time ratio: "
@@ -1455,7 +1496,7 @@ def headline_peers() -> str:
             "stock diffusers at least DeepCache's. `cut0_deepcache_clock_i<N>`: the identity adaptor at cut 0 on "
             "DeepCache's clock (DeepCache's images); `clock_*`: searched clocks.\n\n"
             + table(["steps", *VERSUS_HEADER], rows))
-    return (f"## {title}\n\n{body}\n\nCommands: " + "; ".join(commands) + f". Details: {_link('peers')}.\n")
+    return f"## {title}\n\n{body}\n\nCommands and every configuration that meets each setting: {_link('peers')}.\n"
 
 
 def headline_clockwork() -> str:

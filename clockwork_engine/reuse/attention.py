@@ -181,3 +181,16 @@ def reuse_actions(num_steps: int, reuse_steps) -> list[str]:
         if actions[i] == "off" and actions[i + 1] == "reuse":
             actions[i] = "compute"
     return actions
+
+
+def with_reuse(kinds: list[str], reuse_steps) -> list[str]:
+    """Step kinds with "+compute" / "+reuse" where attention maps are cached / reused."""
+    actions = reuse_actions(len(kinds), reuse_steps)
+    for i, action in enumerate(actions):
+        # An adaptor step runs no layer of L, so the maps of L's attention layers a reuse run
+        # needs come from the last full step before it: that step computes (stores) them too.
+        if action == "compute" and kinds[i] == "clockwork.adaptor":
+            full = [j for j in range(i) if kinds[j] == "clockwork.full"]
+            if full and actions[full[-1]] == "off":
+                actions[full[-1]] = "compute"
+    return [k if a == "off" else f"{k}+{a}" for k, a in zip(kinds, actions, strict=True)]
