@@ -208,15 +208,15 @@ def main():
                     **clock_variants(base, args.clocks, n, learned)}
         result = compare(variants, args.singles, args.pairs, guidance=guidance, latency_repeats=args.repeats,
                          reference="diffusers")
-        result["clocks"] = {f"clock_{os.path.splitext(os.path.basename(p))[0]}": _clock_record(p)
-                            for p in args.clocks if _clock_record(p)["steps"] == n}
+        result["clocks"] = {f"clock_{os.path.splitext(os.path.basename(p))[0]}": clock_record(p)
+                            for p in args.clocks if clock_record(p)["steps"] == n}
         env = "".join(f"{k}={os.environ[k]} " for k in ("OMP_NUM_THREADS",) if k in os.environ)
         write(f"e2e_{n}.json", {"command": env + "python " + " ".join(sys.argv), "steps": n, **result,
                                 "machine": machine()})
         pareto_plot(result, os.path.join(RESULTS, f"pareto_{n}.png"), n)
 
 
-def _clock_record(path: str) -> dict:
+def clock_record(path: str) -> dict:
     """What a results JSON keeps of a clock schedule file: its clock, adaptor and search cost."""
     from clockwork_engine.clockwork import clock_search
 

@@ -1,6 +1,6 @@
 """Clockwork on the SD3-layout demo against diffusers' own caches: one run per step count.
 
-    python benches/bench_sd3_peers.py [--singles 100 --pairs 50 --steps 8 20 28 --repeats 10]
+    python benches/bench_sd3_peers.py [--singles 100 --pairs 50 --steps 8 20 28 --repeats 10 --clocks FILE ...]
 
 Per step count, on demo-sd3 (StableDiffusion3Pipeline: flow-match Euler, CFG at its
 recommended scale): stock diffusers (the reference for PSNR/SSIM and the time ratio); diffusers'
@@ -10,7 +10,8 @@ engine in full mode; clockwork with the identity adaptor (the stale middle outpu
 first-block / DBCache-style cache reuses) and with the learned token-wise adaptor the demo
 ships (clockwork_adaptor/, or the one fitted for the step count), on clocks 2 and 3 and on
 two steps of every three (`dense<k>`: k adaptor steps), and the identity adaptor at cut 2 (the
-first and last two joint blocks always run). FirstBlockCache does not run on SD3 (its error
+first and last two joint blocks always run); --clocks adds one variant per searched clock
+(`clock_<file>`, clockwork search-clock --model demo-sd3). FirstBlockCache does not run on SD3 (its error
 is recorded). Writes benches/results/sd3_peers_<steps>.json.
 """
 
@@ -21,6 +22,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_e2e import clock_record, clock_variants  # noqa: E402
 from common import machine, write  # noqa: E402
 
 SIZE = 64
@@ -61,7 +63,12 @@ def main():
     ap.add_argument("--pairs", type=int, default=50)
     ap.add_argument("--steps", type=int, nargs="*", default=[8, 20, 28])
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--clocks", nargs="*", default=[],
+                    help="clock schedule files (clockwork search-clock --model demo-sd3): a variant each, at its step count")
     args = ap.parse_args()
+    missing = [p for p in args.clocks if not os.path.isfile(p)]
+    if missing:
+        raise SystemExit(f"no such clock schedule file: {', '.join(missing)}")
 
     import torch
 
@@ -102,12 +109,15 @@ def main():
             "identity_c2_cut2": (base.with_config(mode="clockwork", adaptor="identity", cut=2), kw),
             **{f"clockwork_{name}": (base.with_config(mode="clockwork", adaptor=fitted, **clock), kw)
                for name, clock in clocks.items()},
+            **clock_variants(base, args.clocks, n, learned),
         }
         variants = {"diffusers": (DiffusersBaseline(pipe, **call), dict(steps=n)), **peers, **ours}
         result = compare(variants, args.singles, args.pairs, guidance=guidance, latency_repeats=args.repeats,
                          reference="diffusers")
         result["not_run"] = {"first_block_t0.05": first_block_error(pipe, n, image_call)}
         result["adaptor"] = os.path.relpath(fitted, os.path.dirname(sd3.DEMO_SD3_DIR))
+        result["clocks"] = {f"clock_{os.path.splitext(os.path.basename(p))[0]}": clock_record(p)
+                            for p in args.clocks if clock_record(p)["steps"] == n}
         result["mag_ratios"] = ratios
         result["peer_settings"] = {k: {"kind": kind, **s} for k, (kind, s) in cache_settings(n).items()}
         env = "".join(f"{k}={os.environ[k]} " for k in ("OMP_NUM_THREADS",) if k in os.environ)

@@ -679,7 +679,7 @@ def _has_versus(d) -> bool:
 
 
 DEEPCACHE = (("deepcache_",), ("clock", "identity_adaptor", "cut0_deepcache_clock"))  # (peers, ours) by name
-SD3_CACHES = (("mag_", "taylorseer_", "pab_", "faster_"), ("identity_", "clockwork_"))  # bench_sd3_peers.py
+SD3_CACHES = (("mag_", "taylorseer_", "pab_", "faster_"), ("identity_", "clockwork_", "clock_"))  # bench_sd3_peers.py
 
 
 def _versus_rows(d, sides=DEEPCACHE) -> list[list[str]]:
@@ -1253,7 +1253,9 @@ def section_sd3_peers():
            "`faster_r<block skip range>` FasterCache. Clockwork: `identity_*` reuses the middle joint "
            "blocks' stale output on its adaptor steps (the first and last block always run; `_cut2`: the first and "
            "last two), `clockwork_*` runs the learned token-wise adaptor there instead; `c<N>`: every N-th step, "
-           "`dense<k>`: two steps of every three (k adaptor steps; full at 0, 3, 6, ...).\n"]
+           "`dense<k>`: two steps of every three (k adaptor steps; full at 0, 3, 6, ...); `clock_sd3_learned_<steps>_b<k>`: "
+           "the learned adaptor on the k adaptor steps `clockwork search-clock` chose (their table below). Each "
+           "latency round times every variant back to back, starting one variant later each round.\n"]
     found = False
     for n in SD3_STEPS:
         name = f"sd3_peers_{n}.json"
@@ -1267,6 +1269,8 @@ def section_sd3_peers():
                    + " (its hook subtracts the last joint block's text stream, which SD3's last block does not "
                    "return).\n")
         out.append(_versus_deepcache(d, SD3_CACHES))
+        if d.get("clocks"):
+            out.append(_clock_schedules(d))
     if not found:
         out.append(missing("sd3_peers_8.json"))
     return "\n".join(out)
@@ -1278,18 +1282,23 @@ def _headline_row(row: list) -> bool:
 
 
 def headline_sd3_peers() -> str:
+    """One row per cache setting, one column per step count: which clockwork configuration
+    meets it, or the closest and what it misses by (speed-ups over stock diffusers)."""
     title = "Clockwork against diffusers' caches (SD3-layout demo, flow-match Euler, CFG 3)"
-    rows = []
-    for n in SD3_STEPS:
-        d = load(f"sd3_peers_{n}.json")
-        if d:
-            rows += [[n, *r] for r in _versus_rows(d, SD3_CACHES) if _headline_row(r)]
-    if not rows:
+    cells: dict[str, dict[int, str]] = {}
+    runs = [n for n in SD3_STEPS if load(f"sd3_peers_{n}.json")]
+    for n in runs:
+        for r in _versus_rows(load(f"sd3_peers_{n}.json"), SD3_CACHES):
+            if _headline_row(r):
+                verdict = "meets all three" if "meets" in str(r[-1]) else r[-1]
+                cells.setdefault(r[0], {})[n] = f"{r[4]} {r[5]} vs {r[1]}: {verdict}"
+    if not cells:
         return _not_measured(title, "peers-sd3", "sd3_peers_8.json")
-    body = ("Per diffusers cache setting, the clockwork configurations that meet it (as fast by paired time ratio, "
-            "colour+shape within one SE, PSNR to stock diffusers at least the cache's), else the closest and what "
-            "it misses by. FirstBlockCache does not run on SD3.\n\n"
-            + table(["steps", *_versus_header(SD3_CACHES)], rows))
+    body = ("Per diffusers cache setting and step count, the fastest clockwork configuration that meets it (as fast by paired time ratio, colour+shape within one "
+            "SE, PSNR to stock diffusers at least the cache's), else the closest and what it misses by; speed-ups "
+            "(clockwork's vs the cache's) over stock diffusers. FirstBlockCache does not run on SD3.\n\n"
+            + table(["diffusers cache", *(f"{n} steps" for n in runs)],
+                    [[k, *(v.get(n, "-") for n in runs)] for k, v in cells.items()]))
     return f"## {title}\n\n{body}\n\nCommands, every configuration and the images: {_link('peers-sd3')}.\n"
 
 
@@ -1542,7 +1551,7 @@ FLOPS_HEADLINE_SD3 = (("flops_sd35_medium.json", "SD3.5 medium, 1024x1024, 28 st
 
 def headline_flops() -> str:
     title = "FLOPs per image (8 steps unless named, clock 2, CFG batch 2, adaptor included)"
-    rows, commands = [], []
+    rows = []
     for name, label in FLOPS_HEADLINE:
         d = load(name)
         if not d:
@@ -1550,7 +1559,6 @@ def headline_flops() -> str:
         f = d["full"]
         rows.append([label, f"{d['adaptor_parameters'] / 1e6:.2f}M", f"{f['baseline_tflops_per_image']:.4f}",
                      f"{f['clockwork_tflops_per_image']:.4f}", pct(-f["saving"]), pct(-d["paper"]["saving"])])
-        commands.append(d["command"])
     for name, label in FLOPS_HEADLINE_SD3:
         d = load(name)
         if d:
@@ -1563,13 +1571,13 @@ def headline_flops() -> str:
                              f"{f['baseline_tflops_per_image']:.1f}",
                              f"{f['learned_clockwork_tflops_per_image']:.1f}", pct(-f["learned_saving"]),
                              pct(-d["paper"]["learned_saving"])])
-            commands.append(d["command"])
     if not rows:
         return _not_measured(title, "flops", "flops_sd15.json")
     body = ("TFLOPs counted with the attention-score matmuls (`full`); the last column counts as the paper does "
             "(without them).\n\n" + table(["model", "adaptor", "full TFLOPs", "clockwork TFLOPs", "change",
                                            "change (paper's count)"], rows))
-    return _headline(title, "flops", commands, body)
+    # each row's own command is on the flops page; they differ only in these arguments
+    return _headline(title, "flops", ["clockwork flops --arch ARCH --steps STEPS --clock 2 [--cut 0]"], body)
 
 
 def headline_latency() -> str:

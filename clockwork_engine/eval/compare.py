@@ -12,13 +12,17 @@ from clockwork_engine.eval.metrics import frechet_distance, psnr, ssim
 
 
 def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, dict]:
-    """Time each fn `repeats` times, alternating between them so drift hits all alike."""
+    """Time each fn `repeats` times, alternating between them so drift hits all alike; round k
+    starts at the k-th fn (the order rotates), so no fn always runs first, after the others
+    have left the caches as they leave them."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for k in range(repeats):
+        for name in names[k % len(names):] + names[: k % len(names)]:
+            fn = fns[name]
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
