@@ -176,3 +176,19 @@ def test_an_adaptor_loads_under_a_fused_lora(tmp_path):
     assert model_fingerprint(engine.model, base_weights(engine.model)) == base
     latents = engine.generate("a red circle", steps=20, seed=0, output="latent")
     assert torch.isfinite(latents).all() and engine.operating_point(20).meta["steps"] == 20
+
+
+def test_the_recolouring_lora_trainer_saves_a_lora_the_engine_loads(tmp_path):
+    """demo/train_lora.py, two steps: the file it saves loads onto the demo, changes its output,
+    and unloads back to the base model bit for bit."""
+    from clockwork_engine.demo import train_lora
+
+    assert sorted(train_lora.RECOLOUR) == sorted(train_lora.RECOLOUR.values())  # a permutation of the palette
+    train_lora.main(["--out", str(tmp_path / "recolour"), "--steps", "2", "--batch", "4"])
+    engine = Engine.from_pretrained("demo", config="full", device="cpu")
+    before = engine.generate("a red circle", steps=4, seed=0, output="latent")
+    engine.load_lora(str(tmp_path / "recolour"), name="recolour")
+    under = engine.generate("a red circle", steps=4, seed=0, output="latent")
+    engine.unload_lora("recolour")
+    after = engine.generate("a red circle", steps=4, seed=0, output="latent")
+    assert not torch.equal(under, before) and torch.equal(after, before)
