@@ -53,6 +53,7 @@ setup(
                                             "weights/clockwork_adaptors/*/*.safetensors",
                                             "weights/students/*/*.json", "weights/students/*/*/*.json",
                                             "weights/students/*/*/*.safetensors",
+                                            "weights/loras/*/*.safetensors",
                                             "weights_sd3/*.json", "weights_sd3/*/*.json", "weights_sd3/*/*.txt",
                                             "weights_sd3/*/*.safetensors"],
                   "clockwork_engine.eval": ["weights/*.json", "weights/*.safetensors"]},

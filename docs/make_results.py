@@ -1236,12 +1236,16 @@ def _lora_drift(d):
              pct(v["colour_and_shape_as_captioned"]), pct(v["colour_and_shape_as_recoloured"])]
             for v in d["results"].values()]
     drift = ", ".join(f"{k} {v:+.2f} dB" for k, v in d["psnr_drift_db"].items())
+    r = d["results"]
+    lead = ", ".join(f"{r[k]['psnr_to_full'] - r[k.replace('clockwork', 'identity')]['psnr_to_full']:+.2f} dB at scale "
+                     f"{r[k]['lora_scale']:g}" for k in r if r[k]["variant"] == "clockwork")
     return (f"Command: `{d['command']}`; {d['images']} single-shape held-out captions; the LoRA: {d['lora']} "
             "(demo/train_lora.py: every colour word draws another colour). PSNR to the full model under the same "
             "LoRA set; colour+shape scored against the caption's colours and against the LoRA's.\n\n"
             + table(["variant", "LoRA scale", "PSNR to full (dB)", "colour+shape (caption)", "colour+shape (LoRA)"],
                     rows)
-            + f"\n\nDrift (PSNR to full under the LoRA less without it): {drift}.\n")
+            + f"\n\nDrift (PSNR to full under the LoRA less without it): {drift}. The fitted adaptor's lead "
+            f"over the identity adaptor: {lead}.\n")
 
 
 def section_sd3_peers():
