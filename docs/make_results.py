@@ -1244,7 +1244,7 @@ def _lora_drift(d):
             "LoRA set; colour+shape scored against the caption's colours and against the LoRA's.\n\n"
             + table(["variant", "LoRA scale", "PSNR to full (dB)", "colour+shape (caption)", "colour+shape (LoRA)"],
                     rows)
-            + f"\n\nDrift (PSNR to full under the LoRA less without it): {drift}. The fitted adaptor's lead "
+            + f"\n\nDrift (PSNR to full under the LoRA less without it): {drift}. The shipped adaptor's lead "
             f"over the identity adaptor: {lead}.\n")
 
 
