@@ -1,6 +1,11 @@
-"""Clockwork on the SD3-layout demo against diffusers' own caches: one run per step count.
+"""Clockwork on the SD3-layout (or Flux-layout) demo against diffusers' own caches: one run per step count.
 
     python benches/bench_sd3_peers.py [--singles 100 --pairs 50 --steps 8 20 28 --repeats 10 --clocks FILE ...]
+    python benches/bench_sd3_peers.py --model demo-flux --steps 4 8 28
+
+With --model demo-flux the same on demo-flux (FluxPipeline, guidance-distilled: the guidance
+scale is an input, one model call a step), FirstBlockCache among the peers, written to
+flux_peers_<steps>.json; the learned rows where the demo ships an adaptor.
 
 Per step count, on demo-sd3 (StableDiffusion3Pipeline: flow-match Euler, CFG at its
 recommended scale): stock diffusers (the reference for PSNR/SSIM and the time ratio); diffusers'
@@ -28,11 +33,13 @@ from common import machine, write  # noqa: E402
 SIZE = 64
 
 
-def cache_settings(steps: int) -> dict[str, tuple[str, dict]]:
+def cache_settings(steps: int, first_block: bool = False) -> dict[str, tuple[str, dict]]:
     """name -> (diffusers cache kind, its settings): each cache's default and a setting on either
-    side of it, scaled to the step count where the setting counts steps."""
+    side of it, scaled to the step count where the setting counts steps; first_block: where
+    FirstBlockCache runs (Flux; not SD3)."""
     warm = max(1, steps // 8)  # TaylorSeer's full steps before it extrapolates (its default: 3 of 50)
     return {
+        **({f"first_block_t{t}": ("first_block", dict(threshold=t)) for t in (0.05, 0.1, 0.2)} if first_block else {}),
         **{f"mag_t{t}": ("mag", dict(threshold=t)) for t in (0.03, 0.06, 0.12)},
         **{f"taylorseer_i{i}": ("taylorseer", dict(cache_interval=i, disable_cache_before_step=warm))
            for i in (2, 3, 5) if i < steps},
@@ -65,6 +72,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--clocks", nargs="*", default=[],
                     help="clock schedule files (clockwork search-clock --model demo-sd3): a variant each, at its step count")
+    ap.add_argument("--model", default="demo-sd3", choices=("demo-sd3", "demo-flux"),
+                    help="demo-flux: the Flux-layout demo (guidance-distilled: no CFG batch; FirstBlockCache runs)")
     args = ap.parse_args()
     missing = [p for p in args.clocks if not os.path.isfile(p)]
     if missing:
@@ -75,55 +84,59 @@ def main():
     from clockwork_engine import Engine
     from clockwork_engine.clockwork import adaptors as adaptor_io
     from clockwork_engine.clockwork.adaptors import model_fingerprint
-    from clockwork_engine.demo import sd3
+    from clockwork_engine.demo import flux, sd3
     from clockwork_engine.engine import ADAPTOR_FOLDER
     from clockwork_engine.eval.baselines import DiffusersBaseline, DiffusersCacheBaseline
     from clockwork_engine.eval.compare import compare
     from clockwork_engine.eval.diffusers_caches import calibrate_mag
 
-    pipe = sd3.load()
+    is_flux = args.model == "demo-flux"
+    demo_dir, prefix = (flux.DEMO_FLUX_DIR, "flux") if is_flux else (sd3.DEMO_SD3_DIR, "sd3")
+    pipe = flux.load() if is_flux else sd3.load()
     pipe.set_progress_bar_config(disable=True)
-    config = Engine.default_config("demo-sd3")
+    config = Engine.default_config(args.model)
     # every variant's keys (batch 16 for images, 1 for latency) kept: none is rebuilt while timed
     base = Engine.from_pipeline(pipe, config=config.with_(mode="full", max_graphs=32))
     guidance, tokens = config.guidance_scale, config.max_sequence_length
     call = dict(max_sequence_length=tokens)  # the pipeline's arguments the engine takes from clockwork_engine.json
-    learned = os.path.join(sd3.DEMO_SD3_DIR, ADAPTOR_FOLDER)
+    if is_flux:  # FluxTransformer2DModel keeps no sample_size: the size is the call's
+        call.update(height=SIZE, width=SIZE)
+    learned = os.path.join(demo_dir, ADAPTOR_FOLDER)
     for n in args.steps:
-        image_call = dict(guidance_scale=guidance, height=SIZE, width=SIZE, output_type="latent", **call)
+        image_call = dict(guidance_scale=guidance, output_type="latent", **{"height": SIZE, "width": SIZE, **call})
         ratios = calibrate_mag(pipe, n, prompt="a red circle", generator=torch.Generator().manual_seed(0),
                                **image_call)
         peers = {name: (DiffusersCacheBaseline(pipe, name, kind, n, ratios if kind == "mag" else None, call,
                                                **settings), dict(steps=n))
-                 for name, (kind, settings) in cache_settings(n).items()}
+                 for name, (kind, settings) in cache_settings(n, is_flux).items()}
         kw = dict(steps=n, mode="clockwork")
         # every 2nd / 3rd step on the adaptor, and two of every three ("dense": full at 0, 3, 6, ...)
         dense = tuple(i for i in range(n) if i % 3)
         clocks = {"c2": dict(clock_every=2), "c3": dict(clock_every=3),
                   f"dense{len(dense)}": dict(adaptor_steps=dense)}
-        fitted = adaptor_io.for_steps(learned, n)
+        fitted = adaptor_io.for_steps(learned, n) if os.path.isdir(learned) else None  # None: no learned rows
         ours = {
             "engine_full": (base, dict(steps=n, mode="full")),
             **{f"identity_{name}": (base.with_config(mode="clockwork", adaptor="identity", **clock), kw)
                for name, clock in clocks.items()},
             "identity_c2_cut2": (base.with_config(mode="clockwork", adaptor="identity", cut=2), kw),
             **{f"clockwork_{name}": (base.with_config(mode="clockwork", adaptor=fitted, **clock), kw)
-               for name, clock in clocks.items()},
+               for name, clock in clocks.items() if fitted},
             **clock_variants(base, args.clocks, n, learned),
         }
         variants = {"diffusers": (DiffusersBaseline(pipe, **call), dict(steps=n)), **peers, **ours}
         result = compare(variants, args.singles, args.pairs, guidance=guidance, latency_repeats=args.repeats,
                          reference="diffusers")
-        result["not_run"] = {"first_block_t0.05": first_block_error(pipe, n, image_call)}
-        result["adaptor"] = os.path.relpath(fitted, os.path.dirname(sd3.DEMO_SD3_DIR))
+        result["not_run"] = {} if is_flux else {"first_block_t0.05": first_block_error(pipe, n, image_call)}
+        result["adaptor"] = fitted and os.path.relpath(fitted, os.path.dirname(demo_dir))
         result["clocks"] = {f"clock_{os.path.splitext(os.path.basename(p))[0]}": clock_record(p)
                             for p in args.clocks if clock_record(p)["steps"] == n}
         result["mag_ratios"] = ratios
-        result["peer_settings"] = {k: {"kind": kind, **s} for k, (kind, s) in cache_settings(n).items()}
+        result["peer_settings"] = {k: {"kind": kind, **s} for k, (kind, s) in cache_settings(n, is_flux).items()}
         env = "".join(f"{k}={os.environ[k]} " for k in ("OMP_NUM_THREADS",) if k in os.environ)
-        write(f"sd3_peers_{n}.json", {"command": env + "python " + " ".join(sys.argv), "steps": n,
-                                      "model": "demo-sd3", "demo_sd3": model_fingerprint(pipe.transformer),
-                                      "size": SIZE, **result, "machine": machine()})
+        write(f"{prefix}_peers_{n}.json", {"command": env + "python " + " ".join(sys.argv), "steps": n,
+                                           "model": args.model, f"demo_{prefix}": model_fingerprint(pipe.transformer),
+                                           "size": SIZE, **result, "machine": machine()})
 
 
 if __name__ == "__main__":

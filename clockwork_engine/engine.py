@@ -63,7 +63,7 @@ class Engine:
     @classmethod
     def from_pretrained(cls, model: str = "demo", *, config: EngineConfig | str | None = None,
                         preset: str | None = None, tokenizer=None, text_encoder=None, torch_dtype=None,
-                        device=None) -> Engine:
+                        device=None, controlnet=None) -> Engine:
         """'demo' (the embedded default) or a local diffusers Stable-Diffusion directory.
 
         preset: a distilled student shipped with the model (a folder under its students/,
@@ -73,7 +73,9 @@ class Engine:
         demo's guidance scale, a student's step count); config="full" turns clockwork off and
         keeps those settings; an EngineConfig object is taken as it is. device: where the model
         runs (None: the GPU where there is one, else the CPU); torch_dtype: the weights' dtype
-        (None: as diffusers loads them, float32).
+        (None: as diffusers loads them, float32). controlnet: a ControlNetModel, its folder, the
+        name of one shipped with the model (the demo's "mask") or a list of these; it replaces a
+        ControlNet pipeline directory's own.
         """
         path = model_dir(model, preset)
         adaptor_dir = os.path.join(path, ADAPTOR_FOLDER)
@@ -88,6 +90,8 @@ class Engine:
             config = _config(config)
         _load_artifacts(config, path)
         components = loading.load_components(path, tokenizer, text_encoder, torch_dtype)
+        if controlnet is not None:
+            components["controlnet"] = loading.load_controlnet(controlnet, path, torch_dtype)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         for name, part in components.items():
             if isinstance(part, torch.nn.Module):

@@ -34,7 +34,7 @@ from clockwork_engine.conditioning import control as control_inputs
 from clockwork_engine.conditioning import latents
 from clockwork_engine.config import EngineConfig
 from clockwork_engine.models import lora, tiny_decoder
-from clockwork_engine.models.family import check_runs, family_of
+from clockwork_engine.models.family import check_parts, check_runs, family_of
 from clockwork_engine.ops import fused_unet
 from clockwork_engine.request import NonFiniteError
 from clockwork_engine.reuse import attention
@@ -69,7 +69,7 @@ class ModelRunner:
                 text_components[name] = text_components[name].eval().requires_grad_(False)
         self.components = {self.family.model_component: self.model, "vae": vae, "tokenizer": tokenizer,
                            "text_encoder": self.text_encoder, **text_components}
-        self.family.check(self.components, type(model).__name__)
+        check_parts(self.family, self.components, type(model).__name__)
         if self.config.scheduler is not None:
             scheduler = noise_schedulers.from_name(self.config.scheduler, scheduler)
         self.scheduler = scheduler

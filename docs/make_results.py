@@ -1227,6 +1227,28 @@ def _sd3_attention(d):
             + table(["path", "ms", "vs fused SDPA"], times) + "\n")
 
 
+def section_controlnet_demo():
+    return render("controlnet_demo.json", "The demo's mask ControlNet, full and clockwork", _controlnet_demo)
+
+
+def _controlnet_demo(d):
+    v = d["variants"]
+    rows = [[name, f"{r['mask_iou']:.3f}", f"{r['mask_iou_singles']:.3f}", f"{r['mask_iou_pairs']:.3f}",
+             pct(r["single_colour_and_shape"]), pct(r["pair_objects"]), f"{r['psnr_to_full']:.2f}",
+             f"{1e3 * r['latency_s']:.1f}", f"{r['speedup_vs_full']:.2f}x", f"{r['gflops_per_image']:.3f}"]
+            for name, r in v.items()]
+    return (f"Command: `{d['command']}`; {d['images']} held-out captions ({d['singles']} single shapes, {d['pairs']} "
+            f"pairs), {d['steps']} DPM++ steps, CFG {d['guidance']}; each caption with a mask of its own scene's "
+            "layout (demo/train_controlnet.py trains the ControlNet on such masks). `no_control`: the demo without a "
+            "ControlNet; `full`: with it; `clockwork`: with it and the shipped adaptor (on adaptor steps the "
+            "ControlNet runs only the blocks whose residuals the run part of the UNet takes). Mask IoU: drawn "
+            "pixels (nearest palette entry not the background) against the mask. Latency: batch 1, a new caption "
+            f"a call, medians of {d['latency_rounds']} interleaved rounds; speed-up against `full` paired by "
+            "round.\n\n"
+            + table(["variant", "mask IoU", "IoU singles", "IoU pairs", "colour+shape", "pair objects",
+                     "PSNR to full (dB)", "latency ms", "vs full", "GFLOPs/image"], rows) + "\n")
+
+
 def section_lora_drift():
     return render("lora_drift.json", "The adaptor under a LoRA (demo, 8 DPM++ steps, CFG 3, clock 2)", _lora_drift)
 
@@ -1401,10 +1423,10 @@ PAGES = [
       ("progressive2_rounds.json", section_progressive_rounds),
       _quality_section("quality_distill_g3.json", "The first students at CFG 3 (for comparison)",
                        "The first students (guidance distillation 600 steps at w ~ U[2, 8]) at CFG 3.")]),
-    ("editing", "Editing: image-to-image and inpainting",
+    ("editing", "Editing and control: image-to-image, inpainting, ControlNet",
      "Recolouring by image-to-image and adding a shape by inpainting on the demo, against diffusers' "
-     "Img2Img and Inpaint pipelines.",
-     [("edit_demo.json", section_edit)]),
+     "Img2Img and Inpaint pipelines; the demo's mask ControlNet under full mode and clockwork.",
+     [("edit_demo.json", section_edit), ("controlnet_demo.json", section_controlnet_demo)]),
     ("reuse", "Attention-map reuse",
      "Attention probabilities computed at one step reused at later steps (Hunter et al.), against running "
      "fewer steps, on the demo at 20 steps.",

@@ -82,6 +82,8 @@ def test_results_are_a_summary_and_topic_pages():
     with open(os.path.join(ROOT, "docs", "results.md")) as f:
         summary = f.read()
     assert len(summary.splitlines()) < 200
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert len(f.read().splitlines()) < 250, "the README stays a front page: details go to docs/"
     linked = set(re.findall(r"\]\(results/([a-z0-9_-]+\.md)\)", summary))
     pages = {os.path.basename(p) for p in results_pages()[1:]}
     assert pages and linked == pages, "every topic page is linked from docs/results.md, and only those"

@@ -162,6 +162,15 @@ def render(shapes: list[Shape]) -> np.ndarray:
     return image
 
 
+def control_mask(shapes: list[Shape]) -> np.ndarray:
+    """uint8 (64, 64, 3): white where any shape is drawn, black elsewhere (the demo
+    ControlNet's control image: where the shapes go, not their colours)."""
+    inside = np.zeros((IMAGE_SIZE, IMAGE_SIZE), bool)
+    for s in shapes:
+        inside |= shape_mask(s)
+    return np.repeat(inside[..., None] * np.uint8(255), 3, axis=-1)
+
+
 def sample_batch(rng: np.random.Generator, scenes: list[Scene], batch_size: int):
     """(images uint8 [B,64,64,3], scenes [B], layouts [B][shapes]).
 

@@ -78,16 +78,18 @@ def build_tokenizer(folder: str):
                          model_max_length=models.TEXT_MAX_LENGTH)
 
 
-def build_text_encoder(width: int, vocab_size: int, seed: int):
+def build_text_encoder(width: int, vocab_size: int, seed: int, projection: bool = True):
+    """A random, frozen CLIP text encoder (CLIPTextModelWithProjection, or CLIPTextModel: Flux's
+    CLIP gives its pooled output unprojected)."""
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     # BOS / EOS / padding are the vocabulary's ids 0 and 1: the pooled state is read at the EOS
     config = CLIPTextConfig(hidden_size=width, projection_dim=width, intermediate_size=2 * width, num_hidden_layers=2,
                             num_attention_heads=width // 32, vocab_size=vocab_size, bos_token_id=0, eos_token_id=1,
                             pad_token_id=1, max_position_embeddings=models.TEXT_MAX_LENGTH, hidden_act="gelu")
-    return CLIPTextModelWithProjection(config).requires_grad_(False).eval()
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).requires_grad_(False).eval()
 
 
 def build_transformer(**overrides):

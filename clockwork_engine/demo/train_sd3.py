@@ -21,7 +21,7 @@ from tqdm import tqdm
 from clockwork_engine.datasets import shapes
 from clockwork_engine.demo import sd3
 from clockwork_engine.demo.pipeline import DEMO_DIR
-from clockwork_engine.distill.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
+from clockwork_engine.distill.training import cosine_lr, ema_update, load_with_ema, plot_losses, save_with_ema
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,9 +65,7 @@ def main(argv=None):
 
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-2)
-    step, losses = load_checkpoint(args.out, model, opt)
-    if step:
-        load_checkpoint(os.path.join(args.out, "ema"), ema, torch.optim.SGD(ema.parameters(), lr=0))
+    step, losses = load_with_ema(args.out, model, opt, ema)
     data = shapes.stream(args.seed * 1_000_003 + step, args.batch)
     gen = torch.Generator().manual_seed(args.seed * 7919 + step)
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="sd3")
@@ -89,15 +87,11 @@ def main(argv=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(p, 1 - decay)
+        ema_update(ema, model, args.ema, step)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            save_checkpoint(args.out, model, opt, step + 1, losses)
-            save_checkpoint(os.path.join(args.out, "ema"), ema, torch.optim.SGD(ema.parameters(), lr=0), step + 1, [])
+            save_with_ema(args.out, model, opt, ema, step + 1, losses)
     plot_losses(losses, os.path.join(args.out, "loss.png"), "SD3 demo: flow-matching MSE")
     pipe.transformer = ema.eval()
     sd3.save(pipe, os.path.join(args.out, "final"))

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from clockwork_engine.datasets import shapes
 from clockwork_engine.demo import models, pipeline
-from clockwork_engine.distill.training import cosine_lr, load_checkpoint, min_snr_weights, plot_losses, save_checkpoint
+from clockwork_engine.distill.training import (cosine_lr, ema_update, load_with_ema, min_snr_weights, plot_losses,
+                                               save_with_ema)
 
 
 @torch.no_grad()
@@ -86,9 +87,7 @@ def main(argv=None):
     unet = _unet(args)
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=1e-2)
-    step, losses = load_checkpoint(args.out, unet, opt)
-    if step:
-        load_checkpoint(os.path.join(args.out, "ema"), ema, torch.optim.SGD(ema.parameters(), lr=0))
+    step, losses = load_with_ema(args.out, unet, opt, ema)
     noise_sched = DDPMScheduler(**{k: v for k, v in models.SCHEDULER_CONFIG.items() if k in (
         "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")})
     alphas_cumprod = noise_sched.alphas_cumprod
@@ -116,15 +115,11 @@ def main(argv=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
-                pe.lerp_(p, 1 - decay)
+        ema_update(ema, unet, args.ema, step)
         losses.append(per_sample.mean().item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            save_checkpoint(args.out, unet, opt, step + 1, losses)
-            save_checkpoint(os.path.join(args.out, "ema"), ema, torch.optim.SGD(ema.parameters(), lr=0), step + 1, [])
+            save_with_ema(args.out, unet, opt, ema, step + 1, losses)
     plot_losses(losses, os.path.join(args.out, "loss.png"), "UNet epsilon MSE (unweighted)")
     ema.eval()
     pipe = pipeline.assemble(ema, vae, tokenizer=tokenizer, text_encoder=text_encoder)

@@ -52,6 +52,28 @@ def load_checkpoint(folder: str, model: torch.nn.Module, optimizer) -> tuple[int
     return state["step"], state["losses"]
 
 
+def load_with_ema(folder: str, model: torch.nn.Module, optimizer, ema: torch.nn.Module) -> tuple[int, list[float]]:
+    """load_checkpoint of a run that keeps an EMA of its weights in <folder>/ema (0, [] if none)."""
+    step, losses = load_checkpoint(folder, model, optimizer)
+    if step:
+        load_checkpoint(os.path.join(folder, "ema"), ema, torch.optim.SGD(ema.parameters(), lr=0))
+    return step, losses
+
+
+def save_with_ema(folder: str, model: torch.nn.Module, optimizer, ema: torch.nn.Module, step: int,
+                  losses: list[float]):
+    save_checkpoint(folder, model, optimizer, step, losses)
+    save_checkpoint(os.path.join(folder, "ema"), ema, torch.optim.SGD(ema.parameters(), lr=0), step, [])
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int):
+    """ema's weights move toward model's; the decay warms up as min(decay, (1 + step) / (10 + step))."""
+    d = min(decay, (1 + step) / (10 + step))
+    for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
+        pe.lerp_(p, 1 - d)
+
+
 def plot_losses(losses: list[float], path: str, title: str, smooth: int = 50):
     import matplotlib
 

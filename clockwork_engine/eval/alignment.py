@@ -77,3 +77,12 @@ def summarize(scores: list[dict[str, bool]]) -> dict[str, dict[str, float]]:
     keys = sorted({k for s in scores for k in s})
     return {k: {"accuracy": sum(s[k] for s in scores if k in s) / max(1, sum(k in s for s in scores)),
                 "n": sum(k in s for s in scores)} for k in keys}
+
+
+def mask_iou(image: torch.Tensor, mask: torch.Tensor) -> float:
+    """Intersection over union of the drawn shapes (pixels whose nearest palette entry is not
+    the background) with a control mask. image [3,H,W] in [0,1], mask [H,W] bool."""
+    dist = (image.permute(1, 2, 0)[:, :, None, :] - PALETTE).pow(2).sum(-1)  # [H, W, 8]
+    drawn = dist.argmin(-1) != 0
+    union = int((drawn | mask).sum())
+    return int((drawn & mask).sum()) / union if union else 1.0

@@ -23,8 +23,10 @@ class DiffusersBaseline:
     @torch.no_grad()
     def generate(self, prompt, *, steps=8, guidance_scale=5.0, seed=0, output="pt", mode=None, **_):
         denoiser = getattr(self.pipe, "unet", None) or self.pipe.transformer
-        size = denoiser.config.sample_size * self.pipe.vae_scale_factor
-        out = self.pipe(prompt, num_inference_steps=steps, guidance_scale=guidance_scale, height=size, width=size,
+        if "height" not in self.call:  # Flux's transformer has no sample_size: its call gives the size
+            size = denoiser.config.sample_size * self.pipe.vae_scale_factor
+            self.call = {**self.call, "height": size, "width": size}
+        out = self.pipe(prompt, num_inference_steps=steps, guidance_scale=guidance_scale,
                         generator=torch.Generator().manual_seed(seed), output_type="pt", **self.call).images
         return out if isinstance(prompt, list) else out[0]
 

@@ -1,6 +1,6 @@
-"""diffusers' own training-free caches (diffusers.hooks) on an SD3 pipeline's transformer, as
-peers of clockwork: FirstBlockCache, MagCache, TaylorSeerCache, PyramidAttentionBroadcast and
-FasterCache.
+"""diffusers' own training-free caches (diffusers.hooks) on an SD3 or Flux pipeline's
+transformer, as peers of clockwork: FirstBlockCache, MagCache, TaylorSeerCache,
+PyramidAttentionBroadcast and FasterCache.
 
 diffusers 0.42's StableDiffusion3Pipeline drives none of them as it ships:
 - FirstBlockCache, TaylorSeerCache and MagCache keep their state under a cache context that the
@@ -15,6 +15,10 @@ diffusers 0.42's StableDiffusion3Pipeline drives none of them as it ships:
   it knows by name; SD3's pooled_projections is not among them, so with one prompt the full
   pooled batch broadcasts silently against the halved timesteps (a wrong image) and with more
   it fails. config_for names pooled_projections too.
+
+On Flux (a CacheMixin model whose pipeline sets the context and current_timestep) the same
+wrapper drives them alike: its context stands in for the pipeline's "cond" one (Flux runs no
+CFG batch), its timestep is the pipeline's (FluxPipeline passes t / 1000 to the transformer).
 
 CachedTransformer supplies what the pipeline lacks, as those pipelines do: a cache context
 around every transformer call (one name: SD3 runs CFG as one batched call), the timestep of the
@@ -33,8 +37,9 @@ import torch
 CONTEXT = "cond_uncond"  # SD3 evaluates the CFG batch in one transformer call
 
 
-def config_for(kind: str, steps: int, timestep, mag_ratios=None, **settings):
-    """A diffusers cache config; timestep() gives the current call's timestep (PAB, FasterCache)."""
+def config_for(kind: str, steps: int, timestep, mag_ratios=None, guidance_distilled: bool = False, **settings):
+    """A diffusers cache config; timestep() gives the current call's timestep (PAB, FasterCache);
+    guidance_distilled: a model without a CFG batch (Flux), whose FasterCache skips no half of it."""
     from diffusers import hooks
 
     if kind == "first_block":
@@ -46,6 +51,9 @@ def config_for(kind: str, steps: int, timestep, mag_ratios=None, **settings):
         return hooks.TaylorSeerCacheConfig(taylor_factors_dtype=torch.float32, **settings)
     if kind == "pab":
         return hooks.PyramidAttentionBroadcastConfig(current_timestep_callback=timestep, **settings)
+    if kind == "faster" and guidance_distilled:
+        return hooks.FasterCacheConfig(current_timestep_callback=timestep, attention_weight_callback=lambda _: 0.3,
+                                       is_guidance_distilled=True, tensor_format="BCHW", **settings)
     if kind == "faster":
         from diffusers.hooks.faster_cache import _UNCOND_COND_INPUT_KWARGS_IDENTIFIERS as batched
 
@@ -68,7 +76,9 @@ class CachedTransformer:
         from diffusers import hooks
 
         self.transformer, self.kind, self.timestep = transformer, kind, None
-        self.config = config_for(kind, steps, lambda: self.timestep, mag_ratios, **settings)
+        self.flux = type(transformer).__name__ == "FluxTransformer2DModel"
+        self.config = config_for(kind, steps, lambda: self.timestep, mag_ratios, guidance_distilled=self.flux,
+                                 **settings)
         self.registry = hooks.HookRegistry.check_if_exists_or_initialize(transformer)
         before = self._hooks()
         getattr(hooks, _APPLY[kind])(transformer, self.config)
@@ -77,11 +87,16 @@ class CachedTransformer:
 
         def forward(*args, **kwargs):
             t = kwargs.get("timestep")
-            self.timestep = None if t is None else int(t.flatten()[0])  # the pipelines' current_timestep
+            self.timestep = None if t is None else self.current_timestep(t)
             with self.context():
                 return hooked(*args, **kwargs)
 
         transformer.forward = forward
+
+    def current_timestep(self, t: torch.Tensor):
+        """The pipelines' current_timestep: FluxPipeline passes t / 1000 to its transformer."""
+        t = float(t.flatten()[0])
+        return 1000 * t if self.flux else int(t)
 
     @contextlib.contextmanager
     def context(self):

@@ -79,6 +79,13 @@ def pipeline_family(pipe):
     return family_of(model)
 
 
+def check_parts(family, components: dict, where: str):
+    """The components fit together (family.check) and the family runs each of them."""
+    if components.get("controlnet") is not None and "controlnet" not in family.supports:
+        raise ValueError(f"{where}: ControlNets run on UNet models; a {family.pipeline_class} model takes none yet")
+    family.check(components, where)
+
+
 def check_runs(family, scheduler, config):
     """Refuse, by name, a scheduler or setting this family does not run (never approximately)."""
     kind = type(scheduler).__name__

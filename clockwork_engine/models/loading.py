@@ -13,14 +13,16 @@ from clockwork_engine.models.errors import ModelLoadError
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 USED_COMPONENTS = ("vae", "scheduler", "tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2", "tokenizer_3",
                    "text_encoder_3", "controlnet")
+CONTROLNETS_FOLDER = "controlnets"  # inside a model directory: ControlNets shipped with it, one folder each
 log = logging.getLogger("clockwork_engine")
 
 
 def resolve(name_or_path: str) -> str:
-    """'demo' / 'demo-sd3' -> the committed demo pipelines (SD v1.x and SD3 layouts); anything
-    else must be a local directory."""
+    """'demo' / 'demo-sd3' / 'demo-flux' -> the committed demo pipelines (SD v1.x, SD3 and Flux
+    layouts); anything else must be a local directory."""
     if not isinstance(name_or_path, (str, os.PathLike)):
-        raise TypeError(f"model must be 'demo', 'demo-sd3' or a directory path, got {type(name_or_path).__name__}")
+        raise TypeError("model must be 'demo', 'demo-sd3', 'demo-flux' or a directory path, "
+                        f"got {type(name_or_path).__name__}")
     if name_or_path == "demo":
         from clockwork_engine.demo.pipeline import DEMO_DIR
 
@@ -29,10 +31,14 @@ def resolve(name_or_path: str) -> str:
         from clockwork_engine.demo.sd3 import DEMO_SD3_DIR
 
         return DEMO_SD3_DIR
+    if name_or_path == "demo-flux":
+        from clockwork_engine.demo.flux import DEMO_FLUX_DIR
+
+        return DEMO_FLUX_DIR
     path = os.fspath(name_or_path)
     if not os.path.isdir(path):
         raise ModelLoadError(f"model directory {path!r} does not exist (weights are never downloaded; "
-                             f"pass 'demo', 'demo-sd3' or a local diffusers directory)")
+                             f"pass 'demo', 'demo-sd3', 'demo-flux' or a local diffusers directory)")
     return path
 
 
@@ -169,7 +175,7 @@ class _Directory:
 def load_components(path: str, tokenizer=None, text_encoder=None, torch_dtype=None) -> dict:
     """The denoiser (unet/ or transformer/, as "model"), vae, scheduler and text parts of a
     diffusers directory, as Engine's keywords (models/family.py says which a family reads)."""
-    from clockwork_engine.models.family import family_of
+    from clockwork_engine.models.family import check_parts, family_of
 
     d = _Directory(path, torch_dtype)
     model_name = "transformer" if "transformer" in d.index and "unet" not in d.index else "unet"
@@ -196,13 +202,43 @@ def load_components(path: str, tokenizer=None, text_encoder=None, torch_dtype=No
         extra["controlnet"] = d.diffusers_part("controlnet", "ControlNetModel")
     components = {model_name: model, "vae": vae, "scheduler": scheduler, "tokenizer": tokenizer,
                   "text_encoder": text_encoder, **extra}
-    family.check(components, path)
+    check_parts(family, components, path)
     return {"model" if k == model_name else k: v for k, v in components.items()}
+
+
+def load_controlnet(spec, model_path: str, torch_dtype=None):
+    """spec: a ControlNetModel (kept as it is), a folder as ControlNetModel.save_pretrained writes
+    it, the name of one shipped in the model directory's controlnets/ (the demo's "mask"), or a
+    list of these (a MultiControlNetModel, as diffusers' pipelines make of a list)."""
+    import torch
+    from diffusers import ControlNetModel, MultiControlNetModel
+
+    if isinstance(spec, (list, tuple)):
+        return MultiControlNetModel([load_controlnet(s, model_path, torch_dtype) for s in spec])
+    if isinstance(spec, torch.nn.Module):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"controlnet must be a ControlNetModel, a folder or a shipped name, got {type(spec).__name__}")
+    shipped = os.path.join(model_path, CONTROLNETS_FOLDER)
+    path = os.path.join(shipped, os.fspath(spec))
+    if not os.path.isdir(path):
+        path = os.fspath(spec)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        names = sorted(os.listdir(shipped)) if os.path.isdir(shipped) else []
+        raise ModelLoadError(f"controlnet {os.fspath(spec)!r} is not a ControlNetModel folder nor one shipped "
+                             f"with the model (available: {', '.join(names) or 'none'})")
+    check_safetensors(path)
+    try:
+        return ControlNetModel.from_pretrained(path, torch_dtype=torch_dtype)
+    except Exception as e:  # a corrupt config or weights file: say which folder
+        raise ModelLoadError(f"{path}: not a loadable ControlNetModel ({type(e).__name__}: {e})") from e
 
 
 def pipeline_components(pipe, family) -> dict:
     """The components of a loaded diffusers pipeline the family reads, its settings
     (SDXL's force_zeros_for_empty_prompt) and its scheduler; checked to fit together."""
+    from clockwork_engine.models.family import check_parts
+
     required = (family.model_component, "vae", "tokenizer", "text_encoder", "scheduler")
     for name in required:
         if getattr(pipe, name, None) is None:
@@ -210,9 +246,6 @@ def pipeline_components(pipe, family) -> dict:
     parts = {name: getattr(pipe, name, None) for name in required + family.text_components}
     parts.update({k: pipe.config.get(k) for k in family.pipeline_settings if pipe.config.get(k) is not None})
     if getattr(pipe, "controlnet", None) is not None:  # a ControlNet pipeline of the family
-        if "controlnet" not in family.supports:
-            raise ValueError(f"{type(pipe).__name__}: ControlNets run on UNet models; a {family.pipeline_class} "
-                             "model takes none yet")
         parts["controlnet"] = pipe.controlnet
-    family.check(parts, type(pipe).__name__)
+    check_parts(family, parts, type(pipe).__name__)
     return parts

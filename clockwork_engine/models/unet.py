@@ -89,6 +89,26 @@ class UNetFamily:
         if hidden is not None and unet.config.cross_attention_dim != hidden:
             raise ModelLoadError(f"{where}: unet cross-attends to {unet.config.cross_attention_dim}-d text, "
                                  f"the text encoder{'s give' if te2 is not None else ' gives'} {hidden}-d")
+        if components.get("controlnet") is not None:
+            check_controlnet(components["controlnet"], unet, where)
+
+
+# A ControlNet's residuals are added to the UNet's skips and mid block: these must agree.
+CONTROLNET_FIT = ("block_out_channels", "layers_per_block", "down_block_types", "cross_attention_dim")
+
+
+def check_controlnet(controlnet, unet, where: str) -> None:
+    from clockwork_engine.conditioning.control import nets_of
+
+    for k, net in enumerate(nets_of(controlnet)):
+        for field in CONTROLNET_FIT:
+            mine, theirs = getattr(net.config, field, None), unet.config.get(field)
+            if field != "cross_attention_dim":
+                mine, theirs = tuple(mine) if isinstance(mine, (list, tuple)) else mine, \
+                    tuple(theirs) if isinstance(theirs, (list, tuple)) else theirs
+            if mine != theirs:
+                raise ModelLoadError(f"{where}: ControlNet {k} has {field}={mine}, the unet {theirs}: "
+                                     "it was made for another UNet")
 
 
 SD = UNetFamily("sd", False, ("tokenizer", "text_encoder"), "StableDiffusionPipeline")
