@@ -680,6 +680,7 @@ def _has_versus(d) -> bool:
 
 DEEPCACHE = (("deepcache_",), ("clock", "identity_adaptor", "cut0_deepcache_clock"))  # (peers, ours) by name
 SD3_CACHES = (("mag_", "taylorseer_", "pab_", "faster_"), ("identity_", "clockwork_", "clock_"))  # bench_sd3_peers.py
+FLUX_CACHES = (("first_block_", *SD3_CACHES[0]), SD3_CACHES[1])  # bench_sd3_peers.py --model demo-flux
 
 
 def _versus_rows(d, sides=DEEPCACHE) -> list[list[str]]:
@@ -1206,6 +1207,7 @@ def _quality_section(name, title, note=""):
 
 
 SD3_STEPS = (8, 20, 28)
+FLUX_STEPS = (4, 8, 28)
 
 
 def section_sd3_attention():
@@ -1271,40 +1273,73 @@ def _lora_drift(d):
 
 
 def section_sd3_peers():
-    out = ["## SD3 demo: clockwork against diffusers' caches (one run per step count)\n",
-           "demo-sd3 (StableDiffusion3Pipeline layout, flow-match Euler, CFG 3, 64x64) with "
-           "`benches/bench_sd3_peers.py`. Peers: diffusers' own caches on its transformer, driven as a CacheMixin "
-           "pipeline drives them (eval/diffusers_caches.py): `mag_t<threshold>` MagCache (calibrated for the step "
-           "count), `taylorseer_i<interval>`, `pab_r<block skip range>` PyramidAttentionBroadcast, "
-           "`faster_r<block skip range>` FasterCache. Clockwork: `identity_*` reuses the middle joint "
-           "blocks' stale output on its adaptor steps (the first and last block always run; `_cut2`: the first and "
-           "last two), `clockwork_*` runs the learned token-wise adaptor there instead; `c<N>`: every N-th step, "
-           "`dense<k>`: two steps of every three (k adaptor steps; full at 0, 3, 6, ...); `clock_sd3_learned_<steps>_b<k>`: "
-           "the learned adaptor on the k adaptor steps `clockwork search-clock` chose (their table below). Each "
-           "latency round times every variant back to back, starting one variant later each round.\n"]
+    return _transformer_peers(
+        "sd3", SD3_STEPS, SD3_CACHES, "SD3 demo: clockwork against diffusers' caches (one run per step count)",
+        "demo-sd3 (StableDiffusion3Pipeline layout, flow-match Euler, CFG 3, 64x64) with "
+        "`benches/bench_sd3_peers.py`. Peers: diffusers' own caches on its transformer, driven as a CacheMixin "
+        "pipeline drives them (eval/diffusers_caches.py): `mag_t<threshold>` MagCache (calibrated for the step "
+        "count), `taylorseer_i<interval>`, `pab_r<block skip range>` PyramidAttentionBroadcast, "
+        "`faster_r<block skip range>` FasterCache. Clockwork: `identity_*` reuses the middle joint "
+        "blocks' stale output on its adaptor steps (the first and last block always run; `_cut2`: the first and "
+        "last two), `clockwork_*` runs the learned token-wise adaptor there instead; `c<N>`: every N-th step, "
+        "`dense<k>`: two steps of every three (k adaptor steps; full at 0, 3, 6, ...); `clock_sd3_learned_<steps>_b<k>`: "
+        "the learned adaptor on the k adaptor steps `clockwork search-clock` chose (their table below). Each "
+        "latency round times every variant back to back, starting one variant later each round.\n",
+        " (its hook subtracts the last joint block's text stream, which SD3's last block does not return)")
+
+
+def section_flux_peers():
+    return _transformer_peers(
+        "flux", FLUX_STEPS, FLUX_CACHES, "Flux demo: clockwork against diffusers' caches (one run per step count)",
+        "demo-flux (FluxPipeline layout: 2 double-stream and 4 single-stream blocks, guidance-distilled from "
+        "demo-sd3, guidance 3 embedded: one model call a step, 64x64) with `benches/bench_sd3_peers.py --model "
+        "demo-flux`. Peers as on SD3, and `first_block_t<threshold>` FirstBlockCache, which runs on Flux. "
+        "Clockwork: `identity_*` reuses the middle blocks' stale output (the first and last block of the stack "
+        "always run; `_cut2`: two at each end), `clockwork_*` the learned token-wise adaptor; clocks as on SD3.\n",
+        "")
+
+
+def _transformer_peers(prefix: str, steps: tuple, caches: tuple, title: str, intro: str, not_run_why: str) -> str:
+    out = [f"## {title}\n", intro]
     found = False
-    for n in SD3_STEPS:
-        name = f"sd3_peers_{n}.json"
+    for n in steps:
+        name = f"{prefix}_peers_{n}.json"
         d = load(name)
         if not d:
             continue
         found = True
         out.append(section_quality(name, f"{n} steps").replace("## ", "### "))
         not_run = "; ".join(f"`{k}`: {v}" for k, v in d["not_run"].items())
-        out.append(f"Adaptor: {d['adaptor']}. Not run: {not_run}"
-                   + " (its hook subtracts the last joint block's text stream, which SD3's last block does not "
-                   "return).\n")
-        out.append(_versus_deepcache(d, SD3_CACHES))
+        out.append(f"Adaptor: {d['adaptor'] or 'none'}." + (f" Not run: {not_run}{not_run_why}." if not_run else "")
+                   + "\n")
+        out.append(_versus_deepcache(d, caches))
         if d.get("clocks"):
             out.append(_clock_schedules(d))
     if not found:
-        out.append(missing("sd3_peers_8.json"))
+        out.append(missing(f"{prefix}_peers_{steps[0]}.json"))
     return "\n".join(out)
 
 
 def _headline_row(row: list) -> bool:
     """The summary keeps one row per cache setting: the fastest that meets it, or the closest."""
     return "meets" not in str(row[-1]) or "the fastest" in str(row[-1])
+
+
+def _flux_met() -> str:
+    """' demo-flux ...: meets a / A, ... settings at n / ... steps', where its runs are."""
+    counts = {}
+    for n in FLUX_STEPS:
+        d = load(f"flux_peers_{n}.json")
+        if d:
+            verdicts: dict[str, bool] = {}
+            for r in _versus_rows(d, FLUX_CACHES):
+                verdicts[r[0]] = verdicts.get(r[0], False) or "meets" in str(r[-1])
+            counts[n] = f"{sum(verdicts.values())} of {len(verdicts)}"
+    if not counts:
+        return ""
+    said = [f"{c} settings at {n} steps" if k == 0 else f"{c} at {n}" for k, (n, c) in enumerate(counts.items())]
+    return (" On demo-flux (Flux layout, guidance-distilled; FirstBlockCache among the peers) clockwork meets "
+            f"{', '.join(said)} (its tables: the page below).")
 
 
 def headline_sd3_peers() -> str:
@@ -1322,7 +1357,7 @@ def headline_sd3_peers() -> str:
         return _not_measured(title, "peers-sd3", "sd3_peers_8.json")
     body = ("Per diffusers cache setting and step count, the fastest clockwork configuration that meets it (as fast by paired time ratio, colour+shape within one "
             "SE, PSNR to stock diffusers at least the cache's), else the closest and what it misses by; speed-ups "
-            "(clockwork's vs the cache's) over stock diffusers. FirstBlockCache does not run on SD3.\n\n"
+            f"(clockwork's vs the cache's) over stock diffusers. FirstBlockCache does not run on SD3.{_flux_met()}\n\n"
             + table(["diffusers cache", *(f"{n} steps" for n in runs)],
                     [[k, *(v.get(n, "-") for n in runs)] for k, v in cells.items()]))
     return f"## {title}\n\n{body}\n\nCommands, every configuration and the images: {_link('peers-sd3')}.\n"
@@ -1341,10 +1376,11 @@ PAGES = [
      "the paper's cut and DeepCache's), DeepCache and the students against stock diffusers, in one run a step "
      "count; and SD v1.5's architecture end to end.",
      [("e2e_8.json", section_e2e)]),
-    ("peers-sd3", "Against the peers on SD3: diffusers' caches",
-     "The SD3-layout demo at 8, 20 and 28 steps: clockwork (identity and learned token-wise adaptors) against "
-     "stock diffusers and diffusers' own caches on its transformer, in one run a step count.",
-     [(None, section_sd3_peers)]),
+    ("peers-sd3", "Against the peers on SD3 and Flux: diffusers' caches",
+     "The SD3-layout demo at 8, 20 and 28 steps and the Flux-layout demo at 4, 8 and 28: clockwork (identity and "
+     "learned token-wise adaptors) against stock diffusers and diffusers' own caches on its transformer, in one "
+     "run a step count.",
+     [(None, section_sd3_peers), (None, section_flux_peers)]),
     ("clockwork", "Clockwork: the adaptor's quality and its ablations",
      "Why clockwork works, and what each choice of the adaptor's recipe (loss, training data, width, inputs, "
      "steps, scheduler) costs in alignment, PSNR and time at 8 (and 4) steps.",

@@ -38,7 +38,8 @@ from clockwork_engine.sampler import noise_schedulers
 def build_parser(parser=None):
     ap = parser or argparse.ArgumentParser(prog="clockwork distill", description=__doc__,
                                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="demo", help="teacher: 'demo', 'demo-sd3' or a diffusers model directory")
+    ap.add_argument("--model", default="demo",
+                    help="teacher: 'demo', 'demo-sd3', 'demo-flux' or a diffusers model directory")
     ap.add_argument("--out", required=True, help="output adaptor folder (also the checkpoint folder)")
     ap.add_argument("--steps", type=int, default=8, help="sampler steps of the operating point")
     ap.add_argument("--clock", type=int, default=2, help="adaptor on every N-th step (0-based i %% N == N-1)")

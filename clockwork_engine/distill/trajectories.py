@@ -76,10 +76,13 @@ def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: fl
 
         return denoise
 
-    size = engine.default_size // engine.vae_factor
+    # the size a request gets when it names none; latents as the sampler keeps them (Flux packs its own)
+    h, w = (side // engine.vae_factor for side in (engine.config.height or engine.default_size,
+                                                   engine.config.width or engine.default_size))
     text, added = _conditioning(engine, prompts, cfg)
     guidance = torch.full((len(prompts),), float(guidance))
-    inputs = request_inputs(table, engine.vae, (len(prompts), engine.model.config.in_channels, size, size),
+    added = {**(added or {}), **engine.runner.family.guidance_inputs(engine.model, guidance)} or None  # Flux-dev's
+    inputs = request_inputs(table, engine.vae, (len(prompts), engine.vae.config.latent_channels, h, w),
                              [generator], torch.float32, engine.device, text, guidance)
     common = dict(text=text, guidance=guidance, cfg=cfg, embed_guidance=engine.guidance_dim, noise=inputs.noise,
                   added=added)

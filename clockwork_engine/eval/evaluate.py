@@ -92,7 +92,7 @@ def main(argv=None):
     singles, pairs, gen_feats = score_images(model, scenes, generated)
     result = {
         "command": "python -m clockwork_engine.eval.evaluate " + " ".join(argv or __import__("sys").argv[1:]),
-        "model": args.model, "unet_fingerprint": model_fingerprint(engine.unet), "mode": args.mode,
+        "model": args.model, "unet_fingerprint": model_fingerprint(engine.runner.model), "mode": args.mode,
         "decoder": args.decoder, "text_dtype": args.text_dtype, "backend": args.backend, "steps": args.steps,
         "guidance": args.guidance,
         "unique_captions": len({s.caption for s in scenes}), "images": len(scenes),

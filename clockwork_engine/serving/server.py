@@ -15,7 +15,8 @@ import argparse
 
 
 def build_parser(p: argparse.ArgumentParser):
-    p.add_argument("--model", default="demo", help="'demo', 'demo-sd3' or a diffusers model directory")
+    p.add_argument("--model", default="demo",
+                   help="'demo', 'demo-sd3', 'demo-flux' or a diffusers model directory")
     p.add_argument("--preset", default=None, help="a distilled student of the model (e.g. guided-8)")
     p.add_argument("--mode", choices=("full", "clockwork"), default=None, help="default mode (the model's)")
     p.add_argument("--host", default="127.0.0.1")

@@ -28,7 +28,8 @@ PROMPTS = ("a red circle", "a cat on a sofa", "a blue square", "a lighthouse")  
 def build_parser(ap=None):
     ap = ap or argparse.ArgumentParser(prog="clockwork bench", description=__doc__,
                                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="demo", help="'demo', 'demo-sd3' or a local diffusers model directory")
+    ap.add_argument("--model", default="demo",
+                    help="'demo', 'demo-sd3', 'demo-flux' or a local diffusers model directory")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     ap.add_argument("--scheduler", default=None, help="a scheduler name (default: the model's own)")
     ap.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")

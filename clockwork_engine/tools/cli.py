@@ -90,8 +90,8 @@ def _sampling_options(gen):
 
     gen.add_argument("-o", "--output", default="out.png", help="output image path (default: out.png)")
     gen.add_argument("--model", default="demo",
-                     help="'demo' (the embedded demo model), 'demo-sd3' (its SD3-layout sibling) or a local "
-                          "diffusers model directory")
+                     help="'demo' (the embedded demo model), 'demo-sd3' / 'demo-flux' (its SD3- and Flux-layout "
+                          "siblings) or a local diffusers model directory")
     gen.add_argument("--preset", default=None,
                      help="a distilled student shipped with the model (for the demo: guided-8, progressive-4, "
                           "progressive-2), run at its own settings")

@@ -39,7 +39,8 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def build_parser(p):
-    p.add_argument("--model", default="demo", help="'demo', 'demo-sd3' or a diffusers model directory")
+    p.add_argument("--model", default="demo",
+                   help="'demo', 'demo-sd3', 'demo-flux' or a diffusers model directory")
     p.add_argument("--preset", default=None, help="a distilled student of the model")
     p.add_argument("--sizes", default=None, help="WIDTHxHEIGHT,... (default: the model's size)")
     p.add_argument("--batch", default="1", help="images per request, e.g. 1,4; under step batching, list the "
