@@ -21,8 +21,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STASH = ".gpu_stash"  # in .gitignore
 # Not read by the check (benches/gpu, tests/test_gpu_cuda.py): the distilled students (42 MB of
-# UNets) and the adaptors fitted for students that ship none.
-MOVED = ("clockwork_engine/demo/weights/students", "benches/adaptors")
+# UNets), the adaptors fitted for students that ship none, demo-flux (12 MB) and the demo's
+# ControlNet (7 MB).
+MOVED = ("clockwork_engine/demo/weights/students", "benches/adaptors", "clockwork_engine/demo/weights_flux",
+         "clockwork_engine/demo/weights/controlnets")
 LIMIT = 64 * 2**20
 WHEELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wheels.txt")
 
