@@ -1,7 +1,7 @@
 """Train the demo's mask ControlNet: the control image (shapes.control_mask: white where the
 shapes go) fixes each shape's outline and place; the caption still picks colours and kinds.
 
-    python -m clockwork_engine.demo.train_controlnet --out runs/controlnet_mask --steps 3000
+    python -m clockwork_engine.demo.train_controlnet --out runs/controlnet_mask --steps 2500
 
 A diffusers ControlNetModel copied from the demo UNet's encoder (`ControlNetModel.from_unet`,
 zero convolutions on its residuals), its conditioning embedding two stride-2 convolutions deep
@@ -38,7 +38,7 @@ def control_tensor(layouts: list[list[shapes.Shape]]) -> torch.Tensor:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/controlnet_mask")
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--uncond-prob", type=float, default=0.3)

@@ -2,7 +2,7 @@
 from a CFG teacher: the student takes the guidance scale as an input (its guidance embedding)
 and learns the teacher's guided velocity, so it samples with one model call a step.
 
-    python -m clockwork_engine.demo.train_flux --out runs/flux --steps 4000
+    python -m clockwork_engine.demo.train_flux --out runs/flux --steps 3000
 
 Each step: the demo's images encoded by the demo VAE, noised on the rectified-flow path
 x_s = (1 - s) x_0 + s noise (s logit-normal(0, 1)); the teacher (demo-sd3) gives v_u + g (v_c - v_u)
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--vae", default=DEMO_DIR, help="pipeline folder whose vae/ encodes the images (the demo's)")
     ap.add_argument("--teacher", default=sd3.DEMO_SD3_DIR, help="the demo-sd3 pipeline folder")
     ap.add_argument("--out", default="runs/flux")
-    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--ema", type=float, default=0.999)

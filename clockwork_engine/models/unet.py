@@ -100,15 +100,15 @@ CONTROLNET_FIT = ("block_out_channels", "layers_per_block", "down_block_types", 
 def check_controlnet(controlnet, unet, where: str) -> None:
     from clockwork_engine.conditioning.control import nets_of
 
+    def value(config, field):  # configs keep tuples as lists once saved and loaded
+        v = config.get(field)
+        return tuple(v) if isinstance(v, list) else v
+
     for k, net in enumerate(nets_of(controlnet)):
         for field in CONTROLNET_FIT:
-            mine, theirs = getattr(net.config, field, None), unet.config.get(field)
-            if field != "cross_attention_dim":
-                mine, theirs = tuple(mine) if isinstance(mine, (list, tuple)) else mine, \
-                    tuple(theirs) if isinstance(theirs, (list, tuple)) else theirs
-            if mine != theirs:
-                raise ModelLoadError(f"{where}: ControlNet {k} has {field}={mine}, the unet {theirs}: "
-                                     "it was made for another UNet")
+            if value(net.config, field) != value(unet.config, field):
+                raise ModelLoadError(f"{where}: ControlNet {k} has {field}={value(net.config, field)}, the unet "
+                                     f"{value(unet.config, field)}: it was made for another UNet")
 
 
 SD = UNetFamily("sd", False, ("tokenizer", "text_encoder"), "StableDiffusionPipeline")
