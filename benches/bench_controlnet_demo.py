@@ -34,17 +34,6 @@ def masks_for(scenes, seed: int = 7):
     return np.stack([im[..., 0] > 0 for im in images]), [Image.fromarray(im) for im in images]
 
 
-def generate(engine, scenes, controls, steps, guidance, batch=16, **kw):
-    import torch
-
-    out = []
-    for k in range(0, len(scenes), batch):
-        control = {"control_image": controls[k : k + batch]} if controls is not None else {}
-        out.append(engine.generate([s.caption for s in scenes[k : k + batch]], steps=steps, guidance_scale=guidance,
-                                   seed=k // batch, output="pt", **control, **kw))
-    return torch.cat(out)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--singles", type=int, default=100)
@@ -69,7 +58,8 @@ def main():
     scenes = evaluate.eval_scenes(args.singles, args.pairs)
     masks, controls = masks_for(scenes)
     model = C.load()
-    images = {name: generate(engine, scenes, controls if ctl else None, args.steps, guidance, **kw)
+    images = {name: evaluate.generate_all(engine, scenes, args.steps, guidance,
+                                          control_images=controls if ctl else None, **kw)
               for name, (engine, kw, ctl) in variants.items()}
     one_mask = {"control_image": controls[0]}
     lat = compare.latency({name: (engine, {**kw, "steps": args.steps, "guidance_scale": guidance,

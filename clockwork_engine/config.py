@@ -37,6 +37,10 @@ class SamplingConfig:
     # without T5 attends to this many zero tokens after CLIP's; 0 only there.
     max_sequence_length: int | None = None
 
+    def size_or(self, default: int) -> tuple[int, int]:
+        """(height, width) a request gets when it names none: these, else the model's default."""
+        return self.height or default, self.width or default
+
     def __post_init__(self):
         _tuples(self, "timesteps")
         if self.mode not in MODES:

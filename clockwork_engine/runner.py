@@ -173,7 +173,7 @@ class ModelRunner:
         """size (height, width): the image's, where the family's grid depends on it (SD3 with
         dynamic shifting); default the size a request gets when it names none."""
         steps = validate.positive_int(steps, "steps", request.MAX_STEPS)
-        height, width = size or (self.config.height or self.default_size, self.config.width or self.default_size)
+        height, width = size or self.config.sampling.size_or(self.default_size)
         options = self.family.table_options(self.model, self.scheduler, steps, height, width, self.vae_factor)
         key = (steps, start, tuple(sorted(options.items())))
         if key not in self._tables:

@@ -31,8 +31,7 @@ CONDITIONING_CHANNELS = (16, 32, 64)  # three convolution stages, two of them st
 def control_tensor(layouts: list[list[shapes.Shape]]) -> torch.Tensor:
     """float32 [B, 3, 64, 64] in [0, 1], as the ControlNet pipelines' control_image_processor
     makes it from the PIL masks."""
-    masks = np.stack([shapes.control_mask(lay) for lay in layouts])
-    return torch.from_numpy(masks).permute(0, 3, 1, 2).float().div(255.0)
+    return (shapes.to_tensor(np.stack([shapes.control_mask(lay) for lay in layouts])) + 1) / 2
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -77,8 +77,7 @@ def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: fl
         return denoise
 
     # the size a request gets when it names none; latents as the sampler keeps them (Flux packs its own)
-    h, w = (side // engine.vae_factor for side in (engine.config.height or engine.default_size,
-                                                   engine.config.width or engine.default_size))
+    h, w = (side // engine.vae_factor for side in engine.config.sampling.size_or(engine.default_size))
     text, added = _conditioning(engine, prompts, cfg)
     guidance = torch.full((len(prompts),), float(guidance))
     added = {**(added or {}), **engine.runner.family.guidance_inputs(engine.model, guidance)} or None  # Flux-dev's

@@ -24,10 +24,14 @@ PALETTE = torch.tensor([shapes.BACKGROUND, *shapes.COLOURS.values()], dtype=torc
 FILL_THRESHOLDS = (0.64, 0.9)  # triangle < 0.64 <= circle < 0.9 <= square
 
 
+def nearest_palette(image: torch.Tensor) -> torch.Tensor:
+    """image [3,H,W] in [0,1] -> [H,W] index of each pixel's nearest PALETTE entry (0: background)."""
+    return (image.permute(1, 2, 0)[:, :, None, :] - PALETTE).pow(2).sum(-1).argmin(-1)  # of [H, W, 8]
+
+
 def colour_mask(image: torch.Tensor, colour: str) -> torch.Tensor:
     """image [3,H,W] in [0,1] -> [H,W] bool: pixels whose nearest palette entry is `colour`."""
-    dist = (image.permute(1, 2, 0)[:, :, None, :] - PALETTE).pow(2).sum(-1)  # [H, W, 8]
-    return dist.argmin(-1) == 1 + C.COLOURS.index(colour)
+    return nearest_palette(image) == 1 + C.COLOURS.index(colour)
 
 
 def shape_of(mask: torch.Tensor) -> str | None:
@@ -82,7 +86,6 @@ def summarize(scores: list[dict[str, bool]]) -> dict[str, dict[str, float]]:
 def mask_iou(image: torch.Tensor, mask: torch.Tensor) -> float:
     """Intersection over union of the drawn shapes (pixels whose nearest palette entry is not
     the background) with a control mask. image [3,H,W] in [0,1], mask [H,W] bool."""
-    dist = (image.permute(1, 2, 0)[:, :, None, :] - PALETTE).pow(2).sum(-1)  # [H, W, 8]
-    drawn = dist.argmin(-1) != 0
+    drawn = nearest_palette(image) != 0
     union = int((drawn | mask).sum())
     return int((drawn & mask).sum()) / union if union else 1.0

@@ -14,6 +14,10 @@ class DiffusersBaseline:
     further pipeline arguments (the SD3 demo's max_sequence_length)."""
 
     def __init__(self, pipe, name: str = "diffusers", **call):
+        if "height" not in call:  # Flux's transformer has no sample_size: its call gives the size
+            denoiser = getattr(pipe, "unet", None) or pipe.transformer
+            size = denoiser.config.sample_size * pipe.vae_scale_factor
+            call = {**call, "height": size, "width": size}
         self.pipe, self.name, self.call = pipe, name, call
         self.config = type("Config", (), {"steps": 8, "mode": name})()
 
@@ -22,10 +26,6 @@ class DiffusersBaseline:
 
     @torch.no_grad()
     def generate(self, prompt, *, steps=8, guidance_scale=5.0, seed=0, output="pt", mode=None, **_):
-        denoiser = getattr(self.pipe, "unet", None) or self.pipe.transformer
-        if "height" not in self.call:  # Flux's transformer has no sample_size: its call gives the size
-            size = denoiser.config.sample_size * self.pipe.vae_scale_factor
-            self.call = {**self.call, "height": size, "width": size}
         out = self.pipe(prompt, num_inference_steps=steps, guidance_scale=guidance_scale,
                         generator=torch.Generator().manual_seed(seed), output_type="pt", **self.call).images
         return out if isinstance(prompt, list) else out[0]

@@ -34,6 +34,8 @@ import io
 
 import torch
 
+from clockwork_engine.models.family import family_of
+
 CONTEXT = "cond_uncond"  # SD3 evaluates the CFG batch in one transformer call
 
 
@@ -76,7 +78,7 @@ class CachedTransformer:
         from diffusers import hooks
 
         self.transformer, self.kind, self.timestep = transformer, kind, None
-        self.flux = type(transformer).__name__ == "FluxTransformer2DModel"
+        self.flux = family_of(transformer).name == "flux"
         self.config = config_for(kind, steps, lambda: self.timestep, mag_ratios, guidance_distilled=self.flux,
                                  **settings)
         self.registry = hooks.HookRegistry.check_if_exists_or_initialize(transformer)

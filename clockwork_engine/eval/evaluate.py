@@ -36,13 +36,14 @@ def eval_scenes(singles: int, pairs: int, seed: int = 0) -> list[shapes.Scene]:
 
 @torch.no_grad()
 def generate_all(engine, scenes, steps: int | None = None, guidance: float = 5.0, batch: int = 16, seed: int = 0,
-                 **kw) -> torch.Tensor:
-    """[N,3,64,64] in [0,1]; batch k uses seed + k."""
+                 control_images: list | None = None, **kw) -> torch.Tensor:
+    """[N,3,64,64] in [0,1]; batch k uses seed + k; control_images: one a scene (a ControlNet's)."""
     images = []
     for k in range(0, len(scenes), batch):
         prompts = [s.caption for s in scenes[k : k + batch]]
+        control = {} if control_images is None else {"control_image": control_images[k : k + batch]}
         images.append(engine.generate(prompts, steps=steps, guidance_scale=guidance, seed=seed + k // batch,
-                                      output="pt", **kw))
+                                      output="pt", **control, **kw))
     return torch.cat(images)
 
 
