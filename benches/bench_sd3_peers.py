@@ -13,11 +13,12 @@ caches on a copy of its transformer (eval/diffusers_caches.py: MagCache calibrat
 count, TaylorSeerCache, PyramidAttentionBroadcast, FasterCache), several settings each; the
 engine in full mode; clockwork with the identity adaptor (the stale middle output, what a
 first-block / DBCache-style cache reuses) and with the learned token-wise adaptor the demo
-ships (clockwork_adaptor/, or the one fitted for the step count), on clocks 2 and 3 and on
-two steps of every three (`dense<k>`: k adaptor steps), and the identity adaptor at cut 2 (the
-first and last two joint blocks always run); --clocks adds one variant per searched clock
-(`clock_<file>`, clockwork search-clock --model demo-sd3). FirstBlockCache does not run on SD3 (its error
-is recorded). Writes benches/results/sd3_peers_<steps>.json.
+ships (clockwork_adaptor/, or the one fitted for the step count, at the cut it was fitted at),
+on clocks 2 and 3 and on two steps of every three (`dense<k>`: k adaptor steps); the identity
+adaptor at cut 2 (the first and last two joint blocks always run) and at cut 0 (no block runs on
+an adaptor step: a skipped step, as MagCache's, on clocks 2 and 3); --clocks adds one variant
+per searched clock (`clock_<file>`, clockwork search-clock --model demo-sd3). FirstBlockCache
+does not run on SD3 (its error is recorded). Writes benches/results/sd3_peers_<steps>.json.
 """
 
 from __future__ import annotations
@@ -120,6 +121,9 @@ def main():
             **{f"identity_{name}": (base.with_config(mode="clockwork", adaptor="identity", **clock), kw)
                for name, clock in clocks.items()},
             "identity_c2_cut2": (base.with_config(mode="clockwork", adaptor="identity", cut=2), kw),
+            # cut 0: an adaptor step runs no block at all (MagCache's skipped step, on a fixed clock)
+            **{f"identity_{name}_cut0": (base.with_config(mode="clockwork", adaptor="identity", cut=0, **clock), kw)
+               for name, clock in clocks.items() if name != f"dense{len(dense)}"},
             **{f"clockwork_{name}": (base.with_config(mode="clockwork", adaptor=fitted, **clock), kw)
                for name, clock in clocks.items() if fitted},
             **clock_variants(base, args.clocks, n, learned),
@@ -129,6 +133,7 @@ def main():
                          reference="diffusers")
         result["not_run"] = {} if is_flux else {"first_block_t0.05": first_block_error(pipe, n, image_call)}
         result["adaptor"] = fitted and os.path.relpath(fitted, os.path.dirname(demo_dir))
+        result["adaptor_cut"] = fitted and adaptor_io.read_meta(fitted)["cut"]
         result["clocks"] = {f"clock_{os.path.splitext(os.path.basename(p))[0]}": clock_record(p)
                             for p in args.clocks if clock_record(p)["steps"] == n}
         result["mag_ratios"] = ratios

@@ -68,6 +68,30 @@ def test_learned_adaptor_is_closer_to_full_than_identity(demo):
     assert psnr(learned, full).mean() > psnr(identity, full).mean()
 
 
+@pytest.mark.parametrize("steps", [20, 28])
+def test_the_adaptors_fitted_at_cut_0_for_20_and_28_steps(demo, steps):
+    """At 20 and 28 steps the engine picks the adaptor fitted for the step count (cut 0: an
+    adaptor step runs no block); on its clock it is closer to full mode than the identity
+    adaptor at the same cut and clock."""
+    assert demo.operating_point(steps).meta["cut"] == 0 and demo.operating_point(steps).meta["steps"] == steps
+    prompts = [s.caption for s in shapes.split_scenes("eval")[:16]]
+    kw = dict(steps=steps, seed=3, output="pt")
+    full = demo.generate(prompts, mode="full", **kw)
+    dense = tuple(i for i in range(steps) if i % 3)  # two steps of every three on the adaptor
+    learned = demo.with_config(adaptor_steps=dense).generate(prompts, **kw)
+    identity = demo.with_config(adaptor="identity", cut=0, adaptor_steps=dense).generate(prompts, **kw)
+    assert psnr(learned, full).mean() > psnr(identity, full).mean() + 1.0
+
+
+def test_the_adaptor_step_cost_is_the_step_counts_operating_points(demo):
+    """clockwork search-clock's cost of an adaptor step: at 8 steps the adaptor fitted at cut 1
+    (the first and last joint block run), at 28 the one fitted at cut 0 (no block runs)."""
+    from clockwork_engine.clockwork.clock_search import adaptor_step_cost
+
+    at_cut_1, at_cut_0 = adaptor_step_cost(demo, 8, 3.0), adaptor_step_cost(demo, 28, 3.0)
+    assert 0 < at_cut_0 < 0.5 * at_cut_1 and at_cut_1 < 0.6
+
+
 def test_train_sd3_runs_and_saves_a_pipeline_the_engine_loads(tmp_path):
     from clockwork_engine.demo import train_sd3
 

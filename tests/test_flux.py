@@ -122,7 +122,7 @@ def test_flux_rows_batch_in_the_server(dev):
 
 
 def test_the_split_equals_the_flux_transformer(dev):
-    """Double- and single-stream blocks alike: the first and last block always run."""
+    """Double- and single-stream blocks alike, at cut 1 (the first and last block always run) and cut 0."""
     from clockwork_engine.clockwork.transformer_split import TransformerSplit
 
     g = torch.Generator().manual_seed(0)
@@ -131,10 +131,11 @@ def test_the_split_equals_the_flux_transformer(dev):
     t = torch.tensor([900.0, 400.0])
     with torch.no_grad():
         ref = Engine.from_pipeline(dev, config="full").runner.denoisers["full"](x, t, text, None, None, added)[0]
-        split = TransformerSplit(dev.transformer, 1)
-        out, r_out = split(x, t, text, None, added)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    assert r_out.shape == split.feature_shape(2, 7, 8, 8) == (2, 16 + 7, 32)
+        for cut in (0, 1):
+            split = TransformerSplit(dev.transformer, cut)
+            out, r_out = split(x, t, text, None, added)
+            torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+            assert r_out.shape == split.feature_shape(2, 7, 8, 8) == (2, 16 + 7, 32)
 
 
 def test_clockwork_on_flux(dev):
@@ -151,7 +152,7 @@ def test_what_flux_refuses(dev):
     engine = Engine.from_pipeline(dev, config="full")
     with pytest.raises(ValueError, match="true CFG"):
         engine.generate("a red circle", negative_prompt="blurry", steps=2, height=16, width=16)
-    with pytest.raises(ValueError, match=r"cut must be an int k with 1 <= k and 2k < 3"):
+    with pytest.raises(ValueError, match=r"cut must be an int k with 0 <= k and 2k < 3"):
         Engine.from_pipeline(dev, config=EngineConfig(mode="clockwork", adaptor="identity", cut=2))
     with pytest.raises(ValueError, match="EulerDiscreteScheduler cannot sample a FluxPipeline model"):
         Engine.from_pipeline(dev, config=EngineConfig(mode="full", scheduler="euler"))

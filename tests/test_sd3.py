@@ -134,10 +134,11 @@ def test_transformer_split_equals_the_transformer(sd3):
     with torch.no_grad():
         ref = model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False,
                     pooled_projections=added["pooled_projections"])[0]
-        split = TransformerSplit(model, 1)
-        out, r_out = split(x, t, text, None, added)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    assert r_out.shape == split.feature_shape(2, 7, 8, 8) == (2, 16 + 7, 16)
+        for cut in (0, 1):  # cut 0: the whole stack is L (the last block returns no text stream)
+            split = TransformerSplit(model, cut)
+            out, r_out = split(x, t, text, None, added)
+            torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+            assert r_out.shape == split.feature_shape(2, 7, 8, 8) == (2, 16 + 7, 16)
 
 
 def test_clockwork_on_sd3(sd3):
@@ -152,6 +153,9 @@ def test_clockwork_on_sd3(sd3):
     assert torch.isfinite(clocked).all() and not torch.allclose(clocked, full, atol=1e-4)
     # the adaptor steps run the first and last joint block only: the clocked output stays near full
     assert (clocked - full).abs().max() < full.abs().max()
+    skipped = engine.with_config(cut=0).generate(PROMPTS, **kw)  # cut 0: no block runs on an adaptor step
+    assert torch.isfinite(skipped).all() and not torch.allclose(skipped, clocked, atol=1e-4)
+    assert (skipped - full).abs().max() < full.abs().max()
 
 
 def test_distill_a_token_adaptor_for_sd3(sd3, tmp_path):
@@ -185,12 +189,35 @@ def test_distill_a_token_adaptor_for_sd3(sd3, tmp_path):
         engine.with_config(adaptor=str(tmp_path / "conv"))
 
 
+def test_distill_on_the_output_at_cut_0(sd3, tmp_path, capsys):
+    """At cut 0 an adaptor step runs no block, and distill can fit phi on the velocity tokens its
+    r_out gives (through the final norm and projection); it is ahead of the identity adaptor
+    there, and the loss is refused where the output does not follow from r_out alone (cut 1)."""
+    import json
+
+    from clockwork_engine.clockwork import adaptors
+    from clockwork_engine.tools import cli
+
+    sd3.save_pretrained(tmp_path / "sd3", safe_serialization=True)
+    out, model = tmp_path / "adaptor", str(tmp_path / "sd3")
+    args = ["distill", "--model", model, "--epochs", "3", "--steps", "4", "--captions-per-epoch", "8",
+            "--traj-batch", "4", "--batch", "8", "--hidden", "32", "--guidance", "3.0", "--passes", "8", "--lr", "2e-3",
+            "--loss-on", "output"]
+    assert cli.main([*args, "--out", str(out), "--cut", "0"]) == 0
+    meta = adaptors.read_meta(str(out))
+    assert meta["cut"] == 0 and meta["training"]["loss_on"] == "output"
+    held_out = json.loads((out / "history.json").read_text())[-1]
+    assert held_out["adaptor_output"] < held_out["identity_output"]
+    assert cli.main([*args, "--out", str(tmp_path / "cut1"), "--cut", "1"]) == 2
+    assert "--loss-on output needs a transformer split at cut 0" in capsys.readouterr().err
+
+
 def test_what_sd3_refuses(sd3, tmp_path):
     with pytest.raises(ValueError, match="EulerDiscreteScheduler cannot sample a StableDiffusion3Pipeline model"):
         Engine.from_pipeline(sd3, config=EngineConfig(mode="full", scheduler="euler"))
     with pytest.raises(ValueError, match="attention reuse runs on UNet models"):
         Engine.from_pipeline(sd3, config=EngineConfig(mode="full", attention_reuse=(2,)))
-    with pytest.raises(ValueError, match=r"cut must be an int k with 1 <= k and 2k < 4"):
+    with pytest.raises(ValueError, match=r"cut must be an int k with 0 <= k and 2k < 4"):
         Engine.from_pipeline(sd3, config=EngineConfig(mode="clockwork", adaptor="identity", cut=2))
     engine = Engine.from_pipeline(sd3, config="full")
     with pytest.raises(ValueError, match="image-to-image and inpainting run on UNet models"):

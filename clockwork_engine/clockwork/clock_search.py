@@ -83,12 +83,13 @@ def flop_fraction(adaptor_step_cost: float, steps: int, adaptor_steps) -> float:
 
 
 def adaptor_step_cost(engine, steps: int, guidance: float) -> float:
-    """FLOPs of an adaptor step over a full step's, for this engine's adaptor (one image, CFG
-    batch as guidance asks), from torch.utils.flop_counter on two 2-step requests (step 0 full,
-    step 1 full or the adaptor) for a prompt already encoded (text encoding counted in neither)."""
+    """FLOPs of an adaptor step over a full step's, for this engine's adaptor at `steps` steps (the
+    operating point a request of that many steps runs; one image, CFG batch as guidance asks), from
+    torch.utils.flop_counter on two requests of `steps` steps (all full; step 1 on the adaptor) for
+    a prompt already encoded (text encoding counted in neither)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    kw = dict(steps=2, guidance_scale=guidance, seed=0, output="latent")
+    kw = dict(steps=steps, guidance_scale=guidance, seed=0, output="latent")
     clock = engine.with_config(mode="clockwork", adaptor_steps=(1,))
 
     def flops(mode):
@@ -99,8 +100,9 @@ def adaptor_step_cost(engine, steps: int, guidance: float) -> float:
                 clock.generate("a red circle", mode=mode, **kw)
         return counter.get_total_flops()
 
-    full_step = flops("full") / 2
-    return max(0.0, (flops("clockwork") - full_step) / full_step)
+    full = flops("full")
+    full_step = full / steps
+    return max(0.0, (flops("clockwork") - full + full_step) / full_step)
 
 
 def spread(steps: int, budget: int) -> list[int]:

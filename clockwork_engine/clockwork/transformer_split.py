@@ -2,11 +2,12 @@
 (SD3Transformer2DModel) and Flux (FluxTransformer2DModel: double-stream, then single-stream
 blocks, which take and return the two streams alike).
 
-At cut k (1 <= k, 2k < the number of blocks):
+At cut k (0 <= k, 2k < the number of blocks):
   H_in  = the embeddings (SD3: patch + position, time + pooled text, context; Flux: the packed
           latents' and the context's projections, time [+ guidance] + pooled text, the rotary
           position embedding) and the first k blocks; r_in is both streams after them, image
-          tokens first: [B, N_img + N_txt, D].
+          tokens first: [B, N_img + N_txt, D]. At cut 0, r_in is the embeddings themselves and L is
+          the whole stack: an adaptor step then skips every block, as MagCache's skipped steps do.
   L     = the middle blocks; r_out is what they add to r_in (their residual), in the same layout.
   H_out = r_in + r_out, split back into the streams, the last k blocks, the final norm and
           projection, and the unpatchify (SD3) or unpack (Flux).
@@ -30,8 +31,8 @@ class TransformerSplit(torch.nn.Module):
         super().__init__()
         blocks = list(model.transformer_blocks) + list(getattr(model, "single_transformer_blocks", []))
         n = len(blocks)
-        if isinstance(cut, bool) or not isinstance(cut, int) or not 1 <= cut or 2 * cut >= n:
-            raise ValueError(f"cut must be an int k with 1 <= k and 2k < {n} (the transformer's blocks: "
+        if isinstance(cut, bool) or not isinstance(cut, int) or not 0 <= cut or 2 * cut >= n:
+            raise ValueError(f"cut must be an int k with 0 <= k and 2k < {n} (the transformer's blocks: "
                              f"the first and last k always run), got {cut!r}")
         self.model, self.cut = model, cut
         # Plain lists: the split shares the transformer's blocks, it does not own them.
@@ -84,6 +85,8 @@ class TransformerSplit(torch.nn.Module):
         n_img = r_in.shape[1] - text.shape[1]
         kw = skips[3] if skips is not None else {}
         hidden, context = self._run(self._low_blocks, r_in[:, :n_img], r_in[:, n_img:], emb, kw)
+        if context is None:  # cut 0 on SD3: the last joint block returns no text stream (context_pre_only)
+            context = r_in[:, n_img:]
         return torch.cat([hidden, context], dim=1) - r_in
 
     def h_out(self, r_out, skips, emb, text) -> torch.Tensor:
@@ -98,6 +101,14 @@ class TransformerSplit(torch.nn.Module):
         hh, ww, c = height // self.patch, width // self.patch, m.out_channels
         hidden = hidden.reshape(hidden.shape[0], hh, ww, self.patch, self.patch, c)
         return torch.einsum("nhwpqc->nchpwq", hidden).reshape(hidden.shape[0], c, height, width)
+
+    def output_tokens(self, r_in, r_out, emb, n_img: int) -> torch.Tensor:
+        """At cut 0, H_out before the unpatchify / unpack: [B, N, D] streams -> the velocity's
+        image tokens [B, n_img, p * p * C] (what an adaptor's error is worth after the final
+        norm, which r_out's L2 does not see: `clockwork distill --loss-on output`)."""
+        if self.cut:
+            raise ValueError(f"the output tokens follow from r_out alone at cut 0 (this split is at cut {self.cut})")
+        return self.model.proj_out(self.model.norm_out((r_in + r_out)[:, :n_img], emb))
 
     def forward(self, x, t, text, timestep_cond=None, added=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The full model: (velocity, r_out)."""

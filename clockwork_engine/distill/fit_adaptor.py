@@ -51,6 +51,9 @@ def build_parser(parser=None):
     ap.add_argument("--mode", choices=("unrolled", "noised", "rollout"), default="unrolled")
     ap.add_argument("--loss", choices=("guided", "plain"), default="guided",
                     help="with CFG: L2 on the uncond and guided-mix rows (default), or plain L2 on every row")
+    ap.add_argument("--loss-on", choices=("r_out", "output"), default="r_out",
+                    help="L2 on r_out (default), or on the model's output it gives (a transformer at cut 0: "
+                         "through the final norm and projection, which weigh r_out's directions unequally)")
     ap.add_argument("--scheduler", default="model",
                     help="sampler of the operating point: 'model' (the model's own) or a scheduler name "
                          "(clockwork generate --scheduler's: euler-a, unipc, ddim-trailing, ...)")
@@ -112,6 +115,16 @@ def predict(adaptor, r_in, r_prev, emb, text):
     return adaptor(rows(r_in), rows(r_prev), rows(emb), rows(text)).unflatten(0, r_in.shape[:2])
 
 
+def output_head(split, n_img: int):
+    """r_out -> the model output it gives, for --loss-on output: (r_in, r_out, emb) [N, G, ...] ->
+    [N, G, n_img, p * p * C] (a transformer split at cut 0: transformer_split.output_tokens)."""
+    if not hasattr(split, "output_tokens") or split.cut:
+        raise ValueError("--loss-on output needs a transformer split at cut 0 (its output follows from r_out "
+                         f"alone); this is a {type(split).__name__} at cut {split.cut}")
+    rows = lambda v: v.flatten(0, 1)  # noqa: E731
+    return lambda r_in, r, emb: split.output_tokens(rows(r_in), rows(r), rows(emb), n_img).unflatten(0, r_in.shape[:2])
+
+
 def guided_mix(r, guidance: float):
     """[N, 2, ...] (uncond, cond) -> [N, 2, ...] (uncond, u + w (c - u)); G = 1 passes through."""
     if r.shape[1] == 1:
@@ -121,15 +134,22 @@ def guided_mix(r, guidance: float):
 
 
 @torch.no_grad()
-def relative_errors(adaptor, data, guidance: float) -> dict[str, float]:
+def relative_errors(adaptor, data, guidance: float, head=None) -> dict[str, float]:
+    """||phi - r_out||^2 / ||r_out||^2 of phi and of the identity (and of the guided mix with
+    CFG); with head (output_head), also of the model output they give ("_output")."""
     *inputs, target = data
-    r_prev = inputs[1]
+    r_in, r_prev, emb = inputs[:3]
     pred = torch.cat([predict(adaptor, *(v[k : k + 128] for v in inputs)) for k in range(0, len(target), 128)])
     rel = lambda a, b: float((a - b).pow(2).sum() / b.pow(2).sum())  # noqa: E731
+    mix = (lambda r: guided_mix(r, guidance)) if target.shape[1] == 2 else None
     errors = {"adaptor": rel(pred, target), "identity": rel(r_prev, target)}
-    if target.shape[1] == 2:  # with CFG: the error in what the sampler uses
-        mix = lambda r: guided_mix(r, guidance)  # noqa: E731
+    if mix:  # with CFG: the error in what the sampler uses
         errors |= {"adaptor_guided": rel(mix(pred), mix(target)), "identity_guided": rel(mix(r_prev), mix(target))}
+    if head is not None:
+        out = lambda r: (mix or (lambda v: v))(torch.cat([head(*(v[k : k + 128] for v in (r_in, r, emb)))  # noqa: E731
+                                                         for k in range(0, len(r), 128)]))
+        want = out(target)
+        errors |= {"adaptor_output": rel(out(pred), want), "identity_output": rel(out(r_prev), want)}
     return errors
 
 
@@ -151,14 +171,17 @@ def _held_out(engine, split, args, adaptor_steps):
                    adaptor_steps)
 
 
-def _train_epoch(adaptor, opt, data, batches, args, it: int, total_iters: int, losses: list) -> int:
-    """One epoch of L2 steps over `batches` (row indices into data); returns the iteration count."""
+def _train_epoch(adaptor, opt, data, batches, args, it: int, total_iters: int, losses: list, head=None) -> int:
+    """One epoch of L2 steps over `batches` (row indices into data), on r_out or, with head, on
+    the output it gives; returns the iteration count."""
     adaptor.train()
     for idx in batches:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(it, total_iters, args.lr, warmup=50)
         *inputs, target = (d[idx] for d in data)
         pred = predict(adaptor, *inputs)
+        if head is not None:
+            pred, target = head(inputs[0], pred, inputs[2]), head(inputs[0], target, inputs[2])
         if args.loss == "guided":
             pred, target = guided_mix(pred, args.guidance), guided_mix(target, args.guidance)
         loss = (pred - target).pow(2).mean()
@@ -176,7 +199,8 @@ def _save(args, adaptor, engine, clock, history, losses):
     """The adaptor folder: weights, metadata (model fingerprint, steps, clock, scheduler, how it
     was fitted), its per-epoch held-out errors and the loss curve."""
     plot_losses(losses, os.path.join(args.out, "loss.png"), f"adaptor L2 ({args.mode})")
-    training = {"mode": args.mode, "loss": args.loss, "train_on": args.train_on, "epochs": args.epochs,
+    training = {"mode": args.mode, "loss": args.loss, "loss_on": args.loss_on, "train_on": args.train_on,
+                "epochs": args.epochs,
                 "captions_per_epoch": args.captions_per_epoch, "passes": args.passes,
                 "lr": args.lr, "guidance": args.guidance, "seed": args.seed, "held_out": history[-1:] or None,
                 "lora": engine.runner.lora.default or None}
@@ -186,6 +210,15 @@ def _save(args, adaptor, engine, clock, history, losses):
     with open(os.path.join(args.out, "history.json"), "w") as f:
         json.dump(history, f, indent=1)
     print(f"saved {args.out}")
+
+
+def _output_head(engine, split, args):
+    """output_head at the trajectories' size where the split has one (a transformer at cut 0: its
+    output errors are reported, and --loss-on output fits on them), else None."""
+    if args.loss_on != "output" and (not hasattr(split, "output_tokens") or split.cut):
+        return None
+    h, w = (side // engine.vae_factor // split.patch for side in engine.config.sampling.size_or(engine.default_size))
+    return output_head(split, h * w)
 
 
 def run(args):
@@ -218,6 +251,7 @@ def run(args):
     print(f"adaptor: {A.num_parameters(adaptor) / 1e6:.3f}M parameters; adaptor steps {adaptor_steps}; "
           f"mode {args.mode}; resuming at epoch {first}")
 
+    head = _output_head(engine, split, args)
     val = _held_out(engine, split, args, adaptor_steps)
     groups = 1 + engine.uses_cfg(args.guidance)  # rows per sample: (uncond, cond) with CFG
     pair_batch = max(1, args.batch // groups)  # --batch counts model rows, as the sampler does
@@ -234,9 +268,9 @@ def run(args):
         batches = torch.stack([torch.randperm(n, generator=gen)[: n - n % pair_batch].view(-1, pair_batch)
                                for _ in range(args.passes)]).flatten(0, 1)
         it = _train_epoch(adaptor, opt, data, tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}"), args, it,
-                          total_iters, losses)
+                          total_iters, losses, head if args.loss_on == "output" else None)
         if val is not None:
-            errors = relative_errors(adaptor, val, args.guidance)
+            errors = relative_errors(adaptor, val, args.guidance, head)
             history.append({"epoch": epoch + 1, **errors})
             print(f"epoch {epoch + 1}: held-out relative error " + ", ".join(f"{k} {v:.4f}" for k, v in errors.items()))
         save_checkpoint(ckpt, adaptor, opt, epoch + 1, losses)

@@ -213,8 +213,9 @@ def build_parser(ap):
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--clock", type=int, default=2, help="adaptor on every N-th step")
     ap.add_argument("--cut", type=int, default=1,
-                    help="the split level (unet_split.py): 1 the paper's; 0 DeepCache's (H_in = conv_in, H_out = "
-                         "the UNet's last layer)")
+                    help="the split level: a UNet's (unet_split.py: 1 the paper's; 0 DeepCache's, H_in = conv_in, "
+                         "H_out = the UNet's last layer), a transformer's always-run blocks at each end "
+                         "(transformer_split.py; 0: an adaptor step runs no block)")
     ap.add_argument("--controlnet", action="store_true",
                     help="sd15 / sdxl: also count a ControlNet beside the UNet (flops_controlnet.py)")
     ap.add_argument("--json", default=None, help="also write the JSON here")

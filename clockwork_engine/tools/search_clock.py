@@ -45,8 +45,8 @@ def build_parser(ap):
                     help="the adaptor searched with: 'model' (the model directory's, the one fitted for --steps "
                          "where it has several), 'identity', or an adaptor folder")
     ap.add_argument("--cut", type=int, default=None,
-                    help="--adaptor identity: the UNet split level (default 1, the paper's; 0: DeepCache's cut, "
-                         "an adaptor step runs only conv_in and the UNet's last layer)")
+                    help="--adaptor identity: the split level (default 1, the paper's; 0: on a UNet DeepCache's cut, "
+                         "an adaptor step runs only conv_in and the UNet's last layer; on a transformer no block)")
     ap.add_argument("--captions", type=int, default=16, help="calibration captions (demo training split)")
     ap.add_argument("--candidates", type=int, default=6,
                     help="steps evaluated per greedy round, the best-scoring ones (0: every remaining step)")
