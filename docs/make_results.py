@@ -1281,9 +1281,13 @@ def section_sd3_peers():
         "count), `taylorseer_i<interval>`, `pab_r<block skip range>` PyramidAttentionBroadcast, "
         "`faster_r<block skip range>` FasterCache. Clockwork: `identity_*` reuses the middle joint "
         "blocks' stale output on its adaptor steps (the first and last block always run; `_cut2`: the first and "
-        "last two), `clockwork_*` runs the learned token-wise adaptor there instead; `c<N>`: every N-th step, "
+        "last two; `_cut0`: none, the whole stack's residual is reused, a skipped step as MagCache's), "
+        "`clockwork_*` runs the learned token-wise adaptor there instead, at the cut it was fitted at; "
+        "`c<N>`: every N-th step, "
         "`dense<k>`: two steps of every three (k adaptor steps; full at 0, 3, 6, ...); `clock_sd3_learned_<steps>_b<k>`: "
-        "the learned adaptor on the k adaptor steps `clockwork search-clock` chose (their table below). Each "
+        "the learned adaptor on the k adaptor steps `clockwork search-clock` chose (their table below; "
+        "`clock_sd3_cut0_<steps>_b<k>` likewise, with the adaptor fitted at cut 0 for the step count; "
+        "`clock_sd3_identity_cut0_<steps>_b<k>`: the identity adaptor at cut 0 on its searched clock). Each "
         "latency round times every variant back to back, starting one variant later each round.\n",
         " (its hook subtracts the last joint block's text stream, which SD3's last block does not return)")
 
@@ -1310,8 +1314,9 @@ def _transformer_peers(prefix: str, steps: tuple, caches: tuple, title: str, int
         found = True
         out.append(section_quality(name, f"{n} steps").replace("## ", "### "))
         not_run = "; ".join(f"`{k}`: {v}" for k, v in d["not_run"].items())
-        out.append(f"Adaptor: {d['adaptor'] or 'none'}." + (f" Not run: {not_run}{not_run_why}." if not_run else "")
-                   + "\n")
+        cut = f" (cut {d['adaptor_cut']})" if d.get("adaptor_cut") is not None else ""
+        out.append(f"Adaptor: {d['adaptor'] or 'none'}{cut}."
+                   + (f" Not run: {not_run}{not_run_why}." if not_run else "") + "\n")
         out.append(_versus_deepcache(d, caches))
         if d.get("clocks"):
             out.append(_clock_schedules(d))
