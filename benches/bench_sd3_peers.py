@@ -113,8 +113,8 @@ def main():
         kw = dict(steps=n, mode="clockwork")
         # every 2nd / 3rd step on the adaptor, and two of every three ("dense": full at 0, 3, 6, ...)
         dense = tuple(i for i in range(n) if i % 3)
-        clocks = {"c2": dict(clock_every=2), "c3": dict(clock_every=3),
-                  f"dense{len(dense)}": dict(adaptor_steps=dense)}
+        periodic = {"c2": dict(clock_every=2), "c3": dict(clock_every=3)}
+        clocks = {**periodic, f"dense{len(dense)}": dict(adaptor_steps=dense)}
         fitted = adaptor_io.for_steps(learned, n) if os.path.isdir(learned) else None  # None: no learned rows
         ours = {
             "engine_full": (base, dict(steps=n, mode="full")),
@@ -123,7 +123,7 @@ def main():
             "identity_c2_cut2": (base.with_config(mode="clockwork", adaptor="identity", cut=2), kw),
             # cut 0: an adaptor step runs no block at all (MagCache's skipped step, on a fixed clock)
             **{f"identity_{name}_cut0": (base.with_config(mode="clockwork", adaptor="identity", cut=0, **clock), kw)
-               for name, clock in clocks.items() if name != f"dense{len(dense)}"},
+               for name, clock in periodic.items()},
             **{f"clockwork_{name}": (base.with_config(mode="clockwork", adaptor=fitted, **clock), kw)
                for name, clock in clocks.items() if fitted},
             **clock_variants(base, args.clocks, n, learned),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from functools import partial
 
 import numpy as np
 import torch
@@ -115,10 +116,15 @@ def predict(adaptor, r_in, r_prev, emb, text):
     return adaptor(rows(r_in), rows(r_prev), rows(emb), rows(text)).unflatten(0, r_in.shape[:2])
 
 
+def has_output_head(split) -> bool:
+    """Whether the model output follows from r_out alone: a transformer split at cut 0."""
+    return hasattr(split, "output_tokens") and not split.cut
+
+
 def output_head(split, n_img: int):
     """r_out -> the model output it gives, for --loss-on output: (r_in, r_out, emb) [N, G, ...] ->
     [N, G, n_img, p * p * C] (a transformer split at cut 0: transformer_split.output_tokens)."""
-    if not hasattr(split, "output_tokens") or split.cut:
+    if not has_output_head(split):
         raise ValueError("--loss-on output needs a transformer split at cut 0 (its output follows from r_out "
                          f"alone); this is a {type(split).__name__} at cut {split.cut}")
     rows = lambda v: v.flatten(0, 1)  # noqa: E731
@@ -139,18 +145,23 @@ def relative_errors(adaptor, data, guidance: float, head=None) -> dict[str, floa
     CFG); with head (output_head), also of the model output they give ("_output")."""
     *inputs, target = data
     r_in, r_prev, emb = inputs[:3]
-    pred = torch.cat([predict(adaptor, *(v[k : k + 128] for v in inputs)) for k in range(0, len(target), 128)])
+    pred = _chunked(partial(predict, adaptor), *inputs)
     rel = lambda a, b: float((a - b).pow(2).sum() / b.pow(2).sum())  # noqa: E731
-    mix = (lambda r: guided_mix(r, guidance)) if target.shape[1] == 2 else None
+    cfg = target.shape[1] == 2
+    mix = (lambda r: guided_mix(r, guidance)) if cfg else (lambda r: r)  # noqa: E731
     errors = {"adaptor": rel(pred, target), "identity": rel(r_prev, target)}
-    if mix:  # with CFG: the error in what the sampler uses
+    if cfg:  # with CFG: the error in what the sampler uses
         errors |= {"adaptor_guided": rel(mix(pred), mix(target)), "identity_guided": rel(mix(r_prev), mix(target))}
     if head is not None:
-        out = lambda r: (mix or (lambda v: v))(torch.cat([head(*(v[k : k + 128] for v in (r_in, r, emb)))  # noqa: E731
-                                                         for k in range(0, len(r), 128)]))
+        out = lambda r: mix(_chunked(head, r_in, r, emb))  # noqa: E731
         want = out(target)
         errors |= {"adaptor_output": rel(out(pred), want), "identity_output": rel(out(r_prev), want)}
     return errors
+
+
+def _chunked(fn, *tensors, size: int = 128) -> torch.Tensor:
+    """fn over row chunks of the tensors ([N, ...] each), concatenated: bounded memory."""
+    return torch.cat([fn(*(v[k : k + size] for v in tensors)) for k in range(0, len(tensors[0]), size)])
 
 
 def main(argv=None):
@@ -215,10 +226,9 @@ def _save(args, adaptor, engine, clock, history, losses):
 def _output_head(engine, split, args):
     """output_head at the trajectories' size where the split has one (a transformer at cut 0: its
     output errors are reported, and --loss-on output fits on them), else None."""
-    if args.loss_on != "output" and (not hasattr(split, "output_tokens") or split.cut):
+    if args.loss_on != "output" and not has_output_head(split):
         return None
-    h, w = (side // engine.vae_factor // split.patch for side in engine.config.sampling.size_or(engine.default_size))
-    return output_head(split, h * w)
+    return output_head(split, split.feature_shape(1, 0, *T.latent_size(engine))[1])  # N_img, no text tokens
 
 
 def run(args):

@@ -57,6 +57,12 @@ def unrolled(engine, split, prompts: list[str], steps: int, guidance: float, gen
                    generator)
 
 
+def latent_size(engine) -> tuple[int, int]:
+    """(h, w) of the trajectories' latents: the size a request gets when it names none, as the
+    sampler keeps them (Flux packs its own)."""
+    return tuple(side // engine.vae_factor for side in engine.config.sampling.size_or(engine.default_size))
+
+
 @torch.no_grad()
 def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: float, schedule: list[bool],
             generator: torch.Generator):
@@ -76,8 +82,7 @@ def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: fl
 
         return denoise
 
-    # the size a request gets when it names none; latents as the sampler keeps them (Flux packs its own)
-    h, w = (side // engine.vae_factor for side in engine.config.sampling.size_or(engine.default_size))
+    h, w = latent_size(engine)
     text, added = _conditioning(engine, prompts, cfg)
     guidance = torch.full((len(prompts),), float(guidance))
     added = {**(added or {}), **engine.runner.family.guidance_inputs(engine.model, guidance)} or None  # Flux-dev's
