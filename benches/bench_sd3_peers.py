@@ -17,7 +17,8 @@ ships (clockwork_adaptor/, or the one fitted for the step count, at the cut it w
 on clocks 2 and 3 and on two steps of every three (`dense<k>`: k adaptor steps); the identity
 adaptor at cut 2 (the first and last two joint blocks always run) and at cut 0 (no block runs on
 an adaptor step: a skipped step, as MagCache's, on clocks 2 and 3); --clocks adds one variant
-per searched clock (`clock_<file>`, clockwork search-clock --model demo-sd3). FirstBlockCache
+per searched clock (`clock_<file>`, clockwork search-clock --model demo-sd3) and --learned-on one
+with the learned adaptor on the file's clock (`learned_on_<file>`). FirstBlockCache
 does not run on SD3 (its error is recorded). Writes benches/results/sd3_peers_<steps>.json.
 """
 
@@ -32,6 +33,10 @@ from bench_e2e import clock_record, clock_variants  # noqa: E402
 from common import machine, write  # noqa: E402
 
 SIZE = 64
+
+
+def stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def cache_settings(steps: int, first_block: bool = False) -> dict[str, tuple[str, dict]]:
@@ -73,10 +78,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--clocks", nargs="*", default=[],
                     help="clock schedule files (clockwork search-clock --model demo-sd3): a variant each, at its step count")
+    ap.add_argument("--learned-on", nargs="*", default=[],
+                    help="clock schedule files the learned adaptor also runs on (`learned_on_<file>`): the two "
+                         "adaptors on one clock, the identity's searched ones")
     ap.add_argument("--model", default="demo-sd3", choices=("demo-sd3", "demo-flux"),
                     help="demo-flux: the Flux-layout demo (guidance-distilled: no CFG batch; FirstBlockCache runs)")
     args = ap.parse_args()
-    missing = [p for p in args.clocks if not os.path.isfile(p)]
+    missing = [p for p in args.clocks + args.learned_on if not os.path.isfile(p)]
     if missing:
         raise SystemExit(f"no such clock schedule file: {', '.join(missing)}")
 
@@ -103,6 +111,7 @@ def main():
     if is_flux:  # FluxTransformer2DModel keeps no sample_size: the size is the call's
         call.update(height=SIZE, width=SIZE)
     learned = os.path.join(demo_dir, ADAPTOR_FOLDER)
+    learned_on = [clock_record(p) for p in args.learned_on]
     for n in args.steps:
         image_call = dict(guidance_scale=guidance, output_type="latent", **{"height": SIZE, "width": SIZE, **call})
         ratios = calibrate_mag(pipe, n, prompt="a red circle", generator=torch.Generator().manual_seed(0),
@@ -127,6 +136,9 @@ def main():
             **{f"clockwork_{name}": (base.with_config(mode="clockwork", adaptor=fitted, **clock), kw)
                for name, clock in clocks.items() if fitted},
             **clock_variants(base, args.clocks, n, learned),
+            **{f"learned_on_{stem(r['file'])}":
+               (base.with_config(mode="clockwork", adaptor=fitted, adaptor_steps=tuple(r["adaptor_steps"])), kw)
+               for r in learned_on if fitted and r["steps"] == n},
         }
         variants = {"diffusers": (DiffusersBaseline(pipe, **call), dict(steps=n)), **peers, **ours}
         result = compare(variants, args.singles, args.pairs, guidance=guidance, latency_repeats=args.repeats,
@@ -134,8 +146,9 @@ def main():
         result["not_run"] = {} if is_flux else {"first_block_t0.05": first_block_error(pipe, n, image_call)}
         result["adaptor"] = fitted and os.path.relpath(fitted, os.path.dirname(demo_dir))
         result["adaptor_cut"] = fitted and adaptor_io.read_meta(fitted)["cut"]
-        result["clocks"] = {f"clock_{os.path.splitext(os.path.basename(p))[0]}": clock_record(p)
+        result["clocks"] = {f"clock_{stem(p)}": clock_record(p)
                             for p in args.clocks if clock_record(p)["steps"] == n}
+        result["learned_on"] = {f"learned_on_{stem(r['file'])}": r["file"] for r in learned_on if r["steps"] == n}
         result["mag_ratios"] = ratios
         result["peer_settings"] = {k: {"kind": kind, **s} for k, (kind, s) in cache_settings(n, is_flux).items()}
         env = "".join(f"{k}={os.environ[k]} " for k in ("OMP_NUM_THREADS",) if k in os.environ)

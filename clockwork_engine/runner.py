@@ -280,18 +280,18 @@ class ModelRunner:
 
     def decode(self, latents, output: str):
         """Final latents [B, C, h, w] -> PIL images or [B, 3, H, W] in [0, 1] (output 'pt')."""
-        vae_cfg = self.vae.config
-        z = latents / vae_cfg.scaling_factor
-        if getattr(vae_cfg, "shift_factor", None):
-            z = z + vae_cfg.shift_factor
         with fused_unet.active() if self.config.fused_norms else nullcontext():  # compiled code ignores it
-            images = (self.decode_fn(z.to(self.vae.dtype)).float() / 2 + 0.5).clamp(0, 1)
+            images = (self.decode_fn(self.unscaled(latents).to(self.vae.dtype)).float() / 2 + 0.5).clamp(0, 1)
         if output == "pt":
             return images
         from PIL import Image
 
         arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
         return [Image.fromarray(a) for a in arrays]
+
+    def unscaled(self, latents):  # the sampler's latents -> the VAE's (its scaling and shift undone)
+        c = self.vae.config
+        return latents / c.scaling_factor + (getattr(c, "shift_factor", None) or 0)
 
     def decode_eager(self, z):  # [B, C, h, w] unscaled latents -> [B, 3, H, W] in [-1, 1]
         if self.tiny_decoder is not None:

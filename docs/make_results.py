@@ -679,7 +679,7 @@ def _has_versus(d) -> bool:
 
 
 DEEPCACHE = (("deepcache_",), ("clock", "identity_adaptor", "cut0_deepcache_clock"))  # (peers, ours) by name
-SD3_CACHES = (("mag_", "taylorseer_", "pab_", "faster_"), ("identity_", "clockwork_", "clock_"))  # bench_sd3_peers.py
+SD3_CACHES = (("mag_", "taylorseer_", "pab_", "faster_"), ("identity_", "clockwork_", "clock_", "learned_on_"))
 FLUX_CACHES = (("first_block_", *SD3_CACHES[0]), SD3_CACHES[1])  # bench_sd3_peers.py --model demo-flux
 
 
@@ -1286,8 +1286,9 @@ def section_sd3_peers():
         "`c<N>`: every N-th step, "
         "`dense<k>`: two steps of every three (k adaptor steps; full at 0, 3, 6, ...); `clock_sd3_learned_<steps>_b<k>`: "
         "the learned adaptor on the k adaptor steps `clockwork search-clock` chose (their table below; "
-        "`clock_sd3_cut0_<steps>_b<k>` likewise, with the adaptor fitted at cut 0 for the step count; "
-        "`clock_sd3_identity_cut0_<steps>_b<k>`: the identity adaptor at cut 0 on its searched clock). Each "
+        "`clock_sd3_identity_cut0_<steps>_b<k>`: the identity adaptor at cut 0 on its searched clock; "
+        "`learned_on_sd3_identity_cut0_<steps>_b<k>`: the adaptor fitted at cut 0 for the step count on that "
+        "same clock). Each "
         "latency round times every variant back to back, starting one variant later each round.\n",
         " (its hook subtracts the last joint block's text stream, which SD3's last block does not return)")
 
@@ -1318,11 +1319,31 @@ def _transformer_peers(prefix: str, steps: tuple, caches: tuple, title: str, int
         out.append(f"Adaptor: {d['adaptor'] or 'none'}{cut}."
                    + (f" Not run: {not_run}{not_run_why}." if not_run else "") + "\n")
         out.append(_versus_deepcache(d, caches))
+        out.append(_learned_vs_identity(d))
         if d.get("clocks"):
             out.append(_clock_schedules(d))
     if not found:
         out.append(missing(f"{prefix}_peers_{steps[0]}.json"))
     return "\n".join(out)
+
+
+def _learned_vs_identity(d) -> str:
+    """The learned adaptor against the identity adaptor on one clock each row (both at the learned
+    one's cut 0): clocks 2 and 3, and the identity's searched clocks (bench_sd3_peers.py --learned-on)."""
+    vs = d["variants"]
+    pairs = [(f"every {k}", f"identity_c{k}_cut0", f"clockwork_c{k}") for k in (2, 3) if d.get("adaptor_cut") == 0]
+    pairs += [(f"`{v.removeprefix('learned_on_')}`", "clock_" + v.removeprefix("learned_on_"), v)
+              for v in d.get("learned_on", {})]
+    rows = [[clock, sum(kind.endswith("adaptor") for kind in vs[ident]["schedule"]),
+             f"{vs[ident]['latency_ratio']:.2f}x", f"{vs[ident]['psnr_to_reference']:.2f}",
+             f"{vs[ours]['latency_ratio']:.2f}x", f"{vs[ours]['psnr_to_reference']:.2f}",
+             f"{vs[ours]['psnr_to_reference'] - vs[ident]['psnr_to_reference']:+.2f}"]
+            for clock, ident, ours in pairs if ident in vs and ours in vs]
+    if not rows:
+        return ""
+    return ("Learned against identity adaptor at cut 0, one clock a row (speed-up over stock diffusers, PSNR to "
+            "it in dB):\n\n" + table(["clock", "adaptor steps", "identity", "PSNR", "learned", "PSNR", "lead (dB)"],
+                                       rows) + "\n")
 
 
 def _headline_row(row: list) -> bool:

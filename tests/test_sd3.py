@@ -212,6 +212,44 @@ def test_distill_on_the_output_at_cut_0(sd3, tmp_path, capsys):
     assert "--loss-on output needs a transformer split at cut 0" in capsys.readouterr().err
 
 
+def test_fit_on_the_images_of_random_clocks(sd3, tmp_path):
+    """--loss-on image: with no adaptor step the fit's sampler gives the engine's full-mode image;
+    phi starts as the identity, the loss moves it, and the held-out PSNR of both is reported."""
+    import argparse
+    import json
+
+    import numpy as np
+
+    from clockwork_engine.clockwork import adaptors
+    from clockwork_engine.distill import fit_images
+    from clockwork_engine.tools import cli
+
+    engine = Engine.from_pipeline(sd3, config=EngineConfig(mode="full"))
+    split = engine.runner.family.split(engine.model, 0)
+    phi = adaptors.build(adaptors.AdaptorConfig.for_split(split, 16))
+    got = fit_images.images(engine, split, phi, ["a red circle"], 4, 5.0, [False] * 4, seed=3)
+    want = engine.generate(["a red circle"], steps=4, guidance_scale=5.0, seed=3, output="pt")
+    torch.testing.assert_close(got.clamp(0, 1), want, atol=1e-5, rtol=0)
+    clocks = [fit_images.random_clock(np.random.default_rng(k), 12) for k in range(20)]
+    assert all(not c[0] and any(c) for c in clocks) and len({tuple(c) for c in clocks}) > 10
+
+    sd3.save_pretrained(tmp_path / "sd3", safe_serialization=True)
+    out = tmp_path / "adaptor"
+    assert cli.main(["distill", "--model", str(tmp_path / "sd3"), "--out", str(out), "--cut", "0", "--steps", "4",
+                     "--epochs", "2", "--captions-per-epoch", "4", "--image-batch", "2", "--passes", "2",
+                     "--hidden", "16", "--guidance", "3.0", "--loss-on", "image"]) == 0
+    meta = adaptors.read_meta(str(out))
+    assert meta["training"]["loss_on"] == "image" and meta["training"]["image_batch"] == 2
+    fitted, _ = adaptors.load(str(out))
+    assert fitted.proj_out.weight.abs().sum() > 0  # moved from the identity it started as
+    held_out = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in held_out] == [1, 2]
+    args = argparse.Namespace(seed=0, steps=4, guidance=3.0)
+    report = fit_images.held_out_psnr(engine, split, phi, phi, args)  # phi is the identity: both report alike
+    assert set(report) == {"adaptor_psnr_c2", "identity_psnr_c2", "adaptor_psnr_c3", "identity_psnr_c3"}
+    assert report["adaptor_psnr_c2"] == report["identity_psnr_c2"] and np.isfinite(report["adaptor_psnr_c2"])
+
+
 def test_what_sd3_refuses(sd3, tmp_path):
     with pytest.raises(ValueError, match="EulerDiscreteScheduler cannot sample a StableDiffusion3Pipeline model"):
         Engine.from_pipeline(sd3, config=EngineConfig(mode="full", scheduler="euler"))

@@ -6,7 +6,8 @@ Every epoch draws fresh captions (the demo caption generator's training split, o
 of --prompts), samples the teacher's trajectories from fresh noise ("unrolled", the paper's
 method; "noised" forward-noises data latents instead, for the ablation; "rollout" follows the
 clockwork sampler with the current phi, the teacher's L giving the target) and fits phi with
-L2 on r_out at every step > 0 (or only the clock's adaptor steps), with Adam. Resumable per epoch; writes the adaptor
+L2 on r_out at every step > 0 (or only the clock's adaptor steps), with Adam; --loss-on image fits
+phi on the images the clockwork sampler makes with it instead (fit_images.py). Resumable per epoch; writes the adaptor
 (safetensors + adaptor_config.json with the base model's fingerprint, the scheduler, the
 step count and the clock). Reports, on held-out captions, the relative error
 ||phi - r_out||^2 / ||r_out||^2 of phi and of the identity adaptor (phi = r_out(t+1)).
@@ -30,8 +31,9 @@ from tqdm import tqdm
 from clockwork_engine.clockwork import adaptors as A
 from clockwork_engine.clockwork.clock import Clock
 from clockwork_engine.datasets import shapes
+from clockwork_engine.distill import fit_images as FI
 from clockwork_engine.distill import trajectories as T
-from clockwork_engine.distill.training import cosine_lr, load_checkpoint, plot_losses, save_checkpoint
+from clockwork_engine.distill.training import cosine_lr, load_checkpoint, optimizer_step, plot_losses, save_checkpoint
 from clockwork_engine.models import lora
 from clockwork_engine.sampler import noise_schedulers
 
@@ -52,9 +54,11 @@ def build_parser(parser=None):
     ap.add_argument("--mode", choices=("unrolled", "noised", "rollout"), default="unrolled")
     ap.add_argument("--loss", choices=("guided", "plain"), default="guided",
                     help="with CFG: L2 on the uncond and guided-mix rows (default), or plain L2 on every row")
-    ap.add_argument("--loss-on", choices=("r_out", "output"), default="r_out",
-                    help="L2 on r_out (default), or on the model's output it gives (a transformer at cut 0: "
-                         "through the final norm and projection, which weigh r_out's directions unequally)")
+    ap.add_argument("--loss-on", choices=("r_out", "output", "image"), default="r_out",
+                    help="L2 on r_out (default); on the model's output it gives (a transformer at cut 0: "
+                         "through the final norm and projection, which weigh r_out's directions unequally); or "
+                         "log MSE of the images the clockwork sampler makes on random clocks (fit_images.py)")
+    ap.add_argument("--image-batch", type=int, default=16, help="--loss-on image: captions per optimizer step")
     ap.add_argument("--scheduler", default="model",
                     help="sampler of the operating point: 'model' (the model's own) or a scheduler name "
                          "(clockwork generate --scheduler's: euler-a, unipc, ddim-trailing, ...)")
@@ -187,21 +191,16 @@ def _train_epoch(adaptor, opt, data, batches, args, it: int, total_iters: int, l
     the output it gives; returns the iteration count."""
     adaptor.train()
     for idx in batches:
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(it, total_iters, args.lr, warmup=50)
         *inputs, target = (d[idx] for d in data)
         pred = predict(adaptor, *inputs)
         if head is not None:
             pred, target = head(inputs[0], pred, inputs[2]), head(inputs[0], target, inputs[2])
         if args.loss == "guided":
             pred, target = guided_mix(pred, args.guidance), guided_mix(target, args.guidance)
-        loss = (pred - target).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        lr = cosine_lr(it, total_iters, args.lr, warmup=50)
+        losses.append(optimizer_step(opt, (pred - target).pow(2).mean(), lr))
         it += 1
-        batches.set_postfix(loss=f"{loss.item():.5f}")
+        batches.set_postfix(loss=f"{losses[-1]:.5f}")
     adaptor.eval()
     return it
 
@@ -209,9 +208,13 @@ def _train_epoch(adaptor, opt, data, batches, args, it: int, total_iters: int, l
 def _save(args, adaptor, engine, clock, history, losses):
     """The adaptor folder: weights, metadata (model fingerprint, steps, clock, scheduler, how it
     was fitted), its per-epoch held-out errors and the loss curve."""
-    plot_losses(losses, os.path.join(args.out, "loss.png"), f"adaptor L2 ({args.mode})")
-    training = {"mode": args.mode, "loss": args.loss, "loss_on": args.loss_on, "train_on": args.train_on,
-                "epochs": args.epochs,
+    if args.loss_on == "image":  # the losses are log10 MSE (fit_images.log_mse)
+        plot_losses([10**v for v in losses], os.path.join(args.out, "loss.png"), "image MSE (random clocks)")
+    else:
+        plot_losses(losses, os.path.join(args.out, "loss.png"), f"adaptor L2 ({args.mode})")
+    how = {"clocks": "random (fit_images.random_clock)", "image_batch": args.image_batch} \
+        if args.loss_on == "image" else {"mode": args.mode, "loss": args.loss}  # per-step trajectories
+    training = {**how, "loss_on": args.loss_on, "train_on": args.train_on, "epochs": args.epochs,
                 "captions_per_epoch": args.captions_per_epoch, "passes": args.passes,
                 "lr": args.lr, "guidance": args.guidance, "seed": args.seed, "held_out": history[-1:] or None,
                 "lora": engine.runner.lora.default or None}
@@ -229,6 +232,41 @@ def _output_head(engine, split, args):
     if args.loss_on != "output" and not has_output_head(split):
         return None
     return output_head(split, split.feature_shape(1, 0, *T.latent_size(engine))[1])  # N_img, no text tokens
+
+
+def _fit_on_steps(engine, split, adaptor, opt, args, schedule, adaptor_steps, first, losses) -> list[dict]:
+    """Per-step L2 (on r_out or the output it gives) over each epoch's trajectories; returns the
+    per-epoch held-out errors."""
+    ckpt = os.path.join(args.out, "checkpoint")
+    head = _output_head(engine, split, args)
+    val = _held_out(engine, split, args, adaptor_steps)
+    groups = 1 + engine.uses_cfg(args.guidance)  # rows per sample: (uncond, cond) with CFG
+    pair_batch = max(1, args.batch // groups)  # --batch counts model rows, as the sampler does
+    iters_per_epoch = args.passes * ((args.captions_per_epoch * len(adaptor_steps)) // pair_batch)
+    total_iters, it = args.epochs * iters_per_epoch, first * iters_per_epoch
+    history = []
+    for epoch in range(first, args.epochs):
+        rng = np.random.default_rng(args.seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
+        captions, images = _captions(args, rng, args.captions_per_epoch)
+        data = T.pairs(_features(engine, split, args, captions, images, gen, adaptor, schedule), adaptor_steps)
+        n = len(data[0])
+        # [passes, n // pair_batch, pair_batch]: a fresh permutation per pass
+        batches = torch.stack([torch.randperm(n, generator=gen)[: n - n % pair_batch].view(-1, pair_batch)
+                               for _ in range(args.passes)]).flatten(0, 1)
+        it = _train_epoch(adaptor, opt, data, tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}"), args, it,
+                          total_iters, losses, head if args.loss_on == "output" else None)
+        if val is not None:
+            errors = relative_errors(adaptor, val, args.guidance, head)
+            history.append({"epoch": epoch + 1, **errors})
+            print(f"epoch {epoch + 1}: held-out relative error " + ", ".join(f"{k} {v:.4f}" for k, v in errors.items()))
+        save_checkpoint(ckpt, adaptor, opt, epoch + 1, losses)
+    return history
+
+
+def _fit_on_images(engine, split, adaptor, opt, args, schedule, adaptor_steps, first, losses) -> list[dict]:
+    captions = lambda rng, n: _captions(args, rng, n)[0]  # noqa: E731
+    return FI.fit(engine, split, adaptor, opt, args, captions, first, losses)
 
 
 def run(args):
@@ -256,35 +294,13 @@ def run(args):
     adaptor = A.build(A.AdaptorConfig.for_split(split, args.hidden, use_r_out=not args.no_r_out,
                                                 text_embed_dim=split.text_embed_dim if args.pooled_text else 0))
     opt = torch.optim.Adam(adaptor.parameters(), lr=args.lr)
-    ckpt = os.path.join(args.out, "checkpoint")
-    first, losses = load_checkpoint(ckpt, adaptor, opt)
-    print(f"adaptor: {A.num_parameters(adaptor) / 1e6:.3f}M parameters; adaptor steps {adaptor_steps}; "
-          f"mode {args.mode}; resuming at epoch {first}")
+    first, losses = load_checkpoint(os.path.join(args.out, "checkpoint"), adaptor, opt)
+    fitted_on = "random clocks' images" if args.loss_on == "image" else \
+        f"adaptor steps {adaptor_steps}; mode {args.mode}"
+    print(f"adaptor: {A.num_parameters(adaptor) / 1e6:.3f}M parameters; {fitted_on}; resuming at epoch {first}")
 
-    head = _output_head(engine, split, args)
-    val = _held_out(engine, split, args, adaptor_steps)
-    groups = 1 + engine.uses_cfg(args.guidance)  # rows per sample: (uncond, cond) with CFG
-    pair_batch = max(1, args.batch // groups)  # --batch counts model rows, as the sampler does
-    iters_per_epoch = args.passes * ((args.captions_per_epoch * len(adaptor_steps)) // pair_batch)
-    total_iters, it = args.epochs * iters_per_epoch, first * iters_per_epoch
-    history = []
-    for epoch in range(first, args.epochs):
-        rng = np.random.default_rng(args.seed * 100_003 + epoch)
-        gen = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
-        captions, images = _captions(args, rng, args.captions_per_epoch)
-        data = T.pairs(_features(engine, split, args, captions, images, gen, adaptor, schedule), adaptor_steps)
-        n = len(data[0])
-        # [passes, n // pair_batch, pair_batch]: a fresh permutation per pass
-        batches = torch.stack([torch.randperm(n, generator=gen)[: n - n % pair_batch].view(-1, pair_batch)
-                               for _ in range(args.passes)]).flatten(0, 1)
-        it = _train_epoch(adaptor, opt, data, tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}"), args, it,
-                          total_iters, losses, head if args.loss_on == "output" else None)
-        if val is not None:
-            errors = relative_errors(adaptor, val, args.guidance, head)
-            history.append({"epoch": epoch + 1, **errors})
-            print(f"epoch {epoch + 1}: held-out relative error " + ", ".join(f"{k} {v:.4f}" for k, v in errors.items()))
-        save_checkpoint(ckpt, adaptor, opt, epoch + 1, losses)
-
+    fit = _fit_on_images if args.loss_on == "image" else _fit_on_steps
+    history = fit(engine, split, adaptor, opt, args, schedule, adaptor_steps, first, losses)
     _save(args, adaptor, engine, clock, history, losses)
     return history
 

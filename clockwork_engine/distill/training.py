@@ -103,6 +103,16 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item())
 
 
+def optimizer_step(opt, loss: torch.Tensor, lr: float) -> float:
+    """One step of opt on loss at learning rate lr; returns the loss's value."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
     """Min-SNR-gamma weights of epsilon-loss terms at timesteps t (Hang et al. 2023)."""
     snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])

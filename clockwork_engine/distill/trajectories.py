@@ -63,11 +63,30 @@ def latent_size(engine) -> tuple[int, int]:
     return tuple(side // engine.vae_factor for side in engine.config.sampling.size_or(engine.default_size))
 
 
+def sample(engine, denoiser, prompts: list[str], steps: int, guidance: float, schedule: list[bool],
+           generator: torch.Generator) -> torch.Tensor:
+    """The sampler's final latents [B, C, h, w] with denoiser(use_adaptor) at each model evaluation
+    (schedule[i]: phi at evaluation i); differentiable where the caller enables grad."""
+    table = engine.runner.table(steps)
+    cfg = engine.uses_cfg(guidance)
+    h, w = latent_size(engine)
+    with torch.no_grad():  # the text stays the encoders'; only phi's weights are fitted
+        text, added = _conditioning(engine, prompts, cfg)
+    guidance = torch.full((len(prompts),), float(guidance))
+    added = {**(added or {}), **engine.runner.family.guidance_inputs(engine.model, guidance)} or None  # Flux-dev's
+    inputs = request_inputs(table, engine.vae, (len(prompts), engine.vae.config.latent_channels, h, w),
+                             [generator], torch.float32, engine.device, text, guidance)
+    common = dict(text=text, guidance=guidance, cfg=cfg, embed_guidance=engine.guidance_dim, noise=inputs.noise,
+                  added=added)
+    step_fns = {kind: partial(sampler.step, denoiser(kind == "adaptor"), table, **common)
+                for kind in ("full", "adaptor")}  # "adaptor" is never called without adaptor steps
+    return sampler.run(step_fns, ["adaptor" if a else "full" for a in schedule], table, inputs.latents, CacheState())
+
+
 @torch.no_grad()
 def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: float, schedule: list[bool],
             generator: torch.Generator):
     """schedule[i]: phi at model evaluation i (the clock's schedule, first step full)."""
-    table = engine.runner.table(steps)
     cfg = engine.uses_cfg(guidance)
     records: list[Record] = []
 
@@ -82,17 +101,7 @@ def rollout(engine, split, adaptor, prompts: list[str], steps: int, guidance: fl
 
         return denoise
 
-    h, w = latent_size(engine)
-    text, added = _conditioning(engine, prompts, cfg)
-    guidance = torch.full((len(prompts),), float(guidance))
-    added = {**(added or {}), **engine.runner.family.guidance_inputs(engine.model, guidance)} or None  # Flux-dev's
-    inputs = request_inputs(table, engine.vae, (len(prompts), engine.vae.config.latent_channels, h, w),
-                             [generator], torch.float32, engine.device, text, guidance)
-    common = dict(text=text, guidance=guidance, cfg=cfg, embed_guidance=engine.guidance_dim, noise=inputs.noise,
-                  added=added)
-    step_fns = {kind: partial(sampler.step, denoiser(kind == "adaptor"), table, **common)
-                for kind in ("full", "adaptor")}  # "adaptor" is never called without adaptor steps
-    sampler.run(step_fns, ["adaptor" if a else "full" for a in schedule], table, inputs.latents, CacheState())
+    sample(engine, denoiser, prompts, steps, guidance, schedule, generator)
     return records
 
 
