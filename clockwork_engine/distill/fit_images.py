@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from clockwork_engine import sampler
 from clockwork_engine.clockwork import adaptors as A
 from clockwork_engine.datasets import shapes
 from clockwork_engine.distill import trajectories as T
@@ -37,14 +38,8 @@ def images(engine, split, adaptor, prompts: list[str], steps: int, guidance: flo
     """[B, 3, H, W] about [0, 1] (unclamped: the loss keeps its gradient): the clockwork sampler's
     images with phi on the schedule's steps (none: the teacher's)."""
 
-    def denoiser(use_adaptor: bool):
-        def denoise(x, t, text, r_out_prev, cond=None, added=None):
-            hin = split.h_in(x, t, text, cond, added)
-            r_out = adaptor(hin.r_in, r_out_prev, hin.emb, text) if use_adaptor else \
-                split.low(hin.r_in, hin.emb, text, hin.skips)
-            return split.h_out(r_out, hin.skips, hin.emb, text), r_out
-
-        return denoise
+    def denoiser(use_adaptor: bool):  # the engine's own step denoisers
+        return sampler.adaptor_denoiser(split, adaptor) if use_adaptor else sampler.split_denoiser(split)
 
     x = T.sample(engine, denoiser, prompts, steps, guidance, schedule, torch.Generator().manual_seed(seed))
     return engine.runner.decode_eager(engine.runner.unscaled(x)).float() / 2 + 0.5
@@ -52,7 +47,7 @@ def images(engine, split, adaptor, prompts: list[str], steps: int, guidance: flo
 
 def random_clock(rng: np.random.Generator, steps: int) -> list[bool]:
     """A training clock: full until a random start within the first third, then phi at a random rate
-(on one step at least)."""
+    (on one step at least)."""
     start, rate = int(rng.integers(1, max(2, steps // 3 + 1))), rng.uniform(0.4, 0.8)
     clock = [i >= start and bool(rng.random() < rate) for i in range(steps)]
     if not any(clock):  # phi on one step at least: a clock without it gives the loss no gradient
