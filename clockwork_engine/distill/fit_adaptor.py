@@ -178,9 +178,7 @@ def _held_out(engine, split, args, adaptor_steps):
     the adaptor is fitted on the caller's --prompts)."""
     if args.prompts:
         return None
-    rng = np.random.default_rng(10_000 + args.seed)
-    captions = [s.caption for s in shapes.split_scenes("eval")]
-    captions = [captions[i] for i in rng.integers(0, len(captions), 128)]
+    captions = FI.held_out_captions(args.seed, 128)
     val_args = argparse.Namespace(**{**vars(args), "mode": "unrolled"})
     return T.pairs(_features(engine, split, val_args, captions, None, torch.Generator().manual_seed(999)),
                    adaptor_steps)
@@ -264,11 +262,6 @@ def _fit_on_steps(engine, split, adaptor, opt, args, schedule, adaptor_steps, fi
     return history
 
 
-def _fit_on_images(engine, split, adaptor, opt, args, schedule, adaptor_steps, first, losses) -> list[dict]:
-    captions = lambda rng, n: _captions(args, rng, n)[0]  # noqa: E731
-    return FI.fit(engine, split, adaptor, opt, args, captions, first, losses)
-
-
 def run(args):
     from clockwork_engine import Engine
 
@@ -299,8 +292,11 @@ def run(args):
         f"adaptor steps {adaptor_steps}; mode {args.mode}"
     print(f"adaptor: {A.num_parameters(adaptor) / 1e6:.3f}M parameters; {fitted_on}; resuming at epoch {first}")
 
-    fit = _fit_on_images if args.loss_on == "image" else _fit_on_steps
-    history = fit(engine, split, adaptor, opt, args, schedule, adaptor_steps, first, losses)
+    if args.loss_on == "image":
+        captions = lambda rng, n: _captions(args, rng, n)[0]  # noqa: E731
+        history = FI.fit(engine, split, adaptor, opt, args, captions, first, losses)
+    else:
+        history = _fit_on_steps(engine, split, adaptor, opt, args, schedule, adaptor_steps, first, losses)
     _save(args, adaptor, engine, clock, history, losses)
     return history
 

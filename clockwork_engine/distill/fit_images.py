@@ -88,13 +88,18 @@ def train_epoch(engine, split, adaptor, opt, args, captions, epoch: int, it: int
     return it
 
 
+def held_out_captions(seed: int, n: int) -> list[str]:
+    """n captions drawn from the demo's held-out scenes (the per-epoch reports' of both fits)."""
+    rng = np.random.default_rng(10_000 + seed)
+    held = shapes.split_scenes("eval")
+    return [held[i].caption for i in rng.integers(0, len(held), n)]
+
+
 @torch.no_grad()
 def held_out_psnr(engine, split, adaptor, identity, args) -> dict[str, float]:
     """Mean PSNR to the teacher's images on held-out captions, of phi and of the identity, on
     every HELD_OUT_CLOCKS-th step: {"adaptor_psnr_c2": ..., "identity_psnr_c2": ..., ...}."""
-    rng = np.random.default_rng(10_000 + args.seed)
-    held = shapes.split_scenes("eval")
-    prompts = [held[i].caption for i in rng.integers(0, len(held), HELD_OUT_CAPTIONS)]
+    prompts = held_out_captions(args.seed, HELD_OUT_CAPTIONS)
     evals = engine.runner.table(args.steps).num_steps
     want = images(engine, split, identity, prompts, args.steps, args.guidance, [False] * evals, 999)
     report = {}
